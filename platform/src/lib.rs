@@ -1,0 +1,1 @@
+//! zpxe's OS layer.
