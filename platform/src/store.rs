@@ -1,0 +1,604 @@
+//! The image store: boot files memory-mapped once and shared by every transfer on this thread.
+//!
+//! Each event-loop thread owns its own store (no locks on the data path); mapping the same file
+//! in several threads shares the page cache.
+//!
+//! Safety against files changing under a mapping, which would otherwise raise SIGBUS (truncated)
+//! or serve mixed bytes (rewritten in place):
+//! - Mapped bytes are only ever read by the kernel (they go out through `sendmsg`/`write` iovecs).
+//!   A kernel read of a page past a new end of file fails that one call with `EFAULT`; no signal is
+//!   raised. No user-space code touches a mapping.
+//! - Where the kernel grants it, each version holds a read lease (`F_SETLEASE`). Anyone opening the
+//!   file for writing or truncating it then blocks (up to `/proc/sys/fs/lease-break-time`) until we
+//!   let go. Before each send the version checks its lease; once a break is pending it is marked
+//!   broken, its transfers end with an error, and the mapping is dropped, which releases the writer.
+//!   No byte of the new contents is ever served from the old version.
+//! - Where no lease can be had (another user's file without CAP_LEASE, a filesystem without
+//!   leases), each send re-checks size and mtime with `fstat` instead.
+//!
+//! A file replaced by rename is a new inode: new opens get a new version, transfers in flight finish
+//! on the old mapping, which is unmapped when the last of them closes it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use memmap2::Mmap;
+use zpxe_engine::path::{self, NameFlavor};
+use zpxe_engine::{ByteRange, ImageCatalog, ImageId, ImageInfo, OpenError};
+
+/// How the store treats the files below its root.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Match each path component ignoring ASCII case when the exact name does not exist
+    /// (Windows clients ask for `\Boot\BCD` as `\boot\bcd`).
+    pub case_insensitive: bool,
+    /// Take read leases so in-place rewrites wait for transfers to stop.
+    pub leases: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            case_insensitive: false,
+            leases: true,
+        }
+    }
+}
+
+/// Why a version can no longer be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VersionBroken {
+    #[error("the file is being rewritten or truncated in place")]
+    Modified,
+    #[error("the image was closed")]
+    Gone,
+}
+
+/// One mapped version of one file.
+#[derive(Debug)]
+pub struct Version {
+    id: ImageId,
+    path: PathBuf,
+    file: File,
+    map: Option<Mmap>,
+    len: u64,
+    mtime: Option<SystemTime>,
+    leased: bool,
+    broken: Cell<bool>,
+    refs: Cell<usize>,
+}
+
+impl Version {
+    pub fn id(&self) -> ImageId {
+        self.id
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a lease protects this version (else `fstat` checks do).
+    pub fn leased(&self) -> bool {
+        self.leased
+    }
+
+    /// Checks that the file under this mapping has not been touched. Call before every send.
+    pub fn check(&self) -> Result<(), VersionBroken> {
+        if self.broken.get() {
+            return Err(VersionBroken::Modified);
+        }
+        let intact = if self.leased {
+            lease::held(&self.file)
+        } else {
+            match self.file.metadata() {
+                Ok(m) => m.len() == self.len && m.modified().ok() == self.mtime,
+                Err(_) => false,
+            }
+        };
+        if intact {
+            Ok(())
+        } else {
+            self.broken.set(true);
+            Err(VersionBroken::Modified)
+        }
+    }
+
+    /// The mapped bytes of `range`, to hand to the kernel. Never read them in user space: see the
+    /// module docs. Returns `None` when the range is outside the version.
+    pub fn kernel_slice(&self, range: ByteRange) -> Option<&[u8]> {
+        if range.is_empty() {
+            return Some(&[]);
+        }
+        let map = self.map.as_ref()?;
+        let start = usize::try_from(range.start).ok()?;
+        let end = usize::try_from(range.end).ok()?;
+        map.get(start..end)
+    }
+
+    /// The open file, for positional reads and `sendfile`/`splice` paths.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Memory-mapped boot files below one root directory.
+#[derive(Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+    options: StoreOptions,
+    /// Canonical path -> the version new opens get.
+    current: RefCell<HashMap<PathBuf, ImageId>>,
+    versions: RefCell<HashMap<ImageId, Rc<Version>>>,
+    next_id: Cell<u64>,
+}
+
+impl ImageStore {
+    /// Opens a store over `root`, which must be an existing directory.
+    pub fn new(root: impl AsRef<Path>, options: StoreOptions) -> io::Result<Self> {
+        let root = fs::canonicalize(root.as_ref()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("image root {}: {e}", root.as_ref().display()),
+            )
+        })?;
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("image root {} is not a directory", root.display()),
+            ));
+        }
+        if options.leases {
+            lease::ignore_break_signal();
+        }
+        Ok(Self {
+            root,
+            options,
+            current: RefCell::default(),
+            versions: RefCell::default(),
+            next_id: Cell::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The version behind an id handed out by `open`, while it is held.
+    pub fn version(&self, id: ImageId) -> Option<Rc<Version>> {
+        self.versions.borrow().get(&id).cloned()
+    }
+
+    /// Number of versions currently mapped (current and retired).
+    pub fn mapped_versions(&self) -> usize {
+        self.versions.borrow().len()
+    }
+
+    /// Drops cached versions whose file changed and that nobody holds, releasing their leases so
+    /// writers can proceed. Call periodically (every few hundred milliseconds).
+    pub fn sweep(&self) {
+        let mut dead = Vec::new();
+        for (id, v) in self.versions.borrow().iter() {
+            if v.refs.get() == 0 && v.check().is_err() {
+                dead.push(*id);
+            }
+        }
+        for id in dead {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&self, id: ImageId) {
+        if let Some(v) = self.versions.borrow_mut().remove(&id) {
+            let mut current = self.current.borrow_mut();
+            if current.get(&v.path) == Some(&id) {
+                current.remove(&v.path);
+            }
+        }
+    }
+
+    fn resolve(&self, name: &str, flavor: NameFlavor) -> Result<PathBuf, OpenError> {
+        let rel = path::sanitize(name, flavor)?;
+        let mut p = self.root.clone();
+        for comp in rel.components() {
+            let exact = p.join(comp);
+            if self.options.case_insensitive && fs::symlink_metadata(&exact).is_err() {
+                p = find_ignoring_case(&p, comp).ok_or(OpenError::NotFound)?;
+            } else {
+                p = exact;
+            }
+        }
+        let canonical = fs::canonicalize(&p).map_err(|e| io_to_open(&e))?;
+        if !canonical.starts_with(&self.root) {
+            return Err(OpenError::Refused(path::PathError::Traversal));
+        }
+        Ok(canonical)
+    }
+
+    fn map_version(&self, path: PathBuf) -> Result<Rc<Version>, OpenError> {
+        let file = File::open(&path).map_err(|e| io_to_open(&e))?;
+        let meta = file.metadata().map_err(|e| io_to_open(&e))?;
+        if !meta.is_file() {
+            return Err(OpenError::NotAFile);
+        }
+        // Lease first, then read the size: a writer that slipped in before the lease shows up in
+        // the size or the mtime we record.
+        let leased = self.options.leases && lease::take(&file);
+        let meta = file.metadata().map_err(|e| io_to_open(&e))?;
+        let len = meta.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the mapping is only ever read by the kernel (see the module docs), so a file
+            // that shrinks under it cannot raise SIGBUS in this process.
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| OpenError::Io(e.to_string()))?)
+        };
+        let id = ImageId(self.next_id.get() + 1);
+        self.next_id.set(id.0);
+        tracing::debug!(%id, path = %path.display(), len, leased, "mapped image");
+        Ok(Rc::new(Version {
+            id,
+            path,
+            file,
+            map,
+            len,
+            mtime: meta.modified().ok(),
+            leased,
+            broken: Cell::new(false),
+            refs: Cell::new(0),
+        }))
+    }
+
+    fn info(v: &Version) -> ImageInfo {
+        ImageInfo {
+            id: v.id,
+            len: v.len,
+            modified: v.mtime,
+            tag: tag_of(v),
+        }
+    }
+}
+
+impl ImageCatalog for ImageStore {
+    fn open(&mut self, name: &str, flavor: NameFlavor) -> Result<ImageInfo, OpenError> {
+        let path = self.resolve(name, flavor)?;
+        let meta = fs::metadata(&path).map_err(|e| io_to_open(&e))?;
+        if !meta.is_file() {
+            return Err(OpenError::NotAFile);
+        }
+        let cached = self.current.borrow().get(&path).copied();
+        if let Some(id) = cached {
+            let v = self.version(id);
+            match v {
+                Some(v) if same_file(&v, &meta) && v.check().is_ok() => {
+                    v.refs.set(v.refs.get() + 1);
+                    return Ok(Self::info(&v));
+                }
+                Some(v) => {
+                    // Replaced (rename) or modified: new opens get a new version; the old one
+                    // lives on for its holders.
+                    self.current.borrow_mut().remove(&path);
+                    if v.refs.get() == 0 {
+                        self.forget(id);
+                    }
+                }
+                None => {
+                    self.current.borrow_mut().remove(&path);
+                }
+            }
+        }
+        let v = self.map_version(path.clone())?;
+        v.refs.set(1);
+        let info = Self::info(&v);
+        self.versions.borrow_mut().insert(v.id, v);
+        self.current.borrow_mut().insert(path, info.id);
+        Ok(info)
+    }
+
+    fn close(&mut self, id: ImageId) {
+        let Some(v) = self.version(id) else { return };
+        v.refs.set(v.refs.get().saturating_sub(1));
+        if v.refs.get() > 0 {
+            return;
+        }
+        let is_current = self.current.borrow().get(&v.path) == Some(&id);
+        if !is_current || v.broken.get() {
+            self.forget(id);
+        }
+    }
+}
+
+fn same_file(v: &Version, meta: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(own) = v.file.metadata()
+            && (own.dev() != meta.dev() || own.ino() != meta.ino())
+        {
+            return false;
+        }
+    }
+    meta.len() == v.len && meta.modified().ok() == v.mtime
+}
+
+fn tag_of(v: &Version) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = v.file.metadata() {
+            m.dev().hash(&mut h);
+            m.ino().hash(&mut h);
+        }
+    }
+    v.len.hash(&mut h);
+    v.mtime.hash(&mut h);
+    h.finish()
+}
+
+fn find_ignoring_case(dir: &Path, comp: &str) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(comp))
+        })
+        .map(|e| e.path())
+}
+
+fn io_to_open(e: &io::Error) -> OpenError {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => OpenError::NotFound,
+        io::ErrorKind::PermissionDenied => OpenError::Denied,
+        _ => OpenError::Io(e.to_string()),
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod lease {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::sync::Once;
+
+    /// A lease break is announced with SIGIO, whose default action ends the process. We poll the
+    /// lease state instead, so the signal is ignored.
+    pub(super) fn ignore_break_signal() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+            unsafe {
+                libc::signal(libc::SIGIO, libc::SIG_IGN);
+            }
+        });
+    }
+
+    pub(super) fn take(file: &File) -> bool {
+        // SAFETY: fcntl on an fd we own, with integer arguments.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "no read lease; falling back to fstat checks");
+        }
+        rc == 0
+    }
+
+    /// While a break is pending, F_GETLEASE reports the target type (F_UNLCK), not F_RDLCK.
+    pub(super) fn held(file: &File) -> bool {
+        // SAFETY: as above.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLEASE) };
+        rc == libc::F_RDLCK
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod lease {
+    use std::fs::File;
+
+    pub(super) fn ignore_break_signal() {}
+
+    pub(super) fn take(_file: &File) -> bool {
+        false
+    }
+
+    pub(super) fn held(_file: &File) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, options: StoreOptions) -> ImageStore {
+        ImageStore::new(dir, options).expect("store")
+    }
+
+    #[test]
+    fn opens_maps_and_refcounts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::write(dir.path().join("a.bin"), b"hello").expect("write");
+        let mut s = store(dir.path(), StoreOptions::default());
+        let a = s.open("a.bin", NameFlavor::Tftp).expect("open");
+        let b = s.open("/a.bin", NameFlavor::Tftp).expect("open again");
+        assert_eq!(a.id, b.id, "one mapping shared");
+        assert_eq!(a.len, 5);
+        let v = s.version(a.id).expect("held");
+        assert_eq!(v.kernel_slice(ByteRange::new(1, 3)), Some(&b"el"[..]));
+        assert!(v.check().is_ok());
+        s.close(a.id);
+        s.close(b.id);
+        assert_eq!(s.mapped_versions(), 1, "current version stays cached");
+    }
+
+    #[test]
+    fn refuses_traversal_and_symlinks_out_of_root() {
+        let outside = tempfile::tempdir().expect("tmp");
+        fs::write(outside.path().join("secret"), b"x").expect("write");
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        fs::write(dir.path().join("sub/in.bin"), b"in").expect("write");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link"))
+                .expect("symlink");
+            std::os::unix::fs::symlink(dir.path().join("sub/in.bin"), dir.path().join("inlink"))
+                .expect("symlink");
+        }
+        let mut s = store(dir.path(), StoreOptions::default());
+        let refused = |s: &mut ImageStore, n: &str, f| s.open(n, f).map(|i| i.len);
+        assert!(matches!(
+            refused(&mut s, "link", NameFlavor::Tftp),
+            Err(OpenError::Refused(_))
+        ));
+        assert!(matches!(
+            refused(&mut s, "../secret", NameFlavor::Tftp),
+            Err(OpenError::Refused(_))
+        ));
+        assert!(matches!(
+            refused(&mut s, "/%2e%2e/secret", NameFlavor::Http),
+            Err(OpenError::Refused(_))
+        ));
+        assert_eq!(
+            refused(&mut s, "/etc/passwd", NameFlavor::Tftp),
+            Err(OpenError::NotFound),
+            "absolute names stay below the root"
+        );
+        assert_eq!(
+            refused(&mut s, "sub", NameFlavor::Tftp),
+            Err(OpenError::NotAFile)
+        );
+        assert_eq!(refused(&mut s, "inlink", NameFlavor::Tftp), Ok(2));
+    }
+
+    #[test]
+    fn case_insensitive_lookup() {
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::create_dir(dir.path().join("Boot")).expect("mkdir");
+        fs::write(dir.path().join("Boot/BCD"), b"bcd").expect("write");
+        let mut exact = store(dir.path(), StoreOptions::default());
+        assert_eq!(
+            exact.open("\\boot\\bcd", NameFlavor::Tftp).map(|i| i.len),
+            Err(OpenError::NotFound)
+        );
+        let mut ci = store(
+            dir.path(),
+            StoreOptions {
+                case_insensitive: true,
+                ..StoreOptions::default()
+            },
+        );
+        assert_eq!(
+            ci.open("\\boot\\bcd", NameFlavor::Tftp).map(|i| i.len),
+            Ok(3)
+        );
+    }
+
+    #[test]
+    fn rename_replace_keeps_old_version_for_holders() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("boot.wim");
+        fs::write(&p, b"old contents").expect("write");
+        let mut s = store(dir.path(), StoreOptions::default());
+        let old = s.open("boot.wim", NameFlavor::Http).expect("open");
+        let tmp = dir.path().join("boot.wim.tmp");
+        fs::write(&tmp, b"new").expect("write");
+        fs::rename(&tmp, &p).expect("rename");
+        let new = s.open("boot.wim", NameFlavor::Http).expect("open new");
+        assert_ne!(old.id, new.id);
+        assert_eq!(new.len, 3);
+        let ov = s.version(old.id).expect("old held");
+        assert_eq!(
+            ov.kernel_slice(ByteRange::new(0, 12)),
+            Some(&b"old contents"[..])
+        );
+        assert!(ov.check().is_ok(), "rename does not touch the old inode");
+        s.close(old.id);
+        assert!(
+            s.version(old.id).is_none(),
+            "old version unmapped when released"
+        );
+        assert!(s.version(new.id).is_some());
+    }
+
+    #[test]
+    fn in_place_change_without_lease_is_detected() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f");
+        fs::write(&p, vec![7u8; 8192]).expect("write");
+        let mut s = store(
+            dir.path(),
+            StoreOptions {
+                leases: false,
+                ..StoreOptions::default()
+            },
+        );
+        let info = s.open("f", NameFlavor::Tftp).expect("open");
+        let v = s.version(info.id).expect("held");
+        assert!(!v.leased());
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(100))
+            .expect("truncate");
+        assert_eq!(v.check(), Err(VersionBroken::Modified));
+        let again = s.open("f", NameFlavor::Tftp).expect("reopen");
+        assert_ne!(again.id, info.id, "a modified file gets a new version");
+        assert_eq!(again.len, 100);
+    }
+
+    /// A truncation during a transfer: the writer waits on our lease, the version reports the
+    /// break before any changed byte could be sent, and dropping the version lets the writer go.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lease_break_holds_writer_until_version_dropped() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("boot.wim");
+        fs::write(&p, vec![1u8; 1 << 20]).expect("write");
+        let mut s = store(dir.path(), StoreOptions::default());
+        let info = s.open("boot.wim", NameFlavor::Http).expect("open");
+        let v = s.version(info.id).expect("held");
+        assert!(v.leased(), "owner of the file gets a read lease");
+        let writer_path = p.clone();
+        let writer = std::thread::spawn(move || {
+            let f = fs::OpenOptions::new().write(true).open(&writer_path)?;
+            f.set_len(0)?;
+            Ok::<Instant, io::Error>(Instant::now())
+        });
+        let mut seen_break = None;
+        for _ in 0..200 {
+            if v.check().is_err() {
+                seen_break = Some(Instant::now());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seen_break = seen_break.expect("lease break noticed within 2 s");
+        assert_eq!(
+            v.kernel_slice(ByteRange::new(0, 4)).map(<[u8]>::len),
+            Some(4),
+            "mapping still whole while the writer waits"
+        );
+        assert!(!writer.is_finished(), "writer blocked by the lease");
+        drop(v);
+        s.close(info.id);
+        assert!(s.version(info.id).is_none());
+        let truncated_at = writer.join().expect("join").expect("truncate");
+        assert!(truncated_at >= seen_break);
+        assert_eq!(fs::metadata(&p).expect("meta").len(), 0);
+    }
+}
