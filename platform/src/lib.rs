@@ -5,7 +5,9 @@
 //! with the control messages and batched sends zpxe needs, [`store`] maps boot files.
 
 pub mod bind;
+pub mod notify;
 pub mod runtime;
+pub mod tcp;
 pub mod store;
 pub mod udp;
 

@@ -1,0 +1,1 @@
+//! zpxe-loadgen: virtual PXE clients driven by the engine's client machines.

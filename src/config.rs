@@ -1,0 +1,400 @@
+//! The TOML configuration: one section per concern, every unknown key an error, every problem
+//! reported with file, line and column.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Config {
+    pub server: ServerSection,
+    pub ports: PortsSection,
+    pub services: ServicesSection,
+    /// TFTP protocol settings (the engine's).
+    pub tftp: toml::Table,
+    /// Which loader or script each client gets (proxyDHCP).
+    pub boot: toml::Table,
+    /// HTTP protocol settings.
+    pub http: toml::Table,
+    /// The generated iPXE boot menu.
+    pub menu: toml::Table,
+}
+
+/// Where files come from and where the server listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ServerSection {
+    /// The image root: every file served over TFTP and HTTP lives below it.
+    pub root: Spanned<PathBuf>,
+    /// Addresses to listen on; empty = all IPv4 addresses.
+    pub listen: Vec<Spanned<String>>,
+    /// Network devices to bind DHCP to (Linux `SO_BINDTODEVICE`); empty = all.
+    pub interfaces: Vec<String>,
+    /// Match file names ignoring ASCII case (Windows clients).
+    pub case_insensitive: bool,
+    /// Hold read leases on mapped files so in-place rewrites wait for transfers to end.
+    pub leases: bool,
+    /// Event loops (threads); 0 = one per core.
+    pub threads: usize,
+    /// The address to name in replies when a request's arrival address is unknown.
+    pub advertise: Option<Spanned<String>>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            root: Spanned::new(0..0, PathBuf::from("/srv/zpxe")),
+            listen: Vec::new(),
+            interfaces: Vec::new(),
+            case_insensitive: true,
+            leases: true,
+            threads: 0,
+            advertise: None,
+        }
+    }
+}
+
+/// Ports, as 2PXE deployments expect them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PortsSection {
+    pub dhcp: u16,
+    pub pxe: u16,
+    pub tftp: u16,
+    pub http: u16,
+    pub web: u16,
+    /// Ports for TFTP transfers, `"LO-HI"`; absent = any ephemeral port.
+    pub tftp_range: Option<Spanned<String>>,
+}
+
+impl Default for PortsSection {
+    fn default() -> Self {
+        Self {
+            dhcp: 67,
+            pxe: 4011,
+            tftp: 69,
+            http: 8050,
+            web: 8051,
+            tftp_range: None,
+        }
+    }
+}
+
+/// Which services run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ServicesSection {
+    pub dhcp: bool,
+    pub tftp: bool,
+    pub http: bool,
+    pub web: bool,
+}
+
+impl Default for ServicesSection {
+    fn default() -> Self {
+        Self {
+            dhcp: true,
+            tftp: true,
+            http: true,
+            web: true,
+        }
+    }
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.0 {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// An inclusive port range for TFTP transfers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (lo, hi) = s
+            .split_once('-')
+            .ok_or_else(|| format!("port range {s:?} is not of the form LO-HI"))?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{p:?} in port range {s:?} is not a port number"))
+        };
+        let (lo, hi) = (port(lo)?, port(hi)?);
+        if lo == 0 || lo > hi {
+            return Err(format!(
+                "port range {s:?} is empty or starts at 0 (LO must be 1..=HI)"
+            ));
+        }
+        Ok(Self { lo, hi })
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.hi - self.lo) + 1
+    }
+}
+
+impl Config {
+    /// Parses and validates `text` read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, Problems> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            Problems(vec![Problem {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }])
+        })?;
+        let problems = config.validate(file, text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(file: &Path) -> Result<Self, Problems> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Problems(vec![Problem {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the configuration: {e}"),
+            }])
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Checks what the types alone cannot: that paths exist, addresses parse, ports differ.
+    pub fn validate(&self, file: &Path, text: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut at = |span: Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            out.push(Problem {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            });
+        };
+        let root = &self.server.root;
+        if self.services.tftp || self.services.http {
+            match std::fs::metadata(root.get_ref()) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => at(
+                    root.span(),
+                    format!("server.root {} is not a directory", root.get_ref().display()),
+                ),
+                Err(e) => at(
+                    root.span(),
+                    format!("server.root {}: {e}", root.get_ref().display()),
+                ),
+            }
+        }
+        for l in &self.server.listen {
+            if l.get_ref().parse::<IpAddr>().is_err() {
+                at(
+                    l.span(),
+                    format!("server.listen {:?} is not an IP address", l.get_ref()),
+                );
+            }
+        }
+        if let Some(a) = &self.server.advertise
+            && a.get_ref().parse::<IpAddr>().is_err()
+        {
+            at(
+                a.span(),
+                format!("server.advertise {:?} is not an IP address", a.get_ref()),
+            );
+        }
+        if let Some(r) = &self.ports.tftp_range
+            && let Err(e) = PortRange::parse(r.get_ref())
+        {
+            at(r.span(), format!("ports.tftp-range: {e}"));
+        }
+        let udp = [
+            ("dhcp", self.services.dhcp, self.ports.dhcp),
+            ("pxe", self.services.dhcp, self.ports.pxe),
+            ("tftp", self.services.tftp, self.ports.tftp),
+        ];
+        let tcp = [
+            ("http", self.services.http, self.ports.http),
+            ("web", self.services.web, self.ports.web),
+        ];
+        for set in [&udp[..], &tcp[..]] {
+            for (i, (a, on_a, pa)) in set.iter().enumerate() {
+                for (b, on_b, pb) in &set[i + 1..] {
+                    if *on_a && *on_b && pa == pb {
+                        let span = find_key(text, "ports", b).unwrap_or(0..0);
+                        at(
+                            span,
+                            format!("ports.{a} and ports.{b} are both {pa}: give each its own"),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The TFTP transfer port range, if configured (validated by `parse`).
+    pub fn tftp_range(&self) -> Option<PortRange> {
+        self.ports
+            .tftp_range
+            .as_ref()
+            .and_then(|r| PortRange::parse(r.get_ref()).ok())
+    }
+
+    /// The addresses to listen on.
+    pub fn listen_addrs(&self) -> Vec<IpAddr> {
+        let addrs: Vec<IpAddr> = self
+            .server
+            .listen
+            .iter()
+            .filter_map(|l| l.get_ref().parse().ok())
+            .collect();
+        if addrs.is_empty() {
+            vec![IpAddr::from([0, 0, 0, 0])]
+        } else {
+            addrs
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    (line, col)
+}
+
+/// The span of `key = ...` inside `[section]`, for problems the types cannot locate.
+fn find_key(text: &str, section: &str, key: &str) -> Option<Range<usize>> {
+    let mut in_section = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_section = t.trim_matches(['[', ']']).trim() == section;
+        } else if in_section
+            && t.split('=').next().map(str::trim) == Some(key)
+        {
+            let start = offset + (line.len() - line.trim_start().len());
+            return Some(start..start + key.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("zpxe.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line_and_column() {
+        let p = problems("[server]\nroot = \"/tmp\"\n\n[ports]\n  tfpt = 4\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("zpxe.toml:5:3: "), "{p:?}");
+        assert!(p[0].contains("tfpt"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let p = problems("[server]\nroot = \"/tmp\"\n[tfpt]\nport = 1\n");
+        assert!(p[0].starts_with("zpxe.toml:3:"), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_type_points_at_value() {
+        let p = problems("[server]\nroot = \"/tmp\"\n[ports]\ntftp = \"sixty-nine\"\n");
+        assert!(p[0].starts_with("zpxe.toml:4:8: "), "{p:?}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported_with_positions() {
+        let text = "[server]\nroot = \"/nonexistent/zpxe\"\nlisten = [\"10.0.0.300\"]\n\
+                    [ports]\nhttp = 9000\nweb = 9000\ntftp-range = \"65000-64001\"\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].starts_with("zpxe.toml:2:8: server.root"), "{p:?}");
+        assert!(p[1].starts_with("zpxe.toml:3:11: server.listen"), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("zpxe.toml:7:14: ports.tftp-range")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("zpxe.toml:6:1: ports.http and ports.web")), "{p:?}");
+    }
+
+    #[test]
+    fn defaults_match_2pxe_ports() {
+        let c = Config::parse(Path::new("x"), "[server]\nroot = \"/tmp\"\n").expect("valid");
+        assert_eq!(
+            (c.ports.dhcp, c.ports.pxe, c.ports.tftp, c.ports.http, c.ports.web),
+            (67, 4011, 69, 8050, 8051)
+        );
+        assert!(c.services.dhcp && c.services.tftp && c.services.http && c.services.web);
+    }
+
+    #[test]
+    fn port_range_parses() {
+        assert_eq!(PortRange::parse("64001-65000"), Ok(PortRange { lo: 64001, hi: 65000 }));
+        assert!(PortRange::parse("65000-64001").is_err());
+        assert!(PortRange::parse("0-10").is_err());
+        assert!(PortRange::parse("x-10").is_err());
+        assert!(PortRange::parse("10").is_err());
+    }
+}

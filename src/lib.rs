@@ -1,0 +1,4 @@
+//! The zpxe server: configuration, services wired from the engine's machines to the platform's
+//! event loops, and the demo.
+
+pub mod config;
