@@ -7,8 +7,8 @@
 pub mod bind;
 pub mod notify;
 pub mod runtime;
-pub mod tcp;
 pub mod store;
+pub mod tcp;
 pub mod udp;
 
 pub use store::{ImageStore, StoreOptions, Version, VersionBroken};

@@ -160,7 +160,8 @@ mod tests {
         let version = store.version(info.id).expect("version");
         let ev = EventLoop::new().expect("loop");
         let got = ev.block_on(async move {
-            let server = TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+            let server =
+                TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
             let addr = server.local_addr();
             let reader = spawn(async move {
                 let mut c = TcpConn::connect(addr).await.expect("connect");

@@ -158,14 +158,9 @@ impl UdpEndpoint {
             // SAFETY: the kernel wrote `clen` bytes of control messages into the buffer.
             let iter = unsafe { AncillaryIter::new(&control[..clen.min(control.len())]) };
             for msg in iter {
-                if msg.level() == libc::IPPROTO_IP
-                    && msg.ty() == libc::IP_PKTINFO
-                    && let Ok(info) = msg.data::<libc::in_pktinfo>()
-                {
-                    meta.local_ip = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        info.ipi_spec_dst.s_addr,
-                    ))));
-                    meta.ifindex = u32::try_from(info.ipi_ifindex).ok().filter(|&i| i > 0);
+                if let Some((ip, ifindex)) = sys::parse_pktinfo(&msg) {
+                    meta.local_ip = Some(IpAddr::V4(ip));
+                    meta.ifindex = ifindex;
                 }
             }
             Received { len, meta }
@@ -262,7 +257,7 @@ impl UdpEndpoint {
     async fn send_gso(&self, route: Route, batch: Batch, segment_size: u16) -> io::Result<usize> {
         let control = self
             .control(route, Some(segment_size))
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            .ok_or_else(|| io::Error::from_raw_os_error(sys::EINVAL))?;
         let BufResult(r, _) = self
             .socket
             .send_msg_vectored(batch, control, route.destination)
@@ -294,25 +289,15 @@ impl UdpEndpoint {
         let mut buf = AncillaryBuf::<CONTROL_LEN>::new();
         let mut builder = buf.builder();
         if pktinfo {
-            let spec_dst = match route.source_ip {
-                Some(IpAddr::V4(v4)) => u32::from(v4).to_be(),
-                _ => 0,
+            let source = match route.source_ip {
+                Some(IpAddr::V4(v4)) => v4,
+                _ => Ipv4Addr::UNSPECIFIED,
             };
-            let info = libc::in_pktinfo {
-                ipi_ifindex: route
-                    .ifindex
-                    .and_then(|i| i32::try_from(i).ok())
-                    .unwrap_or(0),
-                ipi_spec_dst: libc::in_addr { s_addr: spec_dst },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            builder
-                .push(libc::IPPROTO_IP, libc::IP_PKTINFO, &info)
-                .ok()?;
+            sys::push_pktinfo(&mut builder, source, route.ifindex)?;
         }
         if let Some(size) = gso {
             builder
-                .push(libc::SOL_UDP, sys::UDP_SEGMENT, &GsoSize(size))
+                .push(sys::SOL_UDP, sys::UDP_SEGMENT, &GsoSize(size))
                 .ok()?;
         }
         Some(buf)
@@ -421,16 +406,47 @@ fn gso_unsupported(e: &io::Error) -> bool {
 }
 
 fn libc_efault() -> i32 {
-    libc::EFAULT
+    sys::EFAULT
 }
 
 #[cfg(target_os = "linux")]
 mod sys {
+    use compio::io::ancillary::{AncillaryBuilder, AncillaryRef};
     use socket2::Socket;
     use std::io;
+    use std::net::Ipv4Addr;
     use std::os::fd::AsRawFd;
 
     pub(super) const UDP_SEGMENT: i32 = 103;
+    pub(super) const SOL_UDP: i32 = libc::SOL_UDP;
+    pub(super) const EFAULT: i32 = libc::EFAULT;
+    pub(super) const EINVAL: i32 = libc::EINVAL;
+
+    /// The local address a datagram was sent to and the interface it came in on.
+    pub(super) fn parse_pktinfo(msg: &AncillaryRef<'_>) -> Option<(Ipv4Addr, Option<u32>)> {
+        if msg.level() != libc::IPPROTO_IP || msg.ty() != libc::IP_PKTINFO {
+            return None;
+        }
+        let info = msg.data::<libc::in_pktinfo>().ok()?;
+        let ip = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+        let ifindex = u32::try_from(info.ipi_ifindex).ok().filter(|&i| i > 0);
+        Some((ip, ifindex))
+    }
+
+    pub(super) fn push_pktinfo<B: compio::buf::IoBufMut + ?Sized>(
+        builder: &mut AncillaryBuilder<'_, B>,
+        source: Ipv4Addr,
+        ifindex: Option<u32>,
+    ) -> Option<()> {
+        let info = libc::in_pktinfo {
+            ipi_ifindex: ifindex.and_then(|i| i32::try_from(i).ok()).unwrap_or(0),
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(source).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        builder.push(libc::IPPROTO_IP, libc::IP_PKTINFO, &info).ok()
+    }
     pub(super) const GSO_AVAILABLE: bool = true;
     /// What the kernel answers when a device or kernel cannot segment.
     pub(super) const GSO_REFUSAL_CODES: &[i32] = &[libc::EIO, libc::EINVAL, libc::ENOPROTOOPT];
@@ -457,10 +473,29 @@ mod sys {
 
 #[cfg(not(target_os = "linux"))]
 mod sys {
+    use compio::io::ancillary::{AncillaryBuilder, AncillaryRef};
     use socket2::Socket;
     use std::io;
+    use std::net::Ipv4Addr;
 
     pub(super) const UDP_SEGMENT: i32 = 103;
+    pub(super) const SOL_UDP: i32 = 17;
+    pub(super) const EFAULT: i32 = 14;
+    pub(super) const EINVAL: i32 = 22;
+
+    // Destination-address reporting is Linux-only for now: elsewhere replies leave from the
+    // address the OS picks.
+    pub(super) fn parse_pktinfo(_msg: &AncillaryRef<'_>) -> Option<(Ipv4Addr, Option<u32>)> {
+        None
+    }
+
+    pub(super) fn push_pktinfo<B: compio::buf::IoBufMut + ?Sized>(
+        _builder: &mut AncillaryBuilder<'_, B>,
+        _source: Ipv4Addr,
+        _ifindex: Option<u32>,
+    ) -> Option<()> {
+        Some(())
+    }
     pub(super) const GSO_AVAILABLE: bool = false;
     pub(super) const GSO_REFUSAL_CODES: &[i32] = &[];
 
