@@ -2,3 +2,4 @@
 //! event loops, and the demo.
 
 pub mod config;
+pub mod demo_images;

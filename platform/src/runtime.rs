@@ -49,3 +49,55 @@ pub async fn sleep(d: Duration) {
 pub async fn timeout<F: Future>(d: Duration, future: F) -> Option<F::Output> {
     compio::time::timeout(d, future).await.ok()
 }
+
+/// Wakes one waiting task on the same event loop: the machines' input side tells the driver
+/// side that there is something to send.
+#[derive(Debug, Default)]
+pub struct Notify {
+    pending: std::cell::Cell<bool>,
+    waker: std::cell::RefCell<Option<std::task::Waker>>,
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes the waiter, or the next one to wait.
+    pub fn notify(&self) {
+        self.pending.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Waits for a `notify` since the last wait.
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| {
+            if self.pending.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Waits for a `notify` or until `deadline`, whichever comes first.
+    pub async fn notified_until(&self, deadline: Option<std::time::Instant>) {
+        use futures_util::future::{Either, select};
+        let Some(deadline) = deadline else {
+            return self.notified().await;
+        };
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        if wait.is_zero() {
+            return;
+        }
+        let n = std::pin::pin!(self.notified());
+        let s = std::pin::pin!(sleep(wait));
+        match select(n, s).await {
+            Either::Left(_) | Either::Right(_) => {}
+        }
+    }
+}
