@@ -3,3 +3,5 @@
 
 pub mod config;
 pub mod demo_images;
+pub mod metrics;
+pub mod serve;

@@ -1,1 +1,162 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use zpxe::config::{Config, PortRange};
+
+/// zpxe: proxyDHCP/PXE, TFTP and HTTP network-boot server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve PXE clients.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print every problem with its position.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Serve a generated image set on loopback and boot a storm of simulated clients through it.
+    Demo(zpxe::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory to serve (overrides server.root).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Address to listen on; repeat for several (default: all IPv4 addresses).
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<std::net::IpAddr>,
+    #[arg(long, value_name = "PORT")]
+    dhcp_port: Option<u16>,
+    #[arg(long, value_name = "PORT")]
+    pxe_port: Option<u16>,
+    #[arg(long, value_name = "PORT")]
+    tftp_port: Option<u16>,
+    #[arg(long, value_name = "PORT")]
+    http_port: Option<u16>,
+    #[arg(long, value_name = "PORT")]
+    web_port: Option<u16>,
+    /// Ports for TFTP transfers, LO-HI.
+    #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
+    tftp_port_range: Option<PortRange>,
+    /// Answer every TFTP transfer from the TFTP port itself (for NAT and firewalls).
+    #[arg(long)]
+    tftp_single_port: bool,
+    #[arg(long)]
+    no_dhcp: bool,
+    #[arg(long)]
+    no_tftp: bool,
+    #[arg(long)]
+    no_http: bool,
+    #[arg(long)]
+    no_web: bool,
+    /// Event loops; 0 = one per core.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+fn parse_range(s: &str) -> Result<PortRange, String> {
+    PortRange::parse(s)
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(file) => Config::load(file).map_err(|p| anyhow::anyhow!("{p}"))?,
+            None => Config::default(),
+        };
+        if let Some(root) = self.root {
+            config.server.root = toml::Spanned::new(0..0, root);
+        }
+        if !self.listen.is_empty() {
+            config.server.listen = self
+                .listen
+                .iter()
+                .map(|a| toml::Spanned::new(0..0, a.to_string()))
+                .collect();
+        }
+        let ports = &mut config.ports;
+        for (flag, port) in [
+            (self.dhcp_port, &mut ports.dhcp),
+            (self.pxe_port, &mut ports.pxe),
+            (self.tftp_port, &mut ports.tftp),
+            (self.http_port, &mut ports.http),
+            (self.web_port, &mut ports.web),
+        ] {
+            if let Some(p) = flag {
+                *port = p;
+            }
+        }
+        if let Some(r) = self.tftp_port_range {
+            ports.tftp_range = Some(toml::Spanned::new(0..0, format!("{}-{}", r.lo, r.hi)));
+        }
+        if self.tftp_single_port {
+            config.tftp.single_port = true;
+        }
+        let services = &mut config.services;
+        services.dhcp &= !self.no_dhcp;
+        services.tftp &= !self.no_tftp;
+        services.http &= !self.no_http;
+        services.web &= !self.no_web;
+        if let Some(t) = self.threads {
+            config.server.threads = t;
+        }
+        let problems = config.validate(
+            self.config.as_deref().unwrap_or("command line".as_ref()),
+            "",
+        );
+        if !problems.is_empty() {
+            anyhow::bail!("{}", zpxe::config::Problems(problems));
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => args
+            .into_config()
+            .and_then(|c| zpxe::serve::run(c, zpxe::serve::Stop::never())),
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Err(problems) => {
+                eprint!("{problems}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Demo(args) => zpxe::demo::run(args).context("demo"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zpxe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,236 @@
+//! `zpxe serve`: the engines' machines wired to the platform's event loops.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use zpxe_platform::bind::BindError;
+use zpxe_platform::runtime::EventLoop;
+use zpxe_platform::{ImageStore, StoreOptions};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+mod tftp;
+
+/// How often idle loops look at the stop flag, and how often the image store sweeps.
+pub(crate) const STOP_POLL: Duration = Duration::from_millis(250);
+
+/// Asks a running server to stop.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A stop that never fires (the command line server runs until killed).
+    pub fn never() -> Self {
+        Self::default()
+    }
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What every event loop shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) stop: Stop,
+}
+
+/// What one event loop owns.
+pub(crate) struct ThreadCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: RefCell<ImageStore>,
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub tftp: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub web: Vec<SocketAddr>,
+    pub dhcp: Vec<SocketAddr>,
+    pub pxe: Vec<SocketAddr>,
+    pub driver: &'static str,
+}
+
+/// Runs the server until `stop` fires.
+pub fn run(config: Config, stop: Stop) -> anyhow::Result<()> {
+    let handle = start(config, stop)?;
+    handle.join()
+}
+
+/// A server running on its own threads.
+pub struct ServerHandle {
+    pub bound: Bound,
+    pub metrics: Arc<Metrics>,
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    stop: Stop,
+}
+
+impl ServerHandle {
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    pub fn join(self) -> anyhow::Result<()> {
+        for t in self.threads {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("an event loop panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the event loops, binds every service and returns once all are listening.
+pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
+    let threads = match config.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        config,
+        metrics: Arc::clone(&metrics),
+        stop: stop.clone(),
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
+    let mut handles = Vec::new();
+    for index in 0..threads {
+        let shared = Arc::clone(&shared);
+        let tx = tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("zpxe-loop-{index}"))
+            .spawn(move || event_loop(index, shared, tx))
+            .context("spawning an event loop")?;
+        handles.push(handle);
+    }
+    drop(tx);
+    let mut bound = Bound::default();
+    for _ in 0..threads {
+        let b = match rx.recv() {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                stop.stop();
+                return Err(e);
+            }
+            Err(_) => {
+                stop.stop();
+                anyhow::bail!("an event loop ended before it started serving");
+            }
+        };
+        bound.driver = b.driver;
+        for (all, mine) in [
+            (&mut bound.tftp, b.tftp),
+            (&mut bound.http, b.http),
+            (&mut bound.web, b.web),
+            (&mut bound.dhcp, b.dhcp),
+            (&mut bound.pxe, b.pxe),
+        ] {
+            for a in mine {
+                if !all.contains(&a) {
+                    all.push(a);
+                }
+            }
+        }
+    }
+    tracing::info!(
+        driver = bound.driver,
+        threads,
+        tftp = ?bound.tftp,
+        http = ?bound.http,
+        web = ?bound.web,
+        dhcp = ?bound.dhcp,
+        pxe = ?bound.pxe,
+        "zpxe ready"
+    );
+    if let Err(e) = zpxe_platform::notify::ready("serving") {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+    Ok(ServerHandle {
+        bound,
+        metrics,
+        threads: handles,
+        stop,
+    })
+}
+
+fn event_loop(
+    index: usize,
+    shared: Arc<Shared>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<Bound>>,
+) -> anyhow::Result<()> {
+    let ev = match EventLoop::new().context("starting the event loop") {
+        Ok(ev) => ev,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
+            return Ok(());
+        }
+    };
+    if index == 0 {
+        tracing::info!(driver = ev.driver(), "I/O driver");
+    }
+    let result: anyhow::Result<()> = ev.block_on(async {
+        let ctx = match setup(index, &shared, ev.driver()) {
+            Ok((ctx, bound)) => {
+                let _ = ready.send(Ok(bound));
+                ctx
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return Ok(());
+            }
+        };
+        while !shared.stop.stopped() {
+            zpxe_platform::runtime::sleep(STOP_POLL).await;
+            ctx.store.borrow().sweep();
+        }
+        Ok(())
+    });
+    result
+}
+
+fn setup(
+    index: usize,
+    shared: &Arc<Shared>,
+    driver: &'static str,
+) -> anyhow::Result<(Rc<ThreadCtx>, Bound)> {
+    let config = &shared.config;
+    let store = ImageStore::new(
+        config.server.root.get_ref(),
+        StoreOptions {
+            case_insensitive: config.server.case_insensitive,
+            leases: config.server.leases,
+        },
+    )
+    .context("opening the image root")?;
+    let ctx = Rc::new(ThreadCtx {
+        shared: Arc::clone(shared),
+        store: RefCell::new(store),
+    });
+    let mut bound = Bound {
+        driver,
+        ..Bound::default()
+    };
+    for ip in config.listen_addrs() {
+        if config.services.tftp {
+            let addr = SocketAddr::new(ip, config.ports.tftp);
+            let svc = tftp::TftpService::bind(&ctx, addr)
+                .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
+            bound.tftp.push(svc.local_addr());
+            svc.start();
+        }
+        let _ = (index, IpAddr::from([0, 0, 0, 0]));
+    }
+    Ok((ctx, bound))
+}

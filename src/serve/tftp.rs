@@ -1,0 +1,336 @@
+//! The TFTP service on one event loop: the engine's `TftpServer` wired to a listener and one
+//! socket per transfer (or the listener alone in single-port mode).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use zpxe_engine::tftp::{Local, TftpEvent, TftpServer, TransferId, TransferOutcome};
+use zpxe_engine::{Payload, Transmit};
+use zpxe_platform::runtime::{JoinHandle, Notify, spawn};
+use zpxe_platform::udp::{Route, SegmentRun, SendError, UdpEndpoint, UdpOptions};
+
+use super::{Shared, ThreadCtx};
+use crate::config::PortRange;
+
+/// Most datagrams asked of the engine per poll: one GSO call's worth.
+const MAX_DATAGRAMS: usize = 64;
+const RECV_BUF: usize = 65_536;
+
+struct Transfer {
+    socket: Rc<UdpEndpoint>,
+    recv_task: Option<JoinHandle<()>>,
+    port: Option<u16>,
+}
+
+/// Hands out transfer ports from the configured range, or ephemeral ones.
+struct PortPool {
+    range: Option<PortRange>,
+    next: u16,
+    in_use: std::collections::HashSet<u16>,
+}
+
+impl PortPool {
+    fn bind(&mut self, ip: IpAddr, options: &UdpOptions) -> io::Result<(UdpEndpoint, Option<u16>)> {
+        let Some(range) = self.range else {
+            return UdpEndpoint::bind(SocketAddr::new(ip, 0), options).map(|s| (s, None));
+        };
+        for _ in 0..range.len() {
+            let port = self.next;
+            self.next = if self.next >= range.hi { range.lo } else { self.next + 1 };
+            if self.in_use.contains(&port) {
+                continue;
+            }
+            match UdpEndpoint::bind(SocketAddr::new(ip, port), options) {
+                Ok(s) => {
+                    self.in_use.insert(port);
+                    return Ok((s, Some(port)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("every port of the TFTP range {}-{} is busy", range.lo, range.hi),
+        ))
+    }
+
+    fn release(&mut self, port: Option<u16>) {
+        if let Some(p) = port {
+            self.in_use.remove(&p);
+        }
+    }
+}
+
+/// The TFTP service of one event loop.
+pub(crate) struct TftpService {
+    engine: RefCell<TftpServer>,
+    ctx: Rc<ThreadCtx>,
+    listener: Rc<UdpEndpoint>,
+    transfers: RefCell<HashMap<TransferId, Transfer>>,
+    ports: RefCell<PortPool>,
+    wake: Notify,
+    transfer_ip: IpAddr,
+}
+
+impl TftpService {
+    pub(crate) fn bind(ctx: &Rc<ThreadCtx>, addr: SocketAddr) -> io::Result<Rc<Self>> {
+        let shared: &Shared = &ctx.shared;
+        let options = UdpOptions {
+            pktinfo: true,
+            reuse_port: true,
+            recv_buffer: Some(4 << 20),
+            send_buffer: Some(4 << 20),
+            ..UdpOptions::default()
+        };
+        let listener = UdpEndpoint::bind(addr, &options)?;
+        let mut engine = TftpServer::new(shared.config.tftp.clone());
+        if addr.ip().is_loopback() {
+            engine.set_mtu(u16::MAX);
+        }
+        let range = shared.config.tftp_range();
+        Ok(Rc::new(Self {
+            engine: RefCell::new(engine),
+            ctx: Rc::clone(ctx),
+            listener: Rc::new(listener),
+            transfers: RefCell::default(),
+            ports: RefCell::new(PortPool {
+                range,
+                next: range.map_or(0, |r| r.lo),
+                in_use: Default::default(),
+            }),
+            wake: Notify::new(),
+            transfer_ip: addr.ip(),
+        }))
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// Runs the service until the event loop stops.
+    pub(crate) fn start(self: &Rc<Self>) {
+        let me = Rc::clone(self);
+        spawn(async move { me.recv_loop(Rc::clone(&me.listener), Local::Listener).await }).detach();
+        let me = Rc::clone(self);
+        spawn(async move { me.drive().await }).detach();
+    }
+
+    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, local: Local) {
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        loop {
+            let (res, b) = socket.recv(buf).await;
+            buf = b;
+            match res {
+                Ok(r) => {
+                    let now = Instant::now();
+                    let mut store = self.ctx.store.borrow_mut();
+                    self.engine.borrow_mut().handle_datagram(
+                        now,
+                        local,
+                        r.meta,
+                        &buf[..r.len],
+                        &mut *store,
+                    );
+                    drop(store);
+                    self.wake.notify();
+                }
+                // ICMP port unreachable from a client that went away surfaces here on Linux.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TFTP receive failed");
+                    if matches!(local, Local::Transfer(_)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn drive(self: Rc<Self>) {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let now = Instant::now();
+            if self
+                .engine
+                .borrow()
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
+                let mut store = self.ctx.store.borrow_mut();
+                self.engine.borrow_mut().handle_timeout(now, &mut *store);
+            }
+            loop {
+                let polled = self
+                    .engine
+                    .borrow_mut()
+                    .poll_transmit(now, MAX_DATAGRAMS, &mut buf);
+                let Some((local, transmit)) = polled else { break };
+                self.send(local, transmit, &buf).await;
+            }
+            self.handle_events();
+            if self.ctx.shared.stop.stopped() {
+                return;
+            }
+            let deadline = self.engine.borrow().poll_timeout();
+            let deadline = Some(deadline.map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL)));
+            self.wake.notified_until(deadline).await;
+        }
+    }
+
+    fn socket_for(self: &Rc<Self>, local: Local) -> Option<Rc<UdpEndpoint>> {
+        let id = match local {
+            Local::Listener => return Some(Rc::clone(&self.listener)),
+            Local::Transfer(id) => id,
+        };
+        if let Some(t) = self.transfers.borrow().get(&id) {
+            return Some(Rc::clone(&t.socket));
+        }
+        let options = UdpOptions {
+            send_buffer: Some(1 << 20),
+            ..UdpOptions::default()
+        };
+        let bound = self.ports.borrow_mut().bind(self.transfer_ip, &options);
+        match bound {
+            Ok((socket, port)) => {
+                let socket = Rc::new(socket);
+                let me = Rc::clone(self);
+                let task = spawn(me.recv_loop(Rc::clone(&socket), local));
+                self.transfers.borrow_mut().insert(
+                    id,
+                    Transfer {
+                        socket: Rc::clone(&socket),
+                        recv_task: Some(task),
+                        port,
+                    },
+                );
+                Some(socket)
+            }
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "no socket for a TFTP transfer");
+                let mut store = self.ctx.store.borrow_mut();
+                self.engine.borrow_mut().abort_transfer(
+                    id,
+                    "server out of transfer ports",
+                    &mut *store,
+                );
+                None
+            }
+        }
+    }
+
+    async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
+        let Some(socket) = self.socket_for(local) else { return };
+        let route = Route {
+            destination: t.destination,
+            source_ip: t.source_ip,
+            ifindex: t.ifindex,
+        };
+        match t.payload {
+            Payload::Bytes { len } => {
+                let (res, _) = socket.send(route, buf[..len].to_vec()).await;
+                if let Err(e) = res {
+                    tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
+                }
+            }
+            Payload::Segments {
+                header_len,
+                count,
+                segment,
+                image,
+                range,
+            } => {
+                let header_len = usize::from(header_len);
+                let headers = buf[..header_len * usize::from(count)].to_vec();
+                let version = self.ctx.store.borrow().version(image);
+                let result = match version {
+                    Some(v) => {
+                        let run = SegmentRun {
+                            header_len,
+                            count: usize::from(count),
+                            segment: segment as usize,
+                            range,
+                        };
+                        socket.send_run(route, headers, &v, run).await.0
+                    }
+                    None => Err(SendError::Image(zpxe_platform::VersionBroken::Gone)),
+                };
+                match result {
+                    Ok(n) => self.ctx.shared.metrics.tftp_datagrams(n as u64, range.len()),
+                    Err(SendError::Image(e)) => {
+                        if let Local::Transfer(id) = local {
+                            tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
+                            let mut store = self.ctx.store.borrow_mut();
+                            self.engine.borrow_mut().abort_transfer(
+                                id,
+                                "file changed on the server",
+                                &mut *store,
+                            );
+                        }
+                    }
+                    Err(SendError::Io(e)) => {
+                        tracing::debug!(to = %t.destination, error = %e, "TFTP data send failed");
+                    }
+                }
+            }
+            _ => tracing::error!("unexpected payload from the TFTP engine"),
+        }
+    }
+
+    fn handle_events(&self) {
+        loop {
+            let ev = self.engine.borrow_mut().poll_event();
+            let Some(ev) = ev else { break };
+            let metrics = &self.ctx.shared.metrics;
+            match ev {
+                TftpEvent::TransferStarted {
+                    id,
+                    remote,
+                    file,
+                    size,
+                    blksize,
+                    windowsize,
+                    ..
+                } => {
+                    metrics.tftp_started();
+                    tracing::info!(%id, %remote, file, size, blksize, windowsize, "TFTP transfer started");
+                }
+                TftpEvent::TransferEnded {
+                    id,
+                    remote,
+                    outcome,
+                    ..
+                } => {
+                    if let Some(mut t) = self.transfers.borrow_mut().remove(&id) {
+                        drop(t.recv_task.take());
+                        self.ports.borrow_mut().release(t.port);
+                    }
+                    match &outcome {
+                        TransferOutcome::Completed { bytes, .. } => {
+                            metrics.tftp_completed();
+                            tracing::info!(%id, %remote, bytes, "TFTP transfer complete");
+                        }
+                        other => {
+                            metrics.tftp_failed();
+                            tracing::info!(%id, %remote, outcome = ?other, "TFTP transfer ended");
+                        }
+                    }
+                }
+                TftpEvent::Refused {
+                    remote,
+                    file,
+                    reason,
+                    ..
+                } => {
+                    metrics.tftp_refused();
+                    tracing::info!(%remote, file, reason = %reason, "TFTP request refused");
+                }
+                other => tracing::debug!(event = ?other, "TFTP event"),
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Starting zpxe and the tools the tests drive.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The zpxe binary under test.
+pub fn zpxe_bin() -> PathBuf {
+    std::env::var_os("ZPXE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_zpxe")))
+}
+
+/// Fails the test when a tool it needs is missing: the suite installs its tools
+/// (tests/run-all.sh), it never skips.
+pub fn require(tool: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("this test needs `{tool}`: run tests/run-all.sh, which installs it")
+    })
+}
+
+/// A UDP port free right now on loopback.
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// A TCP port free right now on loopback.
+pub fn free_tcp_port() -> u16 {
+    let s = TcpListener::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// A running zpxe, stopped (by its PID) when dropped.
+pub struct Server {
+    child: Child,
+    pub tftp: SocketAddr,
+    pub http: SocketAddr,
+    pub web: SocketAddr,
+    pub dhcp: SocketAddr,
+    pub pxe: SocketAddr,
+    log: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+}
+
+impl Server {
+    /// Starts `zpxe serve` on 127.0.0.1 with free ports, serving `root`, plus `extra` flags.
+    pub fn start(root: &Path, extra: &[&str]) -> Server {
+        Self::start_on("127.0.0.1", root, extra)
+    }
+
+    pub fn start_on(ip: &str, root: &Path, extra: &[&str]) -> Server {
+        let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
+        let (http, web) = (free_tcp_port(), free_tcp_port());
+        let mut cmd = Command::new(zpxe_bin());
+        cmd.arg("serve")
+            .arg("--root")
+            .arg(root)
+            .args(["--listen", ip])
+            .args(["--tftp-port", &tftp.to_string()])
+            .args(["--http-port", &http.to_string()])
+            .args(["--web-port", &web.to_string()])
+            .args(["--dhcp-port", &dhcp.to_string()])
+            .args(["--pxe-port", &pxe.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn zpxe");
+        let (tx, rx) = mpsc::channel();
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let addr = |p: u16| SocketAddr::new(ip.parse().expect("ip"), p);
+        let mut server = Server {
+            child,
+            tftp: addr(tftp),
+            http: addr(http),
+            web: addr(web),
+            dhcp: addr(dhcp),
+            pxe: addr(pxe),
+            log: rx,
+            lines: Vec::new(),
+        };
+        server.wait_for_log("zpxe ready", Duration::from_secs(20));
+        server
+    }
+
+    /// Waits until a log line contains `needle`; panics with the log so far if it does not.
+    pub fn wait_for_log(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        if let Some(l) = self.lines.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.lines.push(line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!(
+                            "zpxe exited ({status}) before logging {needle:?}:\n{}",
+                            self.lines.join("\n")
+                        );
+                    }
+                    panic!(
+                        "zpxe did not log {needle:?} within {within:?}:\n{}",
+                        self.lines.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Collects the log lines written so far.
+    pub fn drain_log(&mut self) -> &[String] {
+        while let Ok(line) = self.log.try_recv() {
+            self.lines.push(line);
+        }
+        &self.lines
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The server's anonymous resident memory (RssAnon) in KiB.
+    pub fn rss_anon_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("RssAnon")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `len` bytes of a deterministic pattern to `path` and returns them.
+pub fn pattern_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(path, &data).expect("write");
+    data
+}
+
+/// Runs a command with a time limit; returns (success, stdout+stderr).
+pub fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => break,
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                return (
+                    false,
+                    format!(
+                        "timed out after {limit:?}\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

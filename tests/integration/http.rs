@@ -1,0 +1,208 @@
+//! Real HTTP clients against the zpxe binary's boot port: curl and raw sockets.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::common::{Server, pattern_file, require, run};
+
+fn curl(args: &[&str]) -> (bool, String) {
+    run(
+        Command::new(require("curl")).args(["-sS", "--max-time", "60"]).args(args),
+        Duration::from_secs(70),
+    )
+}
+
+fn curl_bytes(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(require("curl"))
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn setup() -> (tempfile::TempDir, Vec<u8>, Server) {
+    let root = tempfile::tempdir().expect("tmp");
+    let data = pattern_file(&root.path().join("sources/boot.wim"), 5 * 1024 * 1024 + 11, 21);
+    let server = Server::start(root.path(), &[]);
+    (root, data, server)
+}
+
+#[test]
+fn full_and_ranged_downloads_are_byte_exact() {
+    let (_root, data, server) = setup();
+    let url = format!("http://{}/sources/boot.wim", server.http);
+    let full = curl_bytes(&[&url]);
+    assert_eq!(Sha256::digest(&full), Sha256::digest(&data));
+    assert_eq!(curl_bytes(&["-r", "0-0", &url]), data[..1]);
+    assert_eq!(curl_bytes(&["-r", "-1", &url]), data[data.len() - 1..]);
+    assert_eq!(curl_bytes(&["-r", "1000-", &url]), data[1000..]);
+    assert_eq!(curl_bytes(&["-r", "4096-1052671", &url]), data[4096..1_052_672]);
+}
+
+#[test]
+fn range_past_the_end_is_416_with_length() {
+    let (_root, data, server) = setup();
+    let url = format!("http://{}/sources/boot.wim", server.http);
+    let (ok, out) = curl(&[
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "-r",
+        &format!("{}-", data.len() + 10),
+        &url,
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("HTTP/1.1 416"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&format!("content-range: bytes */{}", data.len())),
+        "{out}"
+    );
+}
+
+#[test]
+fn multi_range_is_multipart_byteranges() {
+    let (_root, data, server) = setup();
+    let url = format!("http://{}/sources/boot.wim", server.http);
+    let (ok, out) = curl(&["-D", "-", "-o", "/dev/null", "-r", "0-9,100-109", &url]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("HTTP/1.1 206"), "{out}");
+    assert!(out.contains("multipart/byteranges; boundary="), "{out}");
+    let body = curl_bytes(&["-r", "0-9,100-109", &url]);
+    let find = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(find(&data[0..10]) && find(&data[100..110]), "both parts present");
+    assert!(find(format!("Content-Range: bytes 0-9/{}", data.len()).as_bytes()));
+}
+
+#[test]
+fn head_and_conditional_requests() {
+    let (_root, data, server) = setup();
+    let url = format!("http://{}/sources/boot.wim", server.http);
+    let (ok, head) = curl(&["-I", &url]);
+    assert!(ok, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains(&format!("content-length: {}", data.len())), "{head}");
+    assert!(lower.contains("accept-ranges: bytes"), "{head}");
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("ETag: ").or_else(|| l.strip_prefix("etag: ")))
+        .expect("etag")
+        .trim()
+        .to_owned();
+    let last_modified = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Last-Modified: ")
+                .or_else(|| l.strip_prefix("last-modified: "))
+        })
+        .expect("last-modified")
+        .trim()
+        .to_owned();
+    let (ok, out) = curl(&["-D", "-", "-o", "/dev/null", "-H", &format!("If-None-Match: {etag}"), &url]);
+    assert!(ok && out.starts_with("HTTP/1.1 304"), "{out}");
+    let (ok, out) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("If-Modified-Since: {last_modified}"),
+        &url,
+    ]);
+    assert!(ok && out.starts_with("HTTP/1.1 304"), "{out}");
+    // If-Range with a stale validator: the whole file, not the range.
+    let body = curl_bytes(&["-r", "0-9", "-H", "If-Range: \"stale\"", &url]);
+    assert_eq!(body.len(), data.len());
+    let body = curl_bytes(&["-r", "0-9", "-H", &format!("If-Range: {etag}"), &url]);
+    assert_eq!(body, data[..10]);
+}
+
+fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("header byte");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("utf8");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).expect("body");
+    (head, body)
+}
+
+#[test]
+fn pipelined_requests_over_one_connection() {
+    let (_root, data, server) = setup();
+    let mut s = TcpStream::connect(server.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let req = |range: &str| {
+        format!("GET /sources/boot.wim HTTP/1.1\r\nHost: x\r\nRange: bytes={range}\r\n\r\n")
+    };
+    let all = format!("{}{}{}", req("0-99"), req("100-199"), req("-50"));
+    s.write_all(all.as_bytes()).expect("write");
+    for want in [&data[0..100], &data[100..200], &data[data.len() - 50..]] {
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+        assert_eq!(body, want);
+    }
+}
+
+#[test]
+fn oversized_header_gets_431() {
+    let (_root, _data, server) = setup();
+    let mut s = TcpStream::connect(server.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let big = "a".repeat(64 * 1024);
+    let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}
+
+#[test]
+fn slowloris_is_dropped_while_others_are_served() {
+    let (_root, data, server) = setup();
+    let mut slow = TcpStream::connect(server.http).expect("connect");
+    slow.write_all(b"GET /sources/boot.wim HTTP/1.1\r\nHost: x\r\n").expect("write");
+    let started = Instant::now();
+    // Others are served meanwhile.
+    let url = format!("http://{}/sources/boot.wim", server.http);
+    assert_eq!(curl_bytes(&["-r", "0-9", &url]), data[..10]);
+    // The slow client trickles a header line now and then but never finishes; the server's
+    // header deadline closes it.
+    slow.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "slow client still connected after 60 s"
+        );
+        let _ = slow.write_all(b"X-Slow: 1\r\n");
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(_) => break,
+        }
+    }
+}

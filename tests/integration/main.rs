@@ -1,0 +1,4 @@
+//! zpxe's integration tests: the real binary, real sockets, real clients.
+//! One test binary with modules (ripgrep style), so the suite links once.
+
+mod common;
