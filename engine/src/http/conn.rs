@@ -310,8 +310,15 @@ impl HttpConnection {
         if let Some(front) = self.queue.front_mut() {
             front.chunks.pop_front();
             front.offset = 0;
+            // After the last image chunk only framing bytes remain (a multipart trailer):
+            // release the image now, while the catalog is at hand.
+            if !front.chunks.iter().any(|c| matches!(c, Chunk::Image(..)))
+                && let Some(id) = front.image.take()
+            {
+                images.close(id);
+            }
             if front.chunks.is_empty() {
-                self.finish_front_with(images);
+                self.finish_front();
             }
         }
     }
@@ -447,19 +454,11 @@ impl HttpConnection {
         });
     }
 
-    /// Completes the front response; it holds no image (see `serve`).
+    /// Completes the front response. It holds no image any more: references are released
+    /// when the planned body has no image chunk (`serve`) or after the last one (`body_done`).
     fn finish_front(&mut self) {
         if let Some(p) = self.queue.pop_front() {
             debug_assert!(p.image.is_none());
-            self.complete(p.event, p.close_after);
-        }
-    }
-
-    fn finish_front_with(&mut self, images: &mut dyn ImageCatalog) {
-        if let Some(p) = self.queue.pop_front() {
-            if let Some(id) = p.image {
-                images.close(id);
-            }
             self.complete(p.event, p.close_after);
         }
     }
@@ -485,4 +484,403 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s.get(..end).unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::StaticFiles;
+    use crate::image::MemoryCatalog;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use std::time::UNIX_EPOCH;
+
+    struct Harness {
+        conn: HttpConnection,
+        cat: MemoryCatalog,
+        now: Instant,
+        wall: SystemTime,
+        closed: bool,
+    }
+
+    fn harness(config: HttpConfig) -> Harness {
+        let mut cat = MemoryCatalog::new();
+        cat.insert(
+            "boot.wim",
+            (0..10_000u32).map(|i| (i % 251) as u8).collect(),
+        );
+        cat.insert("Boot/BCD", b"bcd-bytes".to_vec());
+        cat.insert("empty", Vec::new());
+        let now = Instant::now();
+        Harness {
+            conn: HttpConnection::new(now, Arc::new(config)),
+            cat,
+            now,
+            wall: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            closed: false,
+        }
+    }
+
+    impl Harness {
+        fn input(&mut self, data: &[u8]) -> usize {
+            self.conn
+                .handle_input(self.now, data, self.wall, &mut StaticFiles, &mut self.cat)
+        }
+
+        /// Everything the connection sends now, image bytes materialized from the catalog.
+        fn drain(&mut self) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 97]; // odd size: heads span several polls
+            while let Some(o) = self.conn.poll_output(&mut buf) {
+                match o {
+                    Output::Bytes { len } => out.extend_from_slice(&buf[..len]),
+                    Output::Body { image, range } => {
+                        out.extend_from_slice(self.cat.slice(image, range).expect("held"));
+                        self.conn.body_done(self.now, &mut self.cat);
+                    }
+                    Output::Close => self.closed = true,
+                }
+            }
+            out
+        }
+
+        fn exchange(&mut self, data: &[u8]) -> String {
+            String::from_utf8_lossy(&self.exchange_raw(data)).into_owned()
+        }
+
+        fn exchange_raw(&mut self, data: &[u8]) -> Vec<u8> {
+            assert_eq!(self.input(data), data.len());
+            self.drain()
+        }
+    }
+
+    fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+        let head = response.split("\r\n\r\n").next()?;
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(": ")?;
+            n.eq_ignore_ascii_case(name).then_some(v)
+        })
+    }
+
+    fn raw_body_len(raw: &[u8]) -> usize {
+        let at = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head end");
+        raw.len() - at - 4
+    }
+
+    fn body(response: &str) -> &str {
+        response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+    }
+
+    #[test]
+    fn get_head_and_refs() {
+        let mut h = harness(HttpConfig::default());
+        let r = h.exchange(b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert_eq!(header(&r, "content-length"), Some("9"));
+        assert_eq!(header(&r, "accept-ranges"), Some("bytes"));
+        assert_eq!(header(&r, "server"), Some("zpxe"));
+        assert_eq!(header(&r, "date"), Some("Tue, 14 Nov 2023 22:13:20 GMT"));
+        assert_eq!(body(&r), "bcd-bytes");
+        let head = h.exchange(b"HEAD /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n");
+        assert_eq!(header(&head, "content-length"), Some("9"));
+        assert_eq!(body(&head), "");
+        assert!(!h.closed);
+        assert_eq!(h.cat.total_open_refs(), 0);
+        let events: Vec<_> = std::iter::from_fn(|| h.conn.poll_event()).collect();
+        assert_eq!(
+            events[0],
+            HttpEvent::Served {
+                method: Some(Method::Get),
+                path: "/Boot/BCD".into(),
+                status: StatusCode::OK,
+                bytes: 9
+            }
+        );
+        assert!(matches!(events[1], HttpEvent::Served { bytes: 0, .. }));
+    }
+
+    #[test]
+    fn not_found_and_refused_paths_leak_nothing() {
+        let mut h = harness(HttpConfig::default());
+        for path in [
+            "/nope",
+            "/../boot.wim",
+            "/%2e%2e/boot.wim",
+            "/",
+            "/a%5cb",
+            "/x:y",
+        ] {
+            let r = h.exchange(format!("GET {path} HTTP/1.1\r\nHost: s\r\n\r\n").as_bytes());
+            assert!(r.starts_with("HTTP/1.1 404 "), "{path}: {r}");
+        }
+        assert!(!h.closed);
+    }
+
+    #[test]
+    fn pipelined_requests_answer_in_order() {
+        let mut h = harness(HttpConfig::default());
+        let r = h.exchange(
+            b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\nGET /nope HTTP/1.1\r\nHost: s\r\n\r\n\
+              GET /Boot/BCD HTTP/1.1\r\nHost: s\r\nRange: bytes=0-2\r\n\r\n",
+        );
+        let statuses: Vec<_> = r
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &r[i + 9..i + 12])
+            .collect();
+        assert_eq!(statuses, ["200", "404", "206"]);
+        assert!(r.ends_with("\r\n\r\nbcd"));
+        assert_eq!(h.cat.total_open_refs(), 0);
+    }
+
+    #[test]
+    fn pipelining_is_bounded_and_resumes() {
+        let config = HttpConfig {
+            max_pipelined: 2,
+            ..HttpConfig::default()
+        };
+        let mut h = harness(config);
+        let one = b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n";
+        let three = [&one[..], one, one].concat();
+        let n = h.input(&three);
+        assert_eq!(n, 2 * one.len());
+        assert!(!h.conn.wants_input());
+        let first = h.drain();
+        assert!(h.conn.wants_input());
+        assert_eq!(h.input(&three[n..]), one.len());
+        let second = h.drain();
+        let all = String::from_utf8_lossy(&[first, second].concat()).into_owned();
+        assert_eq!(all.matches("bcd-bytes").count(), 3);
+    }
+
+    #[test]
+    fn keep_alive_and_close() {
+        let mut h = harness(HttpConfig::default());
+        let r = h.exchange(b"GET /Boot/BCD HTTP/1.0\r\n\r\n");
+        assert_eq!(header(&r, "connection"), Some("close"));
+        assert!(h.closed && h.conn.is_closed());
+
+        let mut h = harness(HttpConfig::default());
+        let r = h.exchange(b"GET /Boot/BCD HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(header(&r, "connection"), Some("keep-alive"));
+        assert!(!h.closed);
+
+        let mut h = harness(HttpConfig::default());
+        // Requests after a "close" request are never answered.
+        let r = h.exchange(
+            b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\nGET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n",
+        );
+        assert_eq!(r.matches("HTTP/1.1").count(), 1);
+        assert_eq!(header(&r, "connection"), Some("close"));
+        assert!(h.closed);
+
+        let mut h = harness(HttpConfig::default());
+        assert_eq!(h.input(b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n"), 35);
+        h.conn.handle_eof(h.now);
+        let r = String::from_utf8_lossy(&h.drain()).into_owned();
+        assert!(r.ends_with("bcd-bytes") && h.closed, "answers, then closes");
+    }
+
+    #[test]
+    fn conditional_get_and_if_range() {
+        let mut h = harness(HttpConfig::default());
+        let r = h.exchange(b"GET /boot.wim HTTP/1.1\r\nHost: s\r\n\r\n");
+        let etag = header(&r, "etag").expect("etag").to_owned();
+        let r = h.exchange(
+            format!("GET /boot.wim HTTP/1.1\r\nHost: s\r\nIf-None-Match: {etag}\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(r.starts_with("HTTP/1.1 304 "), "{r}");
+        assert_eq!(header(&r, "content-length"), None);
+        assert_eq!(header(&r, "etag"), Some(etag.as_str()));
+        assert!(r.ends_with("\r\n\r\n"));
+        // If-Range with the current tag: ranged; with a stale one: the whole file.
+        let ranged = format!(
+            "GET /boot.wim HTTP/1.1\r\nHost: s\r\nRange: bytes=10-19\r\nIf-Range: {etag}\r\n\r\n"
+        );
+        let r = h.exchange(ranged.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 206 "));
+        assert_eq!(header(&r, "content-range"), Some("bytes 10-19/10000"));
+        let r = h.exchange_raw(
+            b"GET /boot.wim HTTP/1.1\r\nHost: s\r\nRange: bytes=10-19\r\nIf-Range: \"old\"\r\n\r\n",
+        );
+        assert!(r.starts_with(b"HTTP/1.1 200 "));
+        assert_eq!(raw_body_len(&r), 10_000);
+        assert_eq!(h.cat.total_open_refs(), 0);
+    }
+
+    #[test]
+    fn ranges_416_and_multipart_switch() {
+        let mut h = harness(HttpConfig::default());
+        let r = h.exchange(b"GET /boot.wim HTTP/1.1\r\nHost: s\r\nRange: bytes=10000-\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 416 "), "{r}");
+        assert_eq!(header(&r, "content-range"), Some("bytes */10000"));
+        assert_eq!(header(&r, "content-length"), Some("0"));
+        let r = h.exchange(b"GET /boot.wim HTTP/1.1\r\nHost: s\r\nRange: bytes=0-0,-1\r\n\r\n");
+        assert!(
+            header(&r, "content-type")
+                .is_some_and(|t| t.starts_with("multipart/byteranges; boundary="))
+        );
+        let r = h.exchange(b"GET /empty HTTP/1.1\r\nHost: s\r\n\r\n");
+        assert_eq!(header(&r, "content-length"), Some("0"));
+        assert!(!h.closed);
+
+        let mut h = harness(HttpConfig {
+            multipart: false,
+            ..HttpConfig::default()
+        });
+        let r = h.exchange_raw(b"GET /boot.wim HTTP/1.1\r\nHost: s\r\nRange: bytes=0-0,-1\r\n\r\n");
+        assert!(r.starts_with(b"HTTP/1.1 200 "));
+        assert_eq!(raw_body_len(&r), 10_000);
+        assert_eq!(h.cat.total_open_refs(), 0);
+    }
+
+    #[test]
+    fn bad_heads_get_their_status_and_close() {
+        for (raw, status) in [
+            (&b"POST / HTTP/1.1\r\nHost: s\r\n\r\n"[..], "405"),
+            (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            (b"GET / HTTP/3.0\r\nHost: s\r\n\r\n", "505"),
+            (b"\x16\x03\x01\x00\xa5\x01\x00", "400"),
+        ] {
+            let mut h = harness(HttpConfig::default());
+            let r = h.exchange(raw);
+            assert!(r.starts_with(&format!("HTTP/1.1 {status} ")), "{r}");
+            assert_eq!(header(&r, "connection"), Some("close"));
+            assert!(h.closed);
+            if status == "405" {
+                assert_eq!(header(&r, "allow"), Some("GET, HEAD"));
+            }
+        }
+        // An oversized header arriving in pieces: 431 once the limit is passed.
+        let mut h = harness(HttpConfig::default());
+        assert_eq!(h.input(b"GET / HTTP/1.1\r\nHost: s\r\nX-Big: "), 32);
+        let chunk = [b'a'; 1000];
+        for _ in 0..9 {
+            h.input(&chunk);
+        }
+        let r = String::from_utf8_lossy(&h.drain()).into_owned();
+        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+        assert!(h.closed);
+    }
+
+    #[test]
+    fn slowloris_is_cut_at_the_header_deadline() {
+        let mut h = harness(HttpConfig::default());
+        let start = h.now;
+        assert_eq!(h.conn.poll_timeout(), Some(start + Duration::from_secs(60)));
+        h.input(b"GET /boot.wim HTTP/1.1\r\n");
+        assert_eq!(h.conn.poll_timeout(), Some(start + Duration::from_secs(10)));
+        for i in 1..10 {
+            h.now = start + Duration::from_secs(i);
+            h.input(b"X: y\r\n");
+            h.conn.handle_timeout(h.now);
+            assert!(h.drain().is_empty());
+        }
+        h.now = start + Duration::from_secs(10);
+        h.conn.handle_timeout(h.now);
+        let r = String::from_utf8_lossy(&h.drain()).into_owned();
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert!(h.closed);
+        assert_eq!(
+            h.conn.poll_event(),
+            Some(HttpEvent::TimedOut { reading_head: true })
+        );
+    }
+
+    #[test]
+    fn idle_keep_alive_connection_closes_silently() {
+        let mut h = harness(HttpConfig::default());
+        h.now += Duration::from_secs(5);
+        h.exchange(b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n");
+        let deadline = h.now + Duration::from_secs(60);
+        assert_eq!(h.conn.poll_timeout(), Some(deadline));
+        h.conn.handle_timeout(deadline - Duration::from_millis(1));
+        assert!(h.drain().is_empty() && !h.closed);
+        h.conn.handle_timeout(deadline);
+        assert!(h.drain().is_empty());
+        assert!(h.closed);
+    }
+
+    #[test]
+    fn abort_mid_body_releases_refs() {
+        let mut h = harness(HttpConfig::default());
+        h.input(
+            b"GET /boot.wim HTTP/1.1\r\nHost: s\r\n\r\nGET /boot.wim HTTP/1.1\r\nHost: s\r\n\r\n",
+        );
+        assert_eq!(h.cat.total_open_refs(), 2);
+        let mut buf = [0u8; 4096];
+        assert!(matches!(
+            h.conn.poll_output(&mut buf),
+            Some(Output::Bytes { .. })
+        ));
+        assert!(matches!(
+            h.conn.poll_output(&mut buf),
+            Some(Output::Body { .. })
+        ));
+        assert_eq!(h.conn.poll_output(&mut buf), None, "waits for body_done");
+        h.conn.abort(&mut h.cat);
+        assert_eq!(h.cat.total_open_refs(), 0);
+        assert!(h.conn.is_closed());
+    }
+
+    #[test]
+    fn random_input_never_panics_and_never_leaks() {
+        let mut rng = SmallRng::seed_from_u64(0x5eed);
+        let seeds: [&[u8]; 4] = [
+            b"GET /boot.wim HTTP/1.1\r\nHost: s\r\nRange: bytes=0-5,7-9,-3\r\n\r\n",
+            b"HEAD /Boot/BCD HTTP/1.0\r\nIf-None-Match: *\r\n\r\n",
+            b"GET /boot.wim HTTP/1.1\r\nHost: s\r\nIf-Range: Sun, 06 Nov 1994 08:49:37 GMT\r\nRange: bytes=1-\r\n\r\n",
+            b"\r\nGET /%2e%2e/x?mac=1 HTTP/1.1\r\nHost: [::1]:80\r\nConnection: keep-alive, close\r\n\r\n",
+        ];
+        let config = HttpConfig {
+            max_header_bytes: 512,
+            max_request_line: 128,
+            ..HttpConfig::default()
+        };
+        for _ in 0..1500 {
+            let mut h = harness(config.clone());
+            for _ in 0..rng.random_range(1..6) {
+                let mut data = seeds[rng.random_range(0..seeds.len())].to_vec();
+                let mutations = rng.random_range(0..6);
+                for _ in 0..mutations {
+                    let i = rng.random_range(0..data.len());
+                    match rng.random_range(0..3) {
+                        0 => data[i] = rng.random(),
+                        1 => {
+                            data.remove(i);
+                        }
+                        _ => data.insert(i, rng.random()),
+                    }
+                }
+                if rng.random_bool(0.2) {
+                    data = (0..rng.random_range(0..300))
+                        .map(|_| rng.random())
+                        .collect();
+                }
+                let mut offset = 0;
+                while offset < data.len() {
+                    let end = (offset + rng.random_range(1..64)).min(data.len());
+                    let n = h.input(&data[offset..end]);
+                    offset += n;
+                    h.drain();
+                    if n == 0 && !h.conn.wants_input() {
+                        break;
+                    }
+                }
+                h.now += Duration::from_millis(rng.random_range(0..20_000));
+                h.conn.handle_timeout(h.now);
+                h.drain();
+            }
+            if rng.random_bool(0.5) {
+                h.conn.handle_eof(h.now);
+                h.drain();
+                assert!(h.conn.is_closed());
+            }
+            h.conn.abort(&mut h.cat);
+            assert_eq!(h.cat.total_open_refs(), 0);
+        }
+    }
 }
