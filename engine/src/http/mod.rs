@@ -5,7 +5,7 @@
 //! ([`ImageId`](crate::ImageId), [`ByteRange`](crate::ByteRange)) in [`Output::Body`] and the
 //! platform sends them with its own zero-copy path.
 
-// pub mod client;
+pub mod client;
 pub mod conditional;
 pub mod conn;
 pub mod date;
@@ -15,7 +15,7 @@ pub mod range;
 pub mod request;
 pub mod response;
 
-// pub use client::{ClientError, ClientEvent, HttpClient};
+pub use client::{ClientError, ClientEvent, ContentRange, HttpClient};
 pub use conn::{HttpConfig, HttpConnection, HttpEvent, Output};
 pub use handler::{Handler, Reply, StaticFiles};
 pub use ipxe::{BootMenu, BootQuery, BootRule, BootScripts, EntryKind, MenuEntry, MenuError};
