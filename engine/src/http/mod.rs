@@ -15,6 +15,9 @@ pub mod range;
 pub mod request;
 pub mod response;
 
+#[cfg(test)]
+mod pair_tests;
+
 pub use client::{ClientError, ClientEvent, ContentRange, HttpClient};
 pub use conn::{HttpConfig, HttpConnection, HttpEvent, Output};
 pub use handler::{Handler, Reply, StaticFiles};
