@@ -478,7 +478,10 @@ pub fn parse_content_range(value: &str) -> Result<ContentRange, ClientError> {
             if b < a || complete_len.is_some_and(|l| b >= l) {
                 return Err(bad);
             }
-            Some(ByteRange::new(a, b + 1))
+            Some(ByteRange::new(
+                a,
+                b.checked_add(1).ok_or_else(|| bad.clone())?,
+            ))
         }
     };
     Ok(ContentRange {
@@ -598,5 +601,6 @@ mod tests {
         assert!(parse_content_range("bytes 5-4/10").is_err());
         assert!(parse_content_range("bytes 0-10/10").is_err());
         assert!(parse_content_range("items 0-1/2").is_err());
+        assert!(parse_content_range("bytes 0-18446744073709551615/*").is_err());
     }
 }

@@ -137,6 +137,8 @@ pub struct HttpConnection {
     idle_since: Instant,
     /// Latest time passed in; stamps completions reported without one.
     last_now: Instant,
+    /// Latest wall clock passed in, for the `Date` of a 408 sent from `handle_timeout`.
+    last_wall: SystemTime,
     queue: VecDeque<Pending>,
     /// A `Body` was handed out and `body_done` has not come yet.
     body_in_flight: bool,
@@ -154,6 +156,7 @@ impl HttpConnection {
             head_started: None,
             idle_since: now,
             last_now: now,
+            last_wall: SystemTime::UNIX_EPOCH,
             queue: VecDeque::new(),
             body_in_flight: false,
             events: VecDeque::new(),
@@ -172,6 +175,7 @@ impl HttpConnection {
         images: &mut dyn ImageCatalog,
     ) -> usize {
         self.last_now = now;
+        self.last_wall = wall;
         let mut consumed = 0;
         while consumed < data.len() && self.wants_input() {
             let rest = data.get(consumed..).unwrap_or_default();
@@ -339,7 +343,7 @@ impl HttpConnection {
             //= https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9
             //# The 408 (Request Timeout) status code indicates that the server did not receive a
             //# complete request message within the time that it was prepared to wait.
-            let planned = handler::plan_error(StatusCode::REQUEST_TIMEOUT, SystemTime::UNIX_EPOCH);
+            let planned = handler::plan_error(StatusCode::REQUEST_TIMEOUT, self.last_wall);
             self.enqueue(planned, None, String::new(), false, Version::Http11);
         }
         self.state = State::Closing;
@@ -783,6 +787,7 @@ mod tests {
         h.conn.handle_timeout(h.now);
         let r = String::from_utf8_lossy(&h.drain()).into_owned();
         assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert_eq!(header(&r, "date"), Some("Tue, 14 Nov 2023 22:13:20 GMT"));
         assert!(h.closed);
         assert_eq!(
             h.conn.poll_event(),
