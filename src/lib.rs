@@ -5,3 +5,4 @@ pub mod config;
 pub mod demo_images;
 pub mod metrics;
 pub mod serve;
+pub mod web;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use compio::BufResult;
-use compio::buf::IoBuf;
+use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -86,6 +86,13 @@ impl TcpConn {
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let BufResult(r, buf) = self.stream.write_all(buf).await;
         (r, buf)
+    }
+
+    /// Writes the first `len` bytes of `buf` and hands the buffer back whole.
+    pub async fn write_prefix(&mut self, buf: Vec<u8>, len: usize) -> (io::Result<()>, Vec<u8>) {
+        let len = len.min(buf.len());
+        let BufResult(r, slice) = self.stream.write_all(buf.slice(..len)).await;
+        (r, slice.into_inner())
     }
 
     /// Writes `range` of `image` from its mapping: the kernel copies from the page cache, no

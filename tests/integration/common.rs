@@ -62,7 +62,25 @@ impl Server {
     pub fn start_on(ip: &str, root: &Path, extra: &[&str]) -> Server {
         let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
         let (http, web) = (free_tcp_port(), free_tcp_port());
-        let mut cmd = Command::new(zpxe_bin());
+        Self::launch(None, ip, [tftp, dhcp, pxe, http, web], root, extra)
+    }
+
+    /// Starts zpxe inside network namespace `ns` on the standard ports, listening on `ip`
+    /// (or on every address when `ip` is 0.0.0.0).
+    pub fn start_in_ns(ns: &str, ip: &str, root: &Path, extra: &[&str]) -> Server {
+        Self::launch(Some(ns), ip, [69, 67, 4011, 8050, 8051], root, extra)
+    }
+
+    fn launch(ns: Option<&str>, ip: &str, ports: [u16; 5], root: &Path, extra: &[&str]) -> Server {
+        let [tftp, dhcp, pxe, http, web] = ports;
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new(require("ip"));
+                c.args(["netns", "exec", ns]).arg(zpxe_bin());
+                c
+            }
+            None => Command::new(zpxe_bin()),
+        };
         cmd.arg("serve")
             .arg("--root")
             .arg(root)

@@ -2,3 +2,6 @@
 //! One test binary with modules (ripgrep style), so the suite links once.
 
 mod common;
+mod http;
+mod netns;
+mod tftp;

@@ -1,0 +1,142 @@
+//! The proxyDHCP service: the engine's `ProxyDhcp` on UDP 67 and 4011.
+//!
+//! One socket per port on one event loop: with `SO_REUSEPORT` every socket would see each
+//! broadcast. Sockets learn the arrival address and interface of each request (`IP_PKTINFO`) and
+//! replies leave from that address and interface, so a multi-homed server names the right
+//! next-server on each segment.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use zpxe_engine::Payload;
+use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
+use zpxe_platform::runtime::{Notify, spawn};
+use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+
+use super::ThreadCtx;
+use crate::metrics::Metrics;
+
+const BUF: usize = 4096;
+
+pub(crate) struct DhcpService {
+    engine: RefCell<ProxyDhcp>,
+    ctx: Rc<ThreadCtx>,
+    dhcp: Rc<UdpEndpoint>,
+    pxe: Rc<UdpEndpoint>,
+    wake: Notify,
+}
+
+impl DhcpService {
+    /// Binds both ports on `ip`, one socket per device when devices are configured.
+    pub(crate) fn bind(
+        ctx: &Rc<ThreadCtx>,
+        dhcp_addr: SocketAddr,
+        pxe_addr: SocketAddr,
+        device: Option<String>,
+    ) -> Result<Rc<Self>, (SocketAddr, io::Error)> {
+        let options = UdpOptions {
+            pktinfo: true,
+            broadcast: true,
+            device,
+            recv_buffer: Some(4 << 20),
+            send_buffer: Some(1 << 20),
+            ..UdpOptions::default()
+        };
+        let dhcp = UdpEndpoint::bind(dhcp_addr, &options).map_err(|e| (dhcp_addr, e))?;
+        let pxe = UdpEndpoint::bind(pxe_addr, &options).map_err(|e| (pxe_addr, e))?;
+        let config = super::proxy_config(&ctx.shared.config);
+        Ok(Rc::new(Self {
+            engine: RefCell::new(ProxyDhcp::new(config)),
+            ctx: Rc::clone(ctx),
+            dhcp: Rc::new(dhcp),
+            pxe: Rc::new(pxe),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub(crate) fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
+        (self.dhcp.local_addr(), self.pxe.local_addr())
+    }
+
+    pub(crate) fn start(self: &Rc<Self>) {
+        for (socket, port) in [
+            (Rc::clone(&self.dhcp), DhcpPort::Dhcp),
+            (Rc::clone(&self.pxe), DhcpPort::Pxe),
+        ] {
+            let me = Rc::clone(self);
+            spawn(async move { me.recv_loop(socket, port).await }).detach();
+        }
+        let me = Rc::clone(self);
+        spawn(async move { me.drive().await }).detach();
+    }
+
+    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, port: DhcpPort) {
+        let mut buf = Vec::with_capacity(BUF);
+        loop {
+            let (res, b) = socket.recv(buf).await;
+            buf = b;
+            match res {
+                Ok(r) => {
+                    Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
+                    self.engine.borrow_mut().handle_datagram(
+                        Instant::now(),
+                        port,
+                        r.meta,
+                        &buf[..r.len],
+                    );
+                    self.wake.notify();
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
+            }
+        }
+    }
+
+    async fn drive(self: Rc<Self>) {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            loop {
+                let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), &mut buf);
+                let Some((port, t)) = polled else { break };
+                let Payload::Bytes { len } = t.payload else {
+                    tracing::error!("unexpected payload from the DHCP engine");
+                    continue;
+                };
+                let socket = match port {
+                    DhcpPort::Dhcp => &self.dhcp,
+                    _ => &self.pxe,
+                };
+                let route = Route {
+                    destination: t.destination,
+                    source_ip: t.source_ip,
+                    ifindex: t.ifindex,
+                };
+                let (res, _) = socket.send(route, buf[..len].to_vec()).await;
+                match res {
+                    Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
+                    Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
+                }
+            }
+            loop {
+                let ev = self.engine.borrow_mut().poll_event();
+                let Some(ev) = ev else { break };
+                match &ev {
+                    DhcpEvent::Ignored { .. } => {
+                        Metrics::add(&self.ctx.shared.metrics.dhcp_ignored_total, 1);
+                        tracing::debug!(event = ?ev, "DHCP");
+                    }
+                    _ => tracing::info!(event = ?ev, "DHCP"),
+                }
+            }
+            if self.ctx.shared.stop.stopped() {
+                return;
+            }
+            self.wake
+                .notified_until(Some(Instant::now() + super::STOP_POLL))
+                .await;
+        }
+    }
+}

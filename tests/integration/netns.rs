@@ -1,0 +1,111 @@
+//! Network namespaces for tests that need real broadcast, real interfaces or real loss:
+//! a bridge-less pair of namespaces joined by a veth pair. Everything is removed on drop.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::common::require;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new(require("ip")).args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces, `server` and `client`, joined by veth `s0` (10.77.N.1/24) and `c0`
+/// (10.77.N.2/24). The server side can get a second link for multi-NIC tests.
+pub struct NetPair {
+    pub server: String,
+    pub client: String,
+    pub server_ip: String,
+    pub client_ip: String,
+    pub subnet: u32,
+}
+
+impl NetPair {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let subnet = (std::process::id() % 200 + n) % 250 + 1;
+        let server = format!("zpxe-{tag}-s{}-{n}", std::process::id());
+        let client = format!("zpxe-{tag}-c{}-{n}", std::process::id());
+        ip(&["netns", "add", &server]);
+        ip(&["netns", "add", &client]);
+        let pair = NetPair {
+            server_ip: format!("10.77.{subnet}.1"),
+            client_ip: format!("10.77.{subnet}.2"),
+            server,
+            client,
+            subnet,
+        };
+        ip(&[
+            "link", "add", "s0", "netns", &pair.server, "type", "veth", "peer", "name", "c0",
+            "netns", &pair.client,
+        ]);
+        for (ns, dev, addr) in [
+            (&pair.server, "s0", &pair.server_ip),
+            (&pair.client, "c0", &pair.client_ip),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Adds a second interface to the server namespace on its own subnet (multi-NIC), with a
+    /// matching interface in a third namespace; returns (namespace, server ip, client ip).
+    pub fn add_second_link(&self) -> (String, String, String) {
+        let third = format!("{}-b", self.client);
+        ip(&["netns", "add", &third]);
+        ip(&[
+            "link", "add", "s1", "netns", &self.server, "type", "veth", "peer", "name", "c1",
+            "netns", &third,
+        ]);
+        let s = format!("10.78.{}.1", self.subnet);
+        let c = format!("10.78.{}.2", self.subnet);
+        ip(&["-n", &self.server, "addr", "add", &format!("{s}/24"), "dev", "s1"]);
+        ip(&["-n", &self.server, "link", "set", "s1", "up"]);
+        ip(&["-n", &third, "addr", "add", &format!("{c}/24"), "dev", "c1"]);
+        ip(&["-n", &third, "link", "set", "c1", "up"]);
+        ip(&["-n", &third, "link", "set", "lo", "up"]);
+        (third, s, c)
+    }
+
+    /// Applies `tc netem` (e.g. "loss 5% duplicate 1% delay 1ms reorder 10%") on both ends.
+    pub fn netem(&self, spec: &str) {
+        for (ns, dev) in [(&self.server, "s0"), (&self.client, "c0")] {
+            let mut args = vec!["-n", ns.as_str(), "qdisc", "add", "dev", dev, "root", "netem"];
+            args.extend(spec.split_whitespace());
+            let out = Command::new(require("tc")).args(&args).output().expect("tc");
+            assert!(
+                out.status.success(),
+                "tc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(require("ip"));
+        c.args(["netns", "exec", ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.client, &format!("{}-b", self.client)] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
