@@ -177,8 +177,14 @@ mod tests {
         assert_eq!(ok("undionly.kpxe", NameFlavor::Tftp), "undionly.kpxe");
         assert_eq!(ok("/pxelinux.0", NameFlavor::Tftp), "pxelinux.0");
         assert_eq!(ok("\\Boot\\BCD", NameFlavor::Tftp), "Boot/BCD");
-        assert_eq!(ok("boot/./x64//ipxe.efi", NameFlavor::Tftp), "boot/x64/ipxe.efi");
-        assert_eq!(ok("/sources/boot%20x.wim", NameFlavor::Http), "sources/boot x.wim");
+        assert_eq!(
+            ok("boot/./x64//ipxe.efi", NameFlavor::Tftp),
+            "boot/x64/ipxe.efi"
+        );
+        assert_eq!(
+            ok("/sources/boot%20x.wim", NameFlavor::Http),
+            "sources/boot x.wim"
+        );
         assert_eq!(ok("/caf%C3%A9", NameFlavor::Http), "café");
     }
 
@@ -227,6 +233,9 @@ mod tests {
         let just = "a".repeat(MAX_NAME_LEN);
         assert!(sanitize(&just, NameFlavor::Tftp).is_ok());
         let encoded = "%61".repeat(MAX_NAME_LEN + 1);
-        assert_eq!(sanitize(&encoded, NameFlavor::Http), Err(PathError::TooLong));
+        assert_eq!(
+            sanitize(&encoded, NameFlavor::Http),
+            Err(PathError::TooLong)
+        );
     }
 }
