@@ -6,8 +6,13 @@
 
 pub mod ids;
 pub mod options;
+pub mod policy;
+pub mod template;
 pub mod wire;
 
 pub use ids::{ClientUuid, MacAddr};
 pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
+pub use policy::{
+    BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
+};
 pub use wire::{BootOp, DhcpRepr, Packet, WireError};
