@@ -3,10 +3,14 @@
 //! zpxe never hands out addresses. The site's DHCP server does that; zpxe answers PXE clients
 //! beside it (on port 67, and on 4011 for clients that ask the boot server directly) with the
 //! boot server and file, and hands iPXE a script URL instead of the loader so it does not loop.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
+#[cfg(test)]
+mod fixtures;
 pub mod ids;
 pub mod options;
 pub mod policy;
+pub mod proxy;
 pub mod template;
 pub mod wire;
 
@@ -15,4 +19,5 @@ pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
 pub use policy::{
     BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
 };
+pub use proxy::{DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig};
 pub use wire::{BootOp, DhcpRepr, Packet, WireError};
