@@ -5,6 +5,7 @@
 //! boot server and file, and hands iPXE a script URL instead of the loader so it does not loop.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 #[cfg(test)]
 mod fixtures;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod proxy;
 pub mod template;
 pub mod wire;
 
+pub use client::{BootAnswer, DhcpClient, DhcpClientConfig, DhcpClientError};
 pub use ids::{ClientUuid, MacAddr};
 pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
 pub use policy::{
