@@ -8,6 +8,8 @@
 pub mod client;
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod ids;
 pub mod options;
 pub mod policy;
