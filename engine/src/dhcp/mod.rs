@@ -1,1 +1,27 @@
-//! Placeholder module: filled by the dhcp work.
+//! ProxyDHCP/PXE: the wire codec, the boot policy, the responder and a firmware-like client.
+//!
+//! zpxe never hands out addresses. The site's DHCP server does that; zpxe answers PXE clients
+//! beside it (on port 67, and on 4011 for clients that ask the boot server directly) with the
+//! boot server and file, and hands iPXE a script URL instead of the loader so it does not loop.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod client;
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod fuzz_tests;
+pub mod ids;
+pub mod options;
+pub mod policy;
+pub mod proxy;
+pub mod template;
+pub mod wire;
+
+pub use client::{BootAnswer, DhcpClient, DhcpClientConfig, DhcpClientError};
+pub use ids::{ClientUuid, MacAddr};
+pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
+pub use policy::{
+    BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
+};
+pub use proxy::{DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig};
+pub use wire::{BootOp, DhcpRepr, Packet, WireError};

@@ -1,0 +1,663 @@
+//! A DHCP client that behaves like PXE firmware toward a proxyDHCP server: DISCOVER, take the
+//! proxy offer, optionally ask the boot server on 4011, and report the boot server and file.
+//! The load generator runs thousands of these; tests run them against [`super::ProxyDhcp`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::ids::{ClientUuid, MacAddr};
+use super::options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions, code};
+use super::wire::{BootOp, DhcpRepr, PXE_PORT, SERVER_PORT};
+use crate::net::{Payload, Transmit};
+
+/// Backoff stops doubling after this many doublings (64 x the base timeout).
+const MAX_BACKOFF_SHIFT: u32 = 6;
+const MAX_MESSAGE_SIZE: u16 = 1472;
+
+/// One simulated machine.
+#[derive(Debug, Clone)]
+pub struct DhcpClientConfig {
+    pub mac: MacAddr,
+    pub uuid: Option<ClientUuid>,
+    /// Option 93.
+    pub arch: u16,
+    /// Option 60, e.g. `PXEClient:Arch:00007:UNDI:003000`.
+    pub vendor_class: String,
+    /// Behave as iPXE: user class `iPXE` and option 175.
+    pub ipxe: bool,
+    /// Act as if relayed: `giaddr` = this address, `hops` = 1, sent unicast to `server` (which
+    /// then answers to this address on port 67). Works on loopback.
+    pub relay: Option<Ipv4Addr>,
+    /// The proxy. Without a relay the DISCOVER is broadcast to this port.
+    pub server: SocketAddr,
+    pub pxe_port: u16,
+    /// First retransmission timeout; doubles on every retry.
+    pub timeout: Duration,
+    /// Retransmissions per phase before giving up.
+    pub retries: u32,
+    /// After the proxy offer, send a REQUEST to the boot server on `pxe_port` (as EDK2 does).
+    pub request_4011: bool,
+    /// Seeds the transaction ids; no OS randomness.
+    pub rng_seed: u64,
+}
+
+impl Default for DhcpClientConfig {
+    fn default() -> Self {
+        Self {
+            mac: MacAddr([0x52, 0x54, 0x00, 0x00, 0x00, 0x01]),
+            uuid: None,
+            arch: 7,
+            vendor_class: "PXEClient:Arch:00007:UNDI:003000".into(),
+            ipxe: false,
+            relay: None,
+            server: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT)),
+            pxe_port: PXE_PORT,
+            timeout: Duration::from_secs(4),
+            retries: 3,
+            request_4011: false,
+            rng_seed: 0,
+        }
+    }
+}
+
+/// Where the firmware would boot from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootAnswer {
+    pub next_server: Ipv4Addr,
+    pub boot_file: String,
+    /// The answer came from the 4011 ACK rather than the proxy offer.
+    pub via_4011: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DhcpClientError {
+    #[error("no proxy offer after all retries")]
+    NoOffer,
+    #[error("no ACK from the boot server on 4011 after all retries")]
+    NoAck,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Discovering,
+    /// Asking the boot server; `offer` is what the proxy offer said.
+    Requesting {
+        offer: BootAnswer,
+        boot_server: Ipv4Addr,
+    },
+    Done(Result<BootAnswer, DhcpClientError>),
+}
+
+#[derive(Debug)]
+pub struct DhcpClient {
+    config: DhcpClientConfig,
+    rng: SmallRng,
+    started: Instant,
+    phase: Phase,
+    xid: u32,
+    attempt: u32,
+    deadline: Instant,
+    send_pending: bool,
+}
+
+impl DhcpClient {
+    pub fn new(now: Instant, config: DhcpClientConfig) -> Self {
+        let mut rng = SmallRng::seed_from_u64(config.rng_seed);
+        let xid = rng.random();
+        let deadline = later(now, config.timeout);
+        Self {
+            config,
+            rng,
+            started: now,
+            phase: Phase::Discovering,
+            xid,
+            attempt: 0,
+            deadline,
+            send_pending: true,
+        }
+    }
+
+    /// The transaction id of the current phase.
+    pub fn xid(&self) -> u32 {
+        self.xid
+    }
+
+    pub fn outcome(&self) -> Option<Result<BootAnswer, DhcpClientError>> {
+        match &self.phase {
+            Phase::Done(result) => Some(result.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Done(_) => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.deadline || matches!(self.phase, Phase::Done(_)) {
+            return;
+        }
+        if self.attempt >= self.config.retries {
+            let error = match self.phase {
+                Phase::Discovering => DhcpClientError::NoOffer,
+                _ => DhcpClientError::NoAck,
+            };
+            self.phase = Phase::Done(Err(error));
+            self.send_pending = false;
+            return;
+        }
+        self.attempt += 1;
+        let shift = self.attempt.min(MAX_BACKOFF_SHIFT);
+        let backoff = self.config.timeout.checked_mul(1 << shift);
+        self.deadline = later(now, backoff.unwrap_or(Duration::MAX));
+        self.send_pending = true;
+    }
+
+    /// The next message, written to the front of `buf`. Returns `None` when nothing is due or
+    /// `buf` is too small (the message stays due).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if !self.send_pending {
+            return None;
+        }
+        let (message, destination, source_ip) = match &self.phase {
+            Phase::Discovering => {
+                let destination = match self.config.relay {
+                    Some(_) => self.config.server,
+                    None => SocketAddr::V4(SocketAddrV4::new(
+                        Ipv4Addr::BROADCAST,
+                        self.config.server.port(),
+                    )),
+                };
+                (
+                    self.discover(now),
+                    destination,
+                    self.config.relay.map(IpAddr::V4),
+                )
+            }
+            Phase::Requesting { boot_server, .. } => {
+                let destination =
+                    SocketAddr::V4(SocketAddrV4::new(*boot_server, self.config.pxe_port));
+                (self.request_4011(now), destination, None)
+            }
+            Phase::Done(_) => return None,
+        };
+        let len = message.emit(buf).ok()?;
+        self.send_pending = false;
+        Some(Transmit {
+            destination,
+            source_ip,
+            ifindex: None,
+            payload: Payload::Bytes { len },
+        })
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, data: &[u8]) {
+        let Ok(reply) = DhcpRepr::parse_bytes(data) else {
+            return;
+        };
+        if reply.op != BootOp::Reply || reply.xid != self.xid || reply.client_mac != self.config.mac
+        {
+            return;
+        }
+        match &self.phase {
+            Phase::Discovering => {
+                if reply.options.message_type != Some(MessageType::Offer) || !is_pxe_reply(&reply) {
+                    return;
+                }
+                let offer = answer_from(&reply, None, false);
+                // Firmware without a boot file in the offer asks the boot server for one.
+                if self.config.request_4011 || offer.boot_file.is_empty() {
+                    let boot_server = reply.options.server_id.unwrap_or(match self.config.server {
+                        SocketAddr::V4(server) => *server.ip(),
+                        SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                    });
+                    self.phase = Phase::Requesting { offer, boot_server };
+                    self.xid = self.rng.random();
+                    self.attempt = 0;
+                    self.deadline = later(now, self.config.timeout);
+                    self.send_pending = true;
+                } else {
+                    self.finish(Ok(offer));
+                }
+            }
+            Phase::Requesting { offer, .. } => {
+                if reply.options.message_type != Some(MessageType::Ack) {
+                    return;
+                }
+                let answer = answer_from(&reply, Some(offer), true);
+                self.finish(Ok(answer));
+            }
+            Phase::Done(_) => {}
+        }
+    }
+
+    fn finish(&mut self, result: Result<BootAnswer, DhcpClientError>) {
+        self.phase = Phase::Done(result);
+        self.send_pending = false;
+    }
+
+    fn base_options(&self, kind: MessageType) -> DhcpOptions {
+        let config = &self.config;
+        let mut options = DhcpOptions {
+            message_type: Some(kind),
+            max_message_size: Some(MAX_MESSAGE_SIZE),
+            parameter_request_list: Some(vec![
+                code::SUBNET_MASK,
+                code::ROUTER,
+                code::VENDOR_SPECIFIC,
+                code::SERVER_ID,
+                code::VENDOR_CLASS,
+                code::TFTP_SERVER_NAME,
+                code::BOOTFILE_NAME,
+                code::CLIENT_MACHINE_ID,
+            ]),
+            client_arch: vec![config.arch],
+            // UNDI 3.0 on EFI, 2.1 on BIOS: what EDK2 and iPXE report.
+            client_ndi: Some(if config.arch == 0 {
+                [1, 2, 1]
+            } else {
+                [1, 3, 0]
+            }),
+            vendor_class: Some(config.vendor_class.clone().into_bytes()),
+            client_uuid: config.uuid,
+            ..Default::default()
+        };
+        if config.ipxe {
+            let mut client_id = vec![0x01];
+            client_id.extend_from_slice(&config.mac.0);
+            options.client_id = Some(client_id);
+            options.user_class = Some(b"iPXE".to_vec());
+            // Feature flags: HTTP (0x13), PXE extensions (0x10); iPXE sends more.
+            options.ipxe_encap = Some(vec![0x13, 0x01, 0x01, 0x10, 0x01, 0x02]);
+        }
+        options
+    }
+
+    fn elapsed_secs(&self, now: Instant) -> u16 {
+        let secs = now.saturating_duration_since(self.started).as_secs();
+        u16::try_from(secs).unwrap_or(u16::MAX)
+    }
+
+    fn discover(&self, now: Instant) -> DhcpRepr {
+        let relay = self.config.relay;
+        DhcpRepr {
+            op: BootOp::Request,
+            hops: u8::from(relay.is_some()),
+            xid: self.xid,
+            secs: self.elapsed_secs(now),
+            // EDK2 sets the broadcast flag; iPXE does not.
+            broadcast: !self.config.ipxe,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: relay.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            client_mac: self.config.mac,
+            server_name: Vec::new(),
+            boot_file: Vec::new(),
+            options: self.base_options(MessageType::Discover),
+        }
+    }
+
+    fn request_4011(&self, now: Instant) -> DhcpRepr {
+        let mut options = self.base_options(MessageType::Request);
+        if !self.config.ipxe {
+            // EDK2 asks for boot item type 0, layer 0 (PXE 2.1 bootstrap).
+            let pxe = PxeVendorOptions {
+                boot_item: Some(PxeBootItem {
+                    server_type: 0,
+                    layer: 0,
+                }),
+                ..Default::default()
+            };
+            options.vendor_specific = Some(pxe.to_bytes());
+        }
+        DhcpRepr {
+            op: BootOp::Request,
+            hops: 0,
+            xid: self.xid,
+            secs: self.elapsed_secs(now),
+            broadcast: false,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            client_mac: self.config.mac,
+            server_name: Vec::new(),
+            boot_file: Vec::new(),
+            options,
+        }
+    }
+}
+
+/// `now + wait` without overflow panics for absurd configured timeouts.
+fn later(now: Instant, wait: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(wait.min(FAR)).unwrap_or(now)
+}
+
+fn is_pxe_reply(reply: &DhcpRepr) -> bool {
+    let class = reply.options.vendor_class.as_deref().unwrap_or_default();
+    class.starts_with(b"PXEClient") || class.starts_with(b"HTTPClient")
+}
+
+/// Boot file from option 67 or the `file` field, next server from `siaddr` or option 54; what
+/// the reply leaves out comes from `fallback`.
+fn answer_from(reply: &DhcpRepr, fallback: Option<&BootAnswer>, via_4011: bool) -> BootAnswer {
+    let file = reply
+        .options
+        .bootfile_name
+        .as_deref()
+        .filter(|name| !name.is_empty())
+        .unwrap_or(&reply.boot_file);
+    let mut boot_file = String::from_utf8_lossy(file).into_owned();
+    if boot_file.is_empty()
+        && let Some(fallback) = fallback
+    {
+        boot_file = fallback.boot_file.clone();
+    }
+    let next_server = Some(reply.siaddr)
+        .filter(|ip| !ip.is_unspecified())
+        .or(fallback.map(|f| f.next_server))
+        .or(reply.options.server_id)
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    BootAnswer {
+        next_server,
+        boot_file,
+        via_4011,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::proxy::{DhcpEvent, DhcpPort, ProxyDhcp, ProxyDhcpConfig};
+    use crate::net::DatagramMeta;
+
+    const PROXY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    /// Where the simulated client's unicast datagrams come from (after its DHCP lease).
+    const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+
+    struct Run {
+        result: Result<BootAnswer, DhcpClientError>,
+        /// (virtual time since start, destination) of every client send.
+        sends: Vec<(Duration, SocketAddr)>,
+        proxy_events: Vec<DhcpEvent>,
+        /// Where every proxy reply went.
+        reply_destinations: Vec<SocketAddr>,
+    }
+
+    /// Runs one client against one proxy over an in-memory network with a virtual clock.
+    /// `lose_reply(n)` drops the n-th proxy reply.
+    fn simulate(config: DhcpClientConfig, mut lose_reply: impl FnMut(usize) -> bool) -> Run {
+        let start = Instant::now();
+        let mut now = start;
+        let mut proxy = ProxyDhcp::new(ProxyDhcpConfig {
+            http_port: 8080,
+            ..Default::default()
+        });
+        let relay = config.relay;
+        let pxe_port = config.pxe_port;
+        let mut client = DhcpClient::new(now, config);
+        let mut run = Run {
+            result: Err(DhcpClientError::NoOffer),
+            sends: Vec::new(),
+            proxy_events: Vec::new(),
+            reply_destinations: Vec::new(),
+        };
+        let mut buf = [0u8; 1500];
+        let mut replies = 0;
+        for _ in 0..100 {
+            if let Some(result) = client.outcome() {
+                run.result = result;
+                return run;
+            }
+            while let Some(transmit) = client.poll_transmit(now, &mut buf) {
+                let Payload::Bytes { len } = transmit.payload else {
+                    panic!()
+                };
+                run.sends.push((now - start, transmit.destination));
+                let (port, remote) = if transmit.destination.port() == pxe_port {
+                    // EDK2 sends its 4011 request from port 4011.
+                    (DhcpPort::Pxe, SocketAddr::new(IpAddr::V4(CLIENT_IP), 4011))
+                } else if let Some(relay) = relay {
+                    (DhcpPort::Dhcp, SocketAddr::new(IpAddr::V4(relay), 67))
+                } else {
+                    (DhcpPort::Dhcp, "0.0.0.0:68".parse().unwrap())
+                };
+                let meta = DatagramMeta {
+                    remote,
+                    local_ip: Some(IpAddr::V4(PROXY_IP)),
+                    ifindex: Some(1),
+                };
+                proxy.handle_datagram(now, port, meta, &buf[..len]);
+                run.proxy_events
+                    .extend(std::iter::from_fn(|| proxy.poll_event()));
+                let mut reply_buf = [0u8; 1500];
+                while let Some((out_port, reply)) = proxy.poll_transmit(now, &mut reply_buf) {
+                    let Payload::Bytes { len } = reply.payload else {
+                        panic!()
+                    };
+                    run.reply_destinations.push(reply.destination);
+                    replies += 1;
+                    if lose_reply(replies) {
+                        continue;
+                    }
+                    let from = SocketAddr::new(IpAddr::V4(PROXY_IP), out_port.number());
+                    client.handle_datagram(now, from, &reply_buf[..len]);
+                }
+            }
+            if client.outcome().is_none() {
+                now = client
+                    .poll_timeout()
+                    .expect("running client has a deadline");
+                client.handle_timeout(now);
+            }
+        }
+        panic!("client did not finish");
+    }
+
+    fn uuid() -> ClientUuid {
+        "01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap()
+    }
+
+    #[test]
+    fn broadcast_discover_takes_proxy_offer() {
+        let run = simulate(
+            DhcpClientConfig {
+                uuid: Some(uuid()),
+                ..Default::default()
+            },
+            |_| false,
+        );
+        assert_eq!(
+            run.result,
+            Ok(BootAnswer {
+                next_server: PROXY_IP,
+                boot_file: "ipxe.efi".into(),
+                via_4011: false
+            })
+        );
+        assert_eq!(run.sends.len(), 1);
+        assert_eq!(run.sends[0].1, "255.255.255.255:67".parse().unwrap());
+        assert_eq!(
+            run.reply_destinations,
+            vec!["255.255.255.255:68".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn relay_mode_goes_through_giaddr() {
+        let config = DhcpClientConfig {
+            relay: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            server: "127.0.0.1:67".parse().unwrap(),
+            arch: 0,
+            vendor_class: "PXEClient:Arch:00000:UNDI:002001".into(),
+            ..Default::default()
+        };
+        let run = simulate(config, |_| false);
+        assert_eq!(run.result.unwrap().boot_file, "undionly.kpxe");
+        assert_eq!(run.sends[0].1, "127.0.0.1:67".parse().unwrap());
+        assert_eq!(
+            run.reply_destinations,
+            vec!["127.0.0.2:67".parse().unwrap()]
+        );
+        assert!(matches!(
+            run.proxy_events[0],
+            DhcpEvent::Offered { relay: Some(ip), .. } if ip == Ipv4Addr::new(127, 0, 0, 2)
+        ));
+    }
+
+    #[test]
+    fn request_on_4011_after_the_offer() {
+        let config = DhcpClientConfig {
+            request_4011: true,
+            ..Default::default()
+        };
+        let run = simulate(config, |_| false);
+        assert_eq!(
+            run.result,
+            Ok(BootAnswer {
+                next_server: PROXY_IP,
+                boot_file: "ipxe.efi".into(),
+                via_4011: true
+            })
+        );
+        assert_eq!(run.sends.len(), 2);
+        assert_eq!(run.sends[1].1, SocketAddr::new(IpAddr::V4(PROXY_IP), 4011));
+        assert_eq!(
+            run.reply_destinations[1],
+            SocketAddr::new(IpAddr::V4(CLIENT_IP), 4011)
+        );
+        assert!(matches!(
+            run.proxy_events[1],
+            DhcpEvent::Acked {
+                port: DhcpPort::Pxe,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ipxe_second_dhcp_gets_the_script() {
+        for request_4011 in [false, true] {
+            let config = DhcpClientConfig {
+                ipxe: true,
+                uuid: Some(uuid()),
+                request_4011,
+                mac: MacAddr([0x52, 0x54, 0, 0, 0, 0x0a]),
+                ..Default::default()
+            };
+            let answer = simulate(config, |_| false).result.unwrap();
+            assert_eq!(
+                answer.boot_file,
+                "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A0a\
+                 &uuid=01020304-0506-0708-090a-0b0c0d0e0f10&arch=7"
+            );
+            assert_eq!(answer.via_4011, request_4011);
+        }
+    }
+
+    #[test]
+    fn lost_reply_is_retransmitted_with_backoff() {
+        let config = DhcpClientConfig {
+            request_4011: true,
+            ..Default::default()
+        };
+        // Lose the first offer and the first 4011 ACK.
+        let run = simulate(config, |n| n == 1 || n == 3);
+        assert!(run.result.unwrap().via_4011);
+        let times: Vec<u64> = run.sends.iter().map(|(t, _)| t.as_secs()).collect();
+        // DISCOVER at 0, again at 4 s; REQUEST right after, again 4 s later.
+        assert_eq!(times, vec![0, 4, 4, 8]);
+    }
+
+    #[test]
+    fn gives_up_after_retries() {
+        let config = DhcpClientConfig {
+            retries: 3,
+            ..Default::default()
+        };
+        let run = simulate(config, |_| true);
+        assert_eq!(run.result, Err(DhcpClientError::NoOffer));
+        let times: Vec<u64> = run.sends.iter().map(|(t, _)| t.as_secs()).collect();
+        assert_eq!(times, vec![0, 4, 12, 28]);
+
+        let config = DhcpClientConfig {
+            request_4011: true,
+            retries: 1,
+            ..Default::default()
+        };
+        let run = simulate(config, |n| n > 1);
+        assert_eq!(run.result, Err(DhcpClientError::NoAck));
+    }
+
+    #[test]
+    fn xid_comes_from_the_seed() {
+        let now = Instant::now();
+        let a = DhcpClient::new(
+            now,
+            DhcpClientConfig {
+                rng_seed: 7,
+                ..Default::default()
+            },
+        );
+        let b = DhcpClient::new(
+            now,
+            DhcpClientConfig {
+                rng_seed: 7,
+                ..Default::default()
+            },
+        );
+        let c = DhcpClient::new(
+            now,
+            DhcpClientConfig {
+                rng_seed: 8,
+                ..Default::default()
+            },
+        );
+        assert_eq!(a.xid(), b.xid());
+        assert_ne!(a.xid(), c.xid());
+    }
+
+    #[test]
+    fn ignores_foreign_and_non_pxe_replies() {
+        let now = Instant::now();
+        let mut client = DhcpClient::new(now, DhcpClientConfig::default());
+        let mut buf = [0u8; 1500];
+        let transmit = client.poll_transmit(now, &mut buf).unwrap();
+        let Payload::Bytes { len } = transmit.payload else {
+            panic!()
+        };
+        let discover = DhcpRepr::parse_bytes(&buf[..len]).unwrap();
+        let mut offer = discover.clone();
+        offer.op = BootOp::Reply;
+        offer.options = DhcpOptions {
+            message_type: Some(MessageType::Offer),
+            server_id: Some(PROXY_IP),
+            ..Default::default()
+        };
+        offer.boot_file = b"x".to_vec();
+        let from: SocketAddr = "10.0.0.1:67".parse().unwrap();
+        // A plain DHCP offer (no PXEClient) is not a proxy offer.
+        client.handle_datagram(now, from, &offer.to_bytes());
+        assert!(client.outcome().is_none());
+        offer.options.vendor_class = Some(b"PXEClient".to_vec());
+        offer.xid ^= 1;
+        client.handle_datagram(now, from, &offer.to_bytes());
+        assert!(client.outcome().is_none());
+        offer.xid ^= 1;
+        client.handle_datagram(now, from, &offer.to_bytes()[..100]);
+        assert!(client.outcome().is_none());
+        client.handle_datagram(now, from, &offer.to_bytes());
+        assert_eq!(client.outcome().unwrap().unwrap().next_server, PROXY_IP);
+        assert!(client.poll_timeout().is_none());
+        assert!(client.poll_transmit(now, &mut buf).is_none());
+    }
+}

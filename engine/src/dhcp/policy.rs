@@ -1,0 +1,451 @@
+//! Which file each PXE client boots: the loader for its architecture, the iPXE script once it
+//! runs iPXE, an HTTP URL for UEFI HTTP boot, with per-MAC/UUID/subnet rules and ignore lists.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use super::ids::{ClientUuid, MacAddr};
+use super::template::{TemplateValues, render};
+
+/// `[boot]` in the configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct BootPolicy {
+    /// Loader for legacy BIOS PXE ROMs (architecture 0).
+    pub bios: String,
+    /// Loader for 32-bit x86 UEFI (architecture 6).
+    pub efi32: String,
+    /// Loader for x64 UEFI (architectures 7 and 9).
+    pub efi64: String,
+    /// Loader for ARM64 UEFI (architecture 11).
+    pub arm64: String,
+    /// URL template handed to x64 UEFI HTTP boot clients (architecture 16).
+    pub http_boot: String,
+    /// URL template handed to clients already running iPXE.
+    pub ipxe_script_url: String,
+    /// Boot server to name instead of the address the request arrived on.
+    pub next_server: Option<Ipv4Addr>,
+    /// Clients never answered.
+    pub ignore_macs: Vec<MacAddr>,
+    pub ignore_uuids: Vec<ClientUuid>,
+    /// `[[boot.rule]]`: the first rule that matches a client overrides the defaults above.
+    pub rule: Vec<BootRule>,
+}
+
+impl Default for BootPolicy {
+    fn default() -> Self {
+        Self {
+            bios: "undionly.kpxe".into(),
+            efi32: "ipxe.efi".into(),
+            efi64: "ipxe.efi".into(),
+            arm64: "ipxe-arm64.efi".into(),
+            http_boot: "http://{server}:{http-port}/ipxe.efi".into(),
+            ipxe_script_url:
+                "http://{server}:{http-port}/boot.ipxe?mac={mac}&uuid={uuid}&arch={arch}".into(),
+            next_server: None,
+            ignore_macs: Vec::new(),
+            ignore_uuids: Vec::new(),
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// One override. Every criterion given must match (a rule without criteria matches everyone).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct BootRule {
+    pub mac: Option<MacAddr>,
+    pub uuid: Option<ClientUuid>,
+    /// Matches the relay address (`giaddr`) or the client's own address.
+    pub subnet: Option<Ipv4Cidr>,
+    pub arch: Option<u16>,
+    /// Loader for clients not yet running iPXE, whatever their architecture.
+    pub loader: Option<String>,
+    pub http_boot: Option<String>,
+    pub ipxe_script_url: Option<String>,
+    pub next_server: Option<Ipv4Addr>,
+    /// Do not answer matching clients.
+    pub ignore: bool,
+}
+
+/// An IPv4 prefix such as `10.1.0.0/16`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Ipv4Cidr {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network) & mask
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CIDR {0:?} (expected a.b.c.d/len)")]
+pub struct CidrParseError(String);
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrParseError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || CidrParseError(text.to_owned());
+        let (network, len) = text.split_once('/').ok_or_else(error)?;
+        let network: Ipv4Addr = network.parse().map_err(|_| error())?;
+        let prefix_len: u8 = len.parse().map_err(|_| error())?;
+        if prefix_len > 32 {
+            return Err(error());
+        }
+        Ok(Self {
+            network,
+            prefix_len,
+        })
+    }
+}
+
+impl TryFrom<String> for Ipv4Cidr {
+    type Error = CidrParseError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+/// What the responder learned about a client from its request.
+#[derive(Clone, Debug)]
+pub struct ClientFacts {
+    pub mac: MacAddr,
+    pub uuid: Option<ClientUuid>,
+    /// Option 93 (first entry), or the architecture in `PXEClient:Arch:xxxxx`.
+    pub arch: Option<u16>,
+    /// User class `iPXE` or option 175.
+    pub ipxe: bool,
+    /// Vendor class `HTTPClient`.
+    pub http_client: bool,
+    /// `giaddr`, when relayed.
+    pub relay: Option<Ipv4Addr>,
+    /// `ciaddr`, or the datagram's source address when it is not 0.0.0.0.
+    pub client_ip: Option<Ipv4Addr>,
+}
+
+/// How the chosen file is fetched.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BootKind {
+    /// A loader over TFTP from the next server.
+    Loader,
+    /// An iPXE script URL.
+    IpxeScript,
+    /// An absolute URL for UEFI HTTP boot.
+    HttpBoot,
+}
+
+/// The answer for one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootTarget {
+    pub next_server: Ipv4Addr,
+    pub boot_file: String,
+    pub kind: BootKind,
+}
+
+/// Why the policy does not answer a client.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyRefusal {
+    #[error("MAC is on the ignore list")]
+    IgnoredMac,
+    #[error("UUID is on the ignore list")]
+    IgnoredUuid,
+    #[error("a boot rule says ignore")]
+    IgnoredByRule,
+    #[error("no boot file configured for client architecture {0:?}")]
+    UnsupportedArch(Option<u16>),
+}
+
+// Option 93 values (RFC 4578 section 2.1 and the IANA "Processor Architecture Types" registry).
+const ARCH_BIOS: u16 = 0x0000;
+const ARCH_EFI_IA32: u16 = 0x0006;
+const ARCH_EFI_X64: u16 = 0x0007;
+const ARCH_EFI_BC: u16 = 0x0009;
+const ARCH_EFI_ARM64: u16 = 0x000b;
+const ARCH_EFI_X64_HTTP: u16 = 0x0010;
+
+impl BootPolicy {
+    /// Picks the boot file. `server` is the address the request arrived on.
+    pub fn decide(
+        &self,
+        facts: &ClientFacts,
+        server: Ipv4Addr,
+        http_port: u16,
+    ) -> Result<BootTarget, PolicyRefusal> {
+        if self.ignore_macs.contains(&facts.mac) {
+            return Err(PolicyRefusal::IgnoredMac);
+        }
+        if let Some(uuid) = facts.uuid
+            && self.ignore_uuids.contains(&uuid)
+        {
+            return Err(PolicyRefusal::IgnoredUuid);
+        }
+        let rule = self.rule.iter().find(|rule| rule.matches(facts));
+        if rule.is_some_and(|r| r.ignore) {
+            return Err(PolicyRefusal::IgnoredByRule);
+        }
+        let next_server = rule
+            .and_then(|r| r.next_server)
+            .or(self.next_server)
+            .unwrap_or(server);
+        let values = TemplateValues {
+            server: next_server,
+            http_port,
+            mac: facts.mac,
+            uuid: facts.uuid,
+            arch: facts.arch,
+        };
+        let pick = |from_rule: Option<&String>, default: &String| -> String {
+            from_rule.unwrap_or(default).clone()
+        };
+
+        // iPXE first: whatever its architecture, handing it the loader again loops forever.
+        let (template, kind) = if facts.ipxe {
+            let url = pick(
+                rule.and_then(|r| r.ipxe_script_url.as_ref()),
+                &self.ipxe_script_url,
+            );
+            (url, BootKind::IpxeScript)
+        } else if facts.arch == Some(ARCH_EFI_X64_HTTP) {
+            let url = pick(rule.and_then(|r| r.http_boot.as_ref()), &self.http_boot);
+            (url, BootKind::HttpBoot)
+        } else if facts.http_client {
+            return Err(PolicyRefusal::UnsupportedArch(facts.arch));
+        } else {
+            let by_arch = match facts.arch {
+                Some(ARCH_BIOS) => &self.bios,
+                Some(ARCH_EFI_IA32) => &self.efi32,
+                Some(ARCH_EFI_X64 | ARCH_EFI_BC) => &self.efi64,
+                Some(ARCH_EFI_ARM64) => &self.arm64,
+                _ => return Err(PolicyRefusal::UnsupportedArch(facts.arch)),
+            };
+            (
+                pick(rule.and_then(|r| r.loader.as_ref()), by_arch),
+                BootKind::Loader,
+            )
+        };
+        if template.is_empty() {
+            return Err(PolicyRefusal::UnsupportedArch(facts.arch));
+        }
+        Ok(BootTarget {
+            next_server,
+            boot_file: render(&template, &values),
+            kind,
+        })
+    }
+}
+
+impl BootRule {
+    fn matches(&self, facts: &ClientFacts) -> bool {
+        self.mac.is_none_or(|mac| mac == facts.mac)
+            && self.uuid.is_none_or(|uuid| Some(uuid) == facts.uuid)
+            && self.arch.is_none_or(|arch| Some(arch) == facts.arch)
+            && self.subnet.is_none_or(|net| {
+                facts.relay.is_some_and(|ip| net.contains(ip))
+                    || facts.client_ip.is_some_and(|ip| net.contains(ip))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+
+    fn facts(arch: u16) -> ClientFacts {
+        ClientFacts {
+            mac: MAC,
+            uuid: None,
+            arch: Some(arch),
+            ipxe: false,
+            http_client: false,
+            relay: None,
+            client_ip: None,
+        }
+    }
+
+    fn file(policy: &BootPolicy, facts: &ClientFacts) -> Result<String, PolicyRefusal> {
+        policy.decide(facts, SERVER, 8080).map(|t| t.boot_file)
+    }
+
+    #[test]
+    fn loader_by_architecture() {
+        let policy = BootPolicy::default();
+        assert_eq!(file(&policy, &facts(0)).unwrap(), "undionly.kpxe");
+        assert_eq!(file(&policy, &facts(6)).unwrap(), "ipxe.efi");
+        assert_eq!(file(&policy, &facts(7)).unwrap(), "ipxe.efi");
+        assert_eq!(file(&policy, &facts(9)).unwrap(), "ipxe.efi");
+        assert_eq!(file(&policy, &facts(11)).unwrap(), "ipxe-arm64.efi");
+        assert_eq!(
+            file(&policy, &facts(10)),
+            Err(PolicyRefusal::UnsupportedArch(Some(10)))
+        );
+        let target = policy.decide(&facts(0), SERVER, 8080).unwrap();
+        assert_eq!(
+            (target.next_server, target.kind),
+            (SERVER, BootKind::Loader)
+        );
+    }
+
+    #[test]
+    fn ipxe_gets_the_script_not_the_loader() {
+        let policy = BootPolicy::default();
+        for arch in [0, 7, 11, 10] {
+            let mut f = facts(arch);
+            f.ipxe = true;
+            f.uuid = Some("01020304-0506-0708-090a-0b0c0d0e0f10".parse().unwrap());
+            let target = policy.decide(&f, SERVER, 8080).unwrap();
+            assert_eq!(target.kind, BootKind::IpxeScript);
+            assert_eq!(
+                target.boot_file,
+                format!(
+                    "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A12%3A34%3A56\
+                     &uuid=01020304-0506-0708-090a-0b0c0d0e0f10&arch={arch}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn http_boot_gets_an_absolute_url() {
+        let policy = BootPolicy::default();
+        let mut f = facts(16);
+        f.http_client = true;
+        let target = policy.decide(&f, SERVER, 80).unwrap();
+        assert_eq!(target.kind, BootKind::HttpBoot);
+        assert_eq!(target.boot_file, "http://10.0.0.1:80/ipxe.efi");
+        // An HTTPClient of an architecture without an HTTP URL gets nothing.
+        f.arch = Some(19);
+        assert!(policy.decide(&f, SERVER, 80).is_err());
+    }
+
+    #[test]
+    fn rules_by_mac_uuid_subnet_and_ignore_lists() {
+        let uuid: ClientUuid = "8d1b2f34-0000-4000-8000-0000000000aa".parse().unwrap();
+        let policy = BootPolicy {
+            next_server: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            ignore_macs: vec!["52:54:00:00:00:99".parse().unwrap()],
+            ignore_uuids: vec!["8d1b2f34-0000-4000-8000-0000000000ff".parse().unwrap()],
+            rule: vec![
+                BootRule {
+                    mac: Some(MAC),
+                    loader: Some("special.kpxe".into()),
+                    ..Default::default()
+                },
+                BootRule {
+                    uuid: Some(uuid),
+                    ipxe_script_url: Some("http://{server}/u/{uuid}.ipxe".into()),
+                    next_server: Some(Ipv4Addr::new(10, 9, 9, 9)),
+                    ..Default::default()
+                },
+                BootRule {
+                    subnet: Some("192.168.50.0/24".parse().unwrap()),
+                    loader: Some("lab.efi".into()),
+                    ..Default::default()
+                },
+                BootRule {
+                    subnet: Some("172.16.0.0/12".parse().unwrap()),
+                    ignore: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let by_mac = policy.decide(&facts(0), SERVER, 80).unwrap();
+        assert_eq!(by_mac.boot_file, "special.kpxe");
+        assert_eq!(by_mac.next_server, Ipv4Addr::new(10, 0, 0, 5));
+
+        let mut other = facts(7);
+        other.mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        assert_eq!(file(&policy, &other).unwrap(), "ipxe.efi");
+
+        let mut by_uuid = other.clone();
+        by_uuid.uuid = Some(uuid);
+        by_uuid.ipxe = true;
+        let target = policy.decide(&by_uuid, SERVER, 80).unwrap();
+        assert_eq!(target.next_server, Ipv4Addr::new(10, 9, 9, 9));
+        assert_eq!(
+            target.boot_file,
+            "http://10.9.9.9/u/8d1b2f34-0000-4000-8000-0000000000aa.ipxe"
+        );
+
+        let mut relayed = other.clone();
+        relayed.relay = Some(Ipv4Addr::new(192, 168, 50, 1));
+        assert_eq!(file(&policy, &relayed).unwrap(), "lab.efi");
+        let mut by_client_ip = other.clone();
+        by_client_ip.client_ip = Some(Ipv4Addr::new(192, 168, 50, 77));
+        assert_eq!(file(&policy, &by_client_ip).unwrap(), "lab.efi");
+        let mut ignored_net = other.clone();
+        ignored_net.relay = Some(Ipv4Addr::new(172, 20, 1, 1));
+        assert_eq!(
+            file(&policy, &ignored_net),
+            Err(PolicyRefusal::IgnoredByRule)
+        );
+
+        let mut ignored_mac = other.clone();
+        ignored_mac.mac = "52:54:00:00:00:99".parse().unwrap();
+        assert_eq!(file(&policy, &ignored_mac), Err(PolicyRefusal::IgnoredMac));
+        let mut ignored_uuid = other;
+        ignored_uuid.uuid = Some("8d1b2f34-0000-4000-8000-0000000000ff".parse().unwrap());
+        assert_eq!(
+            file(&policy, &ignored_uuid),
+            Err(PolicyRefusal::IgnoredUuid)
+        );
+    }
+
+    #[test]
+    fn cidr() {
+        let net: Ipv4Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains(Ipv4Addr::new(10, 1, 200, 3)));
+        assert!(!net.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        let all: Ipv4Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
+        let host: Ipv4Cidr = "10.0.0.7/32".parse().unwrap();
+        assert!(
+            host.contains(Ipv4Addr::new(10, 0, 0, 7)) && !host.contains(Ipv4Addr::new(10, 0, 0, 8))
+        );
+        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0/8", "x/8"] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_shape() {
+        #[derive(serde::Deserialize)]
+        struct Root {
+            boot: BootPolicy,
+        }
+        let root: Root = toml::from_str(
+            r#"
+            [boot]
+            bios = "ipxe.kpxe"
+            ipxe-script-url = "http://{server}/s.ipxe"
+            next-server = "10.0.0.2"
+            ignore-macs = ["aa:bb:cc:dd:ee:ff"]
+            [[boot.rule]]
+            subnet = "10.5.0.0/16"
+            loader = "snponly.efi"
+            [[boot.rule]]
+            uuid = "01020304-0506-0708-090a-0b0c0d0e0f10"
+            ignore = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(root.boot.bios, "ipxe.kpxe");
+        assert_eq!(root.boot.efi64, "ipxe.efi");
+        assert_eq!(root.boot.rule.len(), 2);
+        assert!(root.boot.rule[1].ignore);
+        assert!(toml::from_str::<Root>("[boot]\nbogus = 1\n").is_err());
+        assert!(toml::from_str::<Root>("[boot]\n[[boot.rule]]\nmac = \"zz\"\n").is_err());
+    }
+}

@@ -1,0 +1,911 @@
+//! The proxyDHCP/PXE responder: answers PXE clients' DISCOVER and REQUEST on port 67 and their
+//! REQUEST/INFORM on port 4011 with the boot server and file, never with an address.
+//!
+//! Stateless: each request is answered from the request and the policy alone, so several zpxe
+//! nodes can answer the same segment.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use super::ids::{ClientUuid, MacAddr};
+use super::options::{DISCOVERY_USE_BOOT_FILE, DhcpOptions, MessageType, PxeVendorOptions};
+use super::policy::{BootKind, BootPolicy, ClientFacts, PolicyRefusal};
+use super::wire::{BootOp, CLIENT_PORT, DhcpRepr, SERVER_PORT, WireError};
+use crate::net::{DatagramMeta, Payload, Transmit};
+
+/// Replies waiting for `poll_transmit` beyond this are dropped: a flood must not grow memory.
+const MAX_QUEUED_REPLIES: usize = 256;
+const MAX_QUEUED_EVENTS: usize = 1024;
+/// The longest name that fits the 128-byte `file` field with its terminating NUL.
+const MAX_FILE_FIELD: usize = 127;
+
+const PXE_CLIENT: &[u8] = b"PXEClient";
+const HTTP_CLIENT: &[u8] = b"HTTPClient";
+
+/// Which socket a datagram came in on or leaves from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DhcpPort {
+    /// UDP 67.
+    Dhcp,
+    /// UDP 4011, PXE boot server discovery.
+    Pxe,
+}
+
+impl DhcpPort {
+    pub fn number(self) -> u16 {
+        match self {
+            DhcpPort::Dhcp => SERVER_PORT,
+            DhcpPort::Pxe => super::wire::PXE_PORT,
+        }
+    }
+}
+
+/// Runtime settings of the responder (assembled by the binary from its configuration).
+#[derive(Debug, Clone)]
+pub struct ProxyDhcpConfig {
+    pub policy: BootPolicy,
+    /// Port of zpxe's HTTP service, for the URL templates.
+    pub http_port: u16,
+    /// Address to name as the server when the platform cannot tell which local address a
+    /// request arrived on.
+    pub server_ip: Option<Ipv4Addr>,
+}
+
+impl Default for ProxyDhcpConfig {
+    fn default() -> Self {
+        Self {
+            policy: BootPolicy::default(),
+            http_port: 80,
+            server_ip: None,
+        }
+    }
+}
+
+/// What happened to a request, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DhcpEvent {
+    Offered {
+        mac: MacAddr,
+        uuid: Option<ClientUuid>,
+        arch: Option<u16>,
+        boot_file: String,
+        relay: Option<Ipv4Addr>,
+        ipxe: bool,
+    },
+    Acked {
+        mac: MacAddr,
+        uuid: Option<ClientUuid>,
+        arch: Option<u16>,
+        boot_file: String,
+        relay: Option<Ipv4Addr>,
+        ipxe: bool,
+        port: DhcpPort,
+    },
+    Ignored {
+        reason: IgnoreReason,
+        /// The client, when the message parsed far enough to tell.
+        mac: Option<MacAddr>,
+    },
+}
+
+/// Why a datagram got no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IgnoreReason {
+    #[error("malformed: {0}")]
+    Malformed(WireError),
+    #[error("not a BOOTREQUEST")]
+    NotBootRequest,
+    #[error("not a PXE client")]
+    NotPxeClient,
+    #[error("message type {0:?} is not answered on this port")]
+    UnexpectedMessage(Option<MessageType>),
+    #[error("request addressed to another server")]
+    NotForUs,
+    #[error("no local IPv4 address to name as the server")]
+    NoServerAddress,
+    #[error(transparent)]
+    Policy(PolicyRefusal),
+    #[error("reply queue full")]
+    QueueFull,
+}
+
+#[derive(Debug)]
+struct QueuedReply {
+    port: DhcpPort,
+    destination: SocketAddr,
+    source_ip: Option<IpAddr>,
+    ifindex: Option<u32>,
+    bytes: Vec<u8>,
+}
+
+/// The responder. Feed it datagrams from the 67 and 4011 sockets; poll replies and events.
+#[derive(Debug)]
+pub struct ProxyDhcp {
+    config: ProxyDhcpConfig,
+    replies: VecDeque<QueuedReply>,
+    events: VecDeque<DhcpEvent>,
+}
+
+impl ProxyDhcp {
+    pub fn new(config: ProxyDhcpConfig) -> Self {
+        Self {
+            config,
+            replies: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ProxyDhcpConfig {
+        &self.config
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        port: DhcpPort,
+        meta: DatagramMeta,
+        data: &[u8],
+    ) {
+        let request = match DhcpRepr::parse_bytes(data) {
+            Ok(request) => request,
+            Err(error) => return self.ignore(IgnoreReason::Malformed(error), None),
+        };
+        let mac = Some(request.client_mac);
+        match self.answer(port, &meta, &request) {
+            Ok((reply, event)) => {
+                if self.replies.len() >= MAX_QUEUED_REPLIES {
+                    return self.ignore(IgnoreReason::QueueFull, mac);
+                }
+                self.replies.push_back(reply);
+                self.push_event(event);
+            }
+            Err(reason) => self.ignore(reason, mac),
+        }
+    }
+
+    /// The next reply: its bytes go to the front of `buf`, to be sent from the socket of the
+    /// returned port. A reply larger than `buf` is dropped.
+    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<(DhcpPort, Transmit)> {
+        while let Some(reply) = self.replies.pop_front() {
+            let Some(out) = buf.get_mut(..reply.bytes.len()) else {
+                continue;
+            };
+            out.copy_from_slice(&reply.bytes);
+            let transmit = Transmit {
+                destination: reply.destination,
+                source_ip: reply.source_ip,
+                ifindex: reply.ifindex,
+                payload: Payload::Bytes {
+                    len: reply.bytes.len(),
+                },
+            };
+            return Some((reply.port, transmit));
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<DhcpEvent> {
+        self.events.pop_front()
+    }
+
+    fn ignore(&mut self, reason: IgnoreReason, mac: Option<MacAddr>) {
+        self.push_event(DhcpEvent::Ignored { reason, mac });
+    }
+
+    fn push_event(&mut self, event: DhcpEvent) {
+        if self.events.len() < MAX_QUEUED_EVENTS {
+            self.events.push_back(event);
+        }
+    }
+
+    fn answer(
+        &self,
+        port: DhcpPort,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+    ) -> Result<(QueuedReply, DhcpEvent), IgnoreReason> {
+        if request.op != BootOp::Request {
+            return Err(IgnoreReason::NotBootRequest);
+        }
+        // PXE clients identify themselves with a vendor class starting "PXEClient" (PXE 2.1
+        // section 2.2), UEFI HTTP boot clients with "HTTPClient" (UEFI 2.5 section 24.7).
+        let vendor_class = request.options.vendor_class.as_deref().unwrap_or_default();
+        let http_client = vendor_class.starts_with(HTTP_CLIENT);
+        if !vendor_class.starts_with(PXE_CLIENT) && !http_client {
+            return Err(IgnoreReason::NotPxeClient);
+        }
+        let server = self.server_address(meta)?;
+        let message_type = request.options.message_type;
+        let reply_type = match (port, message_type) {
+            (DhcpPort::Dhcp, Some(MessageType::Discover)) => MessageType::Offer,
+            (DhcpPort::Dhcp, Some(MessageType::Request)) => {
+                // A REQUEST on 67 selects one server's offer; only answer the one naming us.
+                if request.options.server_id != Some(server) {
+                    return Err(IgnoreReason::NotForUs);
+                }
+                MessageType::Ack
+            }
+            (DhcpPort::Pxe, Some(MessageType::Request | MessageType::Inform)) => MessageType::Ack,
+            _ => return Err(IgnoreReason::UnexpectedMessage(message_type)),
+        };
+
+        let facts = client_facts(meta, request, http_client);
+        let target = self
+            .config
+            .policy
+            .decide(&facts, server, self.config.http_port)
+            .map_err(IgnoreReason::Policy)?;
+
+        let mut options = DhcpOptions {
+            message_type: Some(reply_type),
+            server_id: Some(server),
+            client_uuid: request.options.client_uuid,
+            ..Default::default()
+        };
+        let boot_file = target.boot_file.clone().into_bytes();
+        let file_field = if target.kind == BootKind::HttpBoot || boot_file.len() > MAX_FILE_FIELD {
+            // UEFI HTTP boot reads the URI from option 67; names too long for `file` go there too.
+            options.bootfile_name = Some(boot_file.clone());
+            if boot_file.len() > MAX_FILE_FIELD {
+                Vec::new()
+            } else {
+                boot_file
+            }
+        } else {
+            boot_file
+        };
+        if http_client {
+            // UEFI 2.5 section 24.7: the HTTP boot client only takes offers whose vendor class
+            // is "HTTPClient" and whose boot file is a URI.
+            options.vendor_class = Some(HTTP_CLIENT.to_vec());
+        } else {
+            options.vendor_class = Some(PXE_CLIENT.to_vec());
+            options.vendor_specific = Some(pxe_vendor_reply(request).to_bytes());
+        }
+
+        let reply = DhcpRepr {
+            op: BootOp::Reply,
+            hops: 0,
+            xid: request.xid,
+            secs: 0,
+            broadcast: request.broadcast,
+            ciaddr: request.ciaddr,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: target.next_server,
+            giaddr: request.giaddr,
+            client_mac: request.client_mac,
+            server_name: Vec::new(),
+            boot_file: file_field,
+            options,
+        };
+        let destination = match port {
+            DhcpPort::Dhcp => dhcp_destination(request),
+            // PXE 2.1: the boot server answers to the request's source address and port. EDK2
+            // sends from 4011, iPXE from 68; both expect the reply on that port.
+            DhcpPort::Pxe => meta.remote,
+        };
+        let queued = QueuedReply {
+            port,
+            destination,
+            source_ip: meta.local_ip,
+            ifindex: meta.ifindex,
+            bytes: reply.to_bytes(),
+        };
+        let relay = facts.relay;
+        let event = if reply_type == MessageType::Offer {
+            DhcpEvent::Offered {
+                mac: facts.mac,
+                uuid: facts.uuid,
+                arch: facts.arch,
+                boot_file: target.boot_file,
+                relay,
+                ipxe: facts.ipxe,
+            }
+        } else {
+            DhcpEvent::Acked {
+                mac: facts.mac,
+                uuid: facts.uuid,
+                arch: facts.arch,
+                boot_file: target.boot_file,
+                relay,
+                ipxe: facts.ipxe,
+                port,
+            }
+        };
+        Ok((queued, event))
+    }
+
+    fn server_address(&self, meta: &DatagramMeta) -> Result<Ipv4Addr, IgnoreReason> {
+        match meta.local_ip {
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Ok(ip),
+            _ => self.config.server_ip.ok_or(IgnoreReason::NoServerAddress),
+        }
+    }
+}
+
+/// Option 43 for a PXEClient reply: boot the file we name directly (no menu, no further
+/// discovery), and echo the boot item a 4011 request asked for.
+fn pxe_vendor_reply(request: &DhcpRepr) -> PxeVendorOptions {
+    let asked_item = request
+        .options
+        .vendor_specific
+        .as_deref()
+        .and_then(|raw| PxeVendorOptions::parse(raw).ok())
+        .and_then(|pxe| pxe.boot_item);
+    PxeVendorOptions {
+        discovery_control: Some(DISCOVERY_USE_BOOT_FILE),
+        boot_item: asked_item,
+        ..Default::default()
+    }
+}
+
+fn client_facts(meta: &DatagramMeta, request: &DhcpRepr, http_client: bool) -> ClientFacts {
+    let options = &request.options;
+    let arch = options.client_arch.first().copied().or_else(|| {
+        options
+            .vendor_class
+            .as_deref()
+            .and_then(arch_from_vendor_class)
+    });
+    let ipxe = options.ipxe_encap.is_some()
+        || options.user_classes().iter().any(|class| *class == b"iPXE");
+    let relay = Some(request.giaddr).filter(|ip| !ip.is_unspecified());
+    let source = match meta.remote.ip() {
+        IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    };
+    let client_ip = Some(request.ciaddr)
+        .filter(|ip| !ip.is_unspecified())
+        .or(source.filter(|ip| Some(*ip) != relay));
+    ClientFacts {
+        mac: request.client_mac,
+        uuid: options.client_uuid,
+        arch,
+        ipxe,
+        http_client,
+        relay,
+        client_ip,
+    }
+}
+
+/// `PXEClient:Arch:00007:UNDI:003000` -> 7, for old clients that do not send option 93.
+fn arch_from_vendor_class(class: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(class).ok()?;
+    let mut parts = text.split(':');
+    while let Some(part) = parts.next() {
+        if part == "Arch" {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+//= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
+//# If the 'giaddr' field in a DHCP message from a client is non-zero,
+//# the server sends any return messages to the 'DHCP server' port on the
+//# BOOTP relay agent whose address appears in 'giaddr'. If the 'giaddr'
+//# field is zero and the 'ciaddr' field is nonzero, then the server
+//# unicasts DHCPOFFER and DHCPACK messages to the address in 'ciaddr'.
+//
+// A proxy offer has no 'yiaddr' to unicast to, so the remaining case is always a broadcast.
+fn dhcp_destination(request: &DhcpRepr) -> SocketAddr {
+    let (ip, port) = if !request.giaddr.is_unspecified() {
+        (request.giaddr, SERVER_PORT)
+    } else if !request.ciaddr.is_unspecified() {
+        (request.ciaddr, CLIENT_PORT)
+    } else {
+        (Ipv4Addr::BROADCAST, CLIENT_PORT)
+    };
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::fixtures::{self, Fixture};
+    use crate::dhcp::options::PxeBootItem;
+    use crate::dhcp::wire::PXE_PORT;
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+    fn meta(remote: &str) -> DatagramMeta {
+        DatagramMeta {
+            remote: remote.parse().unwrap(),
+            local_ip: Some(IpAddr::V4(LOCAL)),
+            ifindex: Some(3),
+        }
+    }
+
+    fn proxy() -> ProxyDhcp {
+        ProxyDhcp::new(ProxyDhcpConfig {
+            http_port: 8080,
+            ..Default::default()
+        })
+    }
+
+    /// Feeds one datagram; returns the reply (parsed), where it goes, and the event.
+    fn exchange(
+        proxy: &mut ProxyDhcp,
+        port: DhcpPort,
+        meta: DatagramMeta,
+        data: &[u8],
+    ) -> Option<(DhcpPort, Transmit, DhcpRepr, DhcpEvent)> {
+        let now = Instant::now();
+        proxy.handle_datagram(now, port, meta, data);
+        let event = proxy.poll_event().expect("every datagram yields an event");
+        assert_eq!(proxy.poll_event(), None);
+        let mut buf = [0u8; 1500];
+        let (out_port, transmit) = proxy.poll_transmit(now, &mut buf)?;
+        assert!(proxy.poll_transmit(now, &mut buf).is_none());
+        let Payload::Bytes { len } = transmit.payload else {
+            panic!("DHCP replies are plain bytes");
+        };
+        let reply = DhcpRepr::parse_bytes(&buf[..len]).unwrap();
+        Some((out_port, transmit, reply, event))
+    }
+
+    fn pxe43(reply: &DhcpRepr) -> PxeVendorOptions {
+        PxeVendorOptions::parse(reply.options.vendor_specific.as_deref().unwrap()).unwrap()
+    }
+
+    fn assert_proxy_reply(reply: &DhcpRepr, request: &Fixture, kind: MessageType, file: &str) {
+        let request = DhcpRepr::parse_bytes(&request.bytes()).unwrap();
+        assert_eq!(reply.op, BootOp::Reply);
+        assert_eq!(reply.xid, request.xid);
+        assert_eq!(reply.client_mac.0, fixtures::MAC);
+        assert_eq!(reply.yiaddr, Ipv4Addr::UNSPECIFIED, "a proxy never leases");
+        assert_eq!(reply.siaddr, LOCAL);
+        assert_eq!(reply.giaddr, request.giaddr);
+        assert_eq!(reply.boot_file, file.as_bytes());
+        assert_eq!(reply.options.message_type, Some(kind));
+        assert_eq!(reply.options.server_id, Some(LOCAL));
+        assert_eq!(
+            reply.options.vendor_class.as_deref(),
+            Some(&b"PXEClient"[..])
+        );
+        assert_eq!(reply.options.client_uuid, request.options.client_uuid);
+        assert_eq!(
+            reply.options.client_uuid.map(|u| u.to_string()).as_deref(),
+            Some(fixtures::UUID_TEXT)
+        );
+        assert_eq!(
+            pxe43(reply).discovery_control,
+            Some(DISCOVERY_USE_BOOT_FILE)
+        );
+    }
+
+    const SCRIPT_EFI: &str = "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A62%3A40%3A01\
+                              &uuid=01020304-0506-0708-090a-0b0c0d0e0f10&arch=7";
+
+    #[test]
+    fn edk2_discover_gets_broadcast_proxy_offer() {
+        let mut proxy = proxy();
+        let (port, transmit, reply, event) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::EDK2_DISCOVER.bytes(),
+        )
+        .unwrap();
+        assert_eq!(port, DhcpPort::Dhcp);
+        assert_eq!(transmit.destination, "255.255.255.255:68".parse().unwrap());
+        assert_eq!(transmit.source_ip, Some(IpAddr::V4(LOCAL)));
+        assert_eq!(transmit.ifindex, Some(3));
+        assert!(reply.broadcast);
+        assert_proxy_reply(
+            &reply,
+            &fixtures::EDK2_DISCOVER,
+            MessageType::Offer,
+            "ipxe.efi",
+        );
+        assert!(matches!(
+            event,
+            DhcpEvent::Offered {
+                arch: Some(7),
+                ipxe: false,
+                relay: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn edk2_request_on_4011_gets_unicast_ack_to_its_source_port() {
+        let mut proxy = proxy();
+        let (port, transmit, reply, event) = exchange(
+            &mut proxy,
+            DhcpPort::Pxe,
+            meta("10.0.0.50:4011"),
+            &fixtures::EDK2_REQUEST_4011.bytes(),
+        )
+        .unwrap();
+        assert_eq!(port, DhcpPort::Pxe);
+        assert_eq!(transmit.destination, "10.0.0.50:4011".parse().unwrap());
+        assert_proxy_reply(
+            &reply,
+            &fixtures::EDK2_REQUEST_4011,
+            MessageType::Ack,
+            "ipxe.efi",
+        );
+        assert_eq!(reply.ciaddr, Ipv4Addr::new(10, 0, 0, 50));
+        // The boot item asked for is echoed.
+        assert_eq!(
+            pxe43(&reply).boot_item,
+            Some(PxeBootItem {
+                server_type: 0,
+                layer: 0
+            })
+        );
+        assert!(matches!(
+            event,
+            DhcpEvent::Acked {
+                arch: Some(7),
+                port: DhcpPort::Pxe,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ipxe_bios_discover_gets_script_not_loader() {
+        let mut proxy = proxy();
+        let (_, transmit, reply, event) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_BIOS_DISCOVER.bytes(),
+        )
+        .unwrap();
+        let script = SCRIPT_EFI.replace("arch=7", "arch=0");
+        assert_eq!(transmit.destination, "255.255.255.255:68".parse().unwrap());
+        assert!(!reply.broadcast);
+        assert_proxy_reply(
+            &reply,
+            &fixtures::IPXE_BIOS_DISCOVER,
+            MessageType::Offer,
+            &script,
+        );
+        assert!(matches!(
+            event,
+            DhcpEvent::Offered {
+                ipxe: true,
+                arch: Some(0),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ipxe_request_on_4011_from_port_68_gets_reply_on_68() {
+        let mut proxy = proxy();
+        let (_, transmit, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Pxe,
+            meta("10.0.0.60:68"),
+            &fixtures::IPXE_BIOS_REQUEST_4011.bytes(),
+        )
+        .unwrap();
+        assert_eq!(transmit.destination, "10.0.0.60:68".parse().unwrap());
+        assert_eq!(reply.xid, 0);
+        let script = SCRIPT_EFI.replace("arch=7", "arch=0");
+        assert_proxy_reply(
+            &reply,
+            &fixtures::IPXE_BIOS_REQUEST_4011,
+            MessageType::Ack,
+            &script,
+        );
+    }
+
+    #[test]
+    fn ipxe_efi_discover_gets_script() {
+        let mut proxy = proxy();
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_EFI_DISCOVER.bytes(),
+        )
+        .unwrap();
+        assert_proxy_reply(
+            &reply,
+            &fixtures::IPXE_EFI_DISCOVER,
+            MessageType::Offer,
+            SCRIPT_EFI,
+        );
+    }
+
+    #[test]
+    fn relayed_discover_goes_back_to_the_relay() {
+        let mut proxy = proxy();
+        let (_, transmit, reply, event) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("10.20.0.1:67"),
+            &fixtures::RELAYED_DISCOVER.bytes(),
+        )
+        .unwrap();
+        assert_eq!(transmit.destination, "10.20.0.1:67".parse().unwrap());
+        assert_proxy_reply(
+            &reply,
+            &fixtures::RELAYED_DISCOVER,
+            MessageType::Offer,
+            "undionly.kpxe",
+        );
+        assert_eq!(reply.giaddr, Ipv4Addr::new(10, 20, 0, 1));
+        assert_eq!(reply.hops, 0);
+        assert!(matches!(
+            event,
+            DhcpEvent::Offered { relay: Some(ip), .. } if ip == Ipv4Addr::new(10, 20, 0, 1)
+        ));
+    }
+
+    #[test]
+    fn http_boot_gets_url_and_httpclient() {
+        let mut proxy = proxy();
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::HTTP_BOOT_DISCOVER.bytes(),
+        )
+        .unwrap();
+        let url = b"http://10.0.0.1:8080/ipxe.efi";
+        assert_eq!(
+            reply.options.vendor_class.as_deref(),
+            Some(&b"HTTPClient"[..])
+        );
+        assert_eq!(reply.options.bootfile_name.as_deref(), Some(&url[..]));
+        assert_eq!(reply.boot_file, url);
+        assert_eq!(reply.options.vendor_specific, None);
+    }
+
+    #[test]
+    fn request_on_67_only_when_addressed_to_us() {
+        let mut request = DhcpRepr::parse_bytes(&fixtures::EDK2_DISCOVER.bytes()).unwrap();
+        request.options.message_type = Some(MessageType::Request);
+        request.options.server_id = Some(LOCAL);
+        request.ciaddr = Ipv4Addr::new(10, 0, 0, 50);
+        let mut proxy = proxy();
+        let (_, transmit, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("10.0.0.50:68"),
+            &request.to_bytes(),
+        )
+        .unwrap();
+        assert_eq!(transmit.destination, "10.0.0.50:68".parse().unwrap());
+        assert_eq!(reply.options.message_type, Some(MessageType::Ack));
+
+        request.options.server_id = Some(Ipv4Addr::new(10, 0, 0, 254));
+        assert!(
+            exchange(
+                &mut proxy,
+                DhcpPort::Dhcp,
+                meta("10.0.0.50:68"),
+                &request.to_bytes()
+            )
+            .is_none()
+        );
+        request.options.server_id = None;
+        assert!(
+            exchange(
+                &mut proxy,
+                DhcpPort::Dhcp,
+                meta("10.0.0.50:68"),
+                &request.to_bytes()
+            )
+            .is_none()
+        );
+    }
+
+    fn ignored(proxy: &mut ProxyDhcp, port: DhcpPort, data: &[u8]) -> IgnoreReason {
+        proxy.handle_datagram(Instant::now(), port, meta("0.0.0.0:68"), data);
+        let mut buf = [0u8; 1500];
+        assert!(proxy.poll_transmit(Instant::now(), &mut buf).is_none());
+        match proxy.poll_event() {
+            Some(DhcpEvent::Ignored { reason, .. }) => reason,
+            other => panic!("expected Ignored, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_pxe_and_wrong_messages_are_ignored() {
+        let mut proxy = proxy();
+        let linux = fixtures::LINUX_DISCOVER.bytes();
+        assert_eq!(
+            ignored(&mut proxy, DhcpPort::Dhcp, &linux),
+            IgnoreReason::NotPxeClient
+        );
+
+        let mut reply = fixtures::EDK2_DISCOVER.bytes();
+        reply[0] = 2;
+        assert_eq!(
+            ignored(&mut proxy, DhcpPort::Dhcp, &reply),
+            IgnoreReason::NotBootRequest
+        );
+
+        let discover = fixtures::EDK2_DISCOVER.bytes();
+        assert_eq!(
+            ignored(&mut proxy, DhcpPort::Pxe, &discover),
+            IgnoreReason::UnexpectedMessage(Some(MessageType::Discover))
+        );
+        let mut no_cookie = discover.clone();
+        no_cookie[237] ^= 0xff;
+        assert_eq!(
+            ignored(&mut proxy, DhcpPort::Dhcp, &no_cookie),
+            IgnoreReason::Malformed(WireError::BadMagicCookie)
+        );
+        let mut bad_hlen = discover.clone();
+        bad_hlen[2] = 8;
+        assert!(matches!(
+            ignored(&mut proxy, DhcpPort::Dhcp, &bad_hlen),
+            IgnoreReason::Malformed(WireError::NotEthernet { .. })
+        ));
+
+        let mut no_address = ProxyDhcp::new(ProxyDhcpConfig::default());
+        no_address.handle_datagram(
+            Instant::now(),
+            DhcpPort::Dhcp,
+            DatagramMeta::from_remote("0.0.0.0:68".parse().unwrap()),
+            &discover,
+        );
+        assert!(matches!(
+            no_address.poll_event(),
+            Some(DhcpEvent::Ignored {
+                reason: IgnoreReason::NoServerAddress,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn policy_ignore_is_reported() {
+        let mut config = ProxyDhcpConfig::default();
+        config.policy.ignore_uuids = vec![fixtures::UUID_TEXT.parse().unwrap()];
+        let mut proxy = ProxyDhcp::new(config);
+        assert_eq!(
+            ignored(&mut proxy, DhcpPort::Dhcp, &fixtures::EDK2_DISCOVER.bytes()),
+            IgnoreReason::Policy(PolicyRefusal::IgnoredUuid)
+        );
+    }
+
+    #[test]
+    fn fallback_server_ip_and_configured_next_server() {
+        let mut config = ProxyDhcpConfig {
+            server_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            ..Default::default()
+        };
+        config.policy.next_server = Some(Ipv4Addr::new(192, 0, 2, 9));
+        let mut proxy = ProxyDhcp::new(config);
+        proxy.handle_datagram(
+            Instant::now(),
+            DhcpPort::Dhcp,
+            DatagramMeta::from_remote("0.0.0.0:68".parse().unwrap()),
+            &fixtures::EDK2_DISCOVER.bytes(),
+        );
+        let mut buf = [0u8; 1500];
+        let (_, transmit) = proxy.poll_transmit(Instant::now(), &mut buf).unwrap();
+        let Payload::Bytes { len } = transmit.payload else {
+            panic!()
+        };
+        let reply = DhcpRepr::parse_bytes(&buf[..len]).unwrap();
+        assert_eq!(reply.options.server_id, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(reply.siaddr, Ipv4Addr::new(192, 0, 2, 9));
+        assert_eq!(transmit.source_ip, None);
+    }
+
+    #[test]
+    fn option_overload_is_parsed() {
+        let bytes = fixtures::overloaded_discover();
+        let repr = DhcpRepr::parse_bytes(&bytes).unwrap();
+        assert_eq!(
+            repr.options.vendor_class.as_deref(),
+            Some(&b"PXEClient:Arch:00007:UNDI:003000"[..])
+        );
+        assert_eq!(repr.options.client_arch, vec![7]);
+        assert!(repr.boot_file.is_empty() && repr.server_name.is_empty());
+        let mut proxy = proxy();
+        let (_, _, reply, _) =
+            exchange(&mut proxy, DhcpPort::Dhcp, meta("0.0.0.0:68"), &bytes).unwrap();
+        assert_eq!(reply.boot_file, b"ipxe.efi");
+    }
+
+    #[test]
+    fn long_boot_file_moves_to_option_67() {
+        let mut config = ProxyDhcpConfig::default();
+        config.policy.ipxe_script_url = format!("http://{{server}}/{}", "x".repeat(200));
+        let mut proxy = ProxyDhcp::new(config);
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_EFI_DISCOVER.bytes(),
+        )
+        .unwrap();
+        assert!(reply.boot_file.is_empty());
+        assert_eq!(
+            reply.options.bootfile_name.as_ref().map(Vec::len),
+            Some(216)
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_ignored_without_panic() {
+        let mut proxy = proxy();
+        let fixtures = [
+            fixtures::IPXE_BIOS_DISCOVER.bytes(),
+            fixtures::IPXE_EFI_DISCOVER.bytes(),
+            fixtures::EDK2_DISCOVER.bytes(),
+            fixtures::EDK2_REQUEST_4011.bytes(),
+            fixtures::RELAYED_DISCOVER.bytes(),
+            fixtures::overloaded_discover(),
+        ];
+        let mut buf = [0u8; 1500];
+        for bytes in &fixtures {
+            for len in 0..bytes.len() {
+                for port in [DhcpPort::Dhcp, DhcpPort::Pxe] {
+                    proxy.handle_datagram(
+                        Instant::now(),
+                        port,
+                        meta("10.0.0.50:4011"),
+                        &bytes[..len],
+                    );
+                    while proxy.poll_transmit(Instant::now(), &mut buf).is_some() {}
+                    while proxy.poll_event().is_some() {}
+                }
+            }
+            // Cut inside the fixed header or an option: always malformed.
+            for len in [0, 100, 239] {
+                assert!(matches!(
+                    ignored(&mut proxy, DhcpPort::Dhcp, &bytes[..len]),
+                    IgnoreReason::Malformed(WireError::Truncated)
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let mut proxy = proxy();
+        let bytes = fixtures::EDK2_DISCOVER.bytes();
+        for _ in 0..MAX_QUEUED_REPLIES + 10 {
+            proxy.handle_datagram(Instant::now(), DhcpPort::Dhcp, meta("0.0.0.0:68"), &bytes);
+        }
+        let mut full = 0;
+        while let Some(event) = proxy.poll_event() {
+            if matches!(
+                event,
+                DhcpEvent::Ignored {
+                    reason: IgnoreReason::QueueFull,
+                    ..
+                }
+            ) {
+                full += 1;
+            }
+        }
+        assert_eq!(full, 10);
+        let mut buf = [0u8; 1500];
+        let mut sent = 0;
+        while proxy.poll_transmit(Instant::now(), &mut buf).is_some() {
+            sent += 1;
+        }
+        assert_eq!(sent, MAX_QUEUED_REPLIES);
+        // A buffer too small drops the reply instead of panicking.
+        proxy.handle_datagram(Instant::now(), DhcpPort::Dhcp, meta("0.0.0.0:68"), &bytes);
+        assert!(
+            proxy
+                .poll_transmit(Instant::now(), &mut buf[..100])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn pxe_port_number() {
+        assert_eq!(DhcpPort::Pxe.number(), PXE_PORT);
+        assert_eq!(DhcpPort::Dhcp.number(), 67);
+    }
+}
