@@ -19,11 +19,11 @@ pub struct Config {
     /// TFTP protocol settings (the engine's).
     pub tftp: toml::Table,
     /// Which loader or script each client gets (proxyDHCP).
-    pub boot: toml::Table,
+    pub boot: zpxe_engine::dhcp::BootPolicy,
     /// HTTP protocol settings.
-    pub http: toml::Table,
+    pub http: zpxe_engine::http::HttpConfig,
     /// The generated iPXE boot menu.
-    pub menu: toml::Table,
+    pub menu: zpxe_engine::http::BootMenu,
 }
 
 /// Where files come from and where the server listens.
@@ -226,7 +226,10 @@ impl Config {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => at(
                     root.span(),
-                    format!("server.root {} is not a directory", root.get_ref().display()),
+                    format!(
+                        "server.root {} is not a directory",
+                        root.get_ref().display()
+                    ),
                 ),
                 Err(e) => at(
                     root.span(),
@@ -309,11 +312,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
 
@@ -325,9 +324,7 @@ fn find_key(text: &str, section: &str, key: &str) -> Option<Range<usize>> {
         let t = line.trim();
         if t.starts_with('[') {
             in_section = t.trim_matches(['[', ']']).trim() == section;
-        } else if in_section
-            && t.split('=').next().map(str::trim) == Some(key)
-        {
+        } else if in_section && t.split('=').next().map(str::trim) == Some(key) {
             let start = offset + (line.len() - line.trim_start().len());
             return Some(start..start + key.len());
         }
@@ -375,15 +372,29 @@ mod tests {
         assert_eq!(p.len(), 4, "{p:#?}");
         assert!(p[0].starts_with("zpxe.toml:2:8: server.root"), "{p:?}");
         assert!(p[1].starts_with("zpxe.toml:3:11: server.listen"), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("zpxe.toml:7:14: ports.tftp-range")), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("zpxe.toml:6:1: ports.http and ports.web")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("zpxe.toml:7:14: ports.tftp-range")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("zpxe.toml:6:1: ports.http and ports.web")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn defaults_match_2pxe_ports() {
         let c = Config::parse(Path::new("x"), "[server]\nroot = \"/tmp\"\n").expect("valid");
         assert_eq!(
-            (c.ports.dhcp, c.ports.pxe, c.ports.tftp, c.ports.http, c.ports.web),
+            (
+                c.ports.dhcp,
+                c.ports.pxe,
+                c.ports.tftp,
+                c.ports.http,
+                c.ports.web
+            ),
             (67, 4011, 69, 8050, 8051)
         );
         assert!(c.services.dhcp && c.services.tftp && c.services.http && c.services.web);
@@ -391,7 +402,13 @@ mod tests {
 
     #[test]
     fn port_range_parses() {
-        assert_eq!(PortRange::parse("64001-65000"), Ok(PortRange { lo: 64001, hi: 65000 }));
+        assert_eq!(
+            PortRange::parse("64001-65000"),
+            Ok(PortRange {
+                lo: 64001,
+                hi: 65000
+            })
+        );
         assert!(PortRange::parse("65000-64001").is_err());
         assert!(PortRange::parse("0-10").is_err());
         assert!(PortRange::parse("x-10").is_err());

@@ -39,9 +39,9 @@ pub fn create(root: &Path, wim_size: u64) -> io::Result<()> {
 /// Fills a file with a pseudo-random stream seeded by its name: every block differs, so a block
 /// served at the wrong offset or from the wrong file is caught.
 fn write_pattern(path: &Path, name: &str, size: u64) -> io::Result<String> {
-    let mut seed = name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let tmp = path.with_extension("partial");
     let mut out = io::BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
     let mut hasher = Sha256::new();

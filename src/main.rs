@@ -102,7 +102,9 @@ impl ServeArgs {
             ports.tftp_range = Some(toml::Spanned::new(0..0, format!("{}-{}", r.lo, r.hi)));
         }
         if self.tftp_single_port {
-            config.tftp.single_port = true;
+            config
+                .tftp
+                .insert("single-port".into(), toml::Value::Boolean(true)); // TFTP-WIP
         }
         let services = &mut config.services;
         services.dhcp &= !self.no_dhcp;

@@ -76,7 +76,9 @@ mod tests {
         m.tftp_datagrams(3, 4000);
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("# TYPE zpxe_tftp_bytes_sent_total counter\nzpxe_tftp_bytes_sent_total 4000\n"));
+        assert!(out.contains(
+            "# TYPE zpxe_tftp_bytes_sent_total counter\nzpxe_tftp_bytes_sent_total 4000\n"
+        ));
         assert!(out.contains("zpxe_tftp_datagrams_sent_total 3\n"));
     }
 }

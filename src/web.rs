@@ -67,7 +67,12 @@ impl WebReply {
 impl Inventory {
     /// Records a report; values are validated (MAC and stage are required, all are short and
     /// printable).
-    pub fn report(&self, query: &str, peer_ip: Option<String>, now: SystemTime) -> Result<(), String> {
+    pub fn report(
+        &self,
+        query: &str,
+        peer_ip: Option<String>,
+        now: SystemTime,
+    ) -> Result<(), String> {
         let params = parse_query(query);
         let get = |k: &str| params.get(k).cloned();
         let mac = get("mac").ok_or("missing mac")?;
@@ -78,7 +83,10 @@ impl Inventory {
                 return Err(format!("bad value for {k}"));
             }
         }
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if clients.len() >= MAX_CLIENTS && !clients.contains_key(&mac) {
             if let Some(oldest) = clients
@@ -113,7 +121,11 @@ impl Inventory {
     fn clients(&self) -> Vec<ClientEntry> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<ClientEntry> = clients.values().cloned().collect();
-        v.sort_by(|a, b| b.last_seen_unix.cmp(&a.last_seen_unix).then(a.mac.cmp(&b.mac)));
+        v.sort_by(|a, b| {
+            b.last_seen_unix
+                .cmp(&a.last_seen_unix)
+                .then(a.mac.cmp(&b.mac))
+        });
         v
     }
 
@@ -154,7 +166,13 @@ impl WebService {
     }
 
     /// Answers one request for `path` (no query) with `query` (no `?`).
-    pub fn respond(&self, path: &str, query: &str, peer_ip: Option<String>, now: SystemTime) -> WebReply {
+    pub fn respond(
+        &self,
+        path: &str,
+        query: &str,
+        peer_ip: Option<String>,
+        now: SystemTime,
+    ) -> WebReply {
         match path {
             "/" | "/index.html" => WebReply::new(200, "text/html; charset=utf-8", STATUS_PAGE),
             "/report" => match self.inventory.report(query, peer_ip, now) {
@@ -168,7 +186,10 @@ impl WebService {
                 let clients = self.inventory.clients().len();
                 WebReply::json(&Status {
                     version: env!("CARGO_PKG_VERSION"),
-                    uptime_s: now.duration_since(self.started).unwrap_or_default().as_secs(),
+                    uptime_s: now
+                        .duration_since(self.started)
+                        .unwrap_or_default()
+                        .as_secs(),
                     clients,
                     clients_by_stage: self.inventory.stages(),
                     counters: self.metrics.snapshot().into_iter().collect(),
@@ -222,7 +243,10 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// `aa:bb:cc:dd:ee:ff`, `AA-BB-..`, `aabbccddeeff` -> `aa:bb:cc:dd:ee:ff`.
 fn normalize_mac(s: &str) -> Option<String> {
-    let hex: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+    let hex: String = s
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | '.'))
+        .collect();
     if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
@@ -235,7 +259,7 @@ fn normalize_mac(s: &str) -> Option<String> {
     )
 }
 
-const STATUS_PAGE: &str = r#"<!doctype html>
+const STATUS_PAGE: &str = r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>zpxe status</title>
 <style>
 body{font:14px system-ui,sans-serif;margin:2em;color:#222}
@@ -263,7 +287,7 @@ async function refresh(){
 }
 refresh();setInterval(refresh,2000);
 </script></body></html>
-"#;
+"##;
 
 #[cfg(test)]
 mod tests {
@@ -277,9 +301,19 @@ mod tests {
     fn reports_build_the_inventory() {
         let s = svc();
         let now = SystemTime::now();
-        let r = s.respond("/report", "mac=52-54-00-12-34-56&stage=loader&arch=7", None, now);
+        let r = s.respond(
+            "/report",
+            "mac=52-54-00-12-34-56&stage=loader&arch=7",
+            None,
+            now,
+        );
         assert_eq!(r.status, 200);
-        let r = s.respond("/report", "mac=525400123456&stage=winpe&detail=boot.wim", Some("10.0.0.9".into()), now);
+        let r = s.respond(
+            "/report",
+            "mac=525400123456&stage=winpe&detail=boot.wim",
+            Some("10.0.0.9".into()),
+            now,
+        );
         assert_eq!(r.status, 200);
         let clients = s.inventory.clients();
         assert_eq!(clients.len(), 1);
@@ -298,7 +332,12 @@ mod tests {
     fn bad_reports_are_refused() {
         let s = svc();
         let now = SystemTime::now();
-        for q in ["stage=x", "mac=zz&stage=x", "mac=525400123456", "mac=525400123456&stage=a%0Ab"] {
+        for q in [
+            "stage=x",
+            "mac=zz&stage=x",
+            "mac=525400123456",
+            "mac=525400123456&stage=a%0Ab",
+        ] {
             assert_eq!(s.respond("/report", q, None, now).status, 400, "{q}");
         }
         assert_eq!(s.respond("/nope", "", None, now).status, 404);

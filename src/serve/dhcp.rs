@@ -99,7 +99,10 @@ impl DhcpService {
         let mut buf = vec![0u8; BUF];
         loop {
             loop {
-                let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), &mut buf);
+                let polled = self
+                    .engine
+                    .borrow_mut()
+                    .poll_transmit(Instant::now(), &mut buf);
                 let Some((port, t)) = polled else { break };
                 let Payload::Bytes { len } = t.payload else {
                     tracing::error!("unexpected payload from the DHCP engine");

@@ -8,14 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use zpxe_engine::dhcp::ProxyDhcpConfig;
+use zpxe_engine::http::BootScripts;
 use zpxe_platform::bind::BindError;
 use zpxe_platform::runtime::EventLoop;
+use zpxe_platform::tcp::TcpServer;
 use zpxe_platform::{ImageStore, StoreOptions};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-mod tftp;
+mod dhcp;
+mod http;
+// mod tftp;
 
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
 pub(crate) const STOP_POLL: Duration = Duration::from_millis(250);
@@ -43,6 +48,7 @@ impl Stop {
 /// What every event loop shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    pub(crate) web: crate::web::WebService,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
 }
@@ -71,6 +77,7 @@ pub fn run(config: Config, stop: Stop) -> anyhow::Result<()> {
 }
 
 /// A server running on its own threads.
+#[derive(Debug)]
 pub struct ServerHandle {
     pub bound: Bound,
     pub metrics: Arc<Metrics>,
@@ -101,6 +108,7 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         config,
+        web: crate::web::WebService::new(Arc::clone(&metrics)),
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
     });
@@ -222,15 +230,89 @@ fn setup(
         driver,
         ..Bound::default()
     };
+    let http_config = Arc::new(config.http.clone());
     for ip in config.listen_addrs() {
-        if config.services.tftp {
-            let addr = SocketAddr::new(ip, config.ports.tftp);
-            let svc = tftp::TftpService::bind(&ctx, addr)
-                .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
-            bound.tftp.push(svc.local_addr());
-            svc.start();
+        // if config.services.tftp {
+        //     let addr = SocketAddr::new(ip, config.ports.tftp);
+        //     let svc = tftp::TftpService::bind(&ctx, addr)
+        //         .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
+        //     bound.tftp.push(svc.local_addr());
+        //     svc.start();
+        // }
+        if config.services.http {
+            let addr = SocketAddr::new(ip, config.ports.http);
+            let server = TcpServer::bind(addr, true)
+                .map_err(|e| BindError::explain("HTTP", "http-port", addr, e))?;
+            bound.http.push(server.local_addr());
+            let site = http::Site::Boot(http::BootSite {
+                scripts: BootScripts {
+                    menu: Arc::new(config.menu.clone()),
+                    base_url: None,
+                    report_url: None,
+                },
+                web_port: config.services.web.then_some(config.ports.web),
+            });
+            http::start(&ctx, server, site, Arc::clone(&http_config));
         }
-        let _ = (index, IpAddr::from([0, 0, 0, 0]));
+        // One loop answers DHCP and the web service: every SO_REUSEPORT socket would see each
+        // broadcast, and the web service is light.
+        if index != 0 {
+            continue;
+        }
+        if config.services.web {
+            let addr = SocketAddr::new(ip, config.ports.web);
+            let server = TcpServer::bind(addr, false)
+                .map_err(|e| BindError::explain("web service", "web-port", addr, e))?;
+            bound.web.push(server.local_addr());
+            let site = http::Site::Web(shared.web.clone());
+            http::start(&ctx, server, site, Arc::clone(&http_config));
+        }
+        if config.services.dhcp && ip.is_ipv4() {
+            let devices: Vec<Option<String>> = if config.server.interfaces.is_empty() {
+                vec![None]
+            } else {
+                config.server.interfaces.iter().cloned().map(Some).collect()
+            };
+            for device in devices {
+                let dhcp_addr = SocketAddr::new(ip, config.ports.dhcp);
+                let pxe_addr = SocketAddr::new(ip, config.ports.pxe);
+                let svc = dhcp::DhcpService::bind(&ctx, dhcp_addr, pxe_addr, device).map_err(
+                    |(addr, e)| {
+                        let (what, flag) = if addr.port() == config.ports.dhcp {
+                            ("proxyDHCP", "dhcp-port")
+                        } else {
+                            ("PXE (4011)", "pxe-port")
+                        };
+                        BindError::explain(what, flag, addr, e)
+                    },
+                )?;
+                let (d, p) = svc.local_addrs();
+                bound.dhcp.push(d);
+                bound.pxe.push(p);
+                svc.start();
+            }
+        }
     }
     Ok((ctx, bound))
+}
+
+/// The proxyDHCP responder's settings from the configuration.
+pub(crate) fn proxy_config(config: &Config) -> ProxyDhcpConfig {
+    let server_ip = config
+        .server
+        .advertise
+        .as_ref()
+        .and_then(|a| a.get_ref().parse::<std::net::Ipv4Addr>().ok())
+        .or_else(|| {
+            config.listen_addrs().into_iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+                _ => None,
+            })
+        });
+    ProxyDhcpConfig {
+        policy: config.boot.clone(),
+        http_port: config.ports.http,
+        server_ip,
+        dhcp_port: config.ports.dhcp,
+    }
 }

@@ -11,7 +11,9 @@ use crate::common::{Server, pattern_file, require, run};
 
 fn curl(args: &[&str]) -> (bool, String) {
     run(
-        Command::new(require("curl")).args(["-sS", "--max-time", "60"]).args(args),
+        Command::new(require("curl"))
+            .args(["-sS", "--max-time", "60"])
+            .args(args),
         Duration::from_secs(70),
     )
 }
@@ -32,7 +34,11 @@ fn curl_bytes(args: &[&str]) -> Vec<u8> {
 
 fn setup() -> (tempfile::TempDir, Vec<u8>, Server) {
     let root = tempfile::tempdir().expect("tmp");
-    let data = pattern_file(&root.path().join("sources/boot.wim"), 5 * 1024 * 1024 + 11, 21);
+    let data = pattern_file(
+        &root.path().join("sources/boot.wim"),
+        5 * 1024 * 1024 + 11,
+        21,
+    );
     let server = Server::start(root.path(), &[]);
     (root, data, server)
 }
@@ -46,7 +52,10 @@ fn full_and_ranged_downloads_are_byte_exact() {
     assert_eq!(curl_bytes(&["-r", "0-0", &url]), data[..1]);
     assert_eq!(curl_bytes(&["-r", "-1", &url]), data[data.len() - 1..]);
     assert_eq!(curl_bytes(&["-r", "1000-", &url]), data[1000..]);
-    assert_eq!(curl_bytes(&["-r", "4096-1052671", &url]), data[4096..1_052_672]);
+    assert_eq!(
+        curl_bytes(&["-r", "4096-1052671", &url]),
+        data[4096..1_052_672]
+    );
 }
 
 #[test]
@@ -81,8 +90,13 @@ fn multi_range_is_multipart_byteranges() {
     assert!(out.contains("multipart/byteranges; boundary="), "{out}");
     let body = curl_bytes(&["-r", "0-9,100-109", &url]);
     let find = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    assert!(find(&data[0..10]) && find(&data[100..110]), "both parts present");
-    assert!(find(format!("Content-Range: bytes 0-9/{}", data.len()).as_bytes()));
+    assert!(
+        find(&data[0..10]) && find(&data[100..110]),
+        "both parts present"
+    );
+    assert!(find(
+        format!("Content-Range: bytes 0-9/{}", data.len()).as_bytes()
+    ));
 }
 
 #[test]
@@ -92,11 +106,17 @@ fn head_and_conditional_requests() {
     let (ok, head) = curl(&["-I", &url]);
     assert!(ok, "{head}");
     let lower = head.to_ascii_lowercase();
-    assert!(lower.contains(&format!("content-length: {}", data.len())), "{head}");
+    assert!(
+        lower.contains(&format!("content-length: {}", data.len())),
+        "{head}"
+    );
     assert!(lower.contains("accept-ranges: bytes"), "{head}");
     let etag = head
         .lines()
-        .find_map(|l| l.strip_prefix("ETag: ").or_else(|| l.strip_prefix("etag: ")))
+        .find_map(|l| {
+            l.strip_prefix("ETag: ")
+                .or_else(|| l.strip_prefix("etag: "))
+        })
         .expect("etag")
         .trim()
         .to_owned();
@@ -109,7 +129,15 @@ fn head_and_conditional_requests() {
         .expect("last-modified")
         .trim()
         .to_owned();
-    let (ok, out) = curl(&["-D", "-", "-o", "/dev/null", "-H", &format!("If-None-Match: {etag}"), &url]);
+    let (ok, out) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        &url,
+    ]);
     assert!(ok && out.starts_with("HTTP/1.1 304"), "{out}");
     let (ok, out) = curl(&[
         "-D",
@@ -140,7 +168,8 @@ fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
@@ -152,7 +181,8 @@ fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
 fn pipelined_requests_over_one_connection() {
     let (_root, data, server) = setup();
     let mut s = TcpStream::connect(server.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let req = |range: &str| {
         format!("GET /sources/boot.wim HTTP/1.1\r\nHost: x\r\nRange: bytes={range}\r\n\r\n")
     };
@@ -169,7 +199,8 @@ fn pipelined_requests_over_one_connection() {
 fn oversized_header_gets_431() {
     let (_root, _data, server) = setup();
     let mut s = TcpStream::connect(server.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let big = "a".repeat(64 * 1024);
     let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
     let mut buf = [0u8; 64];
@@ -182,14 +213,16 @@ fn oversized_header_gets_431() {
 fn slowloris_is_dropped_while_others_are_served() {
     let (_root, data, server) = setup();
     let mut slow = TcpStream::connect(server.http).expect("connect");
-    slow.write_all(b"GET /sources/boot.wim HTTP/1.1\r\nHost: x\r\n").expect("write");
+    slow.write_all(b"GET /sources/boot.wim HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
     let started = Instant::now();
     // Others are served meanwhile.
     let url = format!("http://{}/sources/boot.wim", server.http);
     assert_eq!(curl_bytes(&["-r", "0-9", &url]), data[..10]);
     // The slow client trickles a header line now and then but never finishes; the server's
     // header deadline closes it.
-    slow.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    slow.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
     let mut buf = [0u8; 256];
     loop {
         assert!(

@@ -46,8 +46,18 @@ impl NetPair {
             subnet,
         };
         ip(&[
-            "link", "add", "s0", "netns", &pair.server, "type", "veth", "peer", "name", "c0",
-            "netns", &pair.client,
+            "link",
+            "add",
+            "s0",
+            "netns",
+            &pair.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "c0",
+            "netns",
+            &pair.client,
         ]);
         for (ns, dev, addr) in [
             (&pair.server, "s0", &pair.server_ip),
@@ -66,12 +76,30 @@ impl NetPair {
         let third = format!("{}-b", self.client);
         ip(&["netns", "add", &third]);
         ip(&[
-            "link", "add", "s1", "netns", &self.server, "type", "veth", "peer", "name", "c1",
-            "netns", &third,
+            "link",
+            "add",
+            "s1",
+            "netns",
+            &self.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "c1",
+            "netns",
+            &third,
         ]);
         let s = format!("10.78.{}.1", self.subnet);
         let c = format!("10.78.{}.2", self.subnet);
-        ip(&["-n", &self.server, "addr", "add", &format!("{s}/24"), "dev", "s1"]);
+        ip(&[
+            "-n",
+            &self.server,
+            "addr",
+            "add",
+            &format!("{s}/24"),
+            "dev",
+            "s1",
+        ]);
         ip(&["-n", &self.server, "link", "set", "s1", "up"]);
         ip(&["-n", &third, "addr", "add", &format!("{c}/24"), "dev", "c1"]);
         ip(&["-n", &third, "link", "set", "c1", "up"]);
@@ -82,9 +110,21 @@ impl NetPair {
     /// Applies `tc netem` (e.g. "loss 5% duplicate 1% delay 1ms reorder 10%") on both ends.
     pub fn netem(&self, spec: &str) {
         for (ns, dev) in [(&self.server, "s0"), (&self.client, "c0")] {
-            let mut args = vec!["-n", ns.as_str(), "qdisc", "add", "dev", dev, "root", "netem"];
+            let mut args = vec![
+                "-n",
+                ns.as_str(),
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "netem",
+            ];
             args.extend(spec.split_whitespace());
-            let out = Command::new(require("tc")).args(&args).output().expect("tc");
+            let out = Command::new(require("tc"))
+                .args(&args)
+                .output()
+                .expect("tc");
             assert!(
                 out.status.success(),
                 "tc {}: {}",

@@ -51,6 +51,11 @@ pub struct ProxyDhcpConfig {
     /// Address to name as the server when the platform cannot tell which local address a
     /// request arrived on.
     pub server_ip: Option<Ipv4Addr>,
+    /// The port this responder's DHCP socket is on (67). Replies to relays go to this port on
+    /// the relay and replies to clients to the one above it, as with dnsmasq's alternate ports:
+    /// a server on 6767 (unprivileged tests, the load generator) talks to relays on 6767 and to
+    /// clients on 6768.
+    pub dhcp_port: u16,
 }
 
 impl Default for ProxyDhcpConfig {
@@ -59,6 +64,7 @@ impl Default for ProxyDhcpConfig {
             policy: BootPolicy::default(),
             http_port: 80,
             server_ip: None,
+            dhcp_port: SERVER_PORT,
         }
     }
 }
@@ -283,7 +289,7 @@ impl ProxyDhcp {
             options,
         };
         let destination = match port {
-            DhcpPort::Dhcp => dhcp_destination(request),
+            DhcpPort::Dhcp => dhcp_destination(request, self.config.dhcp_port),
             // PXE 2.1: the boot server answers to the request's source address and port. EDK2
             // sends from 4011, iPXE from 68; both expect the reply on that port.
             DhcpPort::Pxe => meta.remote,
@@ -392,13 +398,18 @@ fn arch_from_vendor_class(class: &[u8]) -> Option<u16> {
 //# unicasts DHCPOFFER and DHCPACK messages to the address in 'ciaddr'.
 //
 // A proxy offer has no 'yiaddr' to unicast to, so the remaining case is always a broadcast.
-fn dhcp_destination(request: &DhcpRepr) -> SocketAddr {
-    let (ip, port) = if !request.giaddr.is_unspecified() {
-        (request.giaddr, SERVER_PORT)
-    } else if !request.ciaddr.is_unspecified() {
-        (request.ciaddr, CLIENT_PORT)
+fn dhcp_destination(request: &DhcpRepr, server_port: u16) -> SocketAddr {
+    let client_port = if server_port == SERVER_PORT {
+        CLIENT_PORT
     } else {
-        (Ipv4Addr::BROADCAST, CLIENT_PORT)
+        server_port.wrapping_add(1)
+    };
+    let (ip, port) = if !request.giaddr.is_unspecified() {
+        (request.giaddr, server_port)
+    } else if !request.ciaddr.is_unspecified() {
+        (request.ciaddr, client_port)
+    } else {
+        (Ipv4Addr::BROADCAST, client_port)
     };
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }

@@ -1,0 +1,240 @@
+//! HTTP services: the boot port (files and generated iPXE scripts) and the web service port,
+//! both the engine's `HttpConnection` over a TCP connection, with bodies sent from the mapping.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use futures_util::future::{Either, select};
+use zpxe_engine::ImageCatalog;
+use zpxe_engine::http::{
+    Handler, HttpConfig, HttpConnection, HttpEvent, Output, Reply, Request, StatusCode,
+};
+use zpxe_platform::runtime::{sleep, spawn};
+use zpxe_platform::tcp::{TcpConn, TcpServer};
+
+use super::ThreadCtx;
+use crate::metrics::Metrics;
+use crate::web::WebService;
+
+const READ_BUF: usize = 16 * 1024;
+const WRITE_BUF: usize = 16 * 1024;
+
+/// Which service a listener runs.
+#[derive(Clone)]
+pub(crate) enum Site {
+    /// Files and iPXE scripts.
+    Boot(BootSite),
+    /// Reports, status, metrics.
+    Web(WebService),
+}
+
+/// Files and scripts; scripts report to the web service at the address the client used.
+#[derive(Clone)]
+pub(crate) struct BootSite {
+    pub(crate) scripts: zpxe_engine::http::BootScripts,
+    /// The web service's port, when it runs (then scripts report each boot stage to it).
+    pub(crate) web_port: Option<u16>,
+}
+
+impl Handler for BootSite {
+    fn respond(&mut self, req: &Request<'_>, images: &mut dyn ImageCatalog) -> Reply {
+        if let (Some(port), Some(host), None) =
+            (self.web_port, req.header("host"), &self.scripts.report_url)
+            && matches!(req.path, "/boot.ipxe" | "/menu.ipxe")
+        {
+            let name = host_without_port(host);
+            let mut scripts = self.scripts.clone();
+            scripts.report_url = Some(format!("http://{name}:{port}/report"));
+            return scripts.respond(req, images);
+        }
+        self.scripts.respond(req, images)
+    }
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 2]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+struct WebHandler {
+    web: WebService,
+    peer: SocketAddr,
+}
+
+impl Handler for WebHandler {
+    fn respond(&mut self, req: &Request<'_>, _images: &mut dyn ImageCatalog) -> Reply {
+        let r = self.web.respond(
+            req.path,
+            req.query.unwrap_or_default(),
+            Some(self.peer.ip().to_string()),
+            SystemTime::now(),
+        );
+        Reply::Generated {
+            status: StatusCode(r.status),
+            content_type: r.content_type.to_owned(),
+            body: r.body,
+        }
+    }
+}
+
+/// Accepts connections on `server` until the loop stops.
+pub(crate) fn start(ctx: &Rc<ThreadCtx>, server: TcpServer, site: Site, config: Arc<HttpConfig>) {
+    let ctx = Rc::clone(ctx);
+    spawn(async move {
+        loop {
+            match server.accept().await {
+                Ok((conn, peer)) => {
+                    let handler: Box<dyn Handler> = match &site {
+                        Site::Boot(scripts) => Box::new(scripts.clone()),
+                        Site::Web(web) => Box::new(WebHandler {
+                            web: web.clone(),
+                            peer,
+                        }),
+                    };
+                    let ctx = Rc::clone(&ctx);
+                    let config = Arc::clone(&config);
+                    spawn(serve_connection(ctx, conn, peer, handler, config)).detach();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+async fn serve_connection(
+    ctx: Rc<ThreadCtx>,
+    mut tcp: TcpConn,
+    peer: SocketAddr,
+    mut handler: Box<dyn Handler>,
+    config: Arc<HttpConfig>,
+) {
+    let mut conn = HttpConnection::new(Instant::now(), config);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut rbuf = Vec::with_capacity(READ_BUF);
+    let mut wbuf = vec![0u8; WRITE_BUF];
+    let metrics = Arc::clone(&ctx.shared.metrics);
+    loop {
+        // Send everything the connection has ready.
+        loop {
+            let Some(out) = conn.poll_output(&mut wbuf) else {
+                break;
+            };
+            match out {
+                Output::Bytes { len } => {
+                    let (res, b) = tcp.write_prefix(wbuf, len).await;
+                    wbuf = b;
+                    if res.is_err() {
+                        conn.abort(&mut *ctx.store.borrow_mut());
+                        return;
+                    }
+                }
+                Output::Body { image, range } => {
+                    let version = ctx.store.borrow().version(image);
+                    let sent = match version {
+                        Some(v) => tcp.send_image(&v, range).await,
+                        None => Err(zpxe_platform::udp::SendError::Image(
+                            zpxe_platform::VersionBroken::Gone,
+                        )),
+                    };
+                    match sent {
+                        Ok(n) => {
+                            Metrics::add(&metrics.http_bytes_sent_total, n);
+                            conn.body_done(Instant::now(), &mut *ctx.store.borrow_mut());
+                        }
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "HTTP body ended early");
+                            conn.abort(&mut *ctx.store.borrow_mut());
+                            return;
+                        }
+                    }
+                }
+                Output::Close => {
+                    let _ = tcp.shutdown().await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        while let Some(ev) = conn.poll_event() {
+            match ev {
+                HttpEvent::Served {
+                    method,
+                    path,
+                    status,
+                    bytes,
+                    ..
+                } => {
+                    Metrics::add(&metrics.http_requests_total, 1);
+                    tracing::debug!(%peer, ?method, path, status = status.0, bytes, "HTTP");
+                }
+                HttpEvent::TimedOut { reading_head } => {
+                    tracing::info!(%peer, reading_head, "HTTP connection timed out");
+                }
+                _ => {}
+            }
+        }
+        if conn.is_closed() {
+            conn.abort(&mut *ctx.store.borrow_mut());
+            return;
+        }
+        // Offer what is already read before reading more.
+        if !pending.is_empty() && conn.wants_input() {
+            let n = {
+                let mut store = ctx.store.borrow_mut();
+                conn.handle_input(
+                    Instant::now(),
+                    &pending,
+                    SystemTime::now(),
+                    &mut *handler,
+                    &mut *store,
+                )
+            };
+            pending.drain(..n.min(pending.len()));
+            continue;
+        }
+        let deadline = conn.poll_timeout();
+        let read = std::pin::pin!(tcp.read(std::mem::take(&mut rbuf)));
+        let wait = deadline.map_or(std::time::Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let timer = std::pin::pin!(sleep(wait));
+        match select(read, timer).await {
+            Either::Left(((res, b), _)) => {
+                rbuf = b;
+                match res {
+                    Ok(0) | Err(_) => conn.handle_eof(Instant::now()),
+                    Ok(n) => {
+                        let consumed = {
+                            let mut store = ctx.store.borrow_mut();
+                            conn.handle_input(
+                                Instant::now(),
+                                &rbuf[..n],
+                                SystemTime::now(),
+                                &mut *handler,
+                                &mut *store,
+                            )
+                        };
+                        if consumed < n {
+                            pending.extend_from_slice(&rbuf[consumed..n]);
+                        }
+                    }
+                }
+            }
+            Either::Right(((), _)) => {
+                rbuf = Vec::with_capacity(READ_BUF);
+                conn.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
