@@ -75,6 +75,19 @@ impl TcpConn {
         Ok(Self { stream })
     }
 
+    /// Connects from a chosen local address (the load generator gives each virtual client its
+    /// own loopback address).
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> io::Result<Self> {
+        let socket = match addr {
+            SocketAddr::V4(_) => compio::net::TcpSocket::new_v4().await?,
+            SocketAddr::V6(_) => compio::net::TcpSocket::new_v6().await?,
+        };
+        socket.bind(SocketAddr::new(local, 0)).await?;
+        let stream = socket.connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self { stream })
+    }
+
     /// Reads what is available into `buf` (filled from its start, up to its capacity); 0 = EOF.
     pub async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();

@@ -1,0 +1,548 @@
+//! One virtual PXE client: the engine's client machines (DHCP, TFTP, HTTP) driven over real
+//! sockets on the platform's event loop, walking a whole boot and checking every byte.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use zpxe_engine::dhcp::{BootAnswer, ClientUuid, DhcpClient, DhcpClientConfig, MacAddr};
+use zpxe_engine::http::{ClientEvent, HttpClient};
+use zpxe_engine::tftp::{ClientConfig as TftpClientConfig, TftpClient};
+use zpxe_engine::{Payload, Transmit};
+use zpxe_platform::runtime::timeout;
+use zpxe_platform::tcp::TcpConn;
+use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+
+use crate::firmware::Firmware;
+use crate::report::{ClientRecord, Outcome, Phase, PhaseRecord};
+use crate::script;
+use crate::verify::{Check, Expected};
+
+/// Where the boot server is and how clients reach it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// proxyDHCP port 67 (or the alternate port the server runs on).
+    pub dhcp: SocketAddr,
+    pub pxe_port: u16,
+    /// The TFTP server, for `--only tftp` (else the next-server the DHCP answer names).
+    pub tftp: SocketAddr,
+    /// The HTTP server, for `--only http` (else the script URL the DHCP answer names).
+    pub http: SocketAddr,
+    /// What a TFTP client fetches in `--only tftp`, and the HTTP file list in `--only http`.
+    pub files: Vec<String>,
+}
+
+/// Which legs of the boot a client walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// The whole boot.
+    All,
+    /// DHCP and 4011 only.
+    Dhcp,
+    /// TFTP downloads of `Target::files` only.
+    Tftp,
+    /// HTTP downloads of `Target::files` only.
+    Http,
+}
+
+/// One client's identity and behaviour.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub index: u32,
+    pub firmware: Firmware,
+    pub mac: MacAddr,
+    pub uuid: ClientUuid,
+    /// The client's own address (127.x.y.z on loopback): its relay address and source.
+    pub ip: Ipv4Addr,
+    /// Send DHCP by broadcast on this device (inside a namespace) instead of as a relay.
+    pub broadcast: bool,
+    pub seed: u64,
+}
+
+/// Settings shared by every client of a run.
+#[derive(Debug)]
+pub struct RunShared {
+    pub target: Target,
+    pub only: Only,
+    pub expected: Expected,
+    pub start: Instant,
+    pub deadline: Instant,
+}
+
+struct Failure {
+    phase: Phase,
+    reason: String,
+}
+
+fn fail(phase: Phase, reason: impl Into<String>) -> Failure {
+    Failure {
+        phase,
+        reason: reason.into(),
+    }
+}
+
+/// Walks one boot and returns its record.
+pub async fn boot(spec: ClientSpec, shared: Rc<RunShared>) -> ClientRecord {
+    let started = Instant::now();
+    let mut rec = ClientRecord {
+        client: spec.index,
+        profile: spec.firmware.name().to_owned(),
+        start: started.saturating_duration_since(shared.start),
+        phases: Vec::new(),
+        outcome: Outcome::Booted,
+        byte_errors: 0,
+    };
+    let budget = shared.deadline.saturating_duration_since(Instant::now());
+    let result = match timeout(budget, walk(&spec, &shared, &mut rec)).await {
+        Some(r) => r,
+        None => Err(fail(
+            rec.phases.last().map_or(Phase::Dhcp, |p| p.phase),
+            "run time limit reached",
+        )),
+    };
+    let end = Instant::now().saturating_duration_since(shared.start);
+    rec.phases.push(PhaseRecord {
+        phase: Phase::Total,
+        start: rec.start,
+        end,
+        bytes: rec.phases.iter().map(|p| p.bytes).sum(),
+        retransmits: rec.phases.iter().map(|p| p.retransmits).sum(),
+    });
+    if let Err(f) = result {
+        rec.outcome = Outcome::Failed {
+            phase: f.phase,
+            reason: f.reason,
+        };
+    }
+    rec
+}
+
+async fn walk(spec: &ClientSpec, shared: &RunShared, rec: &mut ClientRecord) -> Result<(), Failure> {
+    match shared.only {
+        Only::Tftp => {
+            for file in &shared.target.files {
+                tftp_phase(spec, shared, rec, shared.target.tftp, file).await?;
+            }
+            return Ok(());
+        }
+        Only::Http => {
+            let urls: Vec<String> = shared
+                .target
+                .files
+                .iter()
+                .map(|f| format!("http://{}/{}", shared.target.http, f.trim_start_matches('/')))
+                .collect();
+            return http_fetch_all(spec, shared, rec, &urls, Phase::Http).await;
+        }
+        Only::Dhcp | Only::All => {}
+    }
+    let socket = dhcp_socket(spec, shared).map_err(|e| fail(Phase::Dhcp, e))?;
+    let answer = dhcp_phase(spec, shared, rec, &socket, false).await?;
+    if shared.only == Only::Dhcp {
+        return Ok(());
+    }
+    if answer.boot_file.is_empty() {
+        return Err(fail(Phase::Dhcp, "the server named no boot file"));
+    }
+    let tftp = SocketAddr::new(IpAddr::V4(answer.next_server), shared.target.tftp.port());
+    tftp_phase(spec, shared, rec, tftp, &answer.boot_file).await?;
+    // The loader (iPXE) starts and asks again, now as iPXE.
+    let ipxe = dhcp_phase(spec, shared, rec, &socket, true).await?;
+    drop(socket);
+    let script_url = ipxe.boot_file;
+    if !script_url.starts_with("http://") {
+        return Err(fail(
+            Phase::IpxeDhcp,
+            format!("iPXE got {script_url:?} instead of a script URL (boot loop)"),
+        ));
+    }
+    let t0 = Instant::now();
+    let (authority, path) = script::split_url(&script_url)
+        .ok_or_else(|| fail(Phase::Script, format!("bad script URL {script_url}")))?;
+    let server: SocketAddr = authority
+        .parse()
+        .map_err(|_| fail(Phase::Script, format!("script host {authority} is not an address")))?;
+    let mut conn = HttpConn::connect(spec.ip, server)
+        .await
+        .map_err(|e| fail(Phase::Script, e))?;
+    let body = conn
+        .get_bytes(&path, &authority)
+        .await
+        .map_err(|e| fail(Phase::Script, e))?;
+    record(rec, shared, Phase::Script, t0, body.len() as u64, 0);
+    let text = String::from_utf8(body).map_err(|_| fail(Phase::Script, "script is not UTF-8"))?;
+    let plan = script::plan(&text, &spec.mac.to_string()).map_err(|e| fail(Phase::Script, e))?;
+    if !plan.boots {
+        return Err(fail(Phase::Script, "the script exits without booting"));
+    }
+    let mut conns: HashMap<String, HttpConn> = HashMap::new();
+    conns.insert(authority, conn);
+    let t0 = Instant::now();
+    let mut bytes = 0;
+    for f in &plan.fetches {
+        let got = fetch_verified(spec, shared, rec, &mut conns, &f.url).await;
+        match got {
+            Ok(n) => bytes += n,
+            Err(e) if f.required => return Err(fail(Phase::Http, e)),
+            Err(_) => {}
+        }
+    }
+    record(rec, shared, Phase::Http, t0, bytes, 0);
+    Ok(())
+}
+
+fn record(rec: &mut ClientRecord, shared: &RunShared, phase: Phase, t0: Instant, bytes: u64, retransmits: u64) {
+    rec.phases.push(PhaseRecord {
+        phase,
+        start: t0.saturating_duration_since(shared.start),
+        end: Instant::now().saturating_duration_since(shared.start),
+        bytes,
+        retransmits,
+    });
+}
+
+fn dhcp_socket(spec: &ClientSpec, shared: &RunShared) -> Result<UdpEndpoint, String> {
+    // As a relay agent the client listens where the server answers relays: its own address on
+    // the server's DHCP port. By broadcast it listens on the client port (server port + 1).
+    let port = shared.target.dhcp.port();
+    let (addr, options) = if spec.broadcast {
+        let client_port = if port == 67 { 68 } else { port.wrapping_add(1) };
+        (
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), client_port),
+            UdpOptions {
+                broadcast: true,
+                reuse_port: true,
+                ..UdpOptions::default()
+            },
+        )
+    } else {
+        (SocketAddr::new(IpAddr::V4(spec.ip), port), UdpOptions::default())
+    };
+    UdpEndpoint::bind(addr, &options).map_err(|e| format!("bind {addr}: {e}"))
+}
+
+async fn dhcp_phase(
+    spec: &ClientSpec,
+    shared: &RunShared,
+    rec: &mut ClientRecord,
+    socket: &UdpEndpoint,
+    ipxe: bool,
+) -> Result<BootAnswer, Failure> {
+    let phase = if ipxe { Phase::IpxeDhcp } else { Phase::Dhcp };
+    let fw = spec.firmware;
+    let t0 = Instant::now();
+    let config = DhcpClientConfig {
+        mac: spec.mac,
+        uuid: Some(spec.uuid),
+        arch: fw.arch(),
+        vendor_class: fw.vendor_class(),
+        ipxe,
+        relay: (!spec.broadcast).then_some(spec.ip),
+        server: shared.target.dhcp,
+        pxe_port: shared.target.pxe_port,
+        timeout: fw.dhcp_timeout(),
+        retries: 4,
+        request_4011: fw.asks_4011(),
+        rng_seed: spec.seed ^ u64::from(ipxe),
+    };
+    let mut m = DhcpClient::new(t0, config);
+    let mut buf = vec![0u8; 1500];
+    let mut rbuf = Vec::with_capacity(2048);
+    let mut retransmits = 0u64;
+    let mut sends = 0u64;
+    loop {
+        let now = Instant::now();
+        if m.poll_timeout().is_some_and(|t| t <= now) {
+            m.handle_timeout(now);
+        }
+        while let Some(t) = m.poll_transmit(now, &mut buf) {
+            sends += 1;
+            send_bytes(socket, &t, &buf).await;
+        }
+        if let Some(outcome) = m.outcome() {
+            retransmits += sends.saturating_sub(1 + u64::from(fw.asks_4011()));
+            record(rec, shared, phase, t0, 0, retransmits);
+            return outcome.map_err(|e| fail(phase, e.to_string()));
+        }
+        let wait = m
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+        match timeout(wait, socket.recv(rbuf)).await {
+            Some((Ok(r), b)) => {
+                m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]);
+                rbuf = b;
+            }
+            Some((Err(_), b)) => rbuf = b,
+            None => rbuf = Vec::with_capacity(2048),
+        }
+    }
+}
+
+async fn send_bytes(socket: &UdpEndpoint, t: &Transmit, buf: &[u8]) {
+    let Payload::Bytes { len } = t.payload else { return };
+    let route = Route {
+        destination: t.destination,
+        source_ip: None,
+        ifindex: t.ifindex,
+    };
+    let _ = socket.send(route, buf[..len].to_vec()).await;
+}
+
+async fn tftp_phase(
+    spec: &ClientSpec,
+    shared: &RunShared,
+    rec: &mut ClientRecord,
+    server: SocketAddr,
+    file: &str,
+) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    let mut bytes = 0;
+    let mut retransmits = 0;
+    for config in spec.firmware.tftp_requests(file) {
+        let probe = config.abort_after_oack;
+        let (n, r) = tftp_once(spec, server, config)
+            .await
+            .map_err(|e| fail(Phase::Tftp, format!("{file}: {e}")))?;
+        retransmits += r;
+        if probe {
+            continue;
+        }
+        bytes += n.len();
+        match n.matches(shared.expected.digest(file)) {
+            Some(true) => {}
+            Some(false) => {
+                rec.byte_errors += 1;
+                return Err(fail(Phase::Tftp, format!("{file}: bytes differ from the manifest")));
+            }
+            None => return Err(fail(Phase::Tftp, format!("{file}: not in the manifest, cannot verify"))),
+        }
+    }
+    record(rec, shared, Phase::Tftp, t0, bytes, retransmits);
+    Ok(())
+}
+
+/// One TFTP request on a fresh socket (real firmware opens a new port for each).
+async fn tftp_once(
+    spec: &ClientSpec,
+    server: SocketAddr,
+    config: TftpClientConfig,
+) -> Result<(Check, u64), String> {
+    let local = if server.ip().is_loopback() {
+        IpAddr::V4(spec.ip)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    let socket = UdpEndpoint::bind(
+        SocketAddr::new(local, 0),
+        &UdpOptions {
+            recv_buffer: Some(1 << 20),
+            ..UdpOptions::default()
+        },
+    )
+    .map_err(|e| format!("bind: {e}"))?;
+    let mut m = TftpClient::new(Instant::now(), server, config);
+    let mut check = Check::new();
+    let mut buf = vec![0u8; 2048];
+    let mut rbuf = Vec::with_capacity(65_536);
+    loop {
+        let now = Instant::now();
+        if m.poll_timeout().is_some_and(|t| t <= now) {
+            m.handle_timeout(now);
+        }
+        while let Some(t) = m.poll_transmit(now, &mut buf) {
+            send_bytes(&socket, &t, &buf).await;
+        }
+        if let Some(result) = m.outcome() {
+            let stats = m.stats();
+            return result
+                .map(|_| (check, stats.retransmits))
+                .map_err(|e| e.to_string());
+        }
+        let wait = m
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+        match timeout(wait, socket.recv(rbuf)).await {
+            Some((Ok(r), b)) => {
+                if let Some(d) = m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]) {
+                    if let Some(bytes) = b.get(d.range.clone()) {
+                        check.update(d.offset, bytes);
+                    }
+                }
+                rbuf = b;
+            }
+            Some((Err(_), b)) => rbuf = b,
+            None => rbuf = Vec::with_capacity(65_536),
+        }
+    }
+}
+
+async fn http_fetch_all(
+    spec: &ClientSpec,
+    shared: &RunShared,
+    rec: &mut ClientRecord,
+    urls: &[String],
+    phase: Phase,
+) -> Result<(), Failure> {
+    let t0 = Instant::now();
+    let mut conns = HashMap::new();
+    let mut bytes = 0;
+    for url in urls {
+        bytes += fetch_verified(spec, shared, rec, &mut conns, url)
+            .await
+            .map_err(|e| fail(phase, e))?;
+    }
+    record(rec, shared, phase, t0, bytes, 0);
+    Ok(())
+}
+
+/// Downloads `url` over a kept-alive connection and checks it against the expected digest
+/// (report URLs, which are not files, only need a 2xx).
+async fn fetch_verified(
+    spec: &ClientSpec,
+    shared: &RunShared,
+    rec: &mut ClientRecord,
+    conns: &mut HashMap<String, HttpConn>,
+    url: &str,
+) -> Result<u64, String> {
+    let (authority, path) = script::split_url(url).ok_or_else(|| format!("bad URL {url}"))?;
+    if !conns.contains_key(&authority) {
+        let addr: SocketAddr = authority
+            .parse()
+            .map_err(|_| format!("{authority} is not an address"))?;
+        conns.insert(authority.clone(), HttpConn::connect(spec.ip, addr).await?);
+    }
+    let conn = conns.get_mut(&authority).ok_or("no connection")?;
+    let file = path.split('?').next().unwrap_or(&path).to_owned();
+    let is_report = path.contains('?');
+    let (check, status) = conn.get_checked(&path, &authority).await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    if is_report {
+        return Ok(0);
+    }
+    let n = check.len();
+    let name = percent_decode(&file);
+    match check.matches(shared.expected.digest(&name)) {
+        Some(true) => Ok(n),
+        Some(false) => {
+            rec.byte_errors += 1;
+            Err(format!("{url}: bytes differ from the manifest"))
+        }
+        None => Err(format!("{url}: not in the manifest, cannot verify")),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP/1.1 client connection: the engine's `HttpClient` over a platform TCP connection.
+struct HttpConn {
+    tcp: TcpConn,
+    machine: HttpClient,
+    rbuf: Vec<u8>,
+    events: Vec<ClientEvent>,
+}
+
+impl HttpConn {
+    async fn connect(local: Ipv4Addr, server: SocketAddr) -> Result<Self, String> {
+        let tcp = if server.ip().is_loopback() {
+            TcpConn::connect_from(IpAddr::V4(local), server).await
+        } else {
+            TcpConn::connect(server).await
+        }
+        .map_err(|e| format!("connect {server}: {e}"))?;
+        Ok(Self {
+            tcp,
+            machine: HttpClient::new(1),
+            rbuf: Vec::with_capacity(256 * 1024),
+            events: Vec::new(),
+        })
+    }
+
+    async fn get_bytes(&mut self, path: &str, host: &str) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        let status = self.get(path, host, |_, bytes| body.extend_from_slice(bytes)).await?;
+        if status != 200 {
+            return Err(format!("GET {path}: HTTP {status}"));
+        }
+        Ok(body)
+    }
+
+    async fn get_checked(&mut self, path: &str, host: &str) -> Result<(Check, u16), String> {
+        let mut check = Check::new();
+        let status = self.get(path, host, |offset, bytes| check.update(offset, bytes)).await?;
+        Ok((check, status))
+    }
+
+    async fn get(
+        &mut self,
+        path: &str,
+        host: &str,
+        mut sink: impl FnMut(u64, &[u8]),
+    ) -> Result<u16, String> {
+        let id = self.machine.get(path, host, None);
+        let mut wbuf = vec![0u8; 4096];
+        while let Some(n) = self.machine.poll_transmit(&mut wbuf) {
+            let (r, b) = self.tcp.write_prefix(wbuf, n).await;
+            wbuf = b;
+            r.map_err(|e| format!("send: {e}"))?;
+        }
+        let mut status = 0;
+        loop {
+            let (r, b) = self.tcp.read(std::mem::take(&mut self.rbuf)).await;
+            self.rbuf = b;
+            let n = r.map_err(|e| format!("receive: {e}"))?;
+            self.events.clear();
+            if n == 0 {
+                self.machine
+                    .handle_eof(&mut self.events)
+                    .map_err(|e| format!("{path}: {e}"))?;
+            } else {
+                self.machine
+                    .handle_input(&self.rbuf[..n], &mut self.events)
+                    .map_err(|e| format!("{path}: {e}"))?;
+            }
+            for ev in self.events.drain(..) {
+                match ev {
+                    ClientEvent::Response { request, status: s, .. } if request == id => {
+                        status = s.0;
+                    }
+                    ClientEvent::Delivered {
+                        request,
+                        offset,
+                        range,
+                    } if request == id => {
+                        if let Some(bytes) = self.rbuf.get(range) {
+                            sink(offset, bytes);
+                        }
+                    }
+                    ClientEvent::Finished { request } if request == id => return Ok(status),
+                    ClientEvent::Closed { .. } => {
+                        return Err(format!("{path}: the server closed the connection"));
+                    }
+                    _ => {}
+                }
+            }
+            if n == 0 {
+                return Err(format!("{path}: connection closed before the response ended"));
+            }
+        }
+    }
+}
