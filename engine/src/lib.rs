@@ -11,6 +11,7 @@ pub mod http;
 pub mod image;
 pub mod net;
 pub mod path;
+pub mod sim;
 pub mod tftp;
 
 pub use image::{ByteRange, ImageCatalog, ImageId, ImageInfo, MemoryCatalog, OpenError};

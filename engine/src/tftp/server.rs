@@ -1,0 +1,714 @@
+//! The read-only TFTP server machine: RRQs in, OACKs and windows of DATA out, every transfer
+//! tracked by a few integers. It performs no I/O: the platform feeds it datagrams and the time,
+//! and sends what it polls, binding a socket per transfer unless single-port mode is on.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::options::{self, Limits};
+use super::transfer::{Owed, Phase, Rollover, Transfer};
+use super::wire::{DATA_HEADER_LEN, Emit, ErrorCode, OP_WRQ, Packet};
+use crate::image::{ImageCatalog, OpenError};
+use crate::net::{DatagramMeta, Payload, Transmit};
+use crate::path::NameFlavor;
+
+/// `[tftp]` in the configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TftpServerConfig {
+    /// Link MTU: the largest block is `mtu - 32` (IPv4 + UDP + TFTP headers) so data is never
+    /// fragmented, unless `allow-fragmentation` is set.
+    pub mtu: u16,
+    pub allow_fragmentation: bool,
+    /// A further cap on blksize.
+    pub max_blksize: Option<u32>,
+    /// The largest windowsize granted (RFC 7440).
+    pub max_windowsize: u16,
+    /// Retransmission timeout when the client asks none (RFC 2349 `timeout`).
+    pub timeout_ms: u64,
+    /// Retransmissions of one window (or OACK) before the transfer is abandoned.
+    pub retries: u32,
+    pub rollover: Rollover,
+    /// Transfers at once, over all clients.
+    pub max_transfers: usize,
+    /// Transfers at once from one client address.
+    pub max_transfers_per_client: usize,
+    /// Answer every transfer from the TFTP port itself (for NAT and firewalls).
+    pub single_port: bool,
+    /// Answer Windows boot manager's variable-window extension.
+    pub msftwindow: bool,
+}
+
+impl Default for TftpServerConfig {
+    fn default() -> Self {
+        Self {
+            mtu: 1500,
+            allow_fragmentation: false,
+            max_blksize: None,
+            max_windowsize: 64,
+            timeout_ms: 1000,
+            retries: 5,
+            rollover: Rollover::Zero,
+            max_transfers: 4096,
+            max_transfers_per_client: 8,
+            single_port: false,
+            msftwindow: true,
+        }
+    }
+}
+
+/// Identifies one transfer for the life of the server.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferId(pub u64);
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tftp#{}", self.0)
+    }
+}
+
+/// Which local socket a datagram arrived on or leaves from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Local {
+    /// The TFTP port (69).
+    Listener,
+    /// The socket of one transfer (per-transfer-port mode).
+    Transfer(TransferId),
+}
+
+/// How a transfer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferOutcome {
+    Completed {
+        bytes: u64,
+        retransmits: u64,
+    },
+    /// The client sent an ERROR (EDK2 aborts its size probe with ERROR 8).
+    ClientError {
+        code: u16,
+        message: String,
+    },
+    TimedOut {
+        retransmits: u64,
+    },
+    Aborted(String),
+}
+
+/// What happened, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TftpEvent {
+    TransferStarted {
+        id: TransferId,
+        remote: SocketAddr,
+        file: String,
+        size: u64,
+        blksize: u32,
+        windowsize: u16,
+    },
+    TransferEnded {
+        id: TransferId,
+        remote: SocketAddr,
+        outcome: TransferOutcome,
+    },
+    Refused {
+        remote: SocketAddr,
+        file: String,
+        reason: String,
+    },
+}
+
+/// A small packet waiting to go out (OACKs are built from transfer state instead).
+#[derive(Debug)]
+struct Control {
+    local: Local,
+    to: SocketAddr,
+    source_ip: Option<IpAddr>,
+    ifindex: Option<u32>,
+    code: ErrorCode,
+    message: String,
+}
+
+/// At most this many ERROR replies wait at once; more are dropped (a flood of garbage must not
+/// grow memory).
+const MAX_CONTROL: usize = 1024;
+
+/// The TFTP server.
+#[derive(Debug)]
+pub struct TftpServer {
+    config: TftpServerConfig,
+    mtu: u16,
+    transfers: HashMap<TransferId, Transfer>,
+    /// Transfers by client address and port.
+    by_remote: HashMap<SocketAddr, TransferId>,
+    per_client: HashMap<IpAddr, usize>,
+    /// Transfers with something to send, in order.
+    ready: VecDeque<TransferId>,
+    control: VecDeque<Control>,
+    events: VecDeque<TftpEvent>,
+    next_id: u64,
+}
+
+impl TftpServer {
+    pub fn new(config: TftpServerConfig) -> Self {
+        Self {
+            mtu: config.mtu,
+            config,
+            transfers: HashMap::new(),
+            by_remote: HashMap::new(),
+            per_client: HashMap::new(),
+            ready: VecDeque::new(),
+            control: VecDeque::new(),
+            events: VecDeque::new(),
+            next_id: 0,
+        }
+    }
+
+    /// The platform tells the machine the link's MTU (65535 on loopback).
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.mtu = mtu;
+    }
+
+    pub fn config(&self) -> &TftpServerConfig {
+        &self.config
+    }
+
+    pub fn active_transfers(&self) -> usize {
+        self.transfers.len()
+    }
+
+    /// Whether `id` is a transfer in progress (its socket is still wanted).
+    pub fn is_active(&self, id: TransferId) -> bool {
+        self.transfers.contains_key(&id)
+    }
+
+    fn limits(&self) -> Limits {
+        let mtu_cap = if self.config.allow_fragmentation {
+            options::MAX_BLKSIZE
+        } else {
+            u32::from(self.mtu)
+                .saturating_sub(32)
+                .max(options::MIN_BLKSIZE)
+        };
+        Limits {
+            max_blksize: self
+                .config
+                .max_blksize
+                .unwrap_or(options::MAX_BLKSIZE)
+                .min(mtu_cap)
+                .min(options::MAX_BLKSIZE),
+            max_windowsize: self.config.max_windowsize.max(1),
+            msftwindow: self.config.msftwindow,
+        }
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: Local,
+        meta: DatagramMeta,
+        data: &[u8],
+        images: &mut dyn ImageCatalog,
+    ) {
+        // Which transfer, if any, this datagram belongs to.
+        let owner = match local {
+            Local::Transfer(id) => Some(id),
+            Local::Listener if self.config.single_port => self.by_remote.get(&meta.remote).copied(),
+            Local::Listener => None,
+        };
+        let packet = match Packet::parse(data) {
+            Ok(p) => p,
+            Err(e) => {
+                // Too short to be anything: stay silent. Otherwise say what is wrong.
+                if data.len() >= 2 {
+                    self.reply_error(
+                        local,
+                        &meta,
+                        ErrorCode::IllegalOperation,
+                        &format!("malformed packet: {e}"),
+                    );
+                }
+                return;
+            }
+        };
+        match packet {
+            Packet::Rrq(req) => {
+                if let Local::Transfer(id) = local {
+                    // An RRQ to a transfer's port is not how TFTP works.
+                    self.stranger_or(
+                        id,
+                        &meta,
+                        ErrorCode::IllegalOperation,
+                        "RRQ sent to a transfer port",
+                    );
+                    return;
+                }
+                self.handle_rrq(now, meta, req, images);
+            }
+            Packet::Wrq(req) => {
+                //= https://www.rfc-editor.org/rfc/rfc1350#section-7
+                //# Error Codes ... 2 Access violation.
+                let _ = (OP_WRQ, req.mode);
+                self.events.push_back(TftpEvent::Refused {
+                    remote: meta.remote,
+                    file: req.filename.to_owned(),
+                    reason: "write request: this server is read-only".into(),
+                });
+                self.reply_error(local, &meta, ErrorCode::AccessViolation, "read-only server");
+            }
+            Packet::Ack { block, extra } => match owner {
+                Some(id) if self.owns(id, &meta) => self.handle_ack(now, id, block, extra, images),
+                Some(id) => self.stranger_or(
+                    id,
+                    &meta,
+                    ErrorCode::UnknownTransferId,
+                    "unknown transfer ID",
+                ),
+                None => self.reply_error(local, &meta, ErrorCode::UnknownTransferId, "no transfer"),
+            },
+            Packet::Error { code, message } => {
+                if let Some(id) = owner
+                    && self.owns(id, &meta)
+                {
+                    //= https://www.rfc-editor.org/rfc/rfc2347#section-5
+                    //# the client ... may send an ERROR packet (error code 8) and terminate.
+                    let outcome = TransferOutcome::ClientError {
+                        code: code.code(),
+                        message: message.chars().take(200).collect(),
+                    };
+                    self.end(id, outcome, images);
+                }
+                // An ERROR is never answered with an ERROR.
+            }
+            Packet::Data { .. } | Packet::Oack { .. } => match owner {
+                Some(id) if !self.owns(id, &meta) => self.stranger_or(
+                    id,
+                    &meta,
+                    ErrorCode::UnknownTransferId,
+                    "unknown transfer ID",
+                ),
+                _ => self.reply_error(
+                    local,
+                    &meta,
+                    ErrorCode::IllegalOperation,
+                    "unexpected packet",
+                ),
+            },
+        }
+    }
+
+    fn owns(&self, id: TransferId, meta: &DatagramMeta) -> bool {
+        self.transfers
+            .get(&id)
+            .is_some_and(|t| t.remote == meta.remote)
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc1350#section-4
+    //# If a source TID does not match, the packet should be discarded as erroneously sent from
+    //# somewhere else.  An error packet should be sent to the source of the incorrect packet,
+    //# while not disturbing the transfer.
+    fn stranger_or(&mut self, id: TransferId, meta: &DatagramMeta, code: ErrorCode, message: &str) {
+        self.reply_error(Local::Transfer(id), meta, code, message);
+    }
+
+    fn reply_error(&mut self, local: Local, meta: &DatagramMeta, code: ErrorCode, message: &str) {
+        if self.control.len() >= MAX_CONTROL {
+            return;
+        }
+        self.control.push_back(Control {
+            local,
+            to: meta.remote,
+            source_ip: meta.local_ip,
+            ifindex: meta.ifindex,
+            code,
+            message: message.to_owned(),
+        });
+    }
+
+    fn refuse(&mut self, meta: &DatagramMeta, file: &str, code: ErrorCode, message: &str) {
+        self.events.push_back(TftpEvent::Refused {
+            remote: meta.remote,
+            file: file.chars().take(300).collect(),
+            reason: message.to_owned(),
+        });
+        self.reply_error(Local::Listener, meta, code, message);
+    }
+
+    fn handle_rrq(
+        &mut self,
+        now: Instant,
+        meta: DatagramMeta,
+        req: super::wire::Request<'_>,
+        images: &mut dyn ImageCatalog,
+    ) {
+        if let Some(&id) = self.by_remote.get(&meta.remote)
+            && let Some(t) = self.transfers.get_mut(&id)
+        {
+            // A retransmitted RRQ (our first answer was lost): answer again from the same
+            // transfer rather than start a second one.
+            if t.file == req.filename && t.acked == 0 {
+                t.owed = match t.phase {
+                    Phase::Negotiating => Owed::Oack,
+                    Phase::Sending => Owed::Window,
+                };
+                t.next = t.acked + 1;
+                if !self.ready.contains(&id) {
+                    self.ready.push_back(id);
+                }
+                return;
+            }
+            // Same client port, new request: the old transfer is over.
+            self.end(
+                id,
+                TransferOutcome::Aborted("superseded by a new request".into()),
+                images,
+            );
+        }
+        if !req.mode.eq_ignore_ascii_case("octet") {
+            let msg = format!("mode {:?} not supported, use octet", req.mode);
+            self.refuse(&meta, req.filename, ErrorCode::IllegalOperation, &msg);
+            return;
+        }
+        if self.transfers.len() >= self.config.max_transfers {
+            self.refuse(
+                &meta,
+                req.filename,
+                ErrorCode::NotDefined,
+                "server busy, try again",
+            );
+            return;
+        }
+        let client = meta.remote.ip();
+        if self.per_client.get(&client).copied().unwrap_or(0)
+            >= self.config.max_transfers_per_client
+        {
+            self.refuse(
+                &meta,
+                req.filename,
+                ErrorCode::NotDefined,
+                "too many transfers from this address, try again",
+            );
+            return;
+        }
+        let info = match images.open(req.filename, NameFlavor::Tftp) {
+            Ok(info) => info,
+            Err(e) => {
+                let code = match e {
+                    OpenError::NotFound => ErrorCode::FileNotFound,
+                    OpenError::Refused(_) | OpenError::Denied | OpenError::NotAFile => {
+                        ErrorCode::AccessViolation
+                    }
+                    _ => ErrorCode::NotDefined,
+                };
+                let msg = match e {
+                    OpenError::NotFound => "file not found".to_owned(),
+                    OpenError::Io(_) => "server error".to_owned(),
+                    other => other.to_string(),
+                };
+                self.refuse(&meta, req.filename, code, &msg);
+                return;
+            }
+        };
+        let n = options::negotiate(&req.options, info.len, self.limits());
+        self.next_id += 1;
+        let id = TransferId(self.next_id);
+        let has_oack = !n.oack.is_empty();
+        let t = Transfer {
+            remote: meta.remote,
+            local_ip: meta.local_ip,
+            ifindex: meta.ifindex,
+            file: req.filename.to_owned(),
+            image: info.id,
+            len: info.len,
+            blksize: n.blksize,
+            windowsize: n.windowsize,
+            msftwindow: n.msftwindow,
+            timeout: n
+                .timeout
+                .unwrap_or(Duration::from_millis(self.config.timeout_ms.max(1))),
+            rollover: self.config.rollover,
+            oack: n.oack,
+            //= https://www.rfc-editor.org/rfc/rfc2347#section-4
+            //# If the transfer was initiated with a Read Request, then an ACK (with the data
+            //# block number set to 0) is sent by the client to confirm the values in the
+            //# server's OACK packet.
+            phase: if has_oack {
+                Phase::Negotiating
+            } else {
+                Phase::Sending
+            },
+            owed: if has_oack { Owed::Oack } else { Owed::Window },
+            acked: 0,
+            next: 1,
+            sent_max: 0,
+            deadline: now,
+            tries: 0,
+            retransmits: 0,
+            bytes_sent: 0,
+        };
+        self.events.push_back(TftpEvent::TransferStarted {
+            id,
+            remote: meta.remote,
+            file: t.file.clone(),
+            size: t.len,
+            blksize: t.blksize,
+            windowsize: t.windowsize,
+        });
+        *self.per_client.entry(client).or_insert(0) += 1;
+        self.by_remote.insert(meta.remote, id);
+        self.transfers.insert(id, t);
+        self.ready.push_back(id);
+    }
+
+    fn handle_ack(
+        &mut self,
+        now: Instant,
+        id: TransferId,
+        wire: u16,
+        extra: Option<u8>,
+        images: &mut dyn ImageCatalog,
+    ) {
+        let Some(t) = self.transfers.get_mut(&id) else {
+            return;
+        };
+        let Some(block) = t.resolve_ack(wire) else {
+            return;
+        };
+        if t.msftwindow
+            && let Some(w) = extra
+        {
+            t.windowsize = u16::from(w).clamp(1, self.config.max_windowsize.max(1));
+        }
+        if t.phase == Phase::Negotiating {
+            t.phase = Phase::Sending;
+            t.acked = 0;
+        } else if block <= t.acked {
+            //= https://www.rfc-editor.org/rfc/rfc1350#section-6
+            //# the sender ... should not retransmit on receipt of a duplicate ACK (the
+            //# "Sorcerer's Apprentice" problem): only the timeout resends.
+            return;
+        } else {
+            t.acked = block;
+        }
+        if t.acked >= t.total_blocks() {
+            let outcome = TransferOutcome::Completed {
+                bytes: t.len,
+                retransmits: t.retransmits,
+            };
+            self.end(id, outcome, images);
+            return;
+        }
+        //= https://www.rfc-editor.org/rfc/rfc7440#section-4
+        //# If the sender receives an ACK for a block that is not the last one of the window,
+        //# it ... starts a new window beginning with the block that follows the acknowledged
+        //# one.
+        t.next = t.acked + 1;
+        t.tries = 0;
+        t.owed = Owed::Window;
+        t.deadline = now + t.timeout;
+        if !self.ready.contains(&id) {
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Ends a transfer the platform cannot serve (no port, image gone): tells the client with
+    /// an ERROR when it can, then ends it.
+    pub fn abort_transfer(&mut self, id: TransferId, reason: &str, images: &mut dyn ImageCatalog) {
+        let Some(t) = self.transfers.get(&id) else {
+            return;
+        };
+        let meta = DatagramMeta {
+            remote: t.remote,
+            local_ip: t.local_ip,
+            ifindex: t.ifindex,
+        };
+        let local = if self.config.single_port {
+            Local::Listener
+        } else {
+            Local::Transfer(id)
+        };
+        self.reply_error(local, &meta, ErrorCode::NotDefined, reason);
+        self.end(id, TransferOutcome::Aborted(reason.to_owned()), images);
+    }
+
+    fn end(&mut self, id: TransferId, outcome: TransferOutcome, images: &mut dyn ImageCatalog) {
+        let Some(t) = self.transfers.remove(&id) else {
+            return;
+        };
+        images.close(t.image);
+        if self.by_remote.get(&t.remote) == Some(&id) {
+            self.by_remote.remove(&t.remote);
+        }
+        let ip = t.remote.ip();
+        if let Some(n) = self.per_client.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&ip);
+            }
+        }
+        self.events.push_back(TftpEvent::TransferEnded {
+            id,
+            remote: t.remote,
+            outcome,
+        });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, images: &mut dyn ImageCatalog) {
+        let due: Vec<TransferId> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| t.owed == Owed::Nothing && t.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(t) = self.transfers.get_mut(&id) else {
+                continue;
+            };
+            if t.tries >= self.config.retries {
+                let outcome = TransferOutcome::TimedOut {
+                    retransmits: t.retransmits,
+                };
+                self.abort_quietly(id, outcome, images);
+                continue;
+            }
+            t.tries += 1;
+            t.owed = match t.phase {
+                Phase::Negotiating => Owed::Oack,
+                Phase::Sending => Owed::Window,
+            };
+            t.next = t.acked + 1;
+            let resend = t.window_end().saturating_sub(t.acked);
+            t.retransmits += resend.max(1);
+            self.ready.push_back(id);
+        }
+    }
+
+    /// A transfer whose client went silent: tell it, if it still listens, and end.
+    fn abort_quietly(
+        &mut self,
+        id: TransferId,
+        outcome: TransferOutcome,
+        images: &mut dyn ImageCatalog,
+    ) {
+        if let Some(t) = self.transfers.get(&id) {
+            let meta = DatagramMeta {
+                remote: t.remote,
+                local_ip: t.local_ip,
+                ifindex: t.ifindex,
+            };
+            let local = if self.config.single_port {
+                Local::Listener
+            } else {
+                Local::Transfer(id)
+            };
+            self.reply_error(local, &meta, ErrorCode::NotDefined, "timed out");
+        }
+        self.end(id, outcome, images);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.transfers
+            .values()
+            .filter(|t| t.owed == Owed::Nothing)
+            .map(|t| t.deadline)
+            .min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<TftpEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next thing to send: an ERROR or OACK in `buf` (`Payload::Bytes`), or up to
+    /// `max_datagrams` DATA blocks of one window (`Payload::Segments`, their 4-byte headers in
+    /// `buf`). A window that does not fit continues in the next poll.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut [u8],
+    ) -> Option<(Local, Transmit)> {
+        if let Some(c) = self.control.pop_front() {
+            let len = Emit::error(buf, c.code, &c.message).ok()?;
+            return Some((
+                c.local,
+                Transmit {
+                    destination: c.to,
+                    source_ip: c.source_ip,
+                    ifindex: c.ifindex,
+                    payload: Payload::Bytes { len },
+                },
+            ));
+        }
+        let single_port = self.config.single_port;
+        while let Some(id) = self.ready.pop_front() {
+            let Some(t) = self.transfers.get_mut(&id) else {
+                continue;
+            };
+            let local = if single_port {
+                Local::Listener
+            } else {
+                Local::Transfer(id)
+            };
+            let (destination, source_ip, ifindex) = (t.remote, t.local_ip, t.ifindex);
+            let route = move |payload| Transmit {
+                destination,
+                source_ip,
+                ifindex,
+                payload,
+            };
+            match t.owed {
+                Owed::Nothing => continue,
+                Owed::Oack => {
+                    let len = Emit::oack(buf, &t.oack).ok()?;
+                    t.owed = Owed::Nothing;
+                    t.deadline = now + t.timeout;
+                    return Some((local, route(Payload::Bytes { len })));
+                }
+                Owed::Window => {
+                    let end = t.window_end();
+                    if t.next > end {
+                        t.owed = Owed::Nothing;
+                        t.deadline = now + t.timeout;
+                        continue;
+                    }
+                    let fit = buf.len() / DATA_HEADER_LEN;
+                    let count = (end - t.next + 1)
+                        .min(max_datagrams.max(1) as u64)
+                        .min(fit as u64)
+                        .min(u64::from(u16::MAX));
+                    if count == 0 {
+                        self.ready.push_front(id);
+                        return None;
+                    }
+                    for k in 0..count {
+                        let at = (k as usize) * DATA_HEADER_LEN;
+                        let wire = t.rollover.wire(t.next + k);
+                        Emit::data_header(&mut buf[at..at + DATA_HEADER_LEN], wire).ok()?;
+                    }
+                    let range = t.range_of(t.next, count);
+                    t.next += count;
+                    t.sent_max = t.sent_max.max(t.next - 1);
+                    t.bytes_sent += range.len();
+                    if t.next > end {
+                        t.owed = Owed::Nothing;
+                        t.deadline = now + t.timeout;
+                    } else {
+                        self.ready.push_back(id);
+                    }
+                    let payload = Payload::Segments {
+                        header_len: DATA_HEADER_LEN as u8,
+                        count: count as u16,
+                        segment: t.blksize,
+                        image: t.image,
+                        range,
+                    };
+                    return Some((local, route(payload)));
+                }
+            }
+        }
+        None
+    }
+}
