@@ -17,7 +17,7 @@ pub struct Config {
     pub ports: PortsSection,
     pub services: ServicesSection,
     /// TFTP protocol settings (the engine's).
-    pub tftp: toml::Table,
+    pub tftp: zpxe_engine::tftp::TftpServerConfig,
     /// Which loader or script each client gets (proxyDHCP).
     pub boot: zpxe_engine::dhcp::BootPolicy,
     /// HTTP protocol settings.

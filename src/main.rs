@@ -102,9 +102,7 @@ impl ServeArgs {
             ports.tftp_range = Some(toml::Spanned::new(0..0, format!("{}-{}", r.lo, r.hi)));
         }
         if self.tftp_single_port {
-            config
-                .tftp
-                .insert("single-port".into(), toml::Value::Boolean(true)); // TFTP-WIP
+            config.tftp.single_port = true;
         }
         let services = &mut config.services;
         services.dhcp &= !self.no_dhcp;

@@ -118,7 +118,11 @@ pub async fn boot(spec: ClientSpec, shared: Rc<RunShared>) -> ClientRecord {
     rec
 }
 
-async fn walk(spec: &ClientSpec, shared: &RunShared, rec: &mut ClientRecord) -> Result<(), Failure> {
+async fn walk(
+    spec: &ClientSpec,
+    shared: &RunShared,
+    rec: &mut ClientRecord,
+) -> Result<(), Failure> {
     match shared.only {
         Only::Tftp => {
             for file in &shared.target.files {
@@ -131,7 +135,13 @@ async fn walk(spec: &ClientSpec, shared: &RunShared, rec: &mut ClientRecord) -> 
                 .target
                 .files
                 .iter()
-                .map(|f| format!("http://{}/{}", shared.target.http, f.trim_start_matches('/')))
+                .map(|f| {
+                    format!(
+                        "http://{}/{}",
+                        shared.target.http,
+                        f.trim_start_matches('/')
+                    )
+                })
                 .collect();
             return http_fetch_all(spec, shared, rec, &urls, Phase::Http).await;
         }
@@ -160,9 +170,12 @@ async fn walk(spec: &ClientSpec, shared: &RunShared, rec: &mut ClientRecord) -> 
     let t0 = Instant::now();
     let (authority, path) = script::split_url(&script_url)
         .ok_or_else(|| fail(Phase::Script, format!("bad script URL {script_url}")))?;
-    let server: SocketAddr = authority
-        .parse()
-        .map_err(|_| fail(Phase::Script, format!("script host {authority} is not an address")))?;
+    let server: SocketAddr = authority.parse().map_err(|_| {
+        fail(
+            Phase::Script,
+            format!("script host {authority} is not an address"),
+        )
+    })?;
     let mut conn = HttpConn::connect(spec.ip, server)
         .await
         .map_err(|e| fail(Phase::Script, e))?;
@@ -192,7 +205,14 @@ async fn walk(spec: &ClientSpec, shared: &RunShared, rec: &mut ClientRecord) -> 
     Ok(())
 }
 
-fn record(rec: &mut ClientRecord, shared: &RunShared, phase: Phase, t0: Instant, bytes: u64, retransmits: u64) {
+fn record(
+    rec: &mut ClientRecord,
+    shared: &RunShared,
+    phase: Phase,
+    t0: Instant,
+    bytes: u64,
+    retransmits: u64,
+) {
     rec.phases.push(PhaseRecord {
         phase,
         start: t0.saturating_duration_since(shared.start),
@@ -217,7 +237,10 @@ fn dhcp_socket(spec: &ClientSpec, shared: &RunShared) -> Result<UdpEndpoint, Str
             },
         )
     } else {
-        (SocketAddr::new(IpAddr::V4(spec.ip), port), UdpOptions::default())
+        (
+            SocketAddr::new(IpAddr::V4(spec.ip), port),
+            UdpOptions::default(),
+        )
     };
     UdpEndpoint::bind(addr, &options).map_err(|e| format!("bind {addr}: {e}"))
 }
@@ -265,9 +288,9 @@ async fn dhcp_phase(
             record(rec, shared, phase, t0, 0, retransmits);
             return outcome.map_err(|e| fail(phase, e.to_string()));
         }
-        let wait = m
-            .poll_timeout()
-            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+        let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         match timeout(wait, socket.recv(rbuf)).await {
             Some((Ok(r), b)) => {
                 m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]);
@@ -280,7 +303,9 @@ async fn dhcp_phase(
 }
 
 async fn send_bytes(socket: &UdpEndpoint, t: &Transmit, buf: &[u8]) {
-    let Payload::Bytes { len } = t.payload else { return };
+    let Payload::Bytes { len } = t.payload else {
+        return;
+    };
     let route = Route {
         destination: t.destination,
         source_ip: None,
@@ -313,9 +338,17 @@ async fn tftp_phase(
             Some(true) => {}
             Some(false) => {
                 rec.byte_errors += 1;
-                return Err(fail(Phase::Tftp, format!("{file}: bytes differ from the manifest")));
+                return Err(fail(
+                    Phase::Tftp,
+                    format!("{file}: bytes differ from the manifest"),
+                ));
             }
-            None => return Err(fail(Phase::Tftp, format!("{file}: not in the manifest, cannot verify"))),
+            None => {
+                return Err(fail(
+                    Phase::Tftp,
+                    format!("{file}: not in the manifest, cannot verify"),
+                ));
+            }
         }
     }
     record(rec, shared, Phase::Tftp, t0, bytes, retransmits);
@@ -359,9 +392,9 @@ async fn tftp_once(
                 .map(|_| (check, stats.retransmits))
                 .map_err(|e| e.to_string());
         }
-        let wait = m
-            .poll_timeout()
-            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+        let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
         match timeout(wait, socket.recv(rbuf)).await {
             Some((Ok(r), b)) => {
                 if let Some(d) = m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]) {
@@ -440,7 +473,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%'
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -478,7 +513,9 @@ impl HttpConn {
 
     async fn get_bytes(&mut self, path: &str, host: &str) -> Result<Vec<u8>, String> {
         let mut body = Vec::new();
-        let status = self.get(path, host, |_, bytes| body.extend_from_slice(bytes)).await?;
+        let status = self
+            .get(path, host, |_, bytes| body.extend_from_slice(bytes))
+            .await?;
         if status != 200 {
             return Err(format!("GET {path}: HTTP {status}"));
         }
@@ -487,7 +524,9 @@ impl HttpConn {
 
     async fn get_checked(&mut self, path: &str, host: &str) -> Result<(Check, u16), String> {
         let mut check = Check::new();
-        let status = self.get(path, host, |offset, bytes| check.update(offset, bytes)).await?;
+        let status = self
+            .get(path, host, |offset, bytes| check.update(offset, bytes))
+            .await?;
         Ok((check, status))
     }
 
@@ -521,7 +560,9 @@ impl HttpConn {
             }
             for ev in self.events.drain(..) {
                 match ev {
-                    ClientEvent::Response { request, status: s, .. } if request == id => {
+                    ClientEvent::Response {
+                        request, status: s, ..
+                    } if request == id => {
                         status = s.0;
                     }
                     ClientEvent::Delivered {
@@ -541,7 +582,9 @@ impl HttpConn {
                 }
             }
             if n == 0 {
-                return Err(format!("{path}: connection closed before the response ended"));
+                return Err(format!(
+                    "{path}: connection closed before the response ended"
+                ));
             }
         }
     }

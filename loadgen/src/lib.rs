@@ -1,1 +1,14 @@
-//! zpxe-loadgen: virtual PXE clients driven by the engine's client machines.
+//! zpxe-loadgen: a boot-storm simulator. Virtual PXE clients, built from the engine's client
+//! machines and run on the platform's event loops, walk a whole network boot (DHCP, 4011, TFTP,
+//! iPXE DHCP, HTTP), check every byte, and report latency per phase.
+
+pub mod arrival;
+pub mod client;
+pub mod firmware;
+mod html;
+pub mod profile;
+pub mod progress;
+pub mod report;
+pub mod script;
+pub mod storm;
+pub mod verify;

@@ -121,8 +121,14 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         },
         only,
         clients: cli.clients,
-        mix: cli.profile.parse::<ProfileMix>().map_err(|e| anyhow::anyhow!("--profile: {e}"))?,
-        arrival: cli.arrival.parse::<Arrival>().map_err(|e| anyhow::anyhow!("--arrival: {e}"))?,
+        mix: cli
+            .profile
+            .parse::<ProfileMix>()
+            .map_err(|e| anyhow::anyhow!("--profile: {e}"))?,
+        arrival: cli
+            .arrival
+            .parse::<Arrival>()
+            .map_err(|e| anyhow::anyhow!("--arrival: {e}"))?,
         limit: Duration::from_secs(cli.limit),
         seed: cli.seed,
         threads,

@@ -12,7 +12,6 @@ use zpxe_platform::runtime::{EventLoop, sleep, spawn};
 
 use crate::arrival::Arrival;
 use crate::client::{self, ClientSpec, Only, RunShared, Target};
-use crate::firmware::Firmware;
 use crate::profile::ProfileMix;
 use crate::report::{ClientRecord, Report, RunMeta};
 use crate::verify::Expected;
@@ -47,7 +46,14 @@ pub fn client_ip(i: usize) -> Ipv4Addr {
 fn client_mac(i: usize, seed: u64) -> MacAddr {
     let s = seed as u16;
     let b = (i as u32).to_be_bytes();
-    MacAddr([0x52, 0x54, (s >> 8) as u8 ^ b[0], s as u8 ^ b[1], b[2], b[3]])
+    MacAddr([
+        0x52,
+        0x54,
+        (s >> 8) as u8 ^ b[0],
+        s as u8 ^ b[1],
+        b[2],
+        b[3],
+    ])
 }
 
 fn client_uuid(i: usize, seed: u64) -> ClientUuid {
@@ -91,10 +97,9 @@ pub fn run(config: StormConfig) -> anyhow::Result<Report> {
             ev.block_on(async move {
                 let mut tasks = Vec::new();
                 for i in (t..config.clients).step_by(threads) {
-                    let firmware = config.mix.pick(i, config.seed);
                     let spec = ClientSpec {
                         index: i as u32,
-                        firmware: Firmware::from_name(firmware.name()).unwrap_or(Firmware::Bios),
+                        firmware: config.mix.pick(i, config.seed),
                         mac: client_mac(i, config.seed),
                         uuid: client_uuid(i, config.seed),
                         ip: client_ip(i),

@@ -27,7 +27,9 @@ impl Expected {
             let (hex, name) = line
                 .split_once("  ")
                 .or_else(|| line.split_once(" *"))
-                .ok_or_else(|| anyhow::anyhow!("{}:{}: not `<sha256>  <path>`", path.display(), n + 1))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}:{}: not `<sha256>  <path>`", path.display(), n + 1)
+                })?;
             let digest = parse_hex(hex.trim())
                 .ok_or_else(|| anyhow::anyhow!("{}:{}: bad digest", path.display(), n + 1))?;
             sums.insert(normalize(name), Some(digest));

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 mod dhcp;
 mod http;
-// mod tftp;
+mod tftp;
 
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
 pub(crate) const STOP_POLL: Duration = Duration::from_millis(250);
@@ -232,13 +232,13 @@ fn setup(
     };
     let http_config = Arc::new(config.http.clone());
     for ip in config.listen_addrs() {
-        // if config.services.tftp {
-        //     let addr = SocketAddr::new(ip, config.ports.tftp);
-        //     let svc = tftp::TftpService::bind(&ctx, addr)
-        //         .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
-        //     bound.tftp.push(svc.local_addr());
-        //     svc.start();
-        // }
+        if config.services.tftp {
+            let addr = SocketAddr::new(ip, config.ports.tftp);
+            let svc = tftp::TftpService::bind(&ctx, addr)
+                .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
+            bound.tftp.push(svc.local_addr());
+            svc.start();
+        }
         if config.services.http {
             let addr = SocketAddr::new(ip, config.ports.http);
             let server = TcpServer::bind(addr, true)

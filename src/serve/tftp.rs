@@ -40,7 +40,11 @@ impl PortPool {
         };
         for _ in 0..range.len() {
             let port = self.next;
-            self.next = if self.next >= range.hi { range.lo } else { self.next + 1 };
+            self.next = if self.next >= range.hi {
+                range.lo
+            } else {
+                self.next + 1
+            };
             if self.in_use.contains(&port) {
                 continue;
             }
@@ -55,7 +59,10 @@ impl PortPool {
         }
         Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("every port of the TFTP range {}-{} is busy", range.lo, range.hi),
+            format!(
+                "every port of the TFTP range {}-{} is busy",
+                range.lo, range.hi
+            ),
         ))
     }
 
@@ -115,7 +122,8 @@ impl TftpService {
     /// Runs the service until the event loop stops.
     pub(crate) fn start(self: &Rc<Self>) {
         let me = Rc::clone(self);
-        spawn(async move { me.recv_loop(Rc::clone(&me.listener), Local::Listener).await }).detach();
+        let listener = Rc::clone(&self.listener);
+        spawn(async move { me.recv_loop(listener, Local::Listener).await }).detach();
         let me = Rc::clone(self);
         spawn(async move { me.drive().await }).detach();
     }
@@ -169,7 +177,9 @@ impl TftpService {
                     .engine
                     .borrow_mut()
                     .poll_transmit(now, MAX_DATAGRAMS, &mut buf);
-                let Some((local, transmit)) = polled else { break };
+                let Some((local, transmit)) = polled else {
+                    break;
+                };
                 self.send(local, transmit, &buf).await;
             }
             self.handle_events();
@@ -177,7 +187,8 @@ impl TftpService {
                 return;
             }
             let deadline = self.engine.borrow().poll_timeout();
-            let deadline = Some(deadline.map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL)));
+            let deadline =
+                Some(deadline.map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL)));
             self.wake.notified_until(deadline).await;
         }
     }
@@ -189,6 +200,10 @@ impl TftpService {
         };
         if let Some(t) = self.transfers.borrow().get(&id) {
             return Some(Rc::clone(&t.socket));
+        }
+        if !self.engine.borrow().is_active(id) {
+            // A last ERROR for a transfer that already ended: its socket is gone.
+            return None;
         }
         let options = UdpOptions {
             send_buffer: Some(1 << 20),
@@ -224,7 +239,9 @@ impl TftpService {
     }
 
     async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
-        let Some(socket) = self.socket_for(local) else { return };
+        let Some(socket) = self.socket_for(local) else {
+            return;
+        };
         let route = Route {
             destination: t.destination,
             source_ip: t.source_ip,
@@ -260,7 +277,11 @@ impl TftpService {
                     None => Err(SendError::Image(zpxe_platform::VersionBroken::Gone)),
                 };
                 match result {
-                    Ok(n) => self.ctx.shared.metrics.tftp_datagrams(n as u64, range.len()),
+                    Ok(n) => self
+                        .ctx
+                        .shared
+                        .metrics
+                        .tftp_datagrams(n as u64, range.len()),
                     Err(SendError::Image(e)) => {
                         if let Local::Transfer(id) = local {
                             tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");

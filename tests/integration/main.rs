@@ -6,4 +6,4 @@
 mod common;
 mod http;
 mod netns;
-// mod tftp;
+mod tftp;

@@ -28,7 +28,11 @@ fn curl_get(server: &Server, file: &str, blksize: u32, out: &Path) -> (bool, Str
 #[test]
 fn curl_downloads_are_byte_exact_at_every_blksize() {
     let root = tempfile::tempdir().expect("tmp");
-    let data = pattern_file(&root.path().join("boot/loader.efi"), 3 * 1024 * 1024 + 123, 1);
+    let data = pattern_file(
+        &root.path().join("boot/loader.efi"),
+        3 * 1024 * 1024 + 123,
+        1,
+    );
     // A size that is an exact multiple of the block size ends with an empty DATA packet.
     let exact = pattern_file(&root.path().join("exact.bin"), 1468 * 100, 2);
     std::fs::write(root.path().join("empty.bin"), b"").expect("write");
@@ -141,10 +145,18 @@ fn rename_replace_during_transfer_keeps_old_bytes_and_serves_new_ones_after() {
     let dst_new = out.path().join("new");
     let (ok, log) = curl_get(&server, "boot.wim", 1468, &dst_new);
     assert!(ok, "{log}");
-    assert_eq!(sha(&std::fs::read(&dst_new).expect("read")), sha(&new), "new requests see the new file");
+    assert_eq!(
+        sha(&std::fs::read(&dst_new).expect("read")),
+        sha(&new),
+        "new requests see the new file"
+    );
     let status = child.wait().expect("wait");
     assert!(status.success(), "old transfer failed");
-    assert_eq!(sha(&std::fs::read(&dst_old).expect("read")), sha(&old), "old transfer byte-exact");
+    assert_eq!(
+        sha(&std::fs::read(&dst_old).expect("read")),
+        sha(&old),
+        "old transfer byte-exact"
+    );
     assert!(server.alive());
 }
 
@@ -160,11 +172,17 @@ fn truncation_during_transfer_ends_that_transfer_and_nothing_else() {
     server.wait_for_log("TFTP transfer started", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
     // The writer blocks on the server's read lease until the transfer is ended.
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open for write");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for write");
     f.set_len(1000).expect("truncate");
     drop(f);
     let status = child.wait().expect("wait");
-    assert!(!status.success(), "a transfer whose file was truncated must not succeed");
+    assert!(
+        !status.success(),
+        "a transfer whose file was truncated must not succeed"
+    );
     assert!(server.alive(), "the server survived the truncation");
     server.wait_for_log("image changed", Duration::from_secs(10));
     let dst = out.path().join("other");
@@ -174,5 +192,9 @@ fn truncation_during_transfer_ends_that_transfer_and_nothing_else() {
     let dst = out.path().join("after");
     let (ok, log) = curl_get(&server, "boot.wim", 1468, &dst);
     assert!(ok, "{log}");
-    assert_eq!(std::fs::read(&dst).expect("read").len(), 1000, "new requests see the truncated file");
+    assert_eq!(
+        std::fs::read(&dst).expect("read").len(),
+        1000,
+        "new requests see the truncated file"
+    );
 }
