@@ -170,7 +170,8 @@ impl PortRange {
         Ok(Self { lo, hi })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many ports the range holds (at least one: `parse` refuses empty ranges).
+    pub fn count(&self) -> usize {
         usize::from(self.hi - self.lo) + 1
     }
 }

@@ -125,7 +125,12 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints a report; per-request logs would drown it.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(default_level);
     let result = match cli.command {
         Command::Serve(args) => args
             .into_config()
@@ -151,9 +156,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::env::var_os("NO_COLOR").is_none())

@@ -88,14 +88,14 @@ impl Inventory {
             .unwrap_or(Duration::ZERO)
             .as_secs();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&mac) {
-            if let Some(oldest) = clients
+        if clients.len() >= MAX_CLIENTS
+            && !clients.contains_key(&mac)
+            && let Some(oldest) = clients
                 .values()
                 .min_by_key(|c| c.last_seen_unix)
                 .map(|c| c.mac.clone())
-            {
-                clients.remove(&oldest);
-            }
+        {
+            clients.remove(&oldest);
         }
         let entry = clients.entry(mac.clone()).or_insert_with(|| ClientEntry {
             mac,

@@ -397,10 +397,10 @@ async fn tftp_once(
         });
         match timeout(wait, socket.recv(rbuf)).await {
             Some((Ok(r), b)) => {
-                if let Some(d) = m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]) {
-                    if let Some(bytes) = b.get(d.range.clone()) {
-                        check.update(d.offset, bytes);
-                    }
+                if let Some(d) = m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len])
+                    && let Some(bytes) = b.get(d.range.clone())
+                {
+                    check.update(d.offset, bytes);
                 }
                 rbuf = b;
             }

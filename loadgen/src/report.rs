@@ -374,6 +374,9 @@ fn throughput(records: &[ClientRecord], wall: Duration) -> Vec<(f64, f64)> {
 }
 
 #[cfg(test)]
+pub(crate) use tests::synthetic;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -457,7 +460,7 @@ mod tests {
         // 10 ms + i%7 ms: median 13 ms, max 16 ms (hdrhistogram keeps 3 significant digits).
         assert!((dhcp.p50_ms - 13.0).abs() < 0.1, "{}", dhcp.p50_ms);
         assert!((dhcp.max_ms - 16.0).abs() < 0.1, "{}", dhcp.max_ms);
-        assert_eq!(r.bytes, 100 * 2 << 20);
+        assert_eq!(r.bytes, 200 << 20);
         assert_eq!(r.retransmits, 34 * 5);
         let series_total: f64 = r.throughput.iter().map(|(_, v)| v * 2.0 / 100.0).sum();
         assert!((series_total - 200.0).abs() < 1.0, "{series_total}");
@@ -479,6 +482,3 @@ mod tests {
         assert!(!Report::build(recs, Duration::from_secs(1), meta(10)).success());
     }
 }
-
-#[cfg(test)]
-pub(crate) use tests::synthetic;

@@ -71,7 +71,8 @@ pub fn plan(script: &str, mac: &str) -> Result<Plan, String> {
                     .iter()
                     .enumerate()
                     .find(|(i, a)| {
-                        !a.starts_with('-') && !(*i > 0 && matches!(args[i - 1], "-n" | "--name"))
+                        let names_image = *i > 0 && matches!(args[i - 1], "-n" | "--name");
+                        !a.starts_with('-') && !names_image
                     })
                     .map(|(_, a)| (*a).to_owned())
                     .ok_or_else(|| format!("{verb} without a URL"))?;

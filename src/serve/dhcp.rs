@@ -126,13 +126,7 @@ impl DhcpService {
             loop {
                 let ev = self.engine.borrow_mut().poll_event();
                 let Some(ev) = ev else { break };
-                match &ev {
-                    DhcpEvent::Ignored { .. } => {
-                        Metrics::add(&self.ctx.shared.metrics.dhcp_ignored_total, 1);
-                        tracing::debug!(event = ?ev, "DHCP");
-                    }
-                    _ => tracing::info!(event = ?ev, "DHCP"),
-                }
+                log_event(&ev, &self.ctx.shared.metrics);
             }
             if self.ctx.shared.stop.stopped() {
                 return;
@@ -141,5 +135,50 @@ impl DhcpService {
                 .notified_until(Some(Instant::now() + super::STOP_POLL))
                 .await;
         }
+    }
+}
+
+fn log_event(ev: &DhcpEvent, metrics: &Metrics) {
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    match ev {
+        DhcpEvent::Offered {
+            mac,
+            uuid,
+            arch,
+            boot_file,
+            relay,
+            ipxe,
+        } => tracing::info!(
+            %mac,
+            uuid = show(&uuid.map(|u| u.to_string())),
+            arch = show(&arch.map(|a| a.to_string())),
+            relay = show(&relay.map(|r| r.to_string())),
+            ipxe,
+            boot_file,
+            "proxyDHCP offer"
+        ),
+        DhcpEvent::Acked {
+            mac,
+            uuid,
+            arch,
+            boot_file,
+            relay,
+            ipxe,
+            port,
+        } => tracing::info!(
+            %mac,
+            uuid = show(&uuid.map(|u| u.to_string())),
+            arch = show(&arch.map(|a| a.to_string())),
+            relay = show(&relay.map(|r| r.to_string())),
+            ipxe,
+            port = port.number(),
+            boot_file,
+            "PXE ack"
+        ),
+        DhcpEvent::Ignored { reason, mac } => {
+            Metrics::add(&metrics.dhcp_ignored_total, 1);
+            tracing::debug!(mac = show(&mac.map(|m| m.to_string())), %reason, "DHCP request ignored");
+        }
+        other => tracing::debug!(event = ?other, "DHCP"),
     }
 }

@@ -126,10 +126,7 @@ async fn serve_connection(
     let metrics = Arc::clone(&ctx.shared.metrics);
     loop {
         // Send everything the connection has ready.
-        loop {
-            let Some(out) = conn.poll_output(&mut wbuf) else {
-                break;
-            };
+        while let Some(out) = conn.poll_output(&mut wbuf) {
             match out {
                 Output::Bytes { len } => {
                     let (res, b) = tcp.write_prefix(wbuf, len).await;

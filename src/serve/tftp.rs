@@ -38,7 +38,7 @@ impl PortPool {
         let Some(range) = self.range else {
             return UdpEndpoint::bind(SocketAddr::new(ip, 0), options).map(|s| (s, None));
         };
-        for _ in 0..range.len() {
+        for _ in 0..range.count() {
             let port = self.next;
             self.next = if self.next >= range.hi {
                 range.lo
