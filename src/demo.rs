@@ -139,6 +139,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         reference_root: None,
         broadcast: false,
         progress: true,
+        tftp_options: None,
     };
     let report = run_storm(storm);
     server.stop();

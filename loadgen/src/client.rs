@@ -60,9 +60,18 @@ pub struct ClientSpec {
     pub seed: u64,
 }
 
+/// TFTP options that replace what the firmware profile would send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TftpOverride {
+    pub blksize: Option<u16>,
+    pub windowsize: Option<u16>,
+    pub tsize: bool,
+}
+
 /// Settings shared by every client of a run.
 #[derive(Debug)]
 pub struct RunShared {
+    pub tftp_options: Option<TftpOverride>,
     pub target: Target,
     pub only: Only,
     pub expected: Expected,
@@ -324,7 +333,20 @@ async fn tftp_phase(
     let t0 = Instant::now();
     let mut bytes = 0;
     let mut retransmits = 0;
-    for config in spec.firmware.tftp_requests(file) {
+    let mut requests = spec.firmware.tftp_requests(file);
+    if let Some(o) = shared.tftp_options {
+        requests = vec![TftpClientConfig {
+            blksize: o.blksize,
+            windowsize: o.windowsize,
+            tsize: o.tsize,
+            msftwindow: false,
+            abort_after_oack: false,
+            ..requests
+                .pop()
+                .unwrap_or_else(|| zpxe_engine::tftp::ClientProfile::Plain.config(file))
+        }];
+    }
+    for config in requests {
         let probe = config.abort_after_oack;
         let (n, r) = tftp_once(spec, server, config)
             .await

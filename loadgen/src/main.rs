@@ -53,6 +53,12 @@ struct Cli {
     /// A local copy of the server's root to check downloads against (instead of a manifest).
     #[arg(long, value_name = "DIR")]
     reference_root: Option<PathBuf>,
+    /// TFTP blksize for every client (replaces the profiles' TFTP options).
+    #[arg(long, value_name = "N")]
+    tftp_blksize: Option<u16>,
+    /// TFTP windowsize for every client (replaces the profiles' TFTP options).
+    #[arg(long, value_name = "N")]
+    tftp_windowsize: Option<u16>,
     /// DHCP by real broadcast (inside a network namespace) instead of as a relay agent.
     #[arg(long)]
     broadcast: bool,
@@ -136,6 +142,13 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         reference_root: cli.reference_root,
         broadcast: cli.broadcast,
         progress: !cli.quiet,
+        tftp_options: (cli.tftp_blksize.is_some() || cli.tftp_windowsize.is_some()).then_some(
+            zpxe_loadgen::client::TftpOverride {
+                blksize: cli.tftp_blksize,
+                windowsize: cli.tftp_windowsize,
+                tsize: true,
+            },
+        ),
     };
     let report = run(config)?;
     println!("{}", report.render_table());

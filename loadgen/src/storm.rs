@@ -34,6 +34,8 @@ pub struct StormConfig {
     /// Broadcast DHCP (inside a namespace) instead of relaying from 127.x.y.z.
     pub broadcast: bool,
     pub progress: bool,
+    /// Replace the profiles' TFTP options (for like-for-like comparisons with peers).
+    pub tftp_options: Option<crate::client::TftpOverride>,
 }
 
 /// The loopback address of client `i`: 127.1.0.1 upwards, skipping .0 and .255.
@@ -88,6 +90,7 @@ pub fn run(config: StormConfig) -> anyhow::Result<Report> {
                 (None, None) => Expected::default(),
             };
             let shared = Rc::new(RunShared {
+                tftp_options: config.tftp_options,
                 target: config.target.clone(),
                 only: config.only,
                 expected,
