@@ -44,6 +44,9 @@ pub struct ServerSection {
     pub threads: usize,
     /// The address to name in replies when a request's arrival address is unknown.
     pub advertise: Option<Spanned<String>>,
+    /// Send TFTP windows with UDP segmentation offload where the kernel has it. Turn off for
+    /// paths that mangle large UDP sends (some tunnels and drivers).
+    pub udp_gso: bool,
 }
 
 impl Default for ServerSection {
@@ -56,6 +59,7 @@ impl Default for ServerSection {
             leases: true,
             threads: 0,
             advertise: None,
+            udp_gso: true,
         }
     }
 }
@@ -179,15 +183,7 @@ impl PortRange {
 impl Config {
     /// Parses and validates `text` read from `file`.
     pub fn parse(file: &Path, text: &str) -> Result<Self, Problems> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            Problems(vec![Problem {
-                file: file.to_owned(),
-                line,
-                column,
-                message: e.message().trim().to_owned(),
-            }])
-        })?;
+        let config = Self::parse_unchecked(file, text)?;
         let problems = config.validate(file, text);
         if problems.is_empty() {
             Ok(config)
@@ -196,8 +192,22 @@ impl Config {
         }
     }
 
-    /// Reads and parses a configuration file.
-    pub fn load(file: &Path) -> Result<Self, Problems> {
+    /// Parses `text` without the checks that depend on the machine (paths, ports): for callers
+    /// that override values first and validate after.
+    pub fn parse_unchecked(file: &Path, text: &str) -> Result<Self, Problems> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            Problems(vec![Problem {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }])
+        })
+    }
+
+    /// Reads a configuration file: the parsed configuration (not yet validated) and its text.
+    pub fn read(file: &Path) -> Result<(Self, String), Problems> {
         let text = std::fs::read_to_string(file).map_err(|e| {
             Problems(vec![Problem {
                 file: file.to_owned(),
@@ -206,7 +216,18 @@ impl Config {
                 message: format!("cannot read the configuration: {e}"),
             }])
         })?;
-        Self::parse(file, &text)
+        Ok((Self::parse_unchecked(file, &text)?, text))
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Self, Problems> {
+        let (config, text) = Self::read(file)?;
+        let problems = config.validate(file, &text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems(problems))
+        }
     }
 
     /// Checks what the types alone cannot: that paths exist, addresses parse, ports differ.

@@ -24,6 +24,12 @@ enum Command {
     },
     /// Serve a generated image set on loopback and boot a storm of simulated clients through it.
     Demo(zpxe::demo::DemoArgs),
+    /// The boot-storm simulator (same as `zpxe-loadgen`; `zpxe loadgen --help`).
+    #[command(disable_help_flag = true)]
+    Loadgen {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +70,9 @@ struct ServeArgs {
     /// Event loops; 0 = one per core.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Send TFTP windows one datagram per send instead of with UDP GSO.
+    #[arg(long)]
+    no_gso: bool,
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {
@@ -72,9 +81,10 @@ fn parse_range(s: &str) -> Result<PortRange, String> {
 
 impl ServeArgs {
     fn into_config(self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(file) => Config::load(file).map_err(|p| anyhow::anyhow!("{p}"))?,
-            None => Config::default(),
+        // Flags override the file; the whole result is validated once, after.
+        let (mut config, text) = match &self.config {
+            Some(file) => Config::read(file).map_err(|p| anyhow::anyhow!("{p}"))?,
+            None => (Config::default(), String::new()),
         };
         if let Some(root) = self.root {
             config.server.root = toml::Spanned::new(0..0, root);
@@ -112,9 +122,12 @@ impl ServeArgs {
         if let Some(t) = self.threads {
             config.server.threads = t;
         }
+        if self.no_gso {
+            config.server.udp_gso = false;
+        }
         let problems = config.validate(
             self.config.as_deref().unwrap_or("command line".as_ref()),
-            "",
+            &text,
         );
         if !problems.is_empty() {
             anyhow::bail!("{}", zpxe::config::Problems(problems));
@@ -125,6 +138,10 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Loadgen { args } = cli.command {
+        let argv = std::iter::once(std::ffi::OsString::from("zpxe loadgen")).chain(args);
+        return zpxe_loadgen::cli::main_with_args(argv);
+    }
     // The demo prints a report; per-request logs would drown it.
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
@@ -146,6 +163,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => zpxe::demo::run(args).context("demo"),
+        Command::Loadgen { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

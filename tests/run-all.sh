@@ -10,7 +10,8 @@ packages=(
   curl            # HTTP and TFTP client (tests/http.rs, tests/tftp.rs)
   atftp           # TFTP client with windowsize (tests/tftp.rs)
   busybox         # busybox tftp and udhcpc (tests/tftp.rs, tests/dhcp_netns.rs)
-  iproute2        # network namespaces, veth, tc netem (tests/*_netns.rs)
+  iproute2        # network namespaces, veth, tc (tests/integration/netns.rs)
+  nftables        # loss, duplication and reordering between namespaces (no netem in this kernel)
   chromium        # renders the loadgen HTML report (loadgen tests)
   gcc-mingw-w64-x86-64  # links Windows test builds
 )

@@ -101,6 +101,7 @@ pub async fn boot(spec: ClientSpec, shared: Rc<RunShared>) -> ClientRecord {
         phases: Vec::new(),
         outcome: Outcome::Booted,
         byte_errors: 0,
+        answers: Vec::new(),
     };
     let budget = shared.deadline.saturating_duration_since(Instant::now());
     let result = match timeout(budget, walk(&spec, &shared, &mut rec)).await {
@@ -295,6 +296,12 @@ async fn dhcp_phase(
         if let Some(outcome) = m.outcome() {
             retransmits += sends.saturating_sub(1 + u64::from(fw.asks_4011()));
             record(rec, shared, phase, t0, 0, retransmits);
+            if let Ok(a) = &outcome {
+                rec.answers.push(format!(
+                    "{phase}: next-server {} file {} via-4011 {}",
+                    a.next_server, a.boot_file, a.via_4011
+                ));
+            }
             return outcome.map_err(|e| fail(phase, e.to_string()));
         }
         let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {

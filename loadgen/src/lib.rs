@@ -3,6 +3,7 @@
 //! iPXE DHCP, HTTP), check every byte, and report latency per phase.
 
 pub mod arrival;
+pub mod cli;
 pub mod client;
 pub mod firmware;
 mod html;

@@ -90,6 +90,8 @@ pub struct ClientRecord {
     pub outcome: Outcome,
     /// Downloads whose bytes differed from the expected digest.
     pub byte_errors: u64,
+    /// What the server answered along the way (boot server, boot file, script URL).
+    pub answers: Vec<String>,
 }
 
 impl ClientRecord {
@@ -432,6 +434,7 @@ mod tests {
                     phases,
                     outcome,
                     byte_errors: 0,
+                    answers: Vec::new(),
                 }
             })
             .collect()

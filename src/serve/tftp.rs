@@ -95,6 +95,9 @@ impl TftpService {
             ..UdpOptions::default()
         };
         let listener = UdpEndpoint::bind(addr, &options)?;
+        if !shared.config.server.udp_gso {
+            listener.disable_gso();
+        }
         let mut engine = TftpServer::new(shared.config.tftp.clone());
         if addr.ip().is_loopback() {
             engine.set_mtu(u16::MAX);
@@ -212,6 +215,9 @@ impl TftpService {
         let bound = self.ports.borrow_mut().bind(self.transfer_ip, &options);
         match bound {
             Ok((socket, port)) => {
+                if !self.ctx.shared.config.server.udp_gso {
+                    socket.disable_gso();
+                }
                 let socket = Rc::new(socket);
                 let me = Rc::clone(self);
                 let task = spawn(me.recv_loop(Rc::clone(&socket), local));

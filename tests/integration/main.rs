@@ -4,6 +4,8 @@
 #![allow(unreachable_pub)]
 
 mod common;
+mod dhcp_netns;
 mod http;
 mod netns;
 mod tftp;
+mod tftp_load;

@@ -107,30 +107,58 @@ impl NetPair {
         (third, s, c)
     }
 
-    /// Applies `tc netem` (e.g. "loss 5% duplicate 1% delay 1ms reorder 10%") on both ends.
-    pub fn netem(&self, spec: &str) {
-        for (ns, dev) in [(&self.server, "s0"), (&self.client, "c0")] {
-            let mut args = vec![
-                "-n",
-                ns.as_str(),
-                "qdisc",
-                "add",
-                "dev",
-                dev,
-                "root",
-                "netem",
-            ];
-            args.extend(spec.split_whitespace());
-            let out = Command::new(require("tc"))
-                .args(&args)
-                .output()
-                .expect("tc");
-            assert!(
-                out.status.success(),
-                "tc {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
+    /// Impairs both directions: `loss` percent of datagrams dropped on arrival, `dup` percent
+    /// sent twice and `reorder` percent held back behind a slow queue so later ones overtake
+    /// them. (This kernel has no netem; nftables and an HTB class do the same job.)
+    pub fn impair(&self, loss: u32, dup: u32, reorder: u32) {
+        let sides = [
+            (&self.server, "s0", &self.client_ip),
+            (&self.client, "c0", &self.server_ip),
+        ];
+        for (ns, dev, peer) in sides {
+            let rules = format!(
+                "table ip zpxe_impair {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
+                 ip daddr {peer} numgen random mod 100 < {dup} dup to {peer}\n  \
+                 ip daddr {peer} numgen random mod 100 < {reorder} meta priority set 1:20\n }}\n}}\n\
+                 table netdev zpxe_loss {{\n chain in {{\n  type filter hook ingress device \"{dev}\" priority 0; policy accept;\n  \
+                 numgen random mod 100 < {loss} drop\n }}\n}}\n"
             );
+            let mut nft = Self::command(ns, require("nft"));
+            nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+            let mut child = nft.spawn().expect("nft");
+            {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().expect("stdin");
+                stdin.write_all(rules.as_bytes()).expect("write rules");
+            }
+            let status = child.wait().expect("nft");
+            assert!(status.success(), "nft rules in {ns} failed:\n{rules}");
+            for args in [
+                vec![
+                    "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+                    "r2q", "100000",
+                ],
+                vec![
+                    "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate",
+                    "10gbit",
+                ],
+                vec![
+                    "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate",
+                    "100mbit", "ceil", "100mbit", "burst", "4k",
+                ],
+            ] {
+                let out = Command::new(require("tc"))
+                    .args(["-n", ns])
+                    .args(&args)
+                    .output()
+                    .expect("tc");
+                assert!(
+                    out.status.success(),
+                    "tc {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
     }
 

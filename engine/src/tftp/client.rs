@@ -239,6 +239,7 @@ impl TftpClient {
             _ => Owed::Ack(self.expected - 1),
         };
         self.in_window = 0;
+        self.gap_acked = false;
         self.deadline = now + self.config.timeout;
     }
 

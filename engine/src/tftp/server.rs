@@ -445,6 +445,7 @@ impl TftpServer {
             next: 1,
             sent_max: 0,
             deadline: now,
+            fast_resent: None,
             tries: 0,
             retransmits: 0,
             bytes_sent: 0,
@@ -485,11 +486,21 @@ impl TftpServer {
         if t.phase == Phase::Negotiating {
             t.phase = Phase::Sending;
             t.acked = 0;
-        } else if block <= t.acked {
-            //= https://www.rfc-editor.org/rfc/rfc1350#section-6
-            //# the sender ... should not retransmit on receipt of a duplicate ACK (the
-            //# "Sorcerer's Apprentice" problem): only the timeout resends.
+        } else if block < t.acked {
             return;
+        } else if block == t.acked {
+            //= https://www.rfc-editor.org/rfc/rfc7440#section-4
+            //# the receiver ... sends an ACK for the last packet received in sequence
+            //
+            // The same ACK again, while blocks after it are out, means the block after it was
+            // lost: resend from there, once per position. Every further copy of that ACK is
+            // ignored, so duplicated ACKs never breed duplicate windows (RFC 1350's Sorcerer's
+            // Apprentice); the timeout covers the rest.
+            if t.sent_max <= t.acked || t.fast_resent == Some(block) {
+                return;
+            }
+            t.fast_resent = Some(block);
+            t.retransmits += t.window_end().saturating_sub(t.acked);
         } else {
             t.acked = block;
         }

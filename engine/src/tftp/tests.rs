@@ -462,9 +462,13 @@ fn duplicate_acks_never_trigger_duplicate_windows() {
     assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 8))]);
     m.ack(id, 8);
     assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(9, 8))]);
-    // The same ACK again (delayed duplicate): nothing.
+    // The same ACK again while 9..16 are out: block 9 was lost, resend from it, once.
+    m.ack(id, 8);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(9, 8))]);
+    // Further copies (duplicated by the network, or the client repeating itself): nothing.
     m.ack(id, 8);
     m.ack(id, 8);
+    m.ack(id, 7);
     assert_eq!(m.drain(), vec![]);
 }
 

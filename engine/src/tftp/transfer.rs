@@ -68,6 +68,9 @@ pub(crate) struct Transfer {
     /// Highest block sent so far.
     pub(crate) sent_max: u64,
     pub(crate) deadline: Instant,
+    /// The acknowledged block a window was already resent after on a repeated ACK (at most
+    /// once per position: see `handle_ack`).
+    pub(crate) fast_resent: Option<u64>,
     pub(crate) tries: u32,
     pub(crate) retransmits: u64,
     pub(crate) bytes_sent: u64,

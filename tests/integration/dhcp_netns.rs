@@ -1,0 +1,140 @@
+//! proxyDHCP over real broadcast between network namespaces: the offer on 67 and the ACK on
+//! 4011 reach the client on its own link, and a multi-homed server names the address of the
+//! interface each request came in on.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Server, require, run, zpxe_bin};
+use crate::netns::NetPair;
+
+fn loadgen_in(ns: &str, server_ip: &str, profile: &str, json: &Path) -> (bool, String) {
+    let mut cmd = NetPair::command(ns, zpxe_bin());
+    cmd.args(["loadgen", "--only", "dhcp", "--broadcast", "--quiet"])
+        .args([
+            "--server",
+            server_ip,
+            "--dhcp-port",
+            "67",
+            "--pxe-port",
+            "4011",
+        ])
+        .args(["--clients", "1", "--limit", "40", "--profile", profile])
+        .arg("--json")
+        .arg(json);
+    run(&mut cmd, Duration::from_secs(60))
+}
+
+fn answers(json: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(json).expect("loadgen json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["clients"][0]["answers"]
+        .as_array()
+        .expect("answers")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn ip(ns: &str, args: &[&str]) {
+    let out = Command::new(require("ip"))
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn broadcast_offer_and_4011_ack_on_each_interface_of_a_multihomed_server() {
+    let pair = NetPair::new("dhcp");
+    let (third, second_server_ip, _) = pair.add_second_link();
+    // Limited broadcast needs a route out of the client's only link.
+    ip(
+        &pair.client,
+        &["route", "add", "default", "via", &pair.server_ip],
+    );
+    ip(
+        &third,
+        &["route", "add", "default", "via", &second_server_ip],
+    );
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::write(root.path().join("undionly.kpxe"), b"x").expect("write");
+    let mut server = Server::start_in_ns(&pair.server, "0.0.0.0", root.path(), &["--no-tftp"]);
+    let out = tempfile::tempdir().expect("tmp");
+
+    // A legacy BIOS ROM on the first link: offer by broadcast, no 4011.
+    let json = out.path().join("bios.json");
+    let (ok, log) = loadgen_in(&pair.client, &pair.server_ip, "bios", &json);
+    assert!(
+        ok,
+        "BIOS client on link 1: {log}\nserver:\n{}",
+        server.drain_log().join("\n")
+    );
+    let a = answers(&json);
+    assert!(
+        a[0].starts_with(&format!(
+            "dhcp: next-server {} file undionly.kpxe via-4011 false",
+            pair.server_ip
+        )),
+        "{a:?}"
+    );
+
+    // EDK2 on the second link: the offer and the 4011 ACK name the second interface's address.
+    let json = out.path().join("edk2.json");
+    let (ok, log) = loadgen_in(&third, &second_server_ip, "edk2", &json);
+    assert!(
+        ok,
+        "EDK2 client on link 2: {log}\nserver:\n{}",
+        server.drain_log().join("\n")
+    );
+    let a = answers(&json);
+    assert!(
+        a[0].starts_with(&format!(
+            "dhcp: next-server {second_server_ip} file ipxe.efi via-4011 true"
+        )),
+        "{a:?}"
+    );
+    server.wait_for_log("PXE ack", Duration::from_secs(5));
+    let log = server.drain_log().join("\n");
+    assert!(log.contains("proxyDHCP offer"), "{log}");
+}
+
+#[test]
+fn non_pxe_clients_get_no_answer() {
+    let pair = NetPair::new("dhcpq");
+    ip(
+        &pair.client,
+        &["route", "add", "default", "via", &pair.server_ip],
+    );
+    let root = tempfile::tempdir().expect("tmp");
+    let mut server = Server::start_in_ns(&pair.server, "0.0.0.0", root.path(), &["--no-tftp"]);
+    // busybox udhcpc: a plain DHCP client with no PXE vendor class. zpxe must stay silent, so
+    // udhcpc gets no offer at all and gives up.
+    let mut cmd = NetPair::command(&pair.client, require("busybox"));
+    cmd.args([
+        "udhcpc",
+        "-i",
+        "c0",
+        "-n",
+        "-q",
+        "-t",
+        "2",
+        "-T",
+        "1",
+        "-s",
+        "/bin/true",
+    ]);
+    let (ok, log) = run(&mut cmd, Duration::from_secs(30));
+    assert!(
+        !ok,
+        "udhcpc must get no lease from a proxyDHCP server: {log}"
+    );
+    let log = server.drain_log().join("\n");
+    assert!(!log.contains("proxyDHCP offer"), "{log}");
+}
