@@ -280,6 +280,10 @@ impl Config {
         {
             at(r.span(), format!("ports.tftp-range: {e}"));
         }
+        if let Err(e) = self.menu.check() {
+            let span = find_section(text, "menu").unwrap_or(0..0);
+            at(span, format!("menu: {e}"));
+        }
         let udp = [
             ("dhcp", self.services.dhcp, self.ports.dhcp),
             ("pxe", self.services.dhcp, self.ports.pxe),
@@ -336,6 +340,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// The span of the first `[section]` or `[[section.x]]` header.
+fn find_section(text: &str, section: &str) -> Option<Range<usize>> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        let name = t.trim_matches(['[', ']']).trim();
+        if t.starts_with('[') && (name == section || name.starts_with(&format!("{section}."))) {
+            let start = offset + (line.len() - line.trim_start().len());
+            return Some(start..start + t.len());
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// The span of `key = ...` inside `[section]`, for problems the types cannot locate.
@@ -420,6 +439,20 @@ mod tests {
             (67, 4011, 69, 8050, 8051)
         );
         assert!(c.services.dhcp && c.services.tftp && c.services.http && c.services.web);
+    }
+
+    #[test]
+    fn menu_from_toml_and_its_problems() {
+        let good = "[server]\nroot = \"/tmp\"\n[menu]\ndefault = \"winpe\"\n\
+                    [[menu.entries]]\nid = \"winpe\"\nlabel = \"WinPE\"\n\
+                    kind = { type = \"winpe\", wimboot = \"wimboot\", bcd = \"Boot/BCD\", \
+                    boot-sdi = \"Boot/boot.sdi\", boot-wim = \"sources/boot.wim\" }\n";
+        let c = Config::parse(Path::new("z.toml"), good).expect("valid menu");
+        assert_eq!(c.menu.entries.len(), 1);
+        let bad = good.replace("default = \"winpe\"", "default = \"nope\"");
+        let p = problems(&bad);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("zpxe.toml:3:1: menu:"), "{p:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod common;
 mod dhcp_netns;
 mod http;
+mod loadgen;
 mod netns;
 mod tftp;
 mod tftp_load;
