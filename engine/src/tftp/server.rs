@@ -2,7 +2,8 @@
 //! tracked by a few integers. It performs no I/O: the platform feeds it datagrams and the time,
 //! and sends what it polls, binding a socket per transfer unless single-port mode is on.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -145,8 +146,11 @@ pub struct TftpServer {
     /// Transfers by client address and port.
     by_remote: HashMap<SocketAddr, TransferId>,
     per_client: HashMap<IpAddr, usize>,
-    /// Transfers with something to send, in order.
+    /// Transfers with something to send, in order (each at most once: `Transfer::queued`).
     ready: VecDeque<TransferId>,
+    /// Retransmission deadlines. Entries go stale when a transfer moves on; they are skipped
+    /// when popped, so `poll_timeout` may wake the caller early, never late.
+    timers: BinaryHeap<Reverse<(Instant, TransferId)>>,
     control: VecDeque<Control>,
     events: VecDeque<TftpEvent>,
     next_id: u64,
@@ -161,6 +165,7 @@ impl TftpServer {
             by_remote: HashMap::new(),
             per_client: HashMap::new(),
             ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
             control: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 0,
@@ -355,9 +360,7 @@ impl TftpServer {
                     Phase::Sending => Owed::Window,
                 };
                 t.next = t.acked + 1;
-                if !self.ready.contains(&id) {
-                    self.ready.push_back(id);
-                }
+                self.enqueue(id);
                 return;
             }
             // Same client port, new request: the old transfer is over.
@@ -446,6 +449,7 @@ impl TftpServer {
             sent_max: 0,
             deadline: now,
             fast_resent: None,
+            queued: false,
             tries: 0,
             retransmits: 0,
             bytes_sent: 0,
@@ -461,7 +465,7 @@ impl TftpServer {
         *self.per_client.entry(client).or_insert(0) += 1;
         self.by_remote.insert(meta.remote, id);
         self.transfers.insert(id, t);
-        self.ready.push_back(id);
+        self.enqueue(id);
     }
 
     fn handle_ack(
@@ -520,9 +524,28 @@ impl TftpServer {
         t.tries = 0;
         t.owed = Owed::Window;
         t.deadline = now + t.timeout;
-        if !self.ready.contains(&id) {
+        self.enqueue(id);
+    }
+
+    fn enqueue(&mut self, id: TransferId) {
+        if let Some(t) = self.transfers.get_mut(&id)
+            && !t.queued
+        {
+            t.queued = true;
             self.ready.push_back(id);
         }
+    }
+
+    /// The transfer waits for its client until `now + timeout`.
+    fn arm(
+        timers: &mut BinaryHeap<Reverse<(Instant, TransferId)>>,
+        id: TransferId,
+        t: &mut Transfer,
+        now: Instant,
+    ) {
+        t.owed = Owed::Nothing;
+        t.deadline = now + t.timeout;
+        timers.push(Reverse((t.deadline, id)));
     }
 
     /// Ends a transfer the platform cannot serve (no port, image gone): tells the client with
@@ -568,16 +591,18 @@ impl TftpServer {
     }
 
     pub fn handle_timeout(&mut self, now: Instant, images: &mut dyn ImageCatalog) {
-        let due: Vec<TransferId> = self
-            .transfers
-            .iter()
-            .filter(|(_, t)| t.owed == Owed::Nothing && t.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
             let Some(t) = self.transfers.get_mut(&id) else {
                 continue;
             };
+            // Stale: the transfer moved on (it sends, or waits for a later deadline).
+            if t.owed != Owed::Nothing || t.deadline > now {
+                continue;
+            }
             if t.tries >= self.config.retries {
                 let outcome = TransferOutcome::TimedOut {
                     retransmits: t.retransmits,
@@ -593,7 +618,7 @@ impl TftpServer {
             t.next = t.acked + 1;
             let resend = t.window_end().saturating_sub(t.acked);
             t.retransmits += resend.max(1);
-            self.ready.push_back(id);
+            self.enqueue(id);
         }
     }
 
@@ -621,11 +646,7 @@ impl TftpServer {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.transfers
-            .values()
-            .filter(|t| t.owed == Owed::Nothing)
-            .map(|t| t.deadline)
-            .min()
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     pub fn poll_event(&mut self) -> Option<TftpEvent> {
@@ -658,6 +679,7 @@ impl TftpServer {
             let Some(t) = self.transfers.get_mut(&id) else {
                 continue;
             };
+            t.queued = false;
             let local = if single_port {
                 Local::Listener
             } else {
@@ -674,15 +696,13 @@ impl TftpServer {
                 Owed::Nothing => continue,
                 Owed::Oack => {
                     let len = Emit::oack(buf, &t.oack).ok()?;
-                    t.owed = Owed::Nothing;
-                    t.deadline = now + t.timeout;
+                    Self::arm(&mut self.timers, id, t, now);
                     return Some((local, route(Payload::Bytes { len })));
                 }
                 Owed::Window => {
                     let end = t.window_end();
                     if t.next > end {
-                        t.owed = Owed::Nothing;
-                        t.deadline = now + t.timeout;
+                        Self::arm(&mut self.timers, id, t, now);
                         continue;
                     }
                     let fit = buf.len() / DATA_HEADER_LEN;
@@ -691,6 +711,7 @@ impl TftpServer {
                         .min(fit as u64)
                         .min(u64::from(u16::MAX));
                     if count == 0 {
+                        t.queued = true;
                         self.ready.push_front(id);
                         return None;
                     }
@@ -704,9 +725,9 @@ impl TftpServer {
                     t.sent_max = t.sent_max.max(t.next - 1);
                     t.bytes_sent += range.len();
                     if t.next > end {
-                        t.owed = Owed::Nothing;
-                        t.deadline = now + t.timeout;
+                        Self::arm(&mut self.timers, id, t, now);
                     } else {
+                        t.queued = true;
                         self.ready.push_back(id);
                     }
                     let payload = Payload::Segments {

@@ -71,6 +71,8 @@ pub(crate) struct Transfer {
     /// The acknowledged block a window was already resent after on a repeated ACK (at most
     /// once per position: see `handle_ack`).
     pub(crate) fast_resent: Option<u64>,
+    /// In the server's ready queue.
+    pub(crate) queued: bool,
     pub(crate) tries: u32,
     pub(crate) retransmits: u64,
     pub(crate) bytes_sent: u64,
