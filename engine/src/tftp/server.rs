@@ -190,12 +190,14 @@ impl TftpServer {
         self.transfers.contains_key(&id)
     }
 
-    fn limits(&self) -> Limits {
+    fn limits(&self, ipv6: bool) -> Limits {
+        // IPv4 + UDP + TFTP headers are 32 bytes; IPv6 + UDP + TFTP are 52.
+        let headers = if ipv6 { 52 } else { 32 };
         let mtu_cap = if self.config.allow_fragmentation {
             options::MAX_BLKSIZE
         } else {
             u32::from(self.mtu)
-                .saturating_sub(32)
+                .saturating_sub(headers)
                 .max(options::MIN_BLKSIZE)
         };
         Limits {
@@ -352,15 +354,18 @@ impl TftpServer {
         if let Some(&id) = self.by_remote.get(&meta.remote)
             && let Some(t) = self.transfers.get_mut(&id)
         {
-            // A retransmitted RRQ (our first answer was lost): answer again from the same
-            // transfer rather than start a second one.
-            if t.file == req.filename && t.acked == 0 {
-                t.owed = match t.phase {
-                    Phase::Negotiating => Owed::Oack,
-                    Phase::Sending => Owed::Window,
-                };
-                t.next = t.acked + 1;
-                self.enqueue(id);
+            // The same request again from the same port: either our first answer was lost (answer
+            // again from the same transfer) or the network delayed or duplicated the RRQ (the
+            // transfer is under way: ignore it). Never start a second transfer, never kill this one.
+            if t.file == req.filename {
+                if t.acked == 0 {
+                    t.owed = match t.phase {
+                        Phase::Negotiating => Owed::Oack,
+                        Phase::Sending => Owed::Window,
+                    };
+                    t.next = 1;
+                    self.enqueue(id);
+                }
                 return;
             }
             // Same client port, new request: the old transfer is over.
@@ -415,7 +420,7 @@ impl TftpServer {
                 return;
             }
         };
-        let n = options::negotiate(&req.options, info.len, self.limits());
+        let n = options::negotiate(&req.options, info.len, self.limits(meta.remote.is_ipv6()));
         self.next_id += 1;
         let id = TransferId(self.next_id);
         let has_oack = !n.oack.is_empty();

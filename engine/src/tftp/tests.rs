@@ -612,6 +612,21 @@ fn caps_refuse_with_server_busy() {
 }
 
 #[test]
+fn a_late_duplicate_rrq_does_not_disturb_a_transfer_under_way() {
+    let mut m = Manual::new(loopback_config(), 5000);
+    m.rrq(&[]);
+    let id = started(&mut m);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    m.ack(id, 1);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(2, 1))]);
+    m.rrq(&[]);
+    assert_eq!(m.drain(), vec![]);
+    assert_eq!(m.server.active_transfers(), 1);
+    m.ack(id, 2);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(3, 1))]);
+}
+
+#[test]
 fn retransmitted_rrq_does_not_start_a_second_transfer() {
     let mut m = Manual::new(loopback_config(), 5000);
     m.rrq(&[("tsize", "0".into())]);
