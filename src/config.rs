@@ -24,6 +24,30 @@ pub struct Config {
     pub http: zpxe_engine::http::HttpConfig,
     /// The generated iPXE boot menu.
     pub menu: zpxe_engine::http::BootMenu,
+    /// HTTPS for the boot service (iPXE can fetch over HTTPS; 2PXE serves iPXE over HTTPS only).
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: a certificate and key turn on HTTPS for the boot service on its own port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<Spanned<PathBuf>>,
+    /// The HTTPS port.
+    pub port: u16,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            port: 8443,
+        }
+    }
 }
 
 /// Where files come from and where the server listens.
@@ -279,6 +303,19 @@ impl Config {
             && let Err(e) = PortRange::parse(r.get_ref())
         {
             at(r.span(), format!("ports.tftp-range: {e}"));
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(c), Some(k)) => {
+                for f in [c, k] {
+                    if let Err(e) = std::fs::metadata(f.get_ref()) {
+                        at(f.span(), format!("tls: {}: {e}", f.get_ref().display()));
+                    }
+                }
+            }
+            (Some(f), None) | (None, Some(f)) => {
+                at(f.span(), "tls: give both cert and key".to_owned());
+            }
+            (None, None) => {}
         }
         if let Err(e) = self.menu.check() {
             let span = find_section(text, "menu").unwrap_or(0..0);

@@ -132,6 +132,22 @@ impl Version {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// Copies bytes at `offset` into `buf` with a positional read, for paths that must see the
+    /// bytes in user space (TLS encrypts them). Unlike touching the mapping, a read past a new
+    /// end of file just comes back short.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.check()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+        }
+        #[cfg(windows)]
+        {
+            std::os::windows::fs::FileExt::seek_read(&self.file, buf, offset)
+        }
+    }
 }
 
 /// Memory-mapped boot files below one root directory.

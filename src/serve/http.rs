@@ -36,21 +36,37 @@ pub(crate) struct BootSite {
     pub(crate) scripts: zpxe_engine::http::BootScripts,
     /// The web service's port, when it runs (then scripts report each boot stage to it).
     pub(crate) web_port: Option<u16>,
+    /// Scripts served over HTTPS point at HTTPS URLs.
+    pub(crate) https: bool,
 }
 
 impl Handler for BootSite {
     fn respond(&mut self, req: &Request<'_>, images: &mut dyn ImageCatalog) -> Reply {
-        if let (Some(port), Some(host), None) =
-            (self.web_port, req.header("host"), &self.scripts.report_url)
-            && matches!(req.path, "/boot.ipxe" | "/menu.ipxe")
-        {
-            let name = host_without_port(host);
-            let mut scripts = self.scripts.clone();
-            scripts.report_url = Some(format!("http://{name}:{port}/report"));
-            return scripts.respond(req, images);
+        if !matches!(req.path, "/boot.ipxe" | "/menu.ipxe") {
+            return self.scripts.respond(req, images);
         }
-        self.scripts.respond(req, images)
+        let host = req.header("host").filter(|h| plain_host(h));
+        let mut scripts = self.scripts.clone();
+        if let (Some(port), Some(host), None) = (self.web_port, host, &scripts.report_url) {
+            scripts.report_url = Some(format!("http://{}:{port}/report", host_without_port(host)));
+        }
+        if self.https
+            && scripts.base_url.is_none()
+            && let Some(host) = host
+        {
+            scripts.base_url = Some(format!("https://{host}"));
+        }
+        scripts.respond(req, images)
     }
+}
+
+/// A Host header made only of what a host name or address can hold.
+fn plain_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
 fn host_without_port(host: &str) -> &str {

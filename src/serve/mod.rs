@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 
 mod dhcp;
 mod http;
+mod https;
 mod tftp;
 
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
@@ -48,6 +49,7 @@ impl Stop {
 /// What every event loop shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) web: crate::web::WebService,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
@@ -64,6 +66,7 @@ pub(crate) struct ThreadCtx {
 pub struct Bound {
     pub tftp: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
     pub web: Vec<SocketAddr>,
     pub dhcp: Vec<SocketAddr>,
     pub pxe: Vec<SocketAddr>,
@@ -106,7 +109,12 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         n => n,
     };
     let metrics = Arc::new(Metrics::default());
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(https::load_config(cert.get_ref(), key.get_ref())?),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
+        tls,
         config,
         web: crate::web::WebService::new(Arc::clone(&metrics)),
         metrics: Arc::clone(&metrics),
@@ -141,6 +149,7 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         for (all, mine) in [
             (&mut bound.tftp, b.tftp),
             (&mut bound.http, b.http),
+            (&mut bound.https, b.https),
             (&mut bound.web, b.web),
             (&mut bound.dhcp, b.dhcp),
             (&mut bound.pxe, b.pxe),
@@ -157,6 +166,7 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         threads,
         tftp = ?bound.tftp,
         http = ?bound.http,
+        https = ?bound.https,
         web = ?bound.web,
         dhcp = ?bound.dhcp,
         pxe = ?bound.pxe,
@@ -244,15 +254,27 @@ fn setup(
             let server = TcpServer::bind(addr, true)
                 .map_err(|e| BindError::explain("HTTP", "http-port", addr, e))?;
             bound.http.push(server.local_addr());
-            let site = http::Site::Boot(http::BootSite {
+            let site = http::BootSite {
                 scripts: BootScripts {
                     menu: Arc::new(config.menu.clone()),
                     base_url: None,
                     report_url: None,
                 },
                 web_port: config.services.web.then_some(config.ports.web),
-            });
-            http::start(&ctx, server, site, Arc::clone(&http_config));
+                https: false,
+            };
+            if let Some(tls) = &shared.tls {
+                let addr = SocketAddr::new(ip, config.tls.port);
+                let server = TcpServer::bind(addr, true)
+                    .map_err(|e| BindError::explain("HTTPS", "tls port", addr, e))?;
+                bound.https.push(server.local_addr());
+                let site = http::BootSite {
+                    https: true,
+                    ..site.clone()
+                };
+                https::start(&ctx, server, site, Arc::clone(&http_config), Arc::clone(tls));
+            }
+            http::start(&ctx, server, http::Site::Boot(site), Arc::clone(&http_config));
         }
         // One loop answers DHCP and the web service: every SO_REUSEPORT socket would see each
         // broadcast, and the web service is light.

@@ -239,3 +239,47 @@ fn slowloris_is_dropped_while_others_are_served() {
         }
     }
 }
+
+#[test]
+fn https_serves_files_and_scripts_that_stay_on_https() {
+    let root = tempfile::tempdir().expect("tmp");
+    let data = pattern_file(&root.path().join("sources/boot.wim"), 3 * 1024 * 1024 + 5, 23);
+    let (cert, key) = (root.path().join("cert.pem"), root.path().join("key.pem"));
+    let (ok, log) = run(
+        Command::new(require("openssl"))
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=zpxe-test"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{log}");
+    let port = crate::common::free_tcp_port();
+    let config = root.path().join("zpxe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nport = {port}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let server = Server::start(root.path(), &["--config", &config]);
+    let base = format!("https://127.0.0.1:{port}");
+    let full = curl_bytes(&["-k", &format!("{base}/sources/boot.wim")]);
+    assert_eq!(Sha256::digest(&full), Sha256::digest(&data));
+    assert_eq!(curl_bytes(&["-k", "-r", "1000-2999", &format!("{base}/sources/boot.wim")]), data[1000..3000]);
+    let script = String::from_utf8(curl_bytes(&["-k", &format!("{base}/boot.ipxe?mac=52:54:00:00:00:01")]))
+        .expect("utf8");
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    // Plain HTTP still works beside it.
+    let plain = curl_bytes(&["-r", "0-9", &format!("http://{}/sources/boot.wim", server.http)]);
+    assert_eq!(plain, data[..10]);
+    // A client speaking plain HTTP to the TLS port gets no file.
+    let (ok, _) = curl(&[&format!("http://127.0.0.1:{port}/sources/boot.wim"), "-o", "/dev/null"]);
+    assert!(!ok);
+}
