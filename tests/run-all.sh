@@ -13,6 +13,13 @@ packages=(
   iproute2        # network namespaces, veth, tc netem (tests/*_netns.rs)
   chromium        # renders the loadgen HTML report (loadgen tests)
   gcc-mingw-w64-x86-64  # links Windows test builds
+  qemu-system-x86 # real firmware under qemu (tests/integration/firmware.rs)
+  ipxe-qemu       # iPXE option ROMs pxe-virtio.rom, efi-virtio.rom (firmware.rs)
+  ovmf            # OVMF_CODE_4M.fd / OVMF_VARS_4M.fd, EDK2's UEFI PXE (firmware.rs)
+  ipxe            # undionly.kpxe, ipxe.efi, snponly.efi served by zpxe (firmware.rs)
+  dnsmasq-base    # plain DHCP server and router advertisements beside zpxe (firmware.rs)
+  tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
+  python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
 )
 missing=()
 for p in "${packages[@]}"; do

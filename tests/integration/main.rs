@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod common;
+mod firmware;
 mod http;
 mod netns;
 mod tftp;
