@@ -647,7 +647,7 @@ fn printable(s: &str) -> String {
             '\x1b' => {
                 if chars.peek() == Some(&'[') {
                     chars.next();
-                    while let Some(n) = chars.next() {
+                    for n in chars.by_ref() {
                         if n.is_ascii_alphabetic() {
                             break;
                         }
