@@ -10,8 +10,10 @@
 //! payload's size as iPXE reports it, and zpxe's log showing every step in order. A failure
 //! prints the serial log, zpxe's log, the other daemons' logs and a packet summary.
 //!
-//! ARM64 (AAVMF, arch 11) is not here: Debian 12's `ipxe` package (1.0.0+git-20190125) ships
-//! x86 loaders only, so there is no ARM64 iPXE to serve.
+//! ARM64 (AAVMF, arch 11) cannot reach the marker: Debian 12's `ipxe` package
+//! (1.0.0+git-20190125) ships x86 loaders only, so there is no ARM64 iPXE to serve. Its test
+//! goes as far as real firmware can: AAVMF's PXE gets zpxe's arch-11 offer and asks for the
+//! ARM64 loader over TFTP, which zpxe refuses as missing.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,8 @@ enum Firmware {
     OvmfEdk2Pxe,
     /// OVMF with Debian's efi-virtio.rom (iPXE's EFI driver as the NIC's option ROM).
     OvmfIpxeRom,
+    /// qemu-system-aarch64 `virt` with AAVMF: EDK2's own PXE on ARM64.
+    Aavmf,
 }
 
 /// Fails the test when a file a package provides is missing.
@@ -408,27 +412,39 @@ impl Lab {
     }
 
     fn qemu(&self, fw: Firmware, mac: &str, uuid: &str, serial: &Path) -> Command {
-        let qemu = require("qemu-system-x86_64");
         let mut c = Command::new(require("ip"));
-        c.args(["netns", "exec", &self.client_ns])
-            .arg(qemu)
-            .args(["-machine", "q35", "-accel", "tcg", "-m", "256"])
-            .args([
-                "-display",
-                "none",
-                "-nodefaults",
-                "-no-reboot",
-                "-monitor",
-                "none",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args(["-uuid", uuid])
-            .arg("-netdev")
-            .arg(format!(
-                "tap,id=n0,ifname={},script=no,downscript=no",
-                self.tap
-            ));
+        c.args(["netns", "exec", &self.client_ns]);
+        if fw == Firmware::Aavmf {
+            c.arg(require("qemu-system-aarch64")).args([
+                "-machine",
+                "virt",
+                "-cpu",
+                "cortex-a57",
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+            ]);
+        } else {
+            c.arg(require("qemu-system-x86_64"))
+                .args(["-machine", "q35", "-accel", "tcg", "-m", "256"]);
+        }
+        c.args([
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(["-uuid", uuid])
+        .arg("-netdev")
+        .arg(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            self.tap
+        ));
         let nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1");
         match fw {
             Firmware::SeaBiosIpxeRom => {
@@ -443,6 +459,24 @@ impl Lab {
                     // disable-legacy SeaBIOS skips it silently.
                     .arg("-device")
                     .arg(format!("{nic},disable-legacy=on,romfile={}", rom.display()));
+            }
+            Firmware::Aavmf => {
+                let code = require_file("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64");
+                let vars_src = require_file("/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64");
+                let vars = self.dir.path().join("AAVMF_VARS.fd");
+                std::fs::copy(vars_src, &vars).expect("copy AAVMF vars");
+                c.arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                        code.display()
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ))
+                    .arg("-device")
+                    .arg(format!("{nic},romfile="));
             }
             Firmware::OvmfEdk2Pxe | Firmware::OvmfIpxeRom => {
                 let code = require_file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf");
@@ -820,6 +854,69 @@ fn relayed_uefi_client_boots_through_giaddr() {
             &[&http[0], &http[2]],
         ],
     );
+}
+
+/// ARM64 as far as Debian's packages allow (see the module comment): AAVMF's PXE sends
+/// arch 11, zpxe offers the ARM64 loader and the firmware requests it over TFTP. There is no
+/// ARM64 iPXE in Debian 12 to serve, so this scenario stops at zpxe's "file not found".
+#[test]
+fn arm64_aavmf_pxe_gets_the_arm64_loader_offer() {
+    let mut lab = Lab::new("arm64", false);
+    let mut server = lab.start_zpxe();
+    let mac = "52:54:00:90:00:0b";
+    let serial = lab.serial_path();
+    let log = lab.dir.path().join("qemu.log");
+    let start = Instant::now();
+    let mut vm = Proc::spawn(
+        "qemu-system-aarch64",
+        lab.qemu(
+            Firmware::Aavmf,
+            mac,
+            "a1b2c3d4-000b-4000-8000-00000000000b",
+            &serial,
+        ),
+        log,
+    );
+    let want: &[&[&str]] = &[
+        &[
+            "proxyDHCP offer",
+            &format!("mac={mac}"),
+            "arch=\"11\"",
+            "ipxe=false",
+            "boot_file=\"ipxe-arm64.efi\"",
+        ],
+        &[
+            "TFTP request refused",
+            "file=\"ipxe-arm64.efi\"",
+            "not found",
+        ],
+    ];
+    let result = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let lines = server.drain_log().to_vec();
+        if steps_in_order(&lines, want).is_ok() {
+            break Ok(start.elapsed());
+        }
+        if let Ok(Some(status)) = vm.child.try_wait() {
+            break Err(format!(
+                "qemu-system-aarch64 exited ({status}):\n{}",
+                vm.log_text()
+            ));
+        }
+        if start.elapsed() > BOOT_LIMIT {
+            break Err(format!(
+                "AAVMF: zpxe's log lacks {want:?} within {BOOT_LIMIT:?}"
+            ));
+        }
+    };
+    vm.stop();
+    match result {
+        Ok(took) => eprintln!(
+            "firmware Aavmf: arch-11 offer and TFTP request after {:.1}s",
+            took.as_secs_f64()
+        ),
+        Err(why) => panic!("{why}{}", lab.report(&mut server)),
+    }
 }
 
 /// Proves the scenarios can fail: zpxe stopped right after its first offer, the boot must
