@@ -861,7 +861,7 @@ fn relayed_uefi_client_boots_through_giaddr() {
 /// ARM64 iPXE in Debian 12 to serve, so this scenario stops at zpxe's "file not found".
 #[test]
 fn arm64_aavmf_pxe_gets_the_arm64_loader_offer() {
-    let mut lab = Lab::new("arm64", false);
+    let lab = Lab::new("arm64", false);
     let mut server = lab.start_zpxe();
     let mac = "52:54:00:90:00:0b";
     let serial = lab.serial_path();
