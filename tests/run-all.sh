@@ -14,6 +14,15 @@ packages=(
   nftables        # loss, duplication and reordering between namespaces (no netem in this kernel)
   chromium        # renders the loadgen HTML report (loadgen tests)
   gcc-mingw-w64-x86-64  # links Windows test builds
+  qemu-system-x86 # real firmware under qemu (tests/integration/firmware.rs)
+  ipxe-qemu       # iPXE option ROMs pxe-virtio.rom, efi-virtio.rom (firmware.rs)
+  qemu-system-arm # qemu-system-aarch64 for the ARM64 scenario (firmware.rs)
+  qemu-efi-aarch64  # AAVMF_CODE.fd / AAVMF_VARS.fd, EDK2 for ARM64 (firmware.rs)
+  ovmf            # OVMF_CODE_4M.fd / OVMF_VARS_4M.fd, EDK2's UEFI PXE (firmware.rs)
+  ipxe            # undionly.kpxe, ipxe.efi, snponly.efi served by zpxe (firmware.rs)
+  dnsmasq-base    # plain DHCP server and router advertisements beside zpxe (firmware.rs)
+  tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
+  python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -68,10 +68,40 @@ impl Server {
     /// Starts zpxe inside network namespace `ns` on the standard ports, listening on `ip`
     /// (or on every address when `ip` is 0.0.0.0).
     pub fn start_in_ns(ns: &str, ip: &str, root: &Path, extra: &[&str]) -> Server {
-        Self::launch(Some(ns), ip, [69, 67, 4011, 8050, 8051], root, extra)
+        Self::start_in_ns_logging(ns, ip, root, extra, "info")
+    }
+
+    /// Like [`Server::start_in_ns`], with `RUST_LOG` set to `filter` (e.g.
+    /// `info,zpxe::serve::http=debug` to log every HTTP request).
+    pub fn start_in_ns_logging(
+        ns: &str,
+        ip: &str,
+        root: &Path,
+        extra: &[&str],
+        filter: &str,
+    ) -> Server {
+        Self::launch_logging(
+            Some(ns),
+            ip,
+            [69, 67, 4011, 8050, 8051],
+            root,
+            extra,
+            filter,
+        )
     }
 
     fn launch(ns: Option<&str>, ip: &str, ports: [u16; 5], root: &Path, extra: &[&str]) -> Server {
+        Self::launch_logging(ns, ip, ports, root, extra, "info")
+    }
+
+    fn launch_logging(
+        ns: Option<&str>,
+        ip: &str,
+        ports: [u16; 5],
+        root: &Path,
+        extra: &[&str],
+        filter: &str,
+    ) -> Server {
         let [tftp, dhcp, pxe, http, web] = ports;
         let mut cmd = match ns {
             Some(ns) => {
@@ -91,7 +121,7 @@ impl Server {
             .args(["--dhcp-port", &dhcp.to_string()])
             .args(["--pxe-port", &pxe.to_string()])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -176,6 +206,14 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the server now (by its PID), keeping the log written so far.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.drain_log();
     }
 
     /// Whether the process is still running.

@@ -5,6 +5,7 @@
 
 mod common;
 mod dhcp_netns;
+mod firmware;
 mod http;
 mod loadgen;
 mod netns;

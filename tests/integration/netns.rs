@@ -10,7 +10,8 @@ use crate::common::require;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`; panics with its error output when it fails.
+pub fn ip(args: &[&str]) {
     let out = Command::new(require("ip")).args(args).output().expect("ip");
     assert!(
         out.status.success(),
