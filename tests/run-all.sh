@@ -23,6 +23,7 @@ packages=(
   dnsmasq-base    # plain DHCP server and router advertisements beside zpxe (firmware.rs)
   tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
   python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
+  openssl         # a throwaway certificate for the HTTPS test (http.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -64,8 +64,7 @@ impl Handler for BootSite {
 fn plain_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
-        && h
-            .bytes()
+        && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
@@ -189,7 +188,7 @@ async fn serve_connection(
                     ..
                 } => {
                     Metrics::add(&metrics.http_requests_total, 1);
-                    tracing::debug!(%peer, ?method, path, status = status.0, bytes, "HTTP");
+                    tracing::info!(%peer, ?method, path, status = status.0, bytes, "HTTP request");
                 }
                 HttpEvent::TimedOut { reading_head } => {
                     tracing::info!(%peer, reading_head, "HTTP connection timed out");

@@ -272,9 +272,20 @@ fn setup(
                     https: true,
                     ..site.clone()
                 };
-                https::start(&ctx, server, site, Arc::clone(&http_config), Arc::clone(tls));
+                https::start(
+                    &ctx,
+                    server,
+                    site,
+                    Arc::clone(&http_config),
+                    Arc::clone(tls),
+                );
             }
-            http::start(&ctx, server, http::Site::Boot(site), Arc::clone(&http_config));
+            http::start(
+                &ctx,
+                server,
+                http::Site::Boot(site),
+                Arc::clone(&http_config),
+            );
         }
         // One loop answers DHCP and the web service: every SO_REUSEPORT socket would see each
         // broadcast, and the web service is light.

@@ -243,11 +243,22 @@ fn slowloris_is_dropped_while_others_are_served() {
 #[test]
 fn https_serves_files_and_scripts_that_stay_on_https() {
     let root = tempfile::tempdir().expect("tmp");
-    let data = pattern_file(&root.path().join("sources/boot.wim"), 3 * 1024 * 1024 + 5, 23);
+    let data = pattern_file(
+        &root.path().join("sources/boot.wim"),
+        3 * 1024 * 1024 + 5,
+        23,
+    );
     let (cert, key) = (root.path().join("cert.pem"), root.path().join("key.pem"));
     let (ok, log) = run(
         Command::new(require("openssl"))
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
             .args(["-nodes", "-days", "2", "-subj", "/CN=zpxe-test"])
             .arg("-keyout")
             .arg(&key)
@@ -272,14 +283,28 @@ fn https_serves_files_and_scripts_that_stay_on_https() {
     let base = format!("https://127.0.0.1:{port}");
     let full = curl_bytes(&["-k", &format!("{base}/sources/boot.wim")]);
     assert_eq!(Sha256::digest(&full), Sha256::digest(&data));
-    assert_eq!(curl_bytes(&["-k", "-r", "1000-2999", &format!("{base}/sources/boot.wim")]), data[1000..3000]);
-    let script = String::from_utf8(curl_bytes(&["-k", &format!("{base}/boot.ipxe?mac=52:54:00:00:00:01")]))
-        .expect("utf8");
+    assert_eq!(
+        curl_bytes(&["-k", "-r", "1000-2999", &format!("{base}/sources/boot.wim")]),
+        data[1000..3000]
+    );
+    let script = String::from_utf8(curl_bytes(&[
+        "-k",
+        &format!("{base}/boot.ipxe?mac=52:54:00:00:00:01"),
+    ]))
+    .expect("utf8");
     assert!(script.starts_with("#!ipxe"), "{script}");
     // Plain HTTP still works beside it.
-    let plain = curl_bytes(&["-r", "0-9", &format!("http://{}/sources/boot.wim", server.http)]);
+    let plain = curl_bytes(&[
+        "-r",
+        "0-9",
+        &format!("http://{}/sources/boot.wim", server.http),
+    ]);
     assert_eq!(plain, data[..10]);
     // A client speaking plain HTTP to the TLS port gets no file.
-    let (ok, _) = curl(&[&format!("http://127.0.0.1:{port}/sources/boot.wim"), "-o", "/dev/null"]);
+    let (ok, _) = curl(&[
+        &format!("http://127.0.0.1:{port}/sources/boot.wim"),
+        "-o",
+        "/dev/null",
+    ]);
     assert!(!ok);
 }

@@ -278,7 +278,16 @@ impl ProxyDhcp {
             hops: 0,
             xid: request.xid,
             secs: 0,
-            broadcast: request.broadcast,
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
+            //# If the BROADCAST bit is set, the relay agent broadcasts the reply to the
+            //# client; otherwise it unicasts to 'yiaddr'.
+            // A proxy offer has no 'yiaddr': unless the client already has an address, a relayed
+            // reply must ask for a broadcast or the relay sends it to 0.0.0.0 (seen with
+            // dnsmasq's relay and iPXE, which does not set the flag itself).
+            broadcast: request.broadcast
+                || (port == DhcpPort::Dhcp
+                    && !request.giaddr.is_unspecified()
+                    && request.ciaddr.is_unspecified()),
             ciaddr: request.ciaddr,
             yiaddr: Ipv4Addr::UNSPECIFIED,
             siaddr: target.next_server,
@@ -648,6 +657,10 @@ mod tests {
         );
         assert_eq!(reply.giaddr, Ipv4Addr::new(10, 20, 0, 1));
         assert_eq!(reply.hops, 0);
+        assert!(
+            reply.broadcast,
+            "a relayed proxy offer asks the relay to broadcast: there is no yiaddr to unicast to"
+        );
         assert!(matches!(
             event,
             DhcpEvent::Offered { relay: Some(ip), .. } if ip == Ipv4Addr::new(10, 20, 0, 1)
