@@ -556,6 +556,17 @@ impl TftpServer {
     /// Ends a transfer the platform cannot serve (no port, image gone): tells the client with
     /// an ERROR when it can, then ends it.
     pub fn abort_transfer(&mut self, id: TransferId, reason: &str, images: &mut dyn ImageCatalog) {
+        self.end_with_error(id, reason, TransferOutcome::Aborted(reason.to_owned()), images);
+    }
+
+    /// Sends the transfer's client an ERROR 0 from the transfer's socket, then ends it.
+    fn end_with_error(
+        &mut self,
+        id: TransferId,
+        message: &str,
+        outcome: TransferOutcome,
+        images: &mut dyn ImageCatalog,
+    ) {
         let Some(t) = self.transfers.get(&id) else {
             return;
         };
@@ -569,8 +580,8 @@ impl TftpServer {
         } else {
             Local::Transfer(id)
         };
-        self.reply_error(local, &meta, ErrorCode::NotDefined, reason);
-        self.end(id, TransferOutcome::Aborted(reason.to_owned()), images);
+        self.reply_error(local, &meta, ErrorCode::NotDefined, message);
+        self.end(id, outcome, images);
     }
 
     fn end(&mut self, id: TransferId, outcome: TransferOutcome, images: &mut dyn ImageCatalog) {
@@ -612,7 +623,8 @@ impl TftpServer {
                 let outcome = TransferOutcome::TimedOut {
                     retransmits: t.retransmits,
                 };
-                self.abort_quietly(id, outcome, images);
+                // The client went silent: tell it, if it still listens, and end.
+                self.end_with_error(id, "timed out", outcome, images);
                 continue;
             }
             t.tries += 1;
@@ -625,29 +637,6 @@ impl TftpServer {
             t.retransmits += resend.max(1);
             self.enqueue(id);
         }
-    }
-
-    /// A transfer whose client went silent: tell it, if it still listens, and end.
-    fn abort_quietly(
-        &mut self,
-        id: TransferId,
-        outcome: TransferOutcome,
-        images: &mut dyn ImageCatalog,
-    ) {
-        if let Some(t) = self.transfers.get(&id) {
-            let meta = DatagramMeta {
-                remote: t.remote,
-                local_ip: t.local_ip,
-                ifindex: t.ifindex,
-            };
-            let local = if self.config.single_port {
-                Local::Listener
-            } else {
-                Local::Transfer(id)
-            };
-            self.reply_error(local, &meta, ErrorCode::NotDefined, "timed out");
-        }
-        self.end(id, outcome, images);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
