@@ -6,11 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Either, select};
 use zpxe_engine::dhcp::{BootAnswer, ClientUuid, DhcpClient, DhcpClientConfig, MacAddr};
 use zpxe_engine::http::{ClientEvent, HttpClient};
 use zpxe_engine::tftp::{ClientConfig as TftpClientConfig, TftpClient};
 use zpxe_engine::{Payload, Transmit};
-use zpxe_platform::runtime::timeout;
+use zpxe_platform::runtime::{sleep, timeout};
 use zpxe_platform::tcp::TcpConn;
 use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
 
@@ -407,11 +408,15 @@ async fn tftp_once(
     let mut check = Check::new();
     let mut buf = vec![0u8; 2048];
     let mut rbuf = Vec::with_capacity(65_536);
+    // One timer, re-armed only when it fires: every datagram moves the machine's deadline, and
+    // arming a timer per datagram would cost more than the datagram.
+    let mut timer = Box::pin(sleep(
+        m.poll_timeout().map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(Instant::now())
+        }),
+    ));
     loop {
         let now = Instant::now();
-        if m.poll_timeout().is_some_and(|t| t <= now) {
-            m.handle_timeout(now);
-        }
         while let Some(t) = m.poll_transmit(now, &mut buf) {
             send_bytes(&socket, &t, &buf).await;
         }
@@ -421,20 +426,28 @@ async fn tftp_once(
                 .map(|_| (check, stats.retransmits))
                 .map_err(|e| e.to_string());
         }
-        let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        match timeout(wait, socket.recv(rbuf)).await {
-            Some((Ok(r), b)) => {
-                if let Some(d) = m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len])
+        let recv = std::pin::pin!(socket.recv(rbuf));
+        match select(recv, timer.as_mut()).await {
+            Either::Left(((res, b), _)) => {
+                if let Ok(r) = res
+                    && let Some(d) = m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len])
                     && let Some(bytes) = b.get(d.range.clone())
                 {
                     check.update(d.offset, bytes);
                 }
                 rbuf = b;
             }
-            Some((Err(_), b)) => rbuf = b,
-            None => rbuf = Vec::with_capacity(65_536),
+            Either::Right(((), _)) => {
+                rbuf = Vec::with_capacity(65_536);
+                let now = Instant::now();
+                if m.poll_timeout().is_some_and(|t| t <= now) {
+                    m.handle_timeout(now);
+                }
+                let next = m
+                    .poll_timeout()
+                    .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+                timer = Box::pin(sleep(next));
+            }
         }
     }
 }

@@ -87,6 +87,10 @@ impl Notify {
     /// Waits for a `notify` or until `deadline`, whichever comes first.
     pub async fn notified_until(&self, deadline: Option<std::time::Instant>) {
         use futures_util::future::{Either, select};
+        // Work already came in: no timer to arm (the common case under load).
+        if self.pending.replace(false) {
+            return;
+        }
         let Some(deadline) = deadline else {
             return self.notified().await;
         };

@@ -217,7 +217,7 @@ impl UdpEndpoint {
         let headers = Rc::new(headers);
         let mut sent = 0;
         while sent < run.count {
-            let res = if per_call > 1 {
+            let res = if per_call > 1 && run.count - sent > 1 {
                 let n = per_call.min(run.count - sent);
                 let batch = Batch::new(&headers, image, run, sent, n);
                 self.send_gso(route, batch, seg_len as u16).await.map(|_| n)

@@ -556,7 +556,12 @@ impl TftpServer {
     /// Ends a transfer the platform cannot serve (no port, image gone): tells the client with
     /// an ERROR when it can, then ends it.
     pub fn abort_transfer(&mut self, id: TransferId, reason: &str, images: &mut dyn ImageCatalog) {
-        self.end_with_error(id, reason, TransferOutcome::Aborted(reason.to_owned()), images);
+        self.end_with_error(
+            id,
+            reason,
+            TransferOutcome::Aborted(reason.to_owned()),
+            images,
+        );
     }
 
     /// Sends the transfer's client an ERROR 0 from the transfer's socket, then ends it.
