@@ -108,8 +108,11 @@ pub fn udp_windows(root: &Path, name: &str, gso: bool) -> io::Result<Measured> {
             res.map_err(io::Error::other)?;
             block += count;
             // Wait for the window's ACK; a lost datagram costs one short timeout, not the run.
-            if let Some((res, back)) =
-                timeout(Duration::from_millis(50), sender.recv(std::mem::take(&mut ack))).await
+            if let Some((res, back)) = timeout(
+                Duration::from_millis(50),
+                sender.recv(std::mem::take(&mut ack)),
+            )
+            .await
             {
                 ack = back;
                 res?;
@@ -148,7 +151,12 @@ fn count_windows(socket: UdpSocket, sender: SocketAddr, blocks: usize) -> io::Re
                     socket.send_to(&[0, 4, 0, 0], sender)?;
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 idle += 1;
                 in_window = 0;
                 socket.send_to(&[0, 4, 0, 0], sender)?;

@@ -30,7 +30,11 @@ pub struct CompareArgs {
     #[arg(long, value_name = "PATH")]
     pub atftpd: Option<PathBuf>,
     /// Sections to run (comma-separated): ceiling, tftp, storm, http, dhcp, boot.
-    #[arg(long, value_delimiter = ',', default_value = "ceiling,tftp,storm,http,dhcp,boot")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ceiling,tftp,storm,http,dhcp,boot"
+    )]
     pub sections: Vec<String>,
     /// Directory of zpxe and zpxe-loadgen (default: beside this binary).
     #[arg(long, value_name = "DIR")]
@@ -88,9 +92,11 @@ impl Table {
         s: Sample,
         usage: Option<(f64, u64, u64)>,
     ) {
-        let i = match self.rows.iter().position(|r| {
-            r.workload == workload && r.client == client && r.server == server
-        }) {
+        let i = match self
+            .rows
+            .iter()
+            .position(|r| r.workload == workload && r.client == client && r.server == server)
+        {
             Some(i) => i,
             None => {
                 self.rows.push(Row {
@@ -168,7 +174,10 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// Runs `f` while watching `pid`: returns its sample and (CPU s, peak RssAnon KiB, VmHWM KiB).
-fn watched(pid: u32, f: impl FnOnce() -> anyhow::Result<Sample>) -> (Sample, Option<(f64, u64, u64)>) {
+fn watched(
+    pid: u32,
+    f: impl FnOnce() -> anyhow::Result<Sample>,
+) -> (Sample, Option<(f64, u64, u64)>) {
     let cpu0 = procstat::cpu_seconds(pid);
     let sampler = procstat::PeakSampler::start(pid);
     let sample = f().unwrap_or_else(|e| Sample {
@@ -204,13 +213,20 @@ const STORM_FILES: [(&str, u64); 8] = [
 ];
 
 fn make_root(root: &Path) -> anyhow::Result<()> {
-    let mut files: Vec<(&str, u64)> = vec![(TFTP_BIG, 64 << 20), (TFTP_SMALL, 1 << 20), (HTTP_BIG, 256 << 20)];
+    let mut files: Vec<(&str, u64)> = vec![
+        (TFTP_BIG, 64 << 20),
+        (TFTP_SMALL, 1 << 20),
+        (HTTP_BIG, 256 << 20),
+    ];
     files.extend(STORM_FILES);
     for (i, (name, size)) in files.into_iter().enumerate() {
         ceiling::write_pattern_file(&root.join(name), size, 0x9e37_79b9 + i as u64)?;
     }
     // Peers run as nobody / tftp: everything world-readable.
-    Command::new("chmod").args(["-R", "a+rX"]).arg(root).status()?;
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(root)
+        .status()?;
     let mut dir = root.to_path_buf();
     while let Some(parent) = dir.parent() {
         if parent.as_os_str().is_empty() || parent == Path::new("/") {
@@ -224,7 +240,12 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_loadgen(env: &Env, args: &[String], tag: &str, limit: u64) -> anyhow::Result<serde_json::Value> {
+fn run_loadgen(
+    env: &Env,
+    args: &[String],
+    tag: &str,
+    limit: u64,
+) -> anyhow::Result<serde_json::Value> {
     let json = env.work.join(format!("loadgen-{tag}.json"));
     let _ = fs::remove_file(&json);
     let out = Command::new(&env.loadgen)
@@ -254,7 +275,8 @@ fn phase(report: &serde_json::Value, name: &str, key: &str) -> f64 {
 }
 
 fn failures_of(report: &serde_json::Value) -> (u64, Option<String>) {
-    let failed = report["failed"].as_u64().unwrap_or(0) + report["byte_errors"].as_u64().unwrap_or(0);
+    let failed =
+        report["failed"].as_u64().unwrap_or(0) + report["byte_errors"].as_u64().unwrap_or(0);
     let note = report["failures"]
         .as_array()
         .and_then(|a| a.first())
@@ -291,13 +313,30 @@ fn atftp_get(env: &Env, port: u16, file: &str, ws: u16) -> anyhow::Result<Sample
     })
 }
 
-fn loadgen_tftp(env: &Env, port: u16, file: &str, clients: usize, profile: &str, opts: Option<u16>) -> anyhow::Result<Sample> {
+fn loadgen_tftp(
+    env: &Env,
+    port: u16,
+    file: &str,
+    clients: usize,
+    profile: &str,
+    opts: Option<u16>,
+) -> anyhow::Result<Sample> {
     let mut args: Vec<String> = ["--only", "tftp", "--file", file, "--profile", profile]
         .map(String::from)
         .to_vec();
-    args.extend(["--tftp-port".into(), port.to_string(), "--clients".into(), clients.to_string()]);
+    args.extend([
+        "--tftp-port".into(),
+        port.to_string(),
+        "--clients".into(),
+        clients.to_string(),
+    ]);
     if let Some(ws) = opts {
-        args.extend(["--tftp-blksize".into(), "1468".into(), "--tftp-windowsize".into(), ws.to_string()]);
+        args.extend([
+            "--tftp-blksize".into(),
+            "1468".into(),
+            "--tftp-windowsize".into(),
+            ws.to_string(),
+        ]);
     }
     let r = run_loadgen(env, &args, "tftp", 120)?;
     let (failures, note) = failures_of(&r);
@@ -308,14 +347,20 @@ fn loadgen_tftp(env: &Env, port: u16, file: &str, clients: usize, profile: &str,
         r["bytes"].as_f64().unwrap_or(0.0) / MIB / r["wall_s"].as_f64().unwrap_or(f64::NAN)
     };
     Ok(Sample {
-        value: if failures > 0 && clients == 1 { f64::NAN } else { value },
+        value: if failures > 0 && clients == 1 {
+            f64::NAN
+        } else {
+            value
+        },
         failures,
         note,
     })
 }
 
 fn wrk(env: &Env, port: u16, ranges: bool, secs: u64) -> anyhow::Result<Sample> {
-    let script = env.work.join(if ranges { "ranges.lua" } else { "full.lua" });
+    let script = env
+        .work
+        .join(if ranges { "ranges.lua" } else { "full.lua" });
     let mut lua = String::new();
     if ranges {
         let _ = writeln!(
@@ -332,7 +377,14 @@ fn wrk(env: &Env, port: u16, ranges: bool, secs: u64) -> anyhow::Result<Sample> 
     );
     fs::write(&script, lua)?;
     let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{secs}s"), "--timeout", "30s", "-s"])
+        .args([
+            "-t2",
+            "-c64",
+            &format!("-d{secs}s"),
+            "--timeout",
+            "30s",
+            "-s",
+        ])
         .arg(&script)
         .arg(format!("http://127.0.0.1:{port}/{HTTP_BIG}"))
         .stdin(Stdio::null())
@@ -342,18 +394,31 @@ fn wrk(env: &Env, port: u16, ranges: bool, secs: u64) -> anyhow::Result<Sample> 
         .lines()
         .find_map(|l| l.strip_prefix("ZPXE "))
         .with_context(|| format!("wrk printed no summary: {}", text.trim()))?;
-    let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let [bytes, dur_us, requests, errors, status, p99_us] = f[..] else {
         bail!("wrk summary {line:?}");
     };
     Ok(Sample {
         value: bytes / MIB / (dur_us / 1e6),
         failures: (errors + status) as u64,
-        note: ranges.then(|| format!("{:.0} req/s, p99 {:.1} ms", requests / (dur_us / 1e6), p99_us / 1000.0)),
+        note: ranges.then(|| {
+            format!(
+                "{:.0} req/s, p99 {:.1} ms",
+                requests / (dur_us / 1e6),
+                p99_us / 1000.0
+            )
+        }),
     })
 }
 
-fn boot_storm(env: &Env, zpxe: &Server, clients: usize) -> anyhow::Result<(Sample, Sample, Sample)> {
+fn boot_storm(
+    env: &Env,
+    zpxe: &Server,
+    clients: usize,
+) -> anyhow::Result<(Sample, Sample, Sample)> {
     let port = |p: Option<u16>| p.unwrap_or(0).to_string();
     let args: Vec<String> = vec![
         "--dhcp-port".into(),
@@ -374,8 +439,16 @@ fn boot_storm(env: &Env, zpxe: &Server, clients: usize) -> anyhow::Result<(Sampl
     let p50 = phase(&r, "total", "p50_ms") / 1000.0;
     let p99 = phase(&r, "total", "p99_ms") / 1000.0;
     Ok((
-        Sample { value: p50, failures, note: note.clone() },
-        Sample { value: p99, failures: 0, note: None },
+        Sample {
+            value: p50,
+            failures,
+            note: note.clone(),
+        },
+        Sample {
+            value: p99,
+            failures: 0,
+            note: None,
+        },
         Sample {
             value: r["mib_per_s"].as_f64().unwrap_or(f64::NAN),
             failures: 0,
@@ -425,65 +498,128 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut http_servers: Vec<Server> = Vec::new();
     let mut dhcp_servers: Vec<Server> = Vec::new();
     let zpxe = servers::start_zpxe(&zpxe_bin, &root, &work)?;
-    let start = |name: &str, r: anyhow::Result<Server>, into: &mut Vec<Server>, skipped: &mut Vec<String>| match r {
+    let start = |name: &str,
+                 r: anyhow::Result<Server>,
+                 into: &mut Vec<Server>,
+                 skipped: &mut Vec<String>| match r {
         Ok(s) => into.push(s),
         Err(e) => skipped.push(format!("{name}: {e:#}")),
     };
     let tftp_wanted = want("tftp") || want("storm");
     if tftp_wanted {
         match servers::find_atftpd(args.atftpd.as_deref()) {
-            Some(b) => start("atftpd", servers::start_atftpd(&b, &root, &work, 1000), &mut tftp_servers, &mut table.skipped),
+            Some(b) => start(
+                "atftpd",
+                servers::start_atftpd(&b, &root, &work, 1000),
+                &mut tftp_servers,
+                &mut table.skipped,
+            ),
             None => table.skipped.push(
-                "atftpd: not found (see bench/README.md: apt-get download atftpd && dpkg -x ...)".into(),
+                "atftpd: not found (see bench/README.md: apt-get download atftpd && dpkg -x ...)"
+                    .into(),
             ),
         }
         match servers::which(&["in.tftpd"]) {
-            Some(b) => start("tftpd-hpa", servers::start_tftpd_hpa(&b, &root, &work), &mut tftp_servers, &mut table.skipped),
-            None => table.skipped.push("tftpd-hpa: in.tftpd not installed".into()),
+            Some(b) => start(
+                "tftpd-hpa",
+                servers::start_tftpd_hpa(&b, &root, &work),
+                &mut tftp_servers,
+                &mut table.skipped,
+            ),
+            None => table
+                .skipped
+                .push("tftpd-hpa: in.tftpd not installed".into()),
         }
     }
     let dnsmasq = servers::which(&["dnsmasq"]);
     if let Some(b) = &dnsmasq {
         if tftp_wanted {
-            start("dnsmasq TFTP", servers::start_dnsmasq_tftp(b, &root, &work, 1000), &mut tftp_servers, &mut table.skipped);
+            start(
+                "dnsmasq TFTP",
+                servers::start_dnsmasq_tftp(b, &root, &work, 1000),
+                &mut tftp_servers,
+                &mut table.skipped,
+            );
         }
         if want("dhcp") {
-            start("dnsmasq proxyDHCP", servers::start_dnsmasq_proxy(b, &work), &mut dhcp_servers, &mut table.skipped);
+            start(
+                "dnsmasq proxyDHCP",
+                servers::start_dnsmasq_proxy(b, &work),
+                &mut dhcp_servers,
+                &mut table.skipped,
+            );
         }
     } else {
         table.skipped.push("dnsmasq: not installed".into());
     }
     if want("http") {
         match servers::which(&["nginx"]) {
-            Some(b) => start("nginx", servers::start_nginx(&b, &root, &work), &mut http_servers, &mut table.skipped),
+            Some(b) => start(
+                "nginx",
+                servers::start_nginx(&b, &root, &work),
+                &mut http_servers,
+                &mut table.skipped,
+            ),
             None => table.skipped.push("nginx: not installed".into()),
         }
     }
     let has_atftp = servers::which(&["atftp"]).is_some();
     let has_wrk = servers::which(&["wrk"]).is_some();
     if !has_atftp {
-        table.skipped.push("atftp client not installed: TFTP single transfers use only zpxe-loadgen".into());
+        table
+            .skipped
+            .push("atftp client not installed: TFTP single transfers use only zpxe-loadgen".into());
     }
     if !has_wrk {
-        table.skipped.push("wrk not installed: HTTP uses zpxe-loadgen, full files only".into());
+        table
+            .skipped
+            .push("wrk not installed: HTTP uses zpxe-loadgen, full files only".into());
     }
     // zpxe is first in every list; peers follow, and the order rotates every round.
     let pid_of = |s: &Server| s.pid();
 
     for round in 0..rounds {
-        eprintln!("compare: round {}/{rounds} ({:.0} s so far)", round + 1, started.elapsed().as_secs_f64());
+        eprintln!(
+            "compare: round {}/{rounds} ({:.0} s so far)",
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
         let order = |n: usize| -> Vec<usize> { (0..n).map(|i| (i + round) % n).collect() };
 
         if want("ceiling") {
             for gso in [true, false] {
                 let r = ceiling::udp_windows(&root, TFTP_BIG, gso);
-                let s = r.map(|m| Sample { value: m.mib_per_s(), ..Sample::default() });
+                let s = r.map(|m| Sample {
+                    value: m.mib_per_s(),
+                    ..Sample::default()
+                });
                 let name = if gso { "UDP GSO" } else { "UDP no GSO" };
-                table.add("ceiling", "raw loopback 64 MiB, windows of 64 x 1468", name, "ceiling", "MiB/s", true, to_sample(s), None);
+                table.add(
+                    "ceiling",
+                    "raw loopback 64 MiB, windows of 64 x 1468",
+                    name,
+                    "ceiling",
+                    "MiB/s",
+                    true,
+                    to_sample(s),
+                    None,
+                );
             }
             let r = ceiling::tcp_stream(&root, HTTP_BIG);
-            let s = r.map(|m| Sample { value: m.mib_per_s(), ..Sample::default() });
-            table.add("ceiling", "raw loopback TCP 256 MiB, one connection", "TcpConn::send_image", "ceiling", "MiB/s", true, to_sample(s), None);
+            let s = r.map(|m| Sample {
+                value: m.mib_per_s(),
+                ..Sample::default()
+            });
+            table.add(
+                "ceiling",
+                "raw loopback TCP 256 MiB, one connection",
+                "TcpConn::send_image",
+                "ceiling",
+                "MiB/s",
+                true,
+                to_sample(s),
+                None,
+            );
         }
 
         let mut all_tftp: Vec<&Server> = vec![&zpxe];
@@ -495,11 +631,25 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                     let s = all_tftp[i];
                     let port = s.tftp_port.unwrap_or(69);
                     if has_atftp {
-                        let (sample, u) = watched(pid_of(s), || atftp_get(&env, port, TFTP_BIG, ws));
-                        table.add("tftp", &workload, "atftp", &s.name, "MiB/s", true, sample, u);
+                        let (sample, u) =
+                            watched(pid_of(s), || atftp_get(&env, port, TFTP_BIG, ws));
+                        table.add(
+                            "tftp", &workload, "atftp", &s.name, "MiB/s", true, sample, u,
+                        );
                     }
-                    let (sample, u) = watched(pid_of(s), || loadgen_tftp(&env, port, TFTP_BIG, 1, "edk2", Some(ws)));
-                    table.add("tftp", &workload, "zpxe-loadgen", &s.name, "MiB/s", true, sample, u);
+                    let (sample, u) = watched(pid_of(s), || {
+                        loadgen_tftp(&env, port, TFTP_BIG, 1, "edk2", Some(ws))
+                    });
+                    table.add(
+                        "tftp",
+                        &workload,
+                        "zpxe-loadgen",
+                        &s.name,
+                        "MiB/s",
+                        true,
+                        sample,
+                        u,
+                    );
                 }
             }
         }
@@ -509,8 +659,19 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 for i in order(all_tftp.len()) {
                     let s = all_tftp[i];
                     let port = s.tftp_port.unwrap_or(69);
-                    let (sample, u) = watched(pid_of(s), || loadgen_tftp(&env, port, TFTP_SMALL, 500, profile, None));
-                    table.add("storm", &workload, "zpxe-loadgen", &s.name, "MiB/s", true, sample, u);
+                    let (sample, u) = watched(pid_of(s), || {
+                        loadgen_tftp(&env, port, TFTP_SMALL, 500, profile, None)
+                    });
+                    table.add(
+                        "storm",
+                        &workload,
+                        "zpxe-loadgen",
+                        &s.name,
+                        "MiB/s",
+                        true,
+                        sample,
+                        u,
+                    );
                 }
             }
         }
@@ -529,19 +690,49 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                     let port = s.http_port.unwrap_or(0);
                     if has_wrk {
                         let (sample, u) = watched(pid_of(s), || wrk(&env, port, ranges, secs));
-                        table.add("http", workload, &format!("wrk ({secs} s)"), &s.name, "MiB/s", true, sample, u);
+                        table.add(
+                            "http",
+                            workload,
+                            &format!("wrk ({secs} s)"),
+                            &s.name,
+                            "MiB/s",
+                            true,
+                            sample,
+                            u,
+                        );
                     } else if !ranges {
-                        let args: Vec<String> = ["--only", "http", "--file", HTTP_BIG, "--clients", "64", "--http-port"]
-                            .map(String::from)
-                            .into_iter()
-                            .chain([port.to_string()])
-                            .collect();
+                        let args: Vec<String> = [
+                            "--only",
+                            "http",
+                            "--file",
+                            HTTP_BIG,
+                            "--clients",
+                            "64",
+                            "--http-port",
+                        ]
+                        .map(String::from)
+                        .into_iter()
+                        .chain([port.to_string()])
+                        .collect();
                         let (sample, u) = watched(pid_of(s), || {
                             let r = run_loadgen(&env, &args, "http", 180)?;
                             let (failures, note) = failures_of(&r);
-                            Ok(Sample { value: r["mib_per_s"].as_f64().unwrap_or(f64::NAN), failures, note })
+                            Ok(Sample {
+                                value: r["mib_per_s"].as_f64().unwrap_or(f64::NAN),
+                                failures,
+                                note,
+                            })
                         });
-                        table.add("http", workload, "zpxe-loadgen", &s.name, "MiB/s", true, sample, u);
+                        table.add(
+                            "http",
+                            workload,
+                            "zpxe-loadgen",
+                            &s.name,
+                            "MiB/s",
+                            true,
+                            sample,
+                            u,
+                        );
                     }
                 }
             }
@@ -566,7 +757,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                         )),
                     })
                 });
-                table.add("dhcp", "proxyDHCP relayed DISCOVER -> offer, 4 relays x 16 outstanding", "dhcp_blast", &s.name, "replies/s", true, sample, u);
+                table.add(
+                    "dhcp",
+                    "proxyDHCP relayed DISCOVER -> offer, 4 relays x 16 outstanding",
+                    "dhcp_blast",
+                    &s.name,
+                    "replies/s",
+                    true,
+                    sample,
+                    u,
+                );
             }
         }
     }
@@ -574,7 +774,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     if want("boot") {
         // One storm per size: a 1,000-client storm is a distribution of its own.
         for clients in [200usize, 1000] {
-            eprintln!("compare: boot storm, {clients} clients ({:.0} s so far)", started.elapsed().as_secs_f64());
+            eprintln!(
+                "compare: boot storm, {clients} clients ({:.0} s so far)",
+                started.elapsed().as_secs_f64()
+            );
             let workload = format!("full boot storm, {clients} clients, mix");
             let (r, u) = {
                 let mut out = None;
@@ -586,10 +789,37 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 (Some((first, out)), u)
             };
             if let Some((p50, rest)) = r {
-                table.add("boot", &workload, "p50 time-to-booted", "zpxe", "s", false, p50, u);
+                table.add(
+                    "boot",
+                    &workload,
+                    "p50 time-to-booted",
+                    "zpxe",
+                    "s",
+                    false,
+                    p50,
+                    u,
+                );
                 if let Some((p99, tput)) = rest {
-                    table.add("boot", &workload, "p99 time-to-booted", "zpxe", "s", false, p99, None);
-                    table.add("boot", &workload, "aggregate download", "zpxe", "MiB/s", true, tput, None);
+                    table.add(
+                        "boot",
+                        &workload,
+                        "p99 time-to-booted",
+                        "zpxe",
+                        "s",
+                        false,
+                        p99,
+                        None,
+                    );
+                    table.add(
+                        "boot",
+                        &workload,
+                        "aggregate download",
+                        "zpxe",
+                        "MiB/s",
+                        true,
+                        tput,
+                        None,
+                    );
                 }
             }
         }
@@ -603,7 +833,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
 
     zpxe.stop();
-    for s in tftp_servers.into_iter().chain(http_servers).chain(dhcp_servers) {
+    for s in tftp_servers
+        .into_iter()
+        .chain(http_servers)
+        .chain(dhcp_servers)
+    {
         s.stop();
     }
     table.finish();
@@ -644,7 +878,15 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
             let _ = writeln!(
                 out,
                 "  {:<20} {:<10} {:>12} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}",
-                "client", "server", "median", "unit", "min-max", "cpu s", "anon MiB", "fails", "zpxe/peer"
+                "client",
+                "server",
+                "median",
+                "unit",
+                "min-max",
+                "cpu s",
+                "anon MiB",
+                "fails",
+                "zpxe/peer"
             );
             last = r.workload.clone();
         }
@@ -652,7 +894,9 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
             .samples
             .iter()
             .filter(|x| x.is_finite())
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                (a.min(*x), b.max(*x))
+            });
         let spread = if lo.is_finite() && r.median.abs() > 0.0 {
             format!("{:.0}%", (hi - lo) / r.median * 100.0)
         } else {
@@ -671,7 +915,11 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
             r.peak_anon_mib.map_or("-".into(), |a| format!("{a:.1}")),
             r.failures,
             ratio,
-            if r.notes.is_empty() { String::new() } else { format!("  [{}]", r.notes.join("; ")) }
+            if r.notes.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", r.notes.join("; "))
+            }
         );
     }
     if !table.skipped.is_empty() {

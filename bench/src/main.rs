@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use zpxe_bench::compare;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "zpxe benchmarks against the peers installed on this machine")]
+#[command(
+    version,
+    about = "zpxe benchmarks against the peers installed on this machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

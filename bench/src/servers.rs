@@ -43,7 +43,9 @@ impl Server {
 }
 
 pub fn free_udp() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 pub fn free_tcp() -> anyhow::Result<u16> {
@@ -75,7 +77,11 @@ pub fn find_atftpd(given: Option<&Path>) -> Option<PathBuf> {
     let candidates = [given.map(Path::to_path_buf), env];
     for c in candidates.into_iter().flatten() {
         // A directory is the root of an unpacked .deb.
-        let c = if c.is_dir() { c.join("usr/sbin/atftpd") } else { c };
+        let c = if c.is_dir() {
+            c.join("usr/sbin/atftpd")
+        } else {
+            c
+        };
         if c.is_file() {
             return Some(c);
         }
@@ -125,7 +131,13 @@ fn wait_port(child: &mut Child, port: u16, tcp: bool, log: &Path) -> anyhow::Res
 
 /// zpxe with every service, on free ports, with a menu that boots the storm's WinPE set.
 pub fn start_zpxe(bin: &Path, root: &Path, dir: &Path) -> anyhow::Result<Server> {
-    let (tftp, http, dhcp, pxe, web) = (free_udp()?, free_tcp()?, free_udp()?, free_udp()?, free_tcp()?);
+    let (tftp, http, dhcp, pxe, web) = (
+        free_udp()?,
+        free_tcp()?,
+        free_udp()?,
+        free_udp()?,
+        free_tcp()?,
+    );
     let config = dir.join("zpxe.toml");
     fs::write(
         &config,
@@ -207,17 +219,30 @@ fn tftp_only(name: &str, child: Child, port: u16) -> Server {
 }
 
 /// dnsmasq as a TFTP server (port 69: dnsmasq's TFTP port is fixed).
-pub fn start_dnsmasq_tftp(bin: &Path, root: &Path, dir: &Path, max: usize) -> anyhow::Result<Server> {
+pub fn start_dnsmasq_tftp(
+    bin: &Path,
+    root: &Path,
+    dir: &Path,
+    max: usize,
+) -> anyhow::Result<Server> {
     let log = dir.join("dnsmasq-tftp.log");
     let mut child = spawn(
         Command::new(bin)
-            .args(["-k", "--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
+            .args([
+                "-k",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--bind-interfaces",
+            ])
             .args(["--listen-address=127.0.0.1", "--enable-tftp"])
             .arg(format!("--tftp-root={}", root.display()))
             .arg(format!("--tftp-max={max}"))
             .arg("-x")
             .arg(dir.join("dnsmasq-tftp.pid"))
-            .arg(format!("--log-facility={}", dir.join("dnsmasq-tftp.syslog").display())),
+            .arg(format!(
+                "--log-facility={}",
+                dir.join("dnsmasq-tftp.syslog").display()
+            )),
         &log,
     )?;
     wait_port(&mut child, 69, false, &log).context("dnsmasq TFTP on 127.0.0.1:69")?;
@@ -242,7 +267,11 @@ pub fn start_dnsmasq_proxy(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
     ] {
         let _ = writeln!(conf, "pxe-service={csa},\"boot\",{file},127.0.0.1");
     }
-    let _ = writeln!(conf, "log-facility={}", dir.join("dnsmasq-dhcp.syslog").display());
+    let _ = writeln!(
+        conf,
+        "log-facility={}",
+        dir.join("dnsmasq-dhcp.syslog").display()
+    );
     let path = dir.join("dnsmasq-dhcp.conf");
     fs::write(&path, conf)?;
     let log = dir.join("dnsmasq-dhcp.log");
