@@ -248,9 +248,14 @@ fn dhcp_socket(spec: &ClientSpec, shared: &RunShared) -> Result<UdpEndpoint, Str
             },
         )
     } else {
+        // SO_REUSEPORT: dnsmasq (with bind-interfaces) holds the wildcard address on its DHCP
+        // port with SO_REUSEPORT/SO_REUSEADDR; this lets a relay address share the port.
         (
             SocketAddr::new(IpAddr::V4(spec.ip), port),
-            UdpOptions::default(),
+            UdpOptions {
+                reuse_port: true,
+                ..UdpOptions::default()
+            },
         )
     };
     UdpEndpoint::bind(addr, &options).map_err(|e| format!("bind {addr}: {e}"))

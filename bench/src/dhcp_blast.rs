@@ -1,0 +1,146 @@
+//! ProxyDHCP replies per second: relayed EDK2 DISCOVERs (built by the engine's firmware client)
+//! from a few relay addresses on loopback, a fixed number outstanding per relay, for a fixed
+//! time. The same client for zpxe and dnsmasq: the loadgen's full DHCP client cannot follow
+//! dnsmasq's PXE menu, but every proxy answers a DISCOVER with an offer.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use zpxe_engine::Payload;
+use zpxe_engine::dhcp::{DhcpClient, DhcpClientConfig, MacAddr};
+
+const RELAYS: u8 = 4;
+const OUTSTANDING: usize = 16;
+const POOL: usize = 512;
+
+#[derive(Debug, Clone)]
+pub struct BlastResult {
+    pub replies: u64,
+    pub lost: u64,
+    pub elapsed: Duration,
+    /// Reply latencies in microseconds, sorted.
+    pub latency_us: Vec<u32>,
+}
+
+impl BlastResult {
+    pub fn per_second(&self) -> f64 {
+        self.replies as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latency_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latency_us.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latency_us[i]) / 1000.0
+    }
+}
+
+fn relay_socket(ip: Ipv4Addr, port: u16) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // Shares the port with a proxy bound to the wildcard address (dnsmasq does that).
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, port)).into())?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok(s.into())
+}
+
+/// DISCOVERs with distinct MACs and xids, as relay `relay` would forward them.
+fn pool(relay: Ipv4Addr, server: SocketAddr, salt: u8) -> Vec<(u32, Vec<u8>)> {
+    let now = Instant::now();
+    (0..POOL)
+        .filter_map(|i| {
+            let mut client = DhcpClient::new(
+                now,
+                DhcpClientConfig {
+                    mac: MacAddr([0x52, 0x54, salt, 0, (i >> 8) as u8, i as u8]),
+                    relay: Some(relay),
+                    server,
+                    rng_seed: (u64::from(salt) << 32) | i as u64,
+                    ..DhcpClientConfig::default()
+                },
+            );
+            let mut buf = [0u8; 1500];
+            let t = client.poll_transmit(now, &mut buf)?;
+            let Payload::Bytes { len } = t.payload else {
+                return None;
+            };
+            Some((client.xid(), buf[..len].to_vec()))
+        })
+        .collect()
+}
+
+/// Blasts `server` (its DHCP port) for `duration`.
+pub fn run(server: SocketAddr, duration: Duration) -> anyhow::Result<BlastResult> {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..RELAYS)
+        .map(|k| {
+            let relay = Ipv4Addr::new(127, 2, 0, k + 1);
+            let socket = relay_socket(relay, server.port());
+            thread::spawn(move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
+                let socket = socket?;
+                let requests = pool(relay, server, k);
+                let mut sent_at: Vec<Option<Instant>> = vec![None; requests.len()];
+                let mut next = 0usize;
+                let (mut replies, mut lost) = (0u64, 0u64);
+                let mut latency = Vec::new();
+                let mut send = |slot: &mut Vec<Option<Instant>>, next: &mut usize| {
+                    let i = *next % requests.len();
+                    *next += 1;
+                    if slot[i].is_some() {
+                        lost += 1;
+                    }
+                    slot[i] = Some(Instant::now());
+                    socket.send_to(&requests[i].1, server).map(drop)
+                };
+                for _ in 0..OUTSTANDING {
+                    send(&mut sent_at, &mut next)?;
+                }
+                let mut buf = [0u8; 1500];
+                while started.elapsed() < duration {
+                    match socket.recv(&mut buf) {
+                        Ok(n) if n >= 8 => {
+                            let xid = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                            if let Some(i) = requests.iter().position(|r| r.0 == xid)
+                                && let Some(t) = sent_at[i].take()
+                            {
+                                replies += 1;
+                                latency.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                                send(&mut sent_at, &mut next)?;
+                            }
+                        }
+                        Ok(_) => {}
+                        // Silence: the window was lost; refill it.
+                        Err(_) => {
+                            for _ in 0..OUTSTANDING {
+                                send(&mut sent_at, &mut next)?;
+                            }
+                        }
+                    }
+                }
+                Ok((replies, lost, latency))
+            })
+        })
+        .collect();
+    let mut result = BlastResult {
+        replies: 0,
+        lost: 0,
+        elapsed: Duration::ZERO,
+        latency_us: Vec::new(),
+    };
+    for h in handles {
+        let (r, l, lat) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("blaster thread panicked"))??;
+        result.replies += r;
+        result.lost += l;
+        result.latency_us.extend(lat);
+    }
+    result.elapsed = started.elapsed();
+    result.latency_us.sort_unstable();
+    Ok(result)
+}

@@ -1,0 +1,334 @@
+//! Servers under test: zpxe and the peers found on this machine, each started on loopback with
+//! its own configuration and pid files in the run's temporary directory. Nothing is installed.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running server process.
+#[derive(Debug)]
+pub struct Server {
+    pub name: String,
+    pub child: Child,
+    pub tftp_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub dhcp_port: Option<u16>,
+    pub pxe_port: Option<u16>,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL after a second; by PID only.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+pub fn free_tcp() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The first of `names` on PATH (plus /usr/sbin and /sbin, which a non-root PATH may lack).
+pub fn which(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = path
+        .split(':')
+        .map(PathBuf::from)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .collect();
+    names
+        .iter()
+        .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// atftpd: `--atftpd PATH`, `$ZPXE_BENCH_ATFTPD`, PATH, or the unpacked .deb the README's
+/// command leaves in `~/.cache/zpxe-bench/atftpd`.
+pub fn find_atftpd(given: Option<&Path>) -> Option<PathBuf> {
+    let env = std::env::var_os("ZPXE_BENCH_ATFTPD").map(PathBuf::from);
+    let cache = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/zpxe-bench/atftpd/usr/sbin/atftpd"));
+    let candidates = [given.map(Path::to_path_buf), env];
+    for c in candidates.into_iter().flatten() {
+        // A directory is the root of an unpacked .deb.
+        let c = if c.is_dir() {
+            c.join("usr/sbin/atftpd")
+        } else {
+            c
+        };
+        if c.is_file() {
+            return Some(c);
+        }
+    }
+    which(&["atftpd"]).or(cache.filter(|c| c.is_file()))
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let err = fs::File::create(log)?;
+    let out = err.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))
+}
+
+/// Waits until a UDP or TCP port answers (TCP: accepts; UDP: something is bound to it).
+fn wait_port(child: &mut Child, port: u16, tcp: bool, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "exited at start ({status}): {}",
+                fs::read_to_string(log).unwrap_or_default().trim()
+            );
+        }
+        let up = if tcp {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                Duration::from_millis(100),
+            )
+            .is_ok()
+        } else {
+            // Bound by someone else when we cannot bind it ourselves.
+            UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_err()
+        };
+        if up {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("port {port} never opened");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// zpxe with every service, on free ports, with a menu that boots the storm's WinPE set.
+pub fn start_zpxe(bin: &Path, root: &Path, dir: &Path) -> anyhow::Result<Server> {
+    let (tftp, http, dhcp, pxe, web) = (
+        free_udp()?,
+        free_tcp()?,
+        free_udp()?,
+        free_udp()?,
+        free_tcp()?,
+    );
+    let config = dir.join("zpxe.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nroot = {root:?}\nlisten = [\"127.0.0.1\"]\n\n\
+             [menu]\ntitle = \"bench\"\ntimeout-ms = 1000\ndefault = \"winpe\"\n\n\
+             [[menu.entries]]\nid = \"winpe\"\nlabel = \"WinPE\"\n\
+             kind = {{ type = \"winpe\", wimboot = \"wimboot\", bcd = \"Boot/BCD\", \
+             boot-sdi = \"Boot/boot.sdi\", boot-wim = \"sources/boot.wim\" }}\n",
+        ),
+    )?;
+    let log = dir.join("zpxe.log");
+    let mut child = spawn(
+        Command::new(bin)
+            .env("RUST_LOG", "warn")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--tftp-port", &tftp.to_string()])
+            .args(["--http-port", &http.to_string()])
+            .args(["--dhcp-port", &dhcp.to_string()])
+            .args(["--pxe-port", &pxe.to_string()])
+            .args(["--web-port", &web.to_string()]),
+        &log,
+    )?;
+    wait_port(&mut child, http, true, &log).context("zpxe")?;
+    wait_port(&mut child, tftp, false, &log).context("zpxe")?;
+    Ok(Server {
+        name: "zpxe".into(),
+        child,
+        tftp_port: Some(tftp),
+        http_port: Some(http),
+        dhcp_port: Some(dhcp),
+        pxe_port: Some(pxe),
+    })
+}
+
+pub fn start_tftpd_hpa(bin: &Path, root: &Path, dir: &Path) -> anyhow::Result<Server> {
+    let port = free_udp()?;
+    let log = dir.join("tftpd-hpa.log");
+    let mut child = spawn(
+        Command::new(bin)
+            .args(["-L", "-s"])
+            .arg(root)
+            .args(["-a", &format!("127.0.0.1:{port}")])
+            .args(["-P", &dir.join("tftpd-hpa.pid").to_string_lossy()]),
+        &log,
+    )?;
+    wait_port(&mut child, port, false, &log).context("tftpd-hpa")?;
+    Ok(tftp_only("tftpd-hpa", child, port))
+}
+
+pub fn start_atftpd(bin: &Path, root: &Path, dir: &Path, max: usize) -> anyhow::Result<Server> {
+    let port = free_udp()?;
+    let log = dir.join("atftpd.log");
+    let mut child = spawn(
+        Command::new(bin)
+            .args(["--daemon", "--no-fork", "--bind-address", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--maxthread", &max.to_string()])
+            .args(["--logfile", "/dev/null", "--pidfile"])
+            .arg(dir.join("atftpd.pid"))
+            .arg(root),
+        &log,
+    )?;
+    wait_port(&mut child, port, false, &log).context("atftpd")?;
+    Ok(tftp_only("atftpd", child, port))
+}
+
+fn tftp_only(name: &str, child: Child, port: u16) -> Server {
+    Server {
+        name: name.into(),
+        child,
+        tftp_port: Some(port),
+        http_port: None,
+        dhcp_port: None,
+        pxe_port: None,
+    }
+}
+
+/// dnsmasq as a TFTP server (port 69: dnsmasq's TFTP port is fixed).
+pub fn start_dnsmasq_tftp(
+    bin: &Path,
+    root: &Path,
+    dir: &Path,
+    max: usize,
+) -> anyhow::Result<Server> {
+    let log = dir.join("dnsmasq-tftp.log");
+    let mut child = spawn(
+        Command::new(bin)
+            .args([
+                "-k",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--bind-interfaces",
+            ])
+            .args(["--listen-address=127.0.0.1", "--enable-tftp"])
+            .arg(format!("--tftp-root={}", root.display()))
+            .arg(format!("--tftp-max={max}"))
+            .arg("-x")
+            .arg(dir.join("dnsmasq-tftp.pid"))
+            .arg(format!(
+                "--log-facility={}",
+                dir.join("dnsmasq-tftp.syslog").display()
+            )),
+        &log,
+    )?;
+    wait_port(&mut child, 69, false, &log).context("dnsmasq TFTP on 127.0.0.1:69")?;
+    Ok(tftp_only("dnsmasq", child, 69))
+}
+
+/// dnsmasq in proxyDHCP mode on an alternate DHCP port (relays answered on that port) and
+/// 4011, naming `boot_file` by architecture as a PXE service.
+pub fn start_dnsmasq_proxy(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
+    let dhcp = free_udp()?;
+    let mut conf = String::new();
+    let _ = writeln!(conf, "port=0\nlisten-address=127.0.0.1\nbind-interfaces");
+    let _ = writeln!(conf, "dhcp-range=127.0.0.0,proxy,255.0.0.0");
+    let _ = writeln!(conf, "dhcp-alternate-port={dhcp}");
+    let _ = writeln!(conf, "pxe-prompt=\"zpxe-bench\",0");
+    for (csa, file) in [
+        ("x86PC", "undionly.kpxe"),
+        ("x86-64_EFI", "ipxe.efi"),
+        ("BC_EFI", "ipxe.efi"),
+        ("IA32_EFI", "ipxe.efi"),
+        ("ARM64_EFI", "ipxe-arm64.efi"),
+    ] {
+        let _ = writeln!(conf, "pxe-service={csa},\"boot\",{file},127.0.0.1");
+    }
+    let _ = writeln!(
+        conf,
+        "log-facility={}",
+        dir.join("dnsmasq-dhcp.syslog").display()
+    );
+    let path = dir.join("dnsmasq-dhcp.conf");
+    fs::write(&path, conf)?;
+    let log = dir.join("dnsmasq-dhcp.log");
+    let mut child = spawn(
+        Command::new(bin)
+            .arg("-k")
+            .arg(format!("--conf-file={}", path.display()))
+            .arg("-x")
+            .arg(dir.join("dnsmasq-dhcp.pid")),
+        &log,
+    )?;
+    wait_port(&mut child, dhcp, false, &log).context("dnsmasq proxyDHCP")?;
+    Ok(Server {
+        name: "dnsmasq".into(),
+        child,
+        tftp_port: None,
+        http_port: None,
+        dhcp_port: Some(dhcp),
+        pxe_port: Some(4011),
+    })
+}
+
+/// nginx with sendfile, its own prefix, pid and logs under `dir`.
+pub fn start_nginx(bin: &Path, root: &Path, dir: &Path) -> anyhow::Result<Server> {
+    let port = free_tcp()?;
+    let prefix = dir.join("nginx");
+    fs::create_dir_all(prefix.join("logs"))?;
+    let p = prefix.display();
+    let conf = format!(
+        "worker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  sendfile on; tcp_nopush on; access_log off;\n\
+         default_type application/octet-stream; keepalive_requests 100000;\n\
+         client_body_temp_path {p}/cb; proxy_temp_path {p}/px; fastcgi_temp_path {p}/fc;\n\
+         uwsgi_temp_path {p}/uw; scgi_temp_path {p}/sc;\n\
+         server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
+        root = root.display()
+    );
+    let conf_path = prefix.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let log = dir.join("nginx.log");
+    let mut child = spawn(
+        Command::new(bin)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"]),
+        &log,
+    )?;
+    wait_port(&mut child, port, true, &log).context("nginx")?;
+    Ok(Server {
+        name: "nginx".into(),
+        child,
+        tftp_port: None,
+        http_port: Some(port),
+        dhcp_port: None,
+        pxe_port: None,
+    })
+}
