@@ -88,6 +88,8 @@ enum Phase {
     Requesting {
         offer: BootAnswer,
         boot_server: Ipv4Addr,
+        /// The boot server type asked for: the first item of the offer's PXE menu, or 0.
+        boot_item: u16,
     },
     Done(Result<BootAnswer, DhcpClientError>),
 }
@@ -218,7 +220,12 @@ impl DhcpClient {
                         SocketAddr::V4(server) => *server.ip(),
                         SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
                     });
-                    self.phase = Phase::Requesting { offer, boot_server };
+                    let boot_item = first_menu_item(&reply).unwrap_or(0);
+                    self.phase = Phase::Requesting {
+                        offer,
+                        boot_server,
+                        boot_item,
+                    };
                     self.xid = self.rng.random();
                     self.attempt = 0;
                     self.deadline = later(now, self.config.timeout);
@@ -308,10 +315,15 @@ impl DhcpClient {
     fn request_4011(&self, now: Instant) -> DhcpRepr {
         let mut options = self.base_options(MessageType::Request);
         if !self.config.ipxe {
-            // EDK2 asks for boot item type 0, layer 0 (PXE 2.1 bootstrap).
+            // PXE 2.1: the client asks the boot server for the item it chose from the offer's
+            // menu (servers such as dnsmasq answer only that); with no menu, type 0, layer 0.
+            let server_type = match self.phase {
+                Phase::Requesting { boot_item, .. } => boot_item,
+                _ => 0,
+            };
             let pxe = PxeVendorOptions {
                 boot_item: Some(PxeBootItem {
-                    server_type: 0,
+                    server_type,
                     layer: 0,
                 }),
                 ..Default::default()
@@ -340,6 +352,17 @@ impl DhcpClient {
 fn later(now: Instant, wait: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     now.checked_add(wait.min(FAR)).unwrap_or(now)
+}
+
+/// The server type of the first item of a PXE boot menu (option 43, sub-option 9), which is
+/// what firmware boots when the menu prompt times out or there is no prompt.
+fn first_menu_item(reply: &DhcpRepr) -> Option<u16> {
+    let raw = reply.options.vendor_specific.as_deref()?;
+    let menu = PxeVendorOptions::parse(raw).ok()?.boot_menu?;
+    match menu.as_slice() {
+        [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
 }
 
 fn is_pxe_reply(reply: &DhcpRepr) -> bool {
@@ -659,5 +682,57 @@ mod tests {
         assert_eq!(client.outcome().unwrap().unwrap().next_server, PROXY_IP);
         assert!(client.poll_timeout().is_none());
         assert!(client.poll_transmit(now, &mut buf).is_none());
+    }
+
+    #[test]
+    fn asks_4011_for_the_first_item_of_a_pxe_menu() {
+        let now = Instant::now();
+        let mut config = DhcpClientConfig::default();
+        config.server = SocketAddr::new(IpAddr::V4(PROXY_IP), 67);
+        config.pxe_port = 4011;
+        let mut client = DhcpClient::new(now, config.clone());
+        let mut buf = [0u8; 1500];
+        assert!(client.poll_transmit(now, &mut buf).is_some());
+        // A dnsmasq-style proxy offer: a menu, no boot file.
+        let mut options = DhcpOptions {
+            message_type: Some(MessageType::Offer),
+            server_id: Some(PROXY_IP),
+            vendor_class: Some(b"PXEClient".to_vec()),
+            ..Default::default()
+        };
+        options.vendor_specific = Some(
+            PxeVendorOptions {
+                discovery_control: Some(0x03),
+                boot_menu: Some(vec![0x80, 0x01, 4, b'b', b'o', b'o', b't']),
+                ..Default::default()
+            }
+            .to_bytes(),
+        );
+        let offer = DhcpRepr {
+            op: BootOp::Reply,
+            hops: 0,
+            xid: client.xid(),
+            secs: 0,
+            broadcast: false,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: PROXY_IP,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            client_mac: config.mac,
+            server_name: Vec::new(),
+            boot_file: Vec::new(),
+            options,
+        };
+        let bytes = offer.to_bytes();
+        client.handle_datagram(now, SocketAddr::new(IpAddr::V4(PROXY_IP), 67), &bytes);
+        let t = client.poll_transmit(now, &mut buf).expect("4011 request");
+        assert_eq!(t.destination.port(), 4011);
+        let Payload::Bytes { len } = t.payload else {
+            panic!("bytes")
+        };
+        let request = DhcpRepr::parse_bytes(&buf[..len]).expect("parse");
+        let pxe = PxeVendorOptions::parse(request.options.vendor_specific.as_deref().expect("43"))
+            .expect("43 parses");
+        assert_eq!(pxe.boot_item.map(|b| b.server_type), Some(0x8001));
     }
 }
