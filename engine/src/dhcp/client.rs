@@ -687,9 +687,11 @@ mod tests {
     #[test]
     fn asks_4011_for_the_first_item_of_a_pxe_menu() {
         let now = Instant::now();
-        let mut config = DhcpClientConfig::default();
-        config.server = SocketAddr::new(IpAddr::V4(PROXY_IP), 67);
-        config.pxe_port = 4011;
+        let config = DhcpClientConfig {
+            server: SocketAddr::new(IpAddr::V4(PROXY_IP), 67),
+            pxe_port: 4011,
+            ..Default::default()
+        };
         let mut client = DhcpClient::new(now, config.clone());
         let mut buf = [0u8; 1500];
         assert!(client.poll_transmit(now, &mut buf).is_some());
