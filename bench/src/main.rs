@@ -1,8 +1,11 @@
 //! `zpxe-bench`: the side-by-side comparison against peer servers. See bench/README.md.
 
+#[cfg(target_os = "linux")]
 use clap::{Parser, Subcommand};
+#[cfg(target_os = "linux")]
 use zpxe_bench::compare;
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -13,6 +16,7 @@ struct Cli {
     command: Cmd,
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start zpxe and every installed peer on loopback, drive them with the same clients,
@@ -20,8 +24,14 @@ enum Cmd {
     Compare(compare::CompareArgs),
 }
 
+#[cfg(target_os = "linux")]
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Compare(args) => compare::run(args),
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("zpxe-bench compare runs on Linux (its peers and /proc readings are Linux's)")
 }
