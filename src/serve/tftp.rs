@@ -18,7 +18,10 @@ use crate::config::PortRange;
 
 /// Most datagrams asked of the engine per poll: one GSO call's worth.
 const MAX_DATAGRAMS: usize = 64;
-const RECV_BUF: usize = 65_536;
+/// Requests and ACKs are small; a request with every option fits in 512 bytes (RFC 2347).
+const RECV_BUF: usize = 4096;
+/// What a poll writes: ERROR/OACK packets, or 4-byte headers of up to `MAX_DATAGRAMS` blocks.
+const OUT_BUF: usize = 2048;
 
 struct Transfer {
     socket: Rc<UdpEndpoint>,
@@ -133,6 +136,7 @@ impl TftpService {
 
     async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, local: Local) {
         let mut buf = Vec::with_capacity(RECV_BUF);
+        let mut out = vec![0u8; OUT_BUF];
         loop {
             let (res, b) = socket.recv(buf).await;
             buf = b;
@@ -148,7 +152,9 @@ impl TftpService {
                         &mut *store,
                     );
                     drop(store);
-                    self.wake.notify();
+                    // Answer from this task: a lock-step client's round trip is then one
+                    // receive and one send, without a hop through the driver task.
+                    self.flush(&mut out).await;
                 }
                 // ICMP port unreachable from a client that went away surfaces here on Linux.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
@@ -162,8 +168,24 @@ impl TftpService {
         }
     }
 
+    /// Sends everything the engine has to send, then handles its events.
+    async fn flush(self: &Rc<Self>, out: &mut [u8]) {
+        loop {
+            let polled = self
+                .engine
+                .borrow_mut()
+                .poll_transmit(Instant::now(), MAX_DATAGRAMS, out);
+            let Some((local, transmit)) = polled else {
+                break;
+            };
+            self.send(local, transmit, out).await;
+        }
+        self.handle_events();
+    }
+
+    /// Retransmission timeouts (receive tasks answer datagrams themselves).
     async fn drive(self: Rc<Self>) {
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut out = vec![0u8; OUT_BUF];
         loop {
             let now = Instant::now();
             if self
@@ -175,17 +197,7 @@ impl TftpService {
                 let mut store = self.ctx.store.borrow_mut();
                 self.engine.borrow_mut().handle_timeout(now, &mut *store);
             }
-            loop {
-                let polled = self
-                    .engine
-                    .borrow_mut()
-                    .poll_transmit(now, MAX_DATAGRAMS, &mut buf);
-                let Some((local, transmit)) = polled else {
-                    break;
-                };
-                self.send(local, transmit, &buf).await;
-            }
-            self.handle_events();
+            self.flush(&mut out).await;
             if self.ctx.shared.stop.stopped() {
                 return;
             }
