@@ -142,16 +142,13 @@ impl TftpService {
             buf = b;
             match res {
                 Ok(r) => {
-                    let now = Instant::now();
-                    let mut store = self.ctx.store.borrow_mut();
                     self.engine.borrow_mut().handle_datagram(
-                        now,
+                        Instant::now(),
                         local,
                         r.meta,
                         &buf[..r.len],
-                        &mut *store,
+                        &mut *self.ctx.store.borrow_mut(),
                     );
-                    drop(store);
                     // Answer from this task: a lock-step client's round trip is then one
                     // receive and one send, without a hop through the driver task.
                     self.flush(&mut out).await;
