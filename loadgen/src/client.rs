@@ -284,10 +284,16 @@ async fn dhcp_phase(
         retries: 4,
         request_4011: fw.asks_4011(),
         rng_seed: spec.seed ^ u64::from(ipxe),
+        client_ip: Some(if spec.broadcast {
+            local_ip_towards(shared.target.dhcp).unwrap_or(spec.ip)
+        } else {
+            spec.ip
+        }),
     };
     let mut m = DhcpClient::new(t0, config);
     let mut buf = vec![0u8; 1500];
     let mut rbuf = Vec::with_capacity(2048);
+    let mut pxe: Option<UdpEndpoint> = None;
     let mut retransmits = 0u64;
     let mut sends = 0u64;
     loop {
@@ -297,7 +303,21 @@ async fn dhcp_phase(
         }
         while let Some(t) = m.poll_transmit(now, &mut buf) {
             sends += 1;
-            send_bytes(socket, &t, &buf).await;
+            // By broadcast, several clients share the client port and a unicast reply would
+            // reach only one of them: the 4011 exchange gets a port of its own (EDK2 uses 4011).
+            if spec.broadcast && t.destination.port() == shared.target.pxe_port {
+                if pxe.is_none() {
+                    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+                    let s = UdpEndpoint::bind(any, &UdpOptions::default())
+                        .map_err(|e| fail(phase, format!("bind a 4011 socket: {e}")))?;
+                    pxe = Some(s);
+                }
+                if let Some(p) = &pxe {
+                    send_bytes(p, &t, &buf).await;
+                }
+            } else {
+                send_bytes(socket, &t, &buf).await;
+            }
         }
         if let Some(outcome) = m.outcome() {
             retransmits += sends.saturating_sub(1 + u64::from(fw.asks_4011()));
@@ -313,7 +333,20 @@ async fn dhcp_phase(
         let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {
             d.saturating_duration_since(Instant::now())
         });
-        match timeout(wait, socket.recv(rbuf)).await {
+        let got = match &pxe {
+            None => timeout(wait, socket.recv(rbuf)).await,
+            Some(p) => {
+                let both = async {
+                    let a = std::pin::pin!(socket.recv(rbuf));
+                    let b = std::pin::pin!(p.recv(Vec::with_capacity(2048)));
+                    match select(a, b).await {
+                        Either::Left((r, _)) | Either::Right((r, _)) => r,
+                    }
+                };
+                timeout(wait, both).await
+            }
+        };
+        match got {
             Some((Ok(r), b)) => {
                 m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]);
                 rbuf = b;
@@ -321,6 +354,16 @@ async fn dhcp_phase(
             Some((Err(_), b)) => rbuf = b,
             None => rbuf = Vec::with_capacity(2048),
         }
+    }
+}
+
+/// The address this host sends from towards `server` (a connected UDP socket sends nothing).
+fn local_ip_towards(server: SocketAddr) -> Option<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    s.connect(server).ok()?;
+    match s.local_addr().ok()?.ip() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct DhcpClientConfig {
     pub request_4011: bool,
     /// Seeds the transaction ids; no OS randomness.
     pub rng_seed: u64,
+    /// The address the site's DHCP server leased, which firmware puts in `ciaddr` when it asks
+    /// the boot server on 4011 (some boot servers, dnsmasq among them, answer only then).
+    pub client_ip: Option<Ipv4Addr>,
 }
 
 impl Default for DhcpClientConfig {
@@ -59,6 +62,7 @@ impl Default for DhcpClientConfig {
             retries: 3,
             request_4011: false,
             rng_seed: 0,
+            client_ip: None,
         }
     }
 }
@@ -336,7 +340,7 @@ impl DhcpClient {
             xid: self.xid,
             secs: self.elapsed_secs(now),
             broadcast: false,
-            ciaddr: Ipv4Addr::UNSPECIFIED,
+            ciaddr: self.config.client_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
             yiaddr: Ipv4Addr::UNSPECIFIED,
             siaddr: Ipv4Addr::UNSPECIFIED,
             giaddr: Ipv4Addr::UNSPECIFIED,
