@@ -408,7 +408,7 @@ fn throughput(records: &[ClientRecord], wall: Duration) -> Vec<(f64, f64)> {
 }
 
 #[cfg(test)]
-pub(crate) use tests::{storm_like, synthetic};
+pub(crate) use tests::storm_like;
 
 #[cfg(test)]
 mod tests {
