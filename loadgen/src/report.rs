@@ -6,10 +6,10 @@ use std::fmt::{self, Write};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A leg of the boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Phase {
@@ -63,7 +63,7 @@ impl fmt::Display for Phase {
 }
 
 /// One phase of one client, in time since the run started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseRecord {
     pub phase: Phase,
     pub start: Duration,
@@ -73,7 +73,7 @@ pub struct PhaseRecord {
 }
 
 /// How a client ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "result")]
 pub enum Outcome {
     Booted,
@@ -81,7 +81,7 @@ pub enum Outcome {
 }
 
 /// One virtual client's run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
     pub client: u32,
     pub profile: String,
@@ -91,6 +91,7 @@ pub struct ClientRecord {
     /// Downloads whose bytes differed from the expected digest.
     pub byte_errors: u64,
     /// What the server answered along the way (boot server, boot file, script URL).
+    #[serde(default)]
     pub answers: Vec<String>,
 }
 
@@ -106,7 +107,7 @@ impl ClientRecord {
 }
 
 /// What the run was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMeta {
     pub target: String,
     pub clients: usize,
@@ -274,6 +275,20 @@ impl Report {
         v
     }
 
+    /// Rebuilds a report from what [`Report::to_json`] wrote (meta, wall time and the client
+    /// records), so a saved run can be rendered again.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Saved {
+            meta: RunMeta,
+            wall_s: f64,
+            clients: Vec<ClientRecord>,
+        }
+        let saved = Saved::deserialize(v)?;
+        let wall = Duration::try_from_secs_f64(saved.wall_s).unwrap_or_default();
+        Ok(Self::build(saved.clients, wall, saved.meta))
+    }
+
     /// One self-contained page: summary, latency histogram per phase, throughput over time and
     /// a per-client timeline. No external resources.
     pub fn to_html(&self) -> String {
@@ -303,8 +318,11 @@ fn phase_stats(phase: Phase, records: &[ClientRecord]) -> Option<PhaseStats> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).ok()?;
     let mut bytes = 0;
     let mut retransmits = 0;
+    // Power-on to booted means booted clients only; failures are counted as failures, and a
+    // client that hung until the run's limit would otherwise pose as the slowest boot.
     for p in records
         .iter()
+        .filter(|r| phase != Phase::Total || r.outcome == Outcome::Booted)
         .flat_map(|r| &r.phases)
         .filter(|p| p.phase == phase)
     {
@@ -317,19 +335,7 @@ fn phase_stats(phase: Phase, records: &[ClientRecord]) -> Option<PhaseStats> {
         return None;
     }
     let ms = |us: u64| us as f64 / 1000.0;
-    // Log-spaced buckets from 0.1 ms up past the max.
-    let mut buckets = Vec::new();
-    let mut upper = 100u64;
-    let mut prev = 0u64;
-    loop {
-        let c = h.count_between(prev + 1, upper);
-        buckets.push((ms(upper), c));
-        if upper >= h.max() {
-            break;
-        }
-        prev = upper;
-        upper = (upper as f64 * 1.5).ceil() as u64;
-    }
+    let buckets = log_buckets(&h);
     Some(PhaseStats {
         phase,
         count: h.len(),
@@ -342,6 +348,32 @@ fn phase_stats(phase: Phase, records: &[ClientRecord]) -> Option<PhaseStats> {
         retransmits,
         buckets,
     })
+}
+
+/// Buckets per decade of latency. Edge k of a decade is 10^(k/10): edges 0, 3 and 7 fall
+/// within 0.3% of 1, 2 and 5, which the chart labels.
+pub(crate) const BUCKETS_PER_DECADE: u32 = 10;
+
+/// (upper bound ms, count) on log-spaced buckets covering at least one decade, from the decade
+/// below the fastest sample to past the slowest.
+fn log_buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let per = f64::from(BUCKETS_PER_DECADE);
+    // Index k names the bucket (10^((k-1)/per), 10^(k/per)] in microseconds.
+    let index = |us: u64| (per * (us.max(1) as f64).log10()).ceil() as i64;
+    let first = ((h.min().max(1) as f64).log10().floor() * per) as i64;
+    let last = index(h.max()).max(first + i64::from(BUCKETS_PER_DECADE));
+    let mut counts = vec![0u64; (last - first).max(1) as usize];
+    for v in h.iter_recorded() {
+        let k = index(h.median_equivalent(v.value_iterated_to())).clamp(first + 1, last);
+        if let Some(c) = counts.get_mut((k - first - 1) as usize) {
+            *c += v.count_at_value();
+        }
+    }
+    counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (10f64.powf((first + 1 + i as i64) as f64 / per) / 1000.0, c))
+        .collect()
 }
 
 /// Bytes per time bucket, each phase's bytes spread evenly over its interval.
@@ -376,7 +408,7 @@ fn throughput(records: &[ClientRecord], wall: Duration) -> Vec<(f64, f64)> {
 }
 
 #[cfg(test)]
-pub(crate) use tests::synthetic;
+pub(crate) use tests::storm_like;
 
 #[cfg(test)]
 mod tests {
@@ -440,6 +472,84 @@ mod tests {
             .collect()
     }
 
+    /// A storm that looks like a real one: everyone at once, latencies spread with contention,
+    /// every 25th client timing out in TFTP, one with a corrupted download. Returns the
+    /// records and the wall time.
+    pub(crate) fn storm_like(n: u32, seed: u64) -> (Vec<ClientRecord>, Duration) {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut exp = |mean_ms: f64| {
+            let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            Duration::from_secs_f64(-u.ln() * mean_ms / 1000.0)
+        };
+        let mut wall = Duration::ZERO;
+        let records = (0..n)
+            .map(|i| {
+                let start = Duration::from_micros(u64::from(i) * 500);
+                let mut t = start;
+                let mut phases = Vec::new();
+                let mut outcome = Outcome::Booted;
+                let mut byte_errors = 0;
+                let plan = [
+                    (Phase::Dhcp, 2.0, 30.0, 0u64),
+                    (Phase::Tftp, 150.0, 400.0, 1 << 20),
+                    (Phase::IpxeDhcp, 2.0, 10.0, 0),
+                    (Phase::Script, 1.0, 4.0, 600),
+                    (Phase::Http, 800.0, 1500.0, 40 << 20),
+                ];
+                for (phase, floor_ms, mean_ms, bytes) in plan {
+                    if phase == Phase::Tftp && i % 25 == 7 {
+                        t += Duration::from_secs(4);
+                        outcome = Outcome::Failed {
+                            phase,
+                            reason: format!("ipxe.efi: no answer after {} tries", 5 + i % 2),
+                        };
+                        break;
+                    }
+                    let d = Duration::from_secs_f64(floor_ms / 1000.0) + exp(mean_ms);
+                    phases.push(PhaseRecord {
+                        phase,
+                        start: t,
+                        end: t + d,
+                        bytes,
+                        retransmits: if phase == Phase::Tftp {
+                            u64::from(i % 5 == 0)
+                        } else {
+                            0
+                        },
+                    });
+                    t += d;
+                    if phase == Phase::Http && i == n / 2 {
+                        byte_errors = 1;
+                        outcome = Outcome::Failed {
+                            phase,
+                            reason: "boot.wim: digest mismatch".into(),
+                        };
+                    }
+                }
+                phases.push(PhaseRecord {
+                    phase: Phase::Total,
+                    start,
+                    end: t,
+                    bytes: phases.iter().map(|p| p.bytes).sum(),
+                    retransmits: phases.iter().map(|p| p.retransmits).sum(),
+                });
+                wall = wall.max(t);
+                ClientRecord {
+                    client: i,
+                    profile: ["edk2", "ipxe", "bios"][i as usize % 3].into(),
+                    start,
+                    phases,
+                    outcome,
+                    byte_errors,
+                    answers: Vec::new(),
+                }
+            })
+            .collect();
+        (records, wall + Duration::from_millis(100))
+    }
+
     fn meta(n: usize) -> RunMeta {
         RunMeta {
             target: "test".into(),
@@ -483,5 +593,73 @@ mod tests {
         let mut recs = synthetic(10, 0);
         recs[3].byte_errors = 1;
         assert!(!Report::build(recs, Duration::from_secs(1), meta(10)).success());
+    }
+
+    #[test]
+    fn histogram_buckets_cover_every_sample_on_a_log_scale() {
+        let (recs, wall) = storm_like(300, 5);
+        let r = Report::build(recs, wall, meta(300));
+        for p in &r.phases {
+            let sum: u64 = p.buckets.iter().map(|b| b.1).sum();
+            assert_eq!(sum, p.count, "{}", p.phase);
+            assert!(
+                p.buckets.len() >= BUCKETS_PER_DECADE as usize,
+                "{}",
+                p.phase
+            );
+            assert!(p.buckets.windows(2).all(|w| w[1].0 > w[0].0));
+            // The last edge is at or past the slowest sample (hdrhistogram's 0.1% aside).
+            assert!(
+                p.buckets[p.buckets.len() - 1].0 >= p.max_ms * 0.999,
+                "{}",
+                p.phase
+            );
+            let ratio = p.buckets[1].0 / p.buckets[0].0;
+            assert!((ratio - 10f64.powf(0.1)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn total_latency_counts_booted_clients_only() {
+        let (recs, wall) = storm_like(100, 5);
+        let r = Report::build(recs, wall, meta(100));
+        let total = r
+            .phases
+            .iter()
+            .find(|p| p.phase == Phase::Total)
+            .expect("total");
+        assert_eq!(total.count, r.booted as u64);
+        assert_eq!((r.booted, r.failed, r.byte_errors), (95, 5, 1));
+        // Timeouts and the digest mismatch group apart; tries numbers are generalized.
+        assert_eq!(
+            r.failures,
+            vec![
+                ("tftp: ipxe.efi: no answer after N tries".to_owned(), 4),
+                ("http: boot.wim: digest mismatch".to_owned(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn json_round_trip_rebuilds_the_same_report() {
+        let (recs, wall) = storm_like(120, 9);
+        let r = Report::build(recs, wall, meta(120));
+        let text = serde_json::to_string(&r.to_json()).expect("serialize");
+        let back = Report::from_json(&serde_json::from_str(&text).expect("parse")).expect("load");
+        assert_eq!(back.records(), r.records());
+        assert_eq!(back.meta, r.meta);
+        assert_eq!(
+            (back.booted, back.failed, back.bytes),
+            (r.booted, r.failed, r.bytes)
+        );
+        assert_eq!(back.failures, r.failures);
+        for (a, b) in back.phases.iter().zip(&r.phases) {
+            assert_eq!((a.phase, a.count, a.p99_ms), (b.phase, b.count, b.p99_ms));
+        }
+        let v = r.to_json();
+        assert_eq!(v["meta"]["seed"], 1);
+        assert_eq!(v["phases"][0]["phase"], "dhcp");
+        assert_eq!(v["clients"][7]["outcome"]["result"], "failed");
+        assert_eq!(v["clients"][7]["outcome"]["phase"], "tftp");
     }
 }
