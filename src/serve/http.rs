@@ -138,23 +138,24 @@ async fn serve_connection(
     let mut pending: Vec<u8> = Vec::new();
     let mut rbuf = Vec::with_capacity(READ_BUF);
     let mut wbuf = vec![0u8; WRITE_BUF];
+    let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
+    let mut armed: Option<Instant> = None;
     let metrics = Arc::clone(&ctx.shared.metrics);
     loop {
         // Send everything the connection has ready.
+        // Response heads (and generated bodies) gather in `head` and go out with the next image
+        // body in one vectored write, or on their own when nothing follows.
+        let mut head: Vec<u8> = Vec::new();
         while let Some(out) = conn.poll_output(&mut wbuf) {
             match out {
-                Output::Bytes { len } => {
-                    let (res, b) = tcp.write_prefix(wbuf, len).await;
-                    wbuf = b;
-                    if res.is_err() {
-                        conn.abort(&mut *ctx.store.borrow_mut());
-                        return;
-                    }
-                }
+                Output::Bytes { len } => head.extend_from_slice(&wbuf[..len]),
                 Output::Body { image, range } => {
                     let version = ctx.store.borrow().version(image);
                     let sent = match version {
-                        Some(v) => tcp.send_image(&v, range).await,
+                        Some(v) => {
+                            tcp.send_head_and_image(std::mem::take(&mut head), &v, range)
+                                .await
+                        }
                         None => Err(zpxe_platform::udp::SendError::Image(
                             zpxe_platform::VersionBroken::Gone,
                         )),
@@ -172,10 +173,20 @@ async fn serve_connection(
                     }
                 }
                 Output::Close => {
+                    if !head.is_empty() {
+                        let (_, _) = tcp.write_all(std::mem::take(&mut head)).await;
+                    }
                     let _ = tcp.shutdown().await;
                     return;
                 }
                 _ => {}
+            }
+        }
+        if !head.is_empty() {
+            let (res, _) = tcp.write_all(head).await;
+            if res.is_err() {
+                conn.abort(&mut *ctx.store.borrow_mut());
+                return;
             }
         }
         while let Some(ev) = conn.poll_event() {
@@ -215,13 +226,21 @@ async fn serve_connection(
             pending.drain(..n.min(pending.len()));
             continue;
         }
-        let deadline = conn.poll_timeout();
+        // One timer per connection, re-armed only when it fires or the deadline moves earlier
+        // (a request head started: the header deadline is nearer than the idle one). Every
+        // request moves the idle deadline later; a timer per read would cost more than the
+        // read, and a timer that fires early finds nothing due and is set again.
+        let deadline = conn
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+        if timer.is_none() || armed.is_none_or(|a| deadline < a) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            timer = Some(Box::pin(sleep(wait)));
+            armed = Some(deadline);
+        }
+        let Some(t) = timer.as_mut() else { continue };
         let read = std::pin::pin!(tcp.read(std::mem::take(&mut rbuf)));
-        let wait = deadline.map_or(std::time::Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        let timer = std::pin::pin!(sleep(wait));
-        match select(read, timer).await {
+        match select(read, t.as_mut()).await {
             Either::Left(((res, b), _)) => {
                 rbuf = b;
                 match res {
@@ -245,6 +264,8 @@ async fn serve_connection(
             }
             Either::Right(((), _)) => {
                 rbuf = Vec::with_capacity(READ_BUF);
+                timer = None;
+                armed = None;
                 conn.handle_timeout(Instant::now());
             }
         }
