@@ -14,6 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use zpxe_engine::http::ipxe::normalize_mac;
+use zpxe_engine::path::decode_query_component;
+
 use crate::metrics::Metrics;
 
 /// The most clients the inventory keeps; the oldest report is dropped past this.
@@ -212,51 +215,9 @@ fn parse_query(query: &str) -> HashMap<String, String> {
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((percent_decode(k)?, percent_decode(v)?))
+            Some((decode_query_component(k)?, decode_query_component(v)?))
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// `aa:bb:cc:dd:ee:ff`, `AA-BB-..`, `aabbccddeeff` -> `aa:bb:cc:dd:ee:ff`.
-fn normalize_mac(s: &str) -> Option<String> {
-    let hex: String = s
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | '.'))
-        .collect();
-    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let lower = hex.to_ascii_lowercase();
-    Some(
-        (0..6)
-            .map(|i| &lower[2 * i..2 * i + 2])
-            .collect::<Vec<_>>()
-            .join(":"),
-    )
 }
 
 const STATUS_PAGE: &str = r##"<!doctype html>

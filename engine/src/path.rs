@@ -131,7 +131,9 @@ fn has_encoded_separator_or_dot(name: &str) -> bool {
         .any(|p| lower.contains(p))
 }
 
-fn percent_decode(raw: &str) -> Result<String, PathError> {
+/// Decodes `%XX` escapes (RFC 3986 section 2.1) into UTF-8; bad escapes, NUL and non-UTF-8
+/// results are errors.
+pub fn percent_decode(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -151,6 +153,12 @@ fn percent_decode(raw: &str) -> Result<String, PathError> {
         return Err(PathError::ControlChar);
     }
     String::from_utf8(out).map_err(|_| PathError::NotUtf8)
+}
+
+/// Decodes one component of a query string as browsers and iPXE write them (form encoding:
+/// `+` is a space, a literal `+` arrives as `%2B`).
+pub fn decode_query_component(raw: &str) -> Option<String> {
+    percent_decode(&raw.replace('+', " ")).ok()
 }
 
 fn hex_val(b: u8) -> Option<u8> {

@@ -546,7 +546,7 @@ async fn fetch_verified(
         return Ok(0);
     }
     let n = check.len();
-    let name = percent_decode(&file);
+    let name = zpxe_engine::path::percent_decode(&file).unwrap_or(file);
     match check.matches(shared.expected.digest(&name)) {
         Some(true) => Ok(n),
         Some(false) => {
@@ -555,26 +555,6 @@ async fn fetch_verified(
         }
         None => Err(format!("{url}: not in the manifest, cannot verify")),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An HTTP/1.1 client connection: the engine's `HttpClient` over a platform TCP connection.

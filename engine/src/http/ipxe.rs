@@ -428,23 +428,11 @@ impl BootQuery {
 }
 
 fn percent_decode(raw: &str) -> Option<String> {
+    // Client values are short; anything longer is not a MAC, UUID or architecture.
     if raw.len() > 128 {
         return None;
     }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(if b == b'+' { b' ' } else { b });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::path::decode_query_component(raw)
 }
 
 /// `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456`, any case.
