@@ -126,8 +126,9 @@ impl TcpConn {
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, SendError> {
+        let mut head = Some(head).filter(|h| !h.is_empty());
         let mut at = range.start;
-        if !head.is_empty() {
+        while at < range.end || head.is_some() {
             image.check()?;
             let end = (at + BODY_CHUNK).min(range.end);
             let body = MappedSlice {
@@ -137,37 +138,27 @@ impl TcpConn {
             if body.as_init().len() as u64 != end - at {
                 return Err(SendError::Image(VersionBroken::Modified));
             }
-            let BufResult(r, _) = self
-                .stream
-                .write_vectored_all(HeadAndBody { head, body })
-                .await;
-            if let Err(e) = r {
-                return Err(if e.raw_os_error() == Some(EFAULT) {
-                    SendError::Image(VersionBroken::Modified)
-                } else {
-                    SendError::Io(e)
-                });
-            }
-            at = end;
-        }
-        while at < range.end {
-            image.check()?;
-            let end = (at + BODY_CHUNK).min(range.end);
-            let chunk = MappedSlice {
-                image: Rc::clone(image),
-                range: ByteRange::new(at, end),
+            let written = match head.take() {
+                Some(head) => {
+                    let BufResult(r, _) = self
+                        .stream
+                        .write_vectored_all(HeadAndBody { head, body })
+                        .await;
+                    r
+                }
+                None => {
+                    let BufResult(r, _) = self.stream.write_all(body).await;
+                    r
+                }
             };
-            if chunk.as_init().len() as u64 != end - at {
-                return Err(SendError::Image(VersionBroken::Modified));
-            }
-            let BufResult(r, _) = self.stream.write_all(chunk).await;
-            if let Err(e) = r {
-                return Err(if e.raw_os_error() == Some(EFAULT) {
+            written.map_err(|e| {
+                if e.raw_os_error() == Some(EFAULT) {
+                    // The kernel could not read the mapping: the file shrank under it.
                     SendError::Image(VersionBroken::Modified)
                 } else {
                     SendError::Io(e)
-                });
-            }
+                }
+            })?;
             at = end;
         }
         Ok(range.len())
