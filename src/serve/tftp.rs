@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use zpxe_engine::tftp::{Local, TftpEvent, TftpServer, TransferId, TransferOutcome};
 use zpxe_engine::{Payload, Transmit};
-use zpxe_platform::runtime::{JoinHandle, Notify, spawn};
+use zpxe_platform::runtime::{JoinHandle, sleep, spawn};
 use zpxe_platform::udp::{Route, SegmentRun, SendError, UdpEndpoint, UdpOptions};
 
 use super::{Shared, ThreadCtx};
@@ -83,7 +83,6 @@ pub(crate) struct TftpService {
     listener: Rc<UdpEndpoint>,
     transfers: RefCell<HashMap<TransferId, Transfer>>,
     ports: RefCell<PortPool>,
-    wake: Notify,
     transfer_ip: IpAddr,
 }
 
@@ -116,7 +115,6 @@ impl TftpService {
                 next: range.map_or(0, |r| r.lo),
                 in_use: Default::default(),
             }),
-            wake: Notify::new(),
             transfer_ip: addr.ip(),
         }))
     }
@@ -198,10 +196,15 @@ impl TftpService {
             if self.ctx.shared.stop.stopped() {
                 return;
             }
-            let deadline = self.engine.borrow().poll_timeout();
-            let deadline =
-                Some(deadline.map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL)));
-            self.wake.notified_until(deadline).await;
+            // Deadlines armed while this sleeps are a retransmission timeout away (1 s by
+            // default), so they are seen in time; with `timeout-ms` below STOP_POLL a
+            // retransmission can be up to STOP_POLL late.
+            let deadline = self
+                .engine
+                .borrow()
+                .poll_timeout()
+                .map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL));
+            sleep(deadline.saturating_duration_since(Instant::now())).await;
         }
     }
 
