@@ -201,16 +201,8 @@ struct Env {
 const TFTP_BIG: &str = "tftp-64m.bin";
 const TFTP_SMALL: &str = "tftp-1m.bin";
 const HTTP_BIG: &str = "http-256m.bin";
-const STORM_FILES: [(&str, u64); 8] = [
-    ("undionly.kpxe", 1 << 20),
-    ("ipxe.efi", 1 << 20),
-    ("snponly.efi", 1 << 20),
-    ("ipxe-arm64.efi", 1 << 20),
-    ("wimboot", 64 << 10),
-    ("Boot/BCD", 256 << 10),
-    ("Boot/boot.sdi", 3 << 20),
-    ("sources/boot.wim", 4 << 20),
-];
+/// The boot storm serves the demo's image set (4 MiB boot.wim).
+const STORM_WIM: u64 = 4 << 20;
 
 fn make_root(root: &Path) -> anyhow::Result<()> {
     let mut files: Vec<(&str, u64)> = vec![
@@ -218,7 +210,7 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
         (TFTP_SMALL, 1 << 20),
         (HTTP_BIG, 256 << 20),
     ];
-    files.extend(STORM_FILES);
+    files.extend(zpxe::demo_images::demo_files(STORM_WIM));
     for (i, (name, size)) in files.into_iter().enumerate() {
         ceiling::write_pattern_file(&root.join(name), size, 0x9e37_79b9 + i as u64)?;
     }
