@@ -57,14 +57,40 @@ fn open(root: &Path, name: &str) -> io::Result<Rc<Version>> {
         .ok_or_else(|| io::Error::other("no version after open"))
 }
 
+/// How the ceiling's UDP sender and receiver move datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPath {
+    /// GSO sends; the receiver takes each coalesced run in one receive (`UDP_GRO`), as the
+    /// project's own TFTP client does.
+    GsoToGro,
+    /// GSO sends; the receiver takes one datagram per `recv`, as most TFTP clients do.
+    Gso,
+    /// One datagram per send (still one submission per window) and per receive.
+    Plain,
+}
+
+impl UdpPath {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::GsoToGro => "UDP GSO, GRO receiver",
+            Self::Gso => "UDP GSO",
+            Self::Plain => "UDP no GSO",
+        }
+    }
+}
+
 /// Sends `root/name` as TFTP-like windows over loopback UDP and returns what the receiver got.
 /// With `gso` false the platform sends one datagram per call (still one submission per window).
 pub fn udp_windows(root: &Path, name: &str, gso: bool) -> io::Result<Measured> {
+    udp_windows_via(root, name, if gso { UdpPath::Gso } else { UdpPath::Plain })
+}
+
+/// [`udp_windows`] with the receiver's side chosen too.
+pub fn udp_windows_via(root: &Path, name: &str, path: UdpPath) -> io::Result<Measured> {
+    let gso = path != UdpPath::Plain;
     let image = open(root, name)?;
     let len = image.len();
     let blocks = len.div_ceil(BLOCK as u64) as usize;
-    let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let receiver_addr = receiver.local_addr()?;
     let event_loop = EventLoop::new()?;
     event_loop.block_on(async move {
         let sender = UdpEndpoint::bind(
@@ -79,7 +105,20 @@ pub fn udp_windows(root: &Path, name: &str, gso: bool) -> io::Result<Measured> {
             sender.disable_gso();
         }
         let sender_addr = sender.local_addr();
-        let counter = thread::spawn(move || count_windows(receiver, sender_addr, blocks));
+        let (counter, receiver_addr) = if path == UdpPath::GsoToGro {
+            // The GRO receiver lives on its own event loop: it binds there and says where.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let counter = thread::spawn(move || count_windows_gro(tx, sender_addr, blocks));
+            let addr = rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| io::Error::other("GRO receiver did not start"))?;
+            (counter, addr)
+        } else {
+            let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let addr = receiver.local_addr()?;
+            let counter = thread::spawn(move || count_windows(receiver, sender_addr, blocks));
+            (counter, addr)
+        };
         let route = Route {
             destination: receiver_addr,
             source_ip: None,
@@ -201,6 +240,66 @@ pub fn tcp_stream(root: &Path, name: &str) -> io::Result<Measured> {
     Ok(Measured {
         bytes,
         elapsed: started.elapsed(),
+    })
+}
+
+/// [`count_windows`] on the platform's endpoint with `UDP_GRO`: a GSO run arrives in one
+/// receive and is split back into datagrams.
+fn count_windows_gro(
+    bound: std::sync::mpsc::Sender<SocketAddr>,
+    sender: SocketAddr,
+    blocks: usize,
+) -> io::Result<u64> {
+    let event_loop = EventLoop::new()?;
+    event_loop.block_on(async move {
+        let rx = UdpEndpoint::bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            &UdpOptions {
+                recv_buffer: Some(8 << 20),
+                gro: true,
+                ..UdpOptions::default()
+            },
+        )?;
+        let _ = bound.send(rx.local_addr());
+        let route = Route {
+            destination: sender,
+            source_ip: None,
+            ifindex: None,
+        };
+        let mut buf = Vec::with_capacity(65_536);
+        let (mut bytes, mut got, mut in_window, mut idle) = (0u64, 0usize, 0usize, 0u32);
+        let started = Instant::now();
+        while got < blocks && idle < 50 && started.elapsed() < MAX_RUN {
+            match timeout(Duration::from_millis(20), rx.recv(std::mem::take(&mut buf))).await {
+                Some((res, b)) => {
+                    buf = b;
+                    let r = res?;
+                    idle = 0;
+                    let mut ack = false;
+                    for d in r.datagrams() {
+                        got += 1;
+                        in_window += 1;
+                        bytes += d.len().saturating_sub(HEADER) as u64;
+                        if in_window == WINDOW || got == blocks {
+                            in_window = 0;
+                            ack = true;
+                        }
+                    }
+                    if ack {
+                        let (res, _) = rx.send(route, vec![0, 4, 0, 0]).await;
+                        res?;
+                    }
+                }
+                None => {
+                    buf = Vec::with_capacity(65_536);
+                    idle += 1;
+                    in_window = 0;
+                    let (res, _) = rx.send(route, vec![0, 4, 0, 0]).await;
+                    res?;
+                }
+            }
+        }
+        Ok(bytes)
     })
 }
 

@@ -77,6 +77,8 @@ struct Sample {
 struct Table {
     rows: Vec<Row>,
     skipped: Vec<String>,
+    /// zpxe's single TFTP transfer against the raw UDP ceilings of the same run.
+    distances: Vec<String>,
 }
 
 impl Table {
@@ -154,6 +156,25 @@ impl Table {
             }
             if let Some(z) = zpxe.get(&(row.workload.clone(), row.client.clone())) {
                 row.zpxe_ratio = Some(z / row.median);
+            }
+        }
+        let ceilings: Vec<(&str, f64)> = self
+            .rows
+            .iter()
+            .filter(|r| r.server == "ceiling" && r.client.starts_with("UDP GSO"))
+            .map(|r| (r.client.as_str(), r.median))
+            .collect();
+        for row in self.rows.iter().filter(|r| {
+            r.server == "zpxe" && r.section == "tftp" && r.workload.ends_with("windowsize 64")
+        }) {
+            for (ceiling, c) in &ceilings {
+                self.distances.push(format!(
+                    "{} from zpxe, windowsize 64: {:.0}% of the {ceiling} ceiling ({} of {} MiB/s)",
+                    row.client,
+                    100.0 * row.median / c,
+                    fmt_num(row.median),
+                    fmt_num(*c)
+                ));
             }
         }
     }
@@ -579,13 +600,17 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         let order = |n: usize| -> Vec<usize> { (0..n).map(|i| (i + round) % n).collect() };
 
         if want("ceiling") {
-            for gso in [true, false] {
-                let r = ceiling::udp_windows(&root, TFTP_BIG, gso);
+            for path in [
+                ceiling::UdpPath::GsoToGro,
+                ceiling::UdpPath::Gso,
+                ceiling::UdpPath::Plain,
+            ] {
+                let r = ceiling::udp_windows_via(&root, TFTP_BIG, path);
                 let s = r.map(|m| Sample {
                     value: m.mib_per_s(),
                     ..Sample::default()
                 });
-                let name = if gso { "UDP GSO" } else { "UDP no GSO" };
+                let name = path.label();
                 table.add(
                     "ceiling",
                     "raw loopback 64 MiB, windows of 64 x 1468",
@@ -842,6 +867,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             "elapsed_s": started.elapsed().as_secs_f64(),
             "rows": table.rows,
             "skipped": table.skipped,
+            "distances": table.distances,
         });
         fs::write(path, serde_json::to_vec_pretty(&json)?)?;
     }
@@ -913,6 +939,12 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
                 format!("  [{}]", r.notes.join("; "))
             }
         );
+    }
+    if !table.distances.is_empty() {
+        let _ = writeln!(out, "\ndistance to the machine's limit:");
+        for d in &table.distances {
+            let _ = writeln!(out, "  - {d}");
+        }
     }
     if !table.skipped.is_empty() {
         let _ = writeln!(out, "\nnot measured:");

@@ -38,13 +38,38 @@ pub struct UdpOptions {
     /// Socket buffer sizes in bytes, when the default is too small for a storm.
     pub recv_buffer: Option<usize>,
     pub send_buffer: Option<usize>,
+    /// Let the kernel hand over a run of same-sized datagrams from one sender in one receive
+    /// (Linux `UDP_GRO`); [`Received::datagrams`] splits it again. Receive buffers must then
+    /// hold 64 KiB. Where the kernel lacks it, datagrams simply arrive one by one.
+    pub gro: bool,
 }
 
-/// A datagram received.
+/// A datagram received, or with [`UdpOptions::gro`] a run of datagrams from one sender.
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub len: usize,
     pub meta: DatagramMeta,
+    /// The size of every datagram in the run but the last, when the kernel coalesced several.
+    pub segment: Option<usize>,
+}
+
+impl Received {
+    /// The byte ranges of the datagrams in the receive buffer, in arrival order.
+    pub fn datagrams(&self) -> impl Iterator<Item = std::ops::Range<usize>> + use<> {
+        let (len, step) = (
+            self.len,
+            self.segment.filter(|&s| s > 0).unwrap_or(usize::MAX),
+        );
+        let count = if len == 0 {
+            1
+        } else {
+            len.div_ceil(step.min(len))
+        };
+        (0..count).map(move |i| {
+            let start = i.saturating_mul(step).min(len);
+            start..start.saturating_add(step).min(len)
+        })
+    }
 }
 
 /// Where a datagram goes and where it leaves from.
@@ -79,6 +104,7 @@ pub struct UdpEndpoint {
     socket: UdpSocket,
     local: SocketAddr,
     pktinfo: bool,
+    gro: bool,
     gso: Cell<bool>,
 }
 
@@ -112,6 +138,8 @@ impl UdpEndpoint {
         if pktinfo {
             sys::enable_pktinfo(&socket)?;
         }
+        // Best effort: without GRO every datagram arrives on its own, which is still correct.
+        let gro = options.gro && sys::enable_gro(&socket).is_ok();
         socket.bind(&addr.into())?;
         let local = socket
             .local_addr()?
@@ -122,6 +150,7 @@ impl UdpEndpoint {
             socket,
             local,
             pktinfo,
+            gro,
             gso: Cell::new(sys::GSO_AVAILABLE),
         })
     }
@@ -140,14 +169,16 @@ impl UdpEndpoint {
         self.gso.set(false);
     }
 
-    /// Receives one datagram into `buf` (filled from its start, up to its capacity).
+    /// Receives one datagram into `buf` (filled from its start, up to its capacity), or with
+    /// [`UdpOptions::gro`] possibly a run of them (see [`Received::datagrams`]).
     pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<Received>, Vec<u8>) {
         buf.clear();
-        if !self.pktinfo {
+        if !self.pktinfo && !self.gro {
             let BufResult(res, buf) = self.socket.recv_from(buf).await;
             let res = res.map(|(len, remote)| Received {
                 len,
                 meta: DatagramMeta::from_remote(unmap(remote)),
+                segment: None,
             });
             return (res, buf);
         }
@@ -155,15 +186,23 @@ impl UdpEndpoint {
         let BufResult(res, (buf, control)) = self.socket.recv_msg(buf, control).await;
         let res = res.map(|(len, clen, remote, _flags)| {
             let mut meta = DatagramMeta::from_remote(unmap(remote));
-            // SAFETY: the kernel wrote `clen` bytes of control messages into the buffer.
-            let iter = unsafe { AncillaryIter::new(&control[..clen.min(control.len())]) };
-            for msg in iter {
+            let mut segment = None;
+            // A datagram may come without any control message (GRO only adds one to runs), and
+            // the iterator refuses (panics on) a buffer shorter than one header.
+            let control = &control[..clen.min(control.len())];
+            let messages = (!control.is_empty()).then(|| {
+                // SAFETY: the kernel wrote `clen` bytes of whole control messages.
+                unsafe { AncillaryIter::new(control) }
+            });
+            for msg in messages.into_iter().flatten() {
                 if let Some((ip, ifindex)) = sys::parse_pktinfo(&msg) {
                     meta.local_ip = Some(IpAddr::V4(ip));
                     meta.ifindex = ifindex;
+                } else if let Some(size) = sys::parse_gro(&msg) {
+                    segment = Some(size).filter(|&s| s > 0 && s < len);
                 }
             }
-            Received { len, meta }
+            Received { len, meta, segment }
         });
         (res, buf)
     }
@@ -301,6 +340,32 @@ impl UdpEndpoint {
                 .ok()?;
         }
         Some(buf)
+    }
+}
+
+/// The `UDP_GRO` control message of a coalesced receive: the size of every segment but the last.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+struct GroSize(i32);
+
+impl AncillaryData for GroSize {
+    const SIZE: usize = 4;
+
+    fn encode(&self, buffer: &mut [MaybeUninit<u8>]) -> Result<(), CodecError> {
+        let bytes = self.0.to_ne_bytes();
+        if buffer.len() < bytes.len() {
+            return Err(CodecError::BufferTooSmall);
+        }
+        for (slot, b) in buffer.iter_mut().zip(bytes) {
+            slot.write(b);
+        }
+        Ok(())
+    }
+
+    fn decode(buffer: &[u8]) -> Result<Self, CodecError> {
+        match buffer {
+            [a, b, c, d, ..] => Ok(GroSize(i32::from_ne_bytes([*a, *b, *c, *d]))),
+            _ => Err(CodecError::BufferTooSmall),
+        }
     }
 }
 
@@ -447,19 +512,31 @@ mod sys {
         };
         builder.push(libc::IPPROTO_IP, libc::IP_PKTINFO, &info).ok()
     }
-    pub(super) const GSO_AVAILABLE: bool = true;
-    /// What the kernel answers when a device or kernel cannot segment.
-    pub(super) const GSO_REFUSAL_CODES: &[i32] = &[libc::EIO, libc::EINVAL, libc::ENOPROTOOPT];
+    /// `UDP_GRO` (linux/udp.h): as a socket option it turns receive coalescing on; as a control
+    /// message it carries the segment size of a coalesced receive.
+    const UDP_GRO: i32 = 104;
 
-    pub(super) fn enable_pktinfo(socket: &Socket) -> io::Result<()> {
-        let on: libc::c_int = 1;
+    pub(super) fn parse_gro(msg: &AncillaryRef<'_>) -> Option<usize> {
+        if msg.level() != libc::SOL_UDP || msg.ty() != UDP_GRO {
+            return None;
+        }
+        msg.data::<super::GroSize>()
+            .ok()
+            .and_then(|n| usize::try_from(n.0).ok())
+    }
+
+    pub(super) fn enable_gro(socket: &Socket) -> io::Result<()> {
+        set_int(socket, libc::SOL_UDP, UDP_GRO, 1)
+    }
+
+    fn set_int(socket: &Socket, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
         // SAFETY: setsockopt with a pointer to a live c_int and its size.
         let rc = unsafe {
             libc::setsockopt(
                 socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                (&on as *const libc::c_int).cast(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
@@ -468,6 +545,14 @@ mod sys {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    pub(super) const GSO_AVAILABLE: bool = true;
+    /// What the kernel answers when a device or kernel cannot segment.
+    pub(super) const GSO_REFUSAL_CODES: &[i32] = &[libc::EIO, libc::EINVAL, libc::ENOPROTOOPT];
+
+    pub(super) fn enable_pktinfo(socket: &Socket) -> io::Result<()> {
+        set_int(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
     }
 }
 
@@ -499,6 +584,14 @@ mod sys {
     pub(super) const GSO_AVAILABLE: bool = false;
     pub(super) const GSO_REFUSAL_CODES: &[i32] = &[];
 
+    pub(super) fn parse_gro(_msg: &AncillaryRef<'_>) -> Option<usize> {
+        None
+    }
+
+    pub(super) fn enable_gro(_socket: &Socket) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     pub(super) fn enable_pktinfo(_socket: &Socket) -> io::Result<()> {
         Ok(())
     }
@@ -513,6 +606,10 @@ mod tests {
     use zpxe_engine::path::NameFlavor;
 
     fn run_and_collect(gso: bool, len: usize, segment: usize) {
+        run_and_collect_with(gso, false, len, segment);
+    }
+
+    fn run_and_collect_with(gso: bool, gro: bool, len: usize, segment: usize) {
         let dir = tempfile::tempdir().expect("tmp");
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
         std::fs::write(dir.path().join("img"), &data).expect("write");
@@ -526,8 +623,13 @@ mod tests {
                 recv_buffer: Some(8 << 20),
                 ..UdpOptions::default()
             };
-            let rx = UdpEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &opts).expect("rx");
+            let rx_opts = UdpOptions {
+                gro,
+                ..opts.clone()
+            };
+            let rx = UdpEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &rx_opts).expect("rx");
             let tx = UdpEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &opts).expect("tx");
+            assert_eq!(rx.gro, gro, "this kernel has UDP_GRO");
             if !gso {
                 tx.disable_gso();
             }
@@ -549,18 +651,33 @@ mod tests {
             assert_eq!(tx.gso(), gso, "GSO used as asked, no silent fallback");
             let mut got = vec![0u8; len];
             let mut buf = Vec::with_capacity(70_000);
-            for _ in 0..count {
+            let (mut seen, mut receives) = (0, 0);
+            while seen < count {
                 let (r, b) = rx.recv(buf).await;
                 buf = b;
                 let r = r.expect("recv");
+                receives += 1;
                 assert_eq!(r.meta.local_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
                 assert_eq!(r.meta.remote, tx.local_addr());
-                let i = u32::from_be_bytes(buf[..4].try_into().expect("hdr")) as usize;
-                let body = &buf[4..r.len];
-                assert!(body.len() <= segment);
-                got[i * segment..i * segment + body.len()].copy_from_slice(body);
+                for d in r.datagrams() {
+                    let dgram = &buf[d];
+                    let i = u32::from_be_bytes(dgram[..4].try_into().expect("hdr")) as usize;
+                    let body = &dgram[4..];
+                    assert!(body.len() <= segment);
+                    got[i * segment..i * segment + body.len()].copy_from_slice(body);
+                    seen += 1;
+                }
             }
-            assert!(got == data, "bytes differ (gso={gso})");
+            assert_eq!(seen, count, "every datagram once");
+            assert!(got == data, "bytes differ (gso={gso}, gro={gro})");
+            if gso && gro {
+                assert!(
+                    receives < count,
+                    "GRO coalesced nothing: {receives} receives"
+                );
+            } else {
+                assert_eq!(receives, count, "one datagram per receive without GRO");
+            }
         });
     }
 
@@ -568,6 +685,27 @@ mod tests {
     fn gso_run_is_byte_exact() {
         run_and_collect(true, 200 * 1468 + 17, 1468);
         run_and_collect(true, 64 * 512, 512);
+    }
+
+    #[test]
+    fn gro_receive_splits_runs_back_into_datagrams() {
+        run_and_collect_with(true, true, 200 * 1468 + 17, 1468);
+        run_and_collect_with(true, true, 64 * 512, 512);
+        run_and_collect_with(false, true, 20 * 1468 + 5, 1468);
+    }
+
+    #[test]
+    fn received_datagrams_cover_the_buffer() {
+        let meta = DatagramMeta::from_remote("127.0.0.1:9".parse().expect("addr"));
+        let ranges = |len, segment| {
+            Received { len, meta, segment }
+                .datagrams()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranges(10, None), vec![0..10]);
+        assert_eq!(ranges(0, None), vec![0..0]);
+        assert_eq!(ranges(10, Some(4)), vec![0..4, 4..8, 8..10]);
+        assert_eq!(ranges(8, Some(4)), vec![0..4, 4..8]);
     }
 
     #[test]
