@@ -57,7 +57,7 @@ impl TcpServer {
     pub async fn accept(&self) -> io::Result<(TcpConn, SocketAddr)> {
         let (stream, peer) = self.listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        Ok((TcpConn { stream }, peer))
+        Ok((TcpConn::new(stream), peer))
     }
 }
 
@@ -65,14 +65,64 @@ impl TcpServer {
 #[derive(Debug)]
 pub struct TcpConn {
     stream: TcpStream,
+    /// The socket is in non-blocking mode (set before the first direct syscall).
+    nonblocking: bool,
+    /// `sendfile` was refused for this connection's files: bodies go from the mapping.
+    no_sendfile: bool,
+}
+
+/// Why the `sendfile` path stopped.
+#[cfg(target_os = "linux")]
+enum Sendfile {
+    /// Refused before anything was written: use the mapping instead.
+    Unsupported,
+    Failed(SendError),
+}
+
+/// One non-blocking `send`; `flags` adds to `MSG_DONTWAIT | MSG_NOSIGNAL`.
+#[cfg(target_os = "linux")]
+fn sys_send(sock: std::os::fd::RawFd, buf: &[u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice of `buf.len()` bytes; `sock` is an open socket.
+    let n = unsafe {
+        libc::send(
+            sock,
+            buf.as_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// One `sendfile` of up to `len` bytes of `file` from `offset` (the file position is untouched).
+#[cfg(target_os = "linux")]
+fn sys_sendfile(
+    sock: std::os::fd::RawFd,
+    file: std::os::fd::RawFd,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both descriptors are open; `off` is a live off_t the kernel updates.
+    let n = unsafe { libc::sendfile(sock, file, &mut off, len) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 impl TcpConn {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            nonblocking: false,
+            no_sendfile: false,
+        }
+    }
+
     /// Connects (used by clients: the load generator and tests).
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        Ok(Self { stream })
+        Ok(Self::new(stream))
     }
 
     /// Connects from a chosen local address (the load generator gives each virtual client its
@@ -85,7 +135,7 @@ impl TcpConn {
         socket.bind(SocketAddr::new(local, 0)).await?;
         let stream = socket.connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        Ok(Self { stream })
+        Ok(Self::new(stream))
     }
 
     /// Reads what is available into `buf` (filled from its start, up to its capacity); 0 = EOF.
@@ -118,9 +168,104 @@ impl TcpConn {
         self.send_head_and_image(Vec::new(), image, range).await
     }
 
-    /// Writes `head` (a response head) and then `range` of `image`, the head and the first
-    /// chunk of the body in one vectored write: a small ranged response costs one syscall.
+    /// Writes `head` (a response head) and then `range` of `image`.
+    ///
+    /// On Linux the body goes with `sendfile` from the version's file: the kernel attaches page
+    /// cache pages to the socket instead of copying them (a write from the mapping copies every
+    /// byte into socket buffers). Elsewhere, or when the file system refuses `sendfile`, the head
+    /// and the first chunk leave in one vectored write from the mapping and the rest follows.
     pub async fn send_head_and_image(
+        &mut self,
+        head: Vec<u8>,
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, SendError> {
+        #[cfg(target_os = "linux")]
+        if !self.no_sendfile {
+            match self.sendfile_head_and_image(&head, image, range).await {
+                Err(Sendfile::Unsupported) => self.no_sendfile = true,
+                Err(Sendfile::Failed(e)) => return Err(e),
+                Ok(n) => return Ok(n),
+            }
+        }
+        self.write_head_and_image(head, image, range).await
+    }
+
+    /// The `sendfile` path. Nothing has been written when it returns `Unsupported`.
+    #[cfg(target_os = "linux")]
+    async fn sendfile_head_and_image(
+        &mut self,
+        head: &[u8],
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, Sendfile> {
+        use std::os::fd::AsRawFd;
+        if !self.nonblocking {
+            // The calls below must never park the event loop: they return EAGAIN instead and the
+            // loop waits for the socket to drain.
+            socket2::SockRef::from(&self.stream)
+                .set_nonblocking(true)
+                .map_err(|e| Sendfile::Failed(SendError::Io(e)))?;
+            self.nonblocking = true;
+        }
+        let sock = self.stream.as_raw_fd();
+        let file = image.file().as_raw_fd();
+        let mut head_sent = 0;
+        let mut at = range.start;
+        while head_sent < head.len() || at < range.end {
+            image.check().map_err(|e| Sendfile::Failed(e.into()))?;
+            let res = if head_sent < head.len() {
+                // MSG_MORE: the head waits for the body's first pages, one segment not two.
+                let more = if at < range.end { libc::MSG_MORE } else { 0 };
+                sys_send(sock, &head[head_sent..], more).map(|n| head_sent += n)
+            } else {
+                let want = (range.end - at).min(BODY_CHUNK) as usize;
+                match sys_sendfile(sock, file, at, want) {
+                    // Nothing to read at `at`: the file shrank under the version.
+                    Ok(0) => return Err(Sendfile::Failed(VersionBroken::Modified.into())),
+                    Ok(n) => {
+                        at += n as u64;
+                        Ok(())
+                    }
+                    // Only before the first byte: the file system cannot sendfile, fall back.
+                    Err(e)
+                        if head_sent == 0
+                            && at == range.start
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                            ) =>
+                    {
+                        return Err(Sendfile::Unsupported);
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match res {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self
+                    .writable()
+                    .await
+                    .map_err(|e| Sendfile::Failed(SendError::Io(e)))?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Sendfile::Failed(SendError::Io(e))),
+            }
+        }
+        Ok(range.len())
+    }
+
+    /// Waits until the socket takes more bytes.
+    #[cfg(target_os = "linux")]
+    async fn writable(&self) -> io::Result<()> {
+        use compio::driver::ToSharedFd;
+        use compio::driver::op::{Interest, PollOnce};
+        let op = PollOnce::new(self.stream.to_shared_fd(), Interest::Writable);
+        compio::runtime::submit(op).await.0.map(drop)
+    }
+
+    /// The mapping path: the head and the first chunk of the body in one vectored write, so a
+    /// small ranged response costs one syscall.
+    async fn write_head_and_image(
         &mut self,
         head: Vec<u8>,
         image: &Rc<Version>,
@@ -244,5 +389,118 @@ mod tests {
             reader.await.expect("reader")
         });
         assert!(got == data[3..], "body differs");
+    }
+
+    /// Sends `head` + `range` of `version` with or without `sendfile` and returns what a reader
+    /// got, with the sender's result.
+    fn send_and_read(
+        version: Rc<Version>,
+        head: &[u8],
+        range: ByteRange,
+        sendfile: bool,
+    ) -> (Result<u64, SendError>, Vec<u8>) {
+        let head = head.to_vec();
+        let ev = EventLoop::new().expect("loop");
+        ev.block_on(async move {
+            let server =
+                TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+            let addr = server.local_addr();
+            let reader = spawn(async move {
+                let mut c = TcpConn::connect(addr).await.expect("connect");
+                let mut all = Vec::new();
+                let mut buf = Vec::with_capacity(1 << 16);
+                loop {
+                    let (r, b) = c.read(buf).await;
+                    buf = b;
+                    match r {
+                        Ok(0) | Err(_) => break all,
+                        Ok(n) => all.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+            let (mut conn, _) = server.accept().await.expect("accept");
+            conn.no_sendfile = !sendfile;
+            let res = conn.send_head_and_image(head, &version, range).await;
+            let _ = conn.shutdown().await;
+            drop(conn);
+            (res, reader.await.expect("reader"))
+        })
+    }
+
+    #[test]
+    fn head_and_body_are_byte_exact_with_and_without_sendfile() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data: Vec<u8> = (0..(9 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("img"), &data).expect("write");
+        let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
+        let info = store.open("img", NameFlavor::Http).expect("open");
+        let version = store.version(info.id).expect("version");
+        let head = b"HTTP/1.1 206 Partial Content\r\n\r\n";
+        for sendfile in [true, false] {
+            for (start, end) in [(0, data.len()), (4097, (5 << 20) + 3), (7, 8), (9, 9)] {
+                let range = ByteRange::new(start as u64, end as u64);
+                let (res, got) = send_and_read(Rc::clone(&version), head, range, sendfile);
+                assert_eq!(res.expect("send"), (end - start) as u64);
+                assert!(got[..head.len()] == head[..], "head (sendfile={sendfile})");
+                assert!(
+                    got[head.len()..] == data[start..end],
+                    "body {start}..{end} differs (sendfile={sendfile})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_file_stops_the_body_with_an_error_not_wrong_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![9u8; 8 << 20]).expect("write");
+        let mut store = ImageStore::new(
+            dir.path(),
+            StoreOptions {
+                leases: false,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("store");
+        let info = store.open("img", NameFlavor::Http).expect("open");
+        let version = store.version(info.id).expect("version");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("truncate");
+        for sendfile in [true, false] {
+            let (res, got) = send_and_read(
+                Rc::clone(&version),
+                b"",
+                ByteRange::new(0, 8 << 20),
+                sendfile,
+            );
+            assert!(
+                matches!(res, Err(SendError::Image(VersionBroken::Modified))),
+                "sendfile={sendfile}: {res:?}"
+            );
+            assert!(got.len() < 8 << 20, "a short body, never a padded one");
+            assert!(got.iter().all(|&b| b == 9), "only the file's bytes");
+        }
+    }
+
+    #[test]
+    fn rename_replace_keeps_sending_the_old_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![1u8; 3 << 20]).expect("write");
+        let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
+        let info = store.open("img", NameFlavor::Http).expect("open");
+        let version = store.version(info.id).expect("version");
+        std::fs::write(dir.path().join("img.new"), vec![2u8; 3 << 20]).expect("write new");
+        std::fs::rename(dir.path().join("img.new"), &p).expect("rename");
+        let (res, got) = send_and_read(version, b"", ByteRange::new(0, 3 << 20), true);
+        assert_eq!(res.expect("send"), 3 << 20);
+        assert!(
+            got.len() == 3 << 20 && got.iter().all(|&b| b == 1),
+            "old bytes"
+        );
     }
 }
