@@ -66,8 +66,10 @@ impl TcpServer {
 pub struct TcpConn {
     stream: TcpStream,
     /// The socket is in non-blocking mode (set before the first direct syscall).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     nonblocking: bool,
     /// `sendfile` was refused for this connection's files: bodies go from the mapping.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     no_sendfile: bool,
 }
 
