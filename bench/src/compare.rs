@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::servers::{self, Server};
-use crate::{ceiling, dhcp_blast, procstat};
+use crate::{ceiling, dhcp_blast, procstat, ttfb};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -706,6 +706,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                     let s = all[i];
                     let port = s.http_port.unwrap_or(0);
                     if has_wrk {
+                        let probe = ttfb::Probe {
+                            port,
+                            path: HTTP_BIG.into(),
+                            len: 256 << 20,
+                            start_after: Duration::from_millis(500),
+                            stop_after: Duration::from_secs(secs)
+                                .saturating_sub(Duration::from_millis(300)),
+                            gap: Duration::from_millis(5),
+                        };
+                        let prober = std::thread::spawn(move || probe.run());
                         let (sample, u) = watched(pid_of(s), || wrk(&env, port, ranges, secs));
                         table.add(
                             "http",
@@ -716,6 +726,46 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                             true,
                             sample,
                             u,
+                        );
+                        let ttfb = match prober.join() {
+                            Ok(Ok(mut v)) => {
+                                match (ttfb::quantile(&mut v, 0.99), ttfb::quantile(&mut v, 0.5)) {
+                                    (Some(p99), Some(p50)) => Sample {
+                                        value: p99.as_secs_f64() * 1000.0,
+                                        note: Some(format!(
+                                            "{} probes, p50 {:.2} ms",
+                                            v.len(),
+                                            p50.as_secs_f64() * 1000.0
+                                        )),
+                                        ..Sample::default()
+                                    },
+                                    _ => Sample {
+                                        value: f64::NAN,
+                                        failures: 1,
+                                        note: Some("no probe finished".into()),
+                                    },
+                                }
+                            }
+                            Ok(Err(e)) => Sample {
+                                value: f64::NAN,
+                                failures: 1,
+                                note: Some(format!("probe: {e}")),
+                            },
+                            Err(_) => Sample {
+                                value: f64::NAN,
+                                failures: 1,
+                                note: Some("probe thread panicked".into()),
+                            },
+                        };
+                        table.add(
+                            "http",
+                            workload,
+                            "time to first byte, 65th conn",
+                            &s.name,
+                            "ms p99",
+                            false,
+                            ttfb,
+                            None,
                         );
                     } else if !ranges {
                         let args: Vec<String> = [
@@ -955,7 +1005,7 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
     let _ = writeln!(
         out,
         "\nmin-max: spread of the samples relative to the median. zpxe/peer > 1 is zpxe ahead for \
-         MiB/s and replies/s. cpu s: server CPU per run (median). anon MiB: peak RssAnon of the \
+         MiB/s and replies/s; for ms rows < 1 is zpxe ahead. cpu s: server CPU per run (median). anon MiB: peak RssAnon of the \
          server's processes."
     );
     out

@@ -12,3 +12,5 @@ pub mod dhcp_blast;
 pub mod procstat;
 #[cfg(target_os = "linux")]
 pub mod servers;
+#[cfg(target_os = "linux")]
+pub mod ttfb;
