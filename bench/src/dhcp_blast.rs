@@ -3,7 +3,10 @@
 //! time. The same client for zpxe and dnsmasq: the loadgen's full DHCP client cannot follow
 //! dnsmasq's PXE menu, but every proxy answers a DISCOVER with an offer.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,8 @@ use zpxe_engine::dhcp::{DhcpClient, DhcpClientConfig, MacAddr};
 
 const RELAYS: u8 = 4;
 const OUTSTANDING: usize = 16;
-const POOL: usize = 512;
+/// Distinct DISCOVERs per relay: at 10,000/s one is reused every 0.4 s.
+const POOL: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct BlastResult {
@@ -143,4 +147,84 @@ pub fn run(server: SocketAddr, duration: Duration) -> anyhow::Result<BlastResult
     result.elapsed = started.elapsed();
     result.latency_us.sort_unstable();
     Ok(result)
+}
+
+/// Sends relayed DISCOVERs at a fixed `rate` (requests per second) for `duration`, whatever the
+/// server answers, and times every reply: the latency a server shows at a given load, not at
+/// its saturation point. One relay socket, one sending thread (a precise sleep between sends,
+/// on an absolute schedule so a late wake-up never lowers the rate) and one receiving thread
+/// blocked in `recv`, so a reply is timed when it lands. A request without a reply by the end
+/// counts as lost.
+pub fn run_paced(server: SocketAddr, rate: u32, duration: Duration) -> anyhow::Result<BlastResult> {
+    let relay = Ipv4Addr::new(127, 2, 0, 100);
+    let socket = relay_socket(relay, server.port())?;
+    let receiver = socket.try_clone()?;
+    let requests = Arc::new(pool(relay, server, 100));
+    // Nanoseconds after `started` at which request i was last sent; 0 = answered or never sent.
+    let sent: Arc<Vec<AtomicU64>> =
+        Arc::new((0..requests.len()).map(|_| AtomicU64::new(0)).collect());
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let started = Instant::now();
+    let (to_send, sent_by_sender) = (Arc::clone(&requests), Arc::clone(&sent));
+    let sender = thread::spawn(move || -> anyhow::Result<u64> {
+        let (mut n, mut overwritten) = (0u64, 0u64);
+        while started.elapsed() < duration {
+            let due = period.mul_f64(n as f64);
+            let now = started.elapsed();
+            if due > now {
+                thread::sleep(due - now);
+                continue;
+            }
+            let i = (n as usize) % to_send.len();
+            let at = (started.elapsed().as_nanos() as u64).max(1);
+            if sent_by_sender[i].swap(at, Ordering::AcqRel) != 0 {
+                overwritten += 1;
+            }
+            socket.send_to(&to_send[i].1, server)?;
+            n += 1;
+        }
+        Ok(overwritten)
+    });
+    let index: HashMap<u32, usize> = requests.iter().enumerate().map(|(i, r)| (r.0, i)).collect();
+    let mut buf = [0u8; 1500];
+    let (mut replies, mut latency) = (0u64, Vec::new());
+    // Replies still in flight when sending stops get a grace period.
+    let end = duration + Duration::from_millis(200);
+    while started.elapsed() < end {
+        match receiver.recv(&mut buf) {
+            Ok(len) if len >= 8 => {
+                let now = started.elapsed().as_nanos() as u64;
+                let xid = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                if let Some(&i) = index.get(&xid) {
+                    let at = sent[i].swap(0, Ordering::AcqRel);
+                    if at != 0 {
+                        replies += 1;
+                        latency
+                            .push((now.saturating_sub(at) / 1000).min(u64::from(u32::MAX)) as u32);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let overwritten = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    let unanswered = sent
+        .iter()
+        .filter(|a| a.load(Ordering::Acquire) != 0)
+        .count() as u64;
+    latency.sort_unstable();
+    Ok(BlastResult {
+        replies,
+        lost: overwritten + unanswered,
+        elapsed: duration,
+        latency_us: latency,
+    })
 }
