@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use zpxe_engine::Payload;
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
-use zpxe_platform::runtime::{Notify, spawn};
+use zpxe_platform::runtime::{sleep, spawn};
 use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
@@ -26,7 +26,6 @@ pub(crate) struct DhcpService {
     ctx: Rc<ThreadCtx>,
     dhcp: Rc<UdpEndpoint>,
     pxe: Rc<UdpEndpoint>,
-    wake: Notify,
 }
 
 impl DhcpService {
@@ -53,7 +52,6 @@ impl DhcpService {
             ctx: Rc::clone(ctx),
             dhcp: Rc::new(dhcp),
             pxe: Rc::new(pxe),
-            wake: Notify::new(),
         }))
     }
 
@@ -73,8 +71,11 @@ impl DhcpService {
         spawn(async move { me.drive().await }).detach();
     }
 
+    /// Receives on one port and answers at once from this task: a reply leaves without a hop
+    /// through another task, and what the datagram produced is logged right after.
     async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, port: DhcpPort) {
         let mut buf = Vec::with_capacity(BUF);
+        let mut out = vec![0u8; BUF];
         loop {
             let (res, b) = socket.recv(buf).await;
             buf = b;
@@ -87,7 +88,7 @@ impl DhcpService {
                         r.meta,
                         &buf[..r.len],
                     );
-                    self.wake.notify();
+                    self.flush(&mut out).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
@@ -95,45 +96,46 @@ impl DhcpService {
         }
     }
 
+    /// Sends every reply the engine has ready, then logs its events.
+    async fn flush(&self, buf: &mut [u8]) {
+        loop {
+            let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
+            let Some((port, t)) = polled else { break };
+            let Payload::Bytes { len } = t.payload else {
+                tracing::error!("unexpected payload from the DHCP engine");
+                continue;
+            };
+            let socket = match port {
+                DhcpPort::Dhcp => &self.dhcp,
+                _ => &self.pxe,
+            };
+            let route = Route {
+                destination: t.destination,
+                source_ip: t.source_ip,
+                ifindex: t.ifindex,
+            };
+            let (res, _) = socket.send(route, buf[..len].to_vec()).await;
+            match res {
+                Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
+                Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
+            }
+        }
+        loop {
+            let ev = self.engine.borrow_mut().poll_event();
+            let Some(ev) = ev else { break };
+            log_event(&ev, &self.ctx.shared.metrics);
+        }
+    }
+
+    /// Watches for the stop signal (replies leave from the receive tasks).
     async fn drive(self: Rc<Self>) {
         let mut buf = vec![0u8; BUF];
         loop {
-            loop {
-                let polled = self
-                    .engine
-                    .borrow_mut()
-                    .poll_transmit(Instant::now(), &mut buf);
-                let Some((port, t)) = polled else { break };
-                let Payload::Bytes { len } = t.payload else {
-                    tracing::error!("unexpected payload from the DHCP engine");
-                    continue;
-                };
-                let socket = match port {
-                    DhcpPort::Dhcp => &self.dhcp,
-                    _ => &self.pxe,
-                };
-                let route = Route {
-                    destination: t.destination,
-                    source_ip: t.source_ip,
-                    ifindex: t.ifindex,
-                };
-                let (res, _) = socket.send(route, buf[..len].to_vec()).await;
-                match res {
-                    Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
-                    Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
-                }
-            }
-            loop {
-                let ev = self.engine.borrow_mut().poll_event();
-                let Some(ev) = ev else { break };
-                log_event(&ev, &self.ctx.shared.metrics);
-            }
+            self.flush(&mut buf).await;
             if self.ctx.shared.stop.stopped() {
                 return;
             }
-            self.wake
-                .notified_until(Some(Instant::now() + super::STOP_POLL))
-                .await;
+            sleep(super::STOP_POLL).await;
         }
     }
 }
