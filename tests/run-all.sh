@@ -38,6 +38,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The ARM64 scenario's iPXE: Debian 12 has none, the script takes Debian 13's build into a cache
+# (instant when cached). A plain path on stdout, for the test.
+ZPXE_IPXE_ARM64="$(tests/fixtures/firmware/fetch-ipxe-arm64.sh)"
+export ZPXE_IPXE_ARM64
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup target list --installed | grep -q '^x86_64-pc-windows-gnu$' || rustup target add x86_64-pc-windows-gnu

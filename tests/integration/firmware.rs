@@ -1,6 +1,6 @@
 //! Real client firmware against zpxe, under qemu (TCG, no KVM): SeaBIOS with the iPXE ROM,
 //! OVMF with EDK2's own PXE stack (which then runs Debian's `snponly.efi` from zpxe), OVMF with
-//! the iPXE EFI ROM, and a client behind a DHCP relay.
+//! the iPXE EFI ROM, a client behind a DHCP relay, and ARM64 (AAVMF's PXE, then an ARM64 iPXE).
 //!
 //! Each scenario builds its own network namespaces: zpxe on a bridge in namespace `S` (the only
 //! PXE server), dnsmasq in namespace `D` handing out addresses only (no PXE options) and
@@ -10,10 +10,11 @@
 //! payload's size as iPXE reports it, and zpxe's log showing every step in order. A failure
 //! prints the serial log, zpxe's log, the other daemons' logs and a packet summary.
 //!
-//! ARM64 (AAVMF, arch 11) cannot reach the marker: Debian 12's `ipxe` package
-//! (1.0.0+git-20190125) ships x86 loaders only, so there is no ARM64 iPXE to serve. Its test
-//! goes as far as real firmware can: AAVMF's PXE gets zpxe's arch-11 offer and asks for the
-//! ARM64 loader over TFTP, which zpxe refuses as missing.
+//! ARM64 (qemu-system-aarch64 `virt` with AAVMF, arch 11) runs to the same marker: AAVMF's
+//! PXE fetches an ARM64 iPXE over TFTP, which then DHCPs as iPXE and follows the script.
+//! Debian 12's `ipxe` package ships x86 loaders only, so that iPXE is Debian 13's build
+//! (`ipxe-arm64.efi` from its `ipxe` package), which tests/fixtures/firmware/fetch-ipxe-arm64.sh
+//! puts in a cache directory (tests/run-all.sh runs it and exports [`IPXE_ARM64_ENV`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,8 +29,13 @@ const MARKER: &str = "ZPXE-FIRMWARE-OK";
 /// The payload the script downloads (several MB, not a round number).
 const PAYLOAD_LEN: usize = 8 * 1024 * 1024 + 4321;
 /// Longest a scenario may take from qemu's start to the marker (TCG on 2 shared cores; the
-/// slowest scenario, EDK2's PXE, takes about 11 s here).
+/// slowest scenario, ARM64, takes about 17-21 s here, EDK2's PXE on x86 about 11 s).
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+/// Names the ARM64 iPXE the ARM64 scenario serves; [`IPXE_ARM64_CACHED`] when unset.
+const IPXE_ARM64_ENV: &str = "ZPXE_IPXE_ARM64";
+/// Where tests/fixtures/firmware/fetch-ipxe-arm64.sh caches it by default.
+const IPXE_ARM64_CACHED: &str = "/var/cache/zpxe-tests/ipxe-arm64/ipxe-arm64.efi";
 
 /// Server-side subnet (zpxe .1, dnsmasq .2, relay .3) and the relayed client subnet.
 const SERVER_NET: &str = "10.90.0";
@@ -44,7 +50,8 @@ enum Firmware {
     OvmfEdk2Pxe,
     /// OVMF with Debian's efi-virtio.rom (iPXE's EFI driver as the NIC's option ROM).
     OvmfIpxeRom,
-    /// qemu-system-aarch64 `virt` with AAVMF: EDK2's own PXE on ARM64.
+    /// qemu-system-aarch64 `virt` with AAVMF: EDK2's own PXE on ARM64, then an ARM64 iPXE
+    /// from zpxe.
     Aavmf,
 }
 
@@ -54,6 +61,21 @@ fn require_file(path: &str, package: &str) -> PathBuf {
     assert!(
         p.is_file(),
         "this test needs {path} from Debian package `{package}`: run tests/run-all.sh, which installs it"
+    );
+    p
+}
+
+/// The ARM64 iPXE to serve, or a failure saying how to get it.
+fn ipxe_arm64() -> PathBuf {
+    let p = std::env::var_os(IPXE_ARM64_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(IPXE_ARM64_CACHED));
+    assert!(
+        p.is_file(),
+        "the ARM64 scenario needs an ARM64 iPXE at {} ({IPXE_ARM64_ENV}, default \
+         {IPXE_ARM64_CACHED}): run tests/fixtures/firmware/fetch-ipxe-arm64.sh as root \
+         (tests/run-all.sh does)",
+        p.display()
     );
     p
 }
@@ -372,6 +394,14 @@ impl Lab {
         p.wait_for("listening on", Duration::from_secs(10));
         self.daemons.push(p);
         self.captures.push((format!("{ns} {dev}"), pcap));
+    }
+
+    /// Puts `src` below zpxe's root as `name` (before [`Lab::start_zpxe`]).
+    fn serve_file(&self, src: &Path, name: &str) {
+        let root = self.dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        std::fs::copy(src, root.join(name))
+            .unwrap_or_else(|e| panic!("copy {} to zpxe's root: {e}", src.display()));
     }
 
     /// The files zpxe serves and its configuration; returns the config path.
@@ -856,67 +886,60 @@ fn relayed_uefi_client_boots_through_giaddr() {
     );
 }
 
-/// ARM64 as far as Debian's packages allow (see the module comment): AAVMF's PXE sends
-/// arch 11, zpxe offers the ARM64 loader and the firmware requests it over TFTP. There is no
-/// ARM64 iPXE in Debian 12 to serve, so this scenario stops at zpxe's "file not found".
+/// ARM64 end to end: AAVMF's PXE (arch 11) loads the ARM64 iPXE over TFTP, which gets the
+/// script URL on its own DHCP and follows it (see the module comment for where it comes from).
 #[test]
-fn arm64_aavmf_pxe_gets_the_arm64_loader_offer() {
-    let lab = Lab::new("arm64", false);
+fn arm64_aavmf_pxe_chainloads_arm64_ipxe_from_zpxe() {
+    let loader = ipxe_arm64();
+    let mut lab = Lab::new("arm64", false);
+    let size = std::fs::metadata(&loader).expect("ARM64 iPXE").len();
+    lab.serve_file(&loader, "ipxe-arm64.efi");
     let mut server = lab.start_zpxe();
     let mac = "52:54:00:90:00:0b";
-    let serial = lab.serial_path();
-    let log = lab.dir.path().join("qemu.log");
-    let start = Instant::now();
-    let mut vm = Proc::spawn(
-        "qemu-system-aarch64",
-        lab.qemu(
-            Firmware::Aavmf,
-            mac,
-            "a1b2c3d4-000b-4000-8000-00000000000b",
-            &serial,
-        ),
-        log,
+    let uuid = "a1b2c3d4-000b-4000-8000-00000000000b";
+    let http = http_steps(SERVER_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::Aavmf,
+        mac,
+        uuid,
+        &[
+            // AAVMF's PXE (EDK2 on ARM64): arch 11, the ARM64 loader over TFTP.
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                &format!("uuid=\"{uuid}\""),
+                "arch=\"11\"",
+                "ipxe=false",
+                "boot_file=\"ipxe-arm64.efi\"",
+            ],
+            // The size probe (tsize) with windowsize 4, aborted with ERROR 8 after the OACK...
+            &[
+                "TFTP transfer started",
+                "file=\"ipxe-arm64.efi\"",
+                "blksize=1468",
+                "windowsize=4",
+            ],
+            &["TFTP transfer ended", "code: 8"],
+            // ...then the real transfer.
+            &[
+                "TFTP transfer started",
+                "file=\"ipxe-arm64.efi\"",
+                "windowsize=4",
+            ],
+            &["TFTP transfer complete", &format!("bytes={size}")],
+            // iPXE on ARM64 asks again and gets the script URL, not the loader.
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                "arch=\"11\"",
+                "ipxe=true",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
     );
-    let want: &[&[&str]] = &[
-        &[
-            "proxyDHCP offer",
-            &format!("mac={mac}"),
-            "arch=\"11\"",
-            "ipxe=false",
-            "boot_file=\"ipxe-arm64.efi\"",
-        ],
-        &[
-            "TFTP request refused",
-            "file=\"ipxe-arm64.efi\"",
-            "not found",
-        ],
-    ];
-    let result = loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let lines = server.drain_log().to_vec();
-        if steps_in_order(&lines, want).is_ok() {
-            break Ok(start.elapsed());
-        }
-        if let Ok(Some(status)) = vm.child.try_wait() {
-            break Err(format!(
-                "qemu-system-aarch64 exited ({status}):\n{}",
-                vm.log_text()
-            ));
-        }
-        if start.elapsed() > BOOT_LIMIT {
-            break Err(format!(
-                "AAVMF: zpxe's log lacks {want:?} within {BOOT_LIMIT:?}"
-            ));
-        }
-    };
-    vm.stop();
-    match result {
-        Ok(took) => eprintln!(
-            "firmware Aavmf: arch-11 offer and TFTP request after {:.1}s",
-            took.as_secs_f64()
-        ),
-        Err(why) => panic!("{why}{}", lab.report(&mut server)),
-    }
 }
 
 /// Proves the scenarios can fail: zpxe stopped right after its first offer, the boot must
