@@ -148,8 +148,9 @@ pub struct TftpServer {
     per_client: HashMap<IpAddr, usize>,
     /// Transfers with something to send, in order (each at most once: `Transfer::queued`).
     ready: VecDeque<TransferId>,
-    /// Retransmission deadlines. Entries go stale when a transfer moves on; they are skipped
-    /// when popped, so `poll_timeout` may wake the caller early, never late.
+    /// Retransmission deadlines, at most about one entry per transfer (`Transfer::timer_at`).
+    /// An entry that fires before its transfer's real deadline re-arms it then, so
+    /// `poll_timeout` may wake the caller early, never late.
     timers: BinaryHeap<Reverse<(Instant, TransferId)>>,
     control: VecDeque<Control>,
     events: VecDeque<TftpEvent>,
@@ -453,6 +454,7 @@ impl TftpServer {
             next: 1,
             sent_max: 0,
             deadline: now,
+            timer_at: None,
             fast_resent: None,
             queued: false,
             tries: 0,
@@ -550,7 +552,19 @@ impl TftpServer {
     ) {
         t.owed = Owed::Nothing;
         t.deadline = now + t.timeout;
-        timers.push(Reverse((t.deadline, id)));
+        Self::ensure_timer(timers, id, t);
+    }
+
+    /// Makes sure the heap has an entry for `t` no later than its deadline.
+    fn ensure_timer(
+        timers: &mut BinaryHeap<Reverse<(Instant, TransferId)>>,
+        id: TransferId,
+        t: &mut Transfer,
+    ) {
+        if t.timer_at.is_none_or(|at| t.deadline < at) {
+            timers.push(Reverse((t.deadline, id)));
+            t.timer_at = Some(t.deadline);
+        }
     }
 
     /// Ends a transfer the platform cannot serve (no port, image gone): tells the client with
@@ -620,8 +634,16 @@ impl TftpServer {
             let Some(t) = self.transfers.get_mut(&id) else {
                 continue;
             };
-            // Stale: the transfer moved on (it sends, or waits for a later deadline).
-            if t.owed != Owed::Nothing || t.deadline > now {
+            if t.timer_at == Some(at) {
+                t.timer_at = None;
+            }
+            // Sending: the window it owes arms a new deadline when it leaves.
+            if t.owed != Owed::Nothing {
+                continue;
+            }
+            // The transfer moved on since this entry was armed: wait for its real deadline.
+            if t.deadline > now {
+                Self::ensure_timer(&mut self.timers, id, t);
                 continue;
             }
             if t.tries >= self.config.retries {
@@ -642,6 +664,12 @@ impl TftpServer {
             t.retransmits += resend.max(1);
             self.enqueue(id);
         }
+    }
+
+    /// Entries in the timer heap (tests check it stays about one per transfer).
+    #[cfg(test)]
+    pub(crate) fn timer_entries(&self) -> usize {
+        self.timers.len()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

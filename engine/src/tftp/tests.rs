@@ -521,6 +521,47 @@ fn timeout_retransmits_then_gives_up_and_closes_the_image() {
 }
 
 #[test]
+fn lock_step_acks_keep_one_timer_and_the_deadline_follows_the_last_ack() {
+    let config = TftpServerConfig {
+        retries: 2,
+        ..loopback_config()
+    };
+    let mut m = Manual::new(config, 512 * 2000);
+    m.rrq(&[]);
+    let id = started(&mut m);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    for block in 1..=1000u16 {
+        m.now += Duration::from_millis(3);
+        m.ack(id, block);
+        assert_eq!(
+            m.drain(),
+            vec![(Local::Transfer(id), Sent::Data(block + 1, 1))]
+        );
+        assert!(
+            m.server.timer_entries() <= 2,
+            "{} entries",
+            m.server.timer_entries()
+        );
+    }
+    // The client goes quiet after ACK 1000: the first resend comes one timeout after that ACK,
+    // however early the heap's entry was armed.
+    let last_ack = m.now;
+    let timeout = Duration::from_millis(loopback_config().timeout_ms);
+    let mut resent_at = None;
+    for _ in 0..10 {
+        m.now = m.server.poll_timeout().expect("timer");
+        m.server.handle_timeout(m.now, &mut m.images);
+        let sent = m.drain();
+        if !sent.is_empty() {
+            assert_eq!(sent, vec![(Local::Transfer(id), Sent::Data(1001, 1))]);
+            resent_at = Some(m.now);
+            break;
+        }
+    }
+    assert_eq!(resent_at, Some(last_ack + timeout));
+}
+
+#[test]
 fn stranger_gets_error_5_and_transfer_goes_on() {
     let mut m = Manual::new(loopback_config(), 5000);
     m.rrq(&[]);

@@ -68,6 +68,10 @@ pub(crate) struct Transfer {
     /// Highest block sent so far.
     pub(crate) sent_max: u64,
     pub(crate) deadline: Instant,
+    /// The earliest entry this transfer has in the server's timer heap, if any. A new deadline
+    /// at or after it adds no entry: that one, when it fires, re-arms at the real deadline.
+    /// So the heap holds about one entry per transfer, not one per ACK.
+    pub(crate) timer_at: Option<Instant>,
     /// The acknowledged block a window was already resent after on a repeated ACK (at most
     /// once per position: see `handle_ack`).
     pub(crate) fast_resent: Option<u64>,
