@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use zpxe_engine::dhcp::{ClientUuid, MacAddr};
@@ -67,10 +67,16 @@ fn client_uuid(i: usize, seed: u64) -> ClientUuid {
 
 /// Runs a storm to the end (all clients finished or the limit reached) and reports.
 pub fn run(config: StormConfig) -> anyhow::Result<Report> {
-    let expected = match (&config.manifest, &config.reference_root) {
-        (Some(m), _) => Some(m.clone()),
-        _ => None,
-    };
+    let expected = Arc::new(match (&config.manifest, &config.reference_root) {
+        (Some(m), _) => Expected::from_manifest(m)?,
+        (None, Some(root)) => Expected::from_root(root),
+        (None, None) => Expected::default(),
+    });
+    // Hash the reference copies of the files named up front now, before the clock starts:
+    // otherwise the first client to finish each one pays for it inside its phase time.
+    for file in &config.target.files {
+        let _ = expected.digest(file);
+    }
     let threads = config.threads.max(1).min(config.clients.max(1));
     let schedule = config.arrival.schedule(config.clients, config.seed);
     let start = Instant::now();
@@ -84,11 +90,6 @@ pub fn run(config: StormConfig) -> anyhow::Result<Report> {
         let expected = expected.clone();
         handles.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let ev = EventLoop::new()?;
-            let expected = match (&expected, &config.reference_root) {
-                (Some(m), _) => Expected::from_manifest(m)?,
-                (None, Some(root)) => Expected::from_root(root),
-                (None, None) => Expected::default(),
-            };
             let shared = Rc::new(RunShared {
                 tftp_options: config.tftp_options,
                 target: config.target.clone(),
