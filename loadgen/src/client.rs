@@ -294,15 +294,12 @@ async fn dhcp_phase(
     let mut buf = vec![0u8; 1500];
     let mut rbuf = Vec::with_capacity(2048);
     let mut pxe: Option<UdpEndpoint> = None;
-    let mut retransmits = 0u64;
-    let mut sends = 0u64;
     loop {
         let now = Instant::now();
         if m.poll_timeout().is_some_and(|t| t <= now) {
             m.handle_timeout(now);
         }
         while let Some(t) = m.poll_transmit(now, &mut buf) {
-            sends += 1;
             // By broadcast, several clients share the client port and a unicast reply would
             // reach only one of them: the 4011 exchange gets a port of its own (EDK2 uses 4011).
             if spec.broadcast && t.destination.port() == shared.target.pxe_port {
@@ -320,8 +317,7 @@ async fn dhcp_phase(
             }
         }
         if let Some(outcome) = m.outcome() {
-            retransmits += sends.saturating_sub(1 + u64::from(fw.asks_4011()));
-            record(rec, shared, phase, t0, 0, retransmits);
+            record(rec, shared, phase, t0, 0, u64::from(m.retransmits()));
             if let Ok(a) = &outcome {
                 rec.answers.push(format!(
                     "{phase}: next-server {} file {} via-4011 {}",
