@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use crate::netns::NetPair;
 use crate::servers::{self, Server};
 use crate::{ceiling, dhcp_blast, procstat, ttfb};
 
@@ -20,7 +21,7 @@ const MIB: f64 = (1u64 << 20) as f64;
 /// Options of `compare`.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// 3 rounds and shorter timed runs (about 3 minutes) instead of 7 rounds.
+    /// 3 rounds and shorter timed runs (about 7 minutes) instead of 7 rounds.
     #[arg(long)]
     pub quick: bool,
     /// Also write every sample as JSON.
@@ -29,7 +30,8 @@ pub struct CompareArgs {
     /// atftpd binary or unpacked .deb root (also `$ZPXE_BENCH_ATFTPD`).
     #[arg(long, value_name = "PATH")]
     pub atftpd: Option<PathBuf>,
-    /// Sections to run (comma-separated): ceiling, tftp, storm, http, dhcp, boot.
+    /// Sections to run (comma-separated): ceiling, tftp, storm, http, dhcp, boot; and
+    /// boot-hpa (not by default): the boot storms against the classic stack with tftpd-hpa too.
     #[arg(
         long,
         value_delimiter = ',',
@@ -144,17 +146,28 @@ impl Table {
                 row.cpu_s = Some(median(&row.cpu_runs));
             }
         }
-        let zpxe: BTreeMap<(String, String), f64> = self
+        let zpxe: BTreeMap<(String, String), (f64, u64)> = self
             .rows
             .iter()
             .filter(|r| r.server == "zpxe")
-            .map(|r| ((r.workload.clone(), r.client.clone()), r.median))
+            .map(|r| {
+                (
+                    (r.workload.clone(), r.client.clone()),
+                    (r.median, r.failures),
+                )
+            })
             .collect();
         for row in &mut self.rows {
             if row.server == "zpxe" || row.server == "ceiling" {
                 continue;
             }
-            if let Some(z) = zpxe.get(&(row.workload.clone(), row.client.clone())) {
+            if let Some((z, z_failures)) = zpxe.get(&(row.workload.clone(), row.client.clone())) {
+                // Time-to-booted counts booted clients only: with failures on either side the
+                // two medians are of different populations, and their ratio would mislead.
+                if row.section == "boot" && row.unit == "s" && (row.failures > 0 || *z_failures > 0)
+                {
+                    continue;
+                }
                 row.zpxe_ratio = Some(z / row.median);
             }
         }
@@ -199,16 +212,27 @@ fn watched(
     pid: u32,
     f: impl FnOnce() -> anyhow::Result<Sample>,
 ) -> (Sample, Option<(f64, u64, u64)>) {
-    let cpu0 = procstat::cpu_seconds(pid);
-    let sampler = procstat::PeakSampler::start(pid);
+    watched_many(&[pid], f)
+}
+
+/// [`watched`] over the processes of a stack: CPU summed, the peak of the summed RssAnon, the
+/// sum of the VmHWMs.
+fn watched_many(
+    pids: &[u32],
+    f: impl FnOnce() -> anyhow::Result<Sample>,
+) -> (Sample, Option<(f64, u64, u64)>) {
+    let cpu = || pids.iter().map(|p| procstat::cpu_seconds(*p)).sum::<f64>();
+    let cpu0 = cpu();
+    let sampler = procstat::PeakSampler::start_many(pids.to_vec());
     let sample = f().unwrap_or_else(|e| Sample {
         value: f64::NAN,
         failures: 1,
         note: Some(format!("{e:#}")),
     });
     let peak = sampler.stop();
-    let cpu = procstat::cpu_seconds(pid) - cpu0;
-    (sample, Some((cpu, peak, procstat::hwm_kib(pid))))
+    let used = cpu() - cpu0;
+    let hwm = pids.iter().map(|p| procstat::hwm_kib(*p)).sum();
+    (sample, Some((used, peak, hwm)))
 }
 
 struct Env {
@@ -261,9 +285,24 @@ fn run_loadgen(
     tag: &str,
     limit: u64,
 ) -> anyhow::Result<serde_json::Value> {
+    run_loadgen_in(env, None, args, tag, limit)
+}
+
+/// [`run_loadgen`] inside network namespace `ns`.
+fn run_loadgen_in(
+    env: &Env,
+    ns: Option<&str>,
+    args: &[String],
+    tag: &str,
+    limit: u64,
+) -> anyhow::Result<serde_json::Value> {
     let json = env.work.join(format!("loadgen-{tag}.json"));
     let _ = fs::remove_file(&json);
-    let out = Command::new(&env.loadgen)
+    let mut cmd = match ns {
+        Some(ns) => NetPair::command(ns, &env.loadgen),
+        None => Command::new(&env.loadgen),
+    };
+    let out = cmd
         .args(args)
         .arg("--reference-root")
         .arg(&env.root)
@@ -429,39 +468,47 @@ fn wrk(env: &Env, port: u16, ranges: bool, secs: u64) -> anyhow::Result<Sample> 
     })
 }
 
+/// One full boot storm from the client namespace by broadcast against the stack in the server
+/// namespace: (p50, p99, aggregate MiB/s), failures on the first two.
 fn boot_storm(
     env: &Env,
-    zpxe: &Server,
+    pair: &NetPair,
     clients: usize,
 ) -> anyhow::Result<(Sample, Sample, Sample)> {
-    let port = |p: Option<u16>| p.unwrap_or(0).to_string();
     let args: Vec<String> = vec![
+        "--broadcast".into(),
+        "--server".into(),
+        pair.server_ip.clone(),
         "--dhcp-port".into(),
-        port(zpxe.dhcp_port),
+        servers::NS_DHCP.to_string(),
         "--pxe-port".into(),
-        port(zpxe.pxe_port),
+        servers::NS_PXE.to_string(),
         "--tftp-port".into(),
-        port(zpxe.tftp_port),
-        "--http-port".into(),
-        port(zpxe.http_port),
+        servers::NS_TFTP.to_string(),
         "--clients".into(),
         clients.to_string(),
         "--profile".into(),
         "mix".into(),
     ];
-    let r = run_loadgen(env, &args, "boot", 240)?;
+    let r = run_loadgen_in(env, Some(&pair.client), &args, "boot", BOOT_LIMIT_S)?;
     let (failures, note) = failures_of(&r);
+    let booted = r["booted"].as_u64().unwrap_or(0);
+    let mut notes = vec![format!(
+        "booted {booted}/{clients}, {} DHCP/TFTP retransmissions",
+        r["retransmits"].as_u64().unwrap_or(0)
+    )];
+    notes.extend(note);
     let p50 = phase(&r, "total", "p50_ms") / 1000.0;
     let p99 = phase(&r, "total", "p99_ms") / 1000.0;
     Ok((
         Sample {
             value: p50,
             failures,
-            note: note.clone(),
+            note: Some(notes.join("; ")),
         },
         Sample {
             value: p99,
-            failures: 0,
+            failures,
             note: None,
         },
         Sample {
@@ -470,6 +517,193 @@ fn boot_storm(
             note: None,
         },
     ))
+}
+
+/// Wall-clock limit of one boot storm (the loadgen fails clients still unfinished).
+const BOOT_LIMIT_S: u64 = 120;
+
+/// A stack the boot section runs.
+enum BootStack {
+    Zpxe,
+    Classic(String, servers::ClassicTftp),
+}
+
+/// The boot section: full storms against zpxe and the classic stack, each in a fresh pair of
+/// namespaces (servers in one, the loadgen by broadcast in the other), one storm per size.
+fn boot_section(
+    env: &Env,
+    zpxe_bin: &Path,
+    atftpd: Option<PathBuf>,
+    with_hpa: bool,
+    table: &mut Table,
+    started: Instant,
+) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        table.skipped.push(
+            "boot storms (zpxe and the classic stack): not run, network namespaces need root"
+                .into(),
+        );
+        return;
+    }
+    if servers::which(&["ip"]).is_none() {
+        table
+            .skipped
+            .push("boot storms: not run, `ip` (iproute2) not installed".into());
+        return;
+    }
+    let mut stacks = vec![BootStack::Zpxe];
+    let dnsmasq = servers::which(&["dnsmasq"]);
+    let nginx = servers::which(&["nginx"]);
+    match (&dnsmasq, &nginx) {
+        (Some(_), Some(_)) => {
+            // The classic stack's TFTP server is atftpd, or tftpd-hpa where atftpd is missing;
+            // both with `boot-hpa` (which does not fit the default run's 15 minutes).
+            let hpa = servers::which(&["in.tftpd"]);
+            match &atftpd {
+                Some(b) => stacks.push(BootStack::Classic(
+                    "classic-atftpd".into(),
+                    servers::ClassicTftp::Atftpd(b.clone(), 1000),
+                )),
+                None => table
+                    .skipped
+                    .push("classic stack with atftpd: atftpd not found".into()),
+            }
+            if with_hpa || atftpd.is_none() {
+                match hpa {
+                    Some(b) => stacks.push(BootStack::Classic(
+                        "classic-tftpd-hpa".into(),
+                        servers::ClassicTftp::TftpdHpa(b),
+                    )),
+                    None => table
+                        .skipped
+                        .push("classic stack with tftpd-hpa: in.tftpd not installed".into()),
+                }
+            }
+        }
+        _ => table.skipped.push(format!(
+            "classic stack storms: not run, {} not installed",
+            [("dnsmasq", &dnsmasq), ("nginx", &nginx)]
+                .iter()
+                .filter(|(_, b)| b.is_none())
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )),
+    }
+    // One storm per size and stack, with or without --quick: more rounds would not fit the whole
+    // comparison in 15 minutes.
+    for clients in [200usize, 1000] {
+        boot_round(
+            env,
+            zpxe_bin,
+            &stacks,
+            (&dnsmasq, &nginx),
+            clients,
+            table,
+            started,
+        );
+    }
+}
+
+/// One storm of `clients` against every stack, zpxe first.
+fn boot_round(
+    env: &Env,
+    zpxe_bin: &Path,
+    stacks: &[BootStack],
+    (dnsmasq, nginx): (&Option<PathBuf>, &Option<PathBuf>),
+    clients: usize,
+    table: &mut Table,
+    started: Instant,
+) {
+    let workload = format!("full boot storm, {clients} clients, mix, broadcast in netns");
+    for (index, spec) in stacks.iter().enumerate() {
+        let name = match spec {
+            BootStack::Zpxe => "zpxe",
+            BootStack::Classic(name, _) => name.as_str(),
+        };
+        eprintln!(
+            "compare: boot storm, {clients} clients, {name} ({:.0} s so far)",
+            started.elapsed().as_secs_f64()
+        );
+        let pair = match NetPair::new(&format!("{index}{clients}"), index as u32) {
+            Ok(p) => p,
+            Err(e) => {
+                table
+                    .skipped
+                    .push(format!("boot storm {clients} x {name}: namespaces: {e:#}"));
+                continue;
+            }
+        };
+        let stack = match spec {
+            BootStack::Zpxe => servers::start_zpxe_in(zpxe_bin, &env.root, &env.work, &pair.server),
+            BootStack::Classic(name, tftp) => servers::start_classic_in(
+                name,
+                dnsmasq.as_deref().unwrap_or(Path::new("dnsmasq")),
+                nginx.as_deref().unwrap_or(Path::new("nginx")),
+                tftp,
+                &env.root,
+                &env.work,
+                &pair.server,
+                &pair.server_ip,
+            ),
+        };
+        let mut stack = match stack {
+            Ok(s) => s,
+            Err(e) => {
+                table
+                    .skipped
+                    .push(format!("boot storm {clients} x {name}: {e:#}"));
+                continue;
+            }
+        };
+        let mut rest = None;
+        let (mut p50, usage) = watched_many(&stack.pids(), || {
+            let (a, b, c) = boot_storm(env, &pair, clients)?;
+            rest = Some((b, c));
+            Ok(a)
+        });
+        let exited = stack.exited();
+        if !exited.is_empty() {
+            let mut notes: Vec<String> = p50.note.take().into_iter().collect();
+            notes.extend(exited);
+            p50.note = Some(notes.join("; "));
+        }
+        stack.stop();
+        drop(pair);
+        table.add(
+            "boot",
+            &workload,
+            "p50 time-to-booted",
+            name,
+            "s",
+            false,
+            p50,
+            usage,
+        );
+        if let Some((p99, tput)) = rest {
+            table.add(
+                "boot",
+                &workload,
+                "p99 time-to-booted",
+                name,
+                "s",
+                false,
+                p99,
+                None,
+            );
+            table.add(
+                "boot",
+                &workload,
+                "aggregate download",
+                name,
+                "MiB/s",
+                true,
+                tput,
+                None,
+            );
+        }
+    }
 }
 
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
@@ -863,64 +1097,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
     }
 
-    if want("boot") {
-        // One storm per size: a 1,000-client storm is a distribution of its own.
-        for clients in [200usize, 1000] {
-            eprintln!(
-                "compare: boot storm, {clients} clients ({:.0} s so far)",
-                started.elapsed().as_secs_f64()
-            );
-            let workload = format!("full boot storm, {clients} clients, mix");
-            let (r, u) = {
-                let mut out = None;
-                let (first, u) = watched(zpxe.pid(), || {
-                    let (a, b, c) = boot_storm(&env, &zpxe, clients)?;
-                    out = Some((b, c));
-                    Ok(a)
-                });
-                (Some((first, out)), u)
-            };
-            if let Some((p50, rest)) = r {
-                table.add(
-                    "boot",
-                    &workload,
-                    "p50 time-to-booted",
-                    "zpxe",
-                    "s",
-                    false,
-                    p50,
-                    u,
-                );
-                if let Some((p99, tput)) = rest {
-                    table.add(
-                        "boot",
-                        &workload,
-                        "p99 time-to-booted",
-                        "zpxe",
-                        "s",
-                        false,
-                        p99,
-                        None,
-                    );
-                    table.add(
-                        "boot",
-                        &workload,
-                        "aggregate download",
-                        "zpxe",
-                        "MiB/s",
-                        true,
-                        tput,
-                        None,
-                    );
-                }
-            }
-        }
-        table.skipped.push(
-            "classic stack storm (dnsmasq proxy + atftpd + nginx): not run. dnsmasq in proxy mode \
-             answers with a PXE menu (option 43) and no boot file; the loadgen's EDK2 client then \
-             asks 4011 for boot item type 0, which dnsmasq ignores (real firmware picks the menu's \
-             item). Needs the loadgen's DhcpClient to follow option 43 menus."
-                .into(),
+    if want("boot") || want("boot-hpa") {
+        let atftpd = servers::find_atftpd(args.atftpd.as_deref());
+        boot_section(
+            &env,
+            &zpxe_bin,
+            atftpd,
+            want("boot-hpa"),
+            &mut table,
+            started,
         );
     }
 
@@ -970,7 +1155,7 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
             let _ = writeln!(out, "\n{}", r.workload);
             let _ = writeln!(
                 out,
-                "  {:<20} {:<10} {:>12} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}",
+                "  {:<20} {:<17} {:>12} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}",
                 "client",
                 "server",
                 "median",
@@ -990,7 +1175,8 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
                 (a.min(*x), b.max(*x))
             });
-        let spread = if lo.is_finite() && r.median.abs() > 0.0 {
+        // One sample has no spread.
+        let spread = if lo.is_finite() && r.median.abs() > 0.0 && r.samples.len() > 1 {
             format!("{:.0}%", (hi - lo) / r.median * 100.0)
         } else {
             "-".into()
@@ -998,7 +1184,7 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
         let ratio = r.zpxe_ratio.map_or("-".into(), |x| format!("{x:.2}x"));
         let _ = writeln!(
             out,
-            "  {:<20} {:<10} {:>12} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}{}",
+            "  {:<20} {:<17} {:>12} {:<9} {:>9} {:>8} {:>8} {:>6} {:>10}{}",
             r.client,
             r.server,
             fmt_num(r.median),
@@ -1030,8 +1216,10 @@ fn render(table: &Table, rounds: usize, elapsed: Duration) -> String {
     let _ = writeln!(
         out,
         "\nmin-max: spread of the samples relative to the median. zpxe/peer > 1 is zpxe ahead for \
-         MiB/s and replies/s; for ms rows < 1 is zpxe ahead. cpu s: server CPU per run (median). anon MiB: peak RssAnon of the \
-         server's processes."
+         MiB/s and replies/s; for ms rows, and for s (time-to-booted, booted clients only; no \
+         ratio when either side failed clients), below 1 is zpxe ahead. fails: failed \
+         transfers/requests, or clients that did not boot. cpu s: server CPU per run (median), \
+         summed over a stack's processes. anon MiB: peak RssAnon of the server's processes."
     );
     out
 }

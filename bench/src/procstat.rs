@@ -74,7 +74,8 @@ pub fn hwm_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
 
-/// Samples a tree's RssAnon every 50 ms while a workload runs; `stop` returns the peak.
+/// Samples the RssAnon of one or more trees (summed) every 50 ms while a workload runs;
+/// `stop` returns the peak.
 #[derive(Debug)]
 pub struct PeakSampler {
     stop: Arc<AtomicBool>,
@@ -84,12 +85,18 @@ pub struct PeakSampler {
 
 impl PeakSampler {
     pub fn start(pid: u32) -> Self {
+        Self::start_many(vec![pid])
+    }
+
+    /// The peak of the sum over the trees of `pids` (a stack of several servers).
+    pub fn start_many(pids: Vec<u32>) -> Self {
+        let total = move || pids.iter().map(|p| anon_kib(*p)).sum::<u64>();
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(anon_kib(pid)));
+        let peak = Arc::new(AtomicU64::new(total()));
         let (s, p) = (stop.clone(), peak.clone());
         let handle = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                p.fetch_max(anon_kib(pid), Ordering::Relaxed);
+                p.fetch_max(total(), Ordering::Relaxed);
                 thread::sleep(Duration::from_millis(50));
             }
         });

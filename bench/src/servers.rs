@@ -332,3 +332,307 @@ pub fn start_nginx(bin: &Path, root: &Path, dir: &Path) -> anyhow::Result<Server
         pxe_port: None,
     })
 }
+
+/// Whether a socket in `pid`'s network namespace is bound to UDP `port` or listens on TCP
+/// `port` (from /proc/PID/net, which shows the namespace of that process).
+fn bound_in_ns(pid: u32, port: u16, tcp: bool) -> bool {
+    let file = if tcp { "tcp" } else { "udp" };
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        return false;
+    };
+    let port = format!(":{port:04X}");
+    text.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // local_address, rem_address, st: TCP LISTEN is 0A, an unconnected UDP socket 07.
+        f.len() > 3 && f[1].ends_with(&port) && f[3] == if tcp { "0A" } else { "07" }
+    })
+}
+
+fn wait_in_ns(child: &mut Child, ports: &[(u16, bool)], log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "exited at start ({status}): {}",
+                fs::read_to_string(log).unwrap_or_default().trim()
+            );
+        }
+        if ports
+            .iter()
+            .all(|(port, tcp)| bound_in_ns(child.id(), *port, *tcp))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("ports {ports:?} never opened");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ports every stack in a storm namespace uses: the well-known ones, HTTP on 8080.
+pub const NS_DHCP: u16 = 67;
+pub const NS_PXE: u16 = 4011;
+pub const NS_TFTP: u16 = 69;
+pub const NS_HTTP: u16 = 8080;
+
+/// A network boot stack running inside a namespace: one process (zpxe) or several (the
+/// classic stack), each with its log, stopped by PID.
+#[derive(Debug)]
+pub struct Stack {
+    pub name: String,
+    pub parts: Vec<(Server, PathBuf)>,
+}
+
+impl Stack {
+    pub fn pids(&self) -> Vec<u32> {
+        self.parts.iter().map(|(s, _)| s.pid()).collect()
+    }
+
+    /// The processes that are no longer running, with the end of their logs.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (server, log) in &mut self.parts {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let text = fs::read_to_string(&*log).unwrap_or_default();
+                let tail = text.lines().rev().find(|l| !l.trim().is_empty());
+                out.push(format!(
+                    "{} exited during the storm ({status}): {}",
+                    server.name,
+                    tail.unwrap_or("no log").trim()
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn stop(self) {
+        for (server, _) in self.parts {
+            server.stop();
+        }
+    }
+}
+
+/// A process of a stack; the ports are the stack's (`NS_*`).
+fn plain(name: &str, child: Child) -> Server {
+    Server {
+        name: name.into(),
+        child,
+        tftp_port: None,
+        http_port: None,
+        dhcp_port: None,
+        pxe_port: None,
+    }
+}
+
+fn ns_server(name: &str, child: Child) -> Server {
+    Server {
+        name: name.into(),
+        child,
+        tftp_port: Some(NS_TFTP),
+        http_port: Some(NS_HTTP),
+        dhcp_port: Some(NS_DHCP),
+        pxe_port: Some(NS_PXE),
+    }
+}
+
+/// zpxe inside namespace `ns` on every address (broadcast DHCP needs the wildcard), with the
+/// same menu as [`start_zpxe`]. Every virtual client of a storm comes from the client
+/// namespace's one address, so the per-address TFTP cap (8 by default, a guard against one
+/// misbehaving host) is raised to the global one; real machines each have their own address,
+/// and the classic peers have no such cap.
+pub fn start_zpxe_in(bin: &Path, root: &Path, dir: &Path, ns: &str) -> anyhow::Result<Stack> {
+    let config = dir.join("zpxe-ns.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nroot = {root:?}\nlisten = [\"0.0.0.0\"]\n\n\
+             [tftp]\nmax-transfers-per-client = 4096\n\n\
+             [menu]\ntitle = \"bench\"\ntimeout-ms = 1000\ndefault = \"winpe\"\n\n\
+             [[menu.entries]]\nid = \"winpe\"\nlabel = \"WinPE\"\n\
+             kind = {{ type = \"winpe\", wimboot = \"wimboot\", bcd = \"Boot/BCD\", \
+             boot-sdi = \"Boot/boot.sdi\", boot-wim = \"sources/boot.wim\" }}\n",
+        ),
+    )?;
+    let log = dir.join("zpxe-ns.log");
+    let mut child = spawn(
+        crate::netns::NetPair::command(ns, bin)
+            .env("RUST_LOG", "warn")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--tftp-port", &NS_TFTP.to_string()])
+            .args(["--http-port", &NS_HTTP.to_string()])
+            .args(["--dhcp-port", &NS_DHCP.to_string()])
+            .args(["--pxe-port", &NS_PXE.to_string()])
+            .args(["--web-port", "8081"]),
+        &log,
+    )?;
+    let ports = [
+        (NS_DHCP, false),
+        (NS_PXE, false),
+        (NS_TFTP, false),
+        (NS_HTTP, true),
+    ];
+    wait_in_ns(&mut child, &ports, &log).context("zpxe in its namespace")?;
+    Ok(Stack {
+        name: "zpxe".into(),
+        parts: vec![(ns_server("zpxe", child), log)],
+    })
+}
+
+/// The TFTP server of the classic stack.
+#[derive(Debug, Clone)]
+pub enum ClassicTftp {
+    /// atftpd and its `--maxthread`.
+    Atftpd(PathBuf, usize),
+    /// tftpd-hpa's in.tftpd (one process per transfer).
+    TftpdHpa(PathBuf),
+}
+
+/// What an admin assembles from packages, inside namespace `ns` on `ip`: dnsmasq in proxyDHCP
+/// mode (a PXE menu per architecture, iPXE tagged by user class and sent the script URL),
+/// atftpd or tftpd-hpa for the loaders, nginx for the script and the images. `boot.ipxe` is the
+/// static equivalent of zpxe's script for the same menu (without zpxe's progress reports).
+#[allow(clippy::too_many_arguments)]
+pub fn start_classic_in(
+    name: &str,
+    dnsmasq: &Path,
+    nginx: &Path,
+    tftp: &ClassicTftp,
+    root: &Path,
+    dir: &Path,
+    ns: &str,
+    ip: &str,
+) -> anyhow::Result<Stack> {
+    let dir = dir.join(name);
+    fs::create_dir_all(&dir)?;
+    let script_url = format!("http://{ip}:{NS_HTTP}/boot.ipxe");
+    let mut stack = Stack {
+        name: name.into(),
+        parts: Vec::new(),
+    };
+    // Any failure below stops what already runs.
+    let result = (|| -> anyhow::Result<()> {
+        let mut conf = String::new();
+        let _ = writeln!(conf, "port=0\ninterface=s0\nbind-interfaces");
+        let _ = writeln!(conf, "dhcp-range={ip},proxy");
+        let _ = writeln!(conf, "dhcp-leasefile={}", dir.join("leases").display());
+        let _ = writeln!(conf, "dhcp-userclass=set:ipxe,iPXE");
+        let _ = writeln!(conf, "pxe-prompt=\"zpxe-bench\",0");
+        for (csa, file) in [
+            ("x86PC", "undionly.kpxe"),
+            ("X86-64_EFI", "ipxe.efi"),
+            ("BC_EFI", "ipxe.efi"),
+            ("ARM64_EFI", "ipxe-arm64.efi"),
+        ] {
+            let _ = writeln!(conf, "pxe-service=tag:!ipxe,{csa},\"boot\",{file}");
+            let _ = writeln!(conf, "pxe-service=tag:ipxe,{csa},\"script\",{script_url}");
+        }
+        let _ = writeln!(
+            conf,
+            "log-facility={}",
+            dir.join("dnsmasq.syslog").display()
+        );
+        let conf_path = dir.join("dnsmasq.conf");
+        fs::write(&conf_path, conf)?;
+        let log = dir.join("dnsmasq.log");
+        let mut child = spawn(
+            crate::netns::NetPair::command(ns, dnsmasq)
+                .arg("-k")
+                .arg(format!("--conf-file={}", conf_path.display()))
+                .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display())),
+            &log,
+        )?;
+        let up = wait_in_ns(&mut child, &[(NS_DHCP, false), (NS_PXE, false)], &log);
+        stack.parts.push((plain("dnsmasq", child), log));
+        up.context("dnsmasq proxyDHCP")?;
+
+        let log = dir.join("tftp.log");
+        let (tftp_name, mut cmd) = match tftp {
+            ClassicTftp::Atftpd(bin, max) => {
+                let mut c = crate::netns::NetPair::command(ns, bin);
+                c.args(["--daemon", "--no-fork", "--bind-address", ip])
+                    .args(["--port", &NS_TFTP.to_string()])
+                    .args(["--maxthread", &max.to_string()])
+                    .args(["--logfile", "/dev/null", "--pidfile"])
+                    .arg(dir.join("atftpd.pid"))
+                    .arg(root);
+                ("atftpd", c)
+            }
+            ClassicTftp::TftpdHpa(bin) => {
+                let mut c = crate::netns::NetPair::command(ns, bin);
+                c.args(["-L", "-s"])
+                    .arg(root)
+                    .args(["-a", &format!("{ip}:{NS_TFTP}")])
+                    .args(["-P", &dir.join("tftpd-hpa.pid").to_string_lossy()]);
+                ("tftpd-hpa", c)
+            }
+        };
+        let mut child = spawn(&mut cmd, &log)?;
+        let up = wait_in_ns(&mut child, &[(NS_TFTP, false)], &log);
+        stack
+            .parts
+            .push((tftp_only(tftp_name, child, NS_TFTP), log));
+        up.with_context(|| tftp_name.to_owned())?;
+
+        let site = dir.join("site");
+        fs::create_dir_all(&site)?;
+        let base = format!("http://{ip}:{NS_HTTP}");
+        fs::write(
+            site.join("boot.ipxe"),
+            format!(
+                "#!ipxe\nmenu bench\nitem winpe WinPE\n\
+                 choose --timeout 1000 --default winpe selected || goto cancel\n\
+                 goto entry-${{selected}}\n:cancel\nexit\n:entry-winpe\n\
+                 kernel {base}/wimboot || goto failed\n\
+                 initrd -n BCD {base}/Boot/BCD BCD || goto failed\n\
+                 initrd -n boot.sdi {base}/Boot/boot.sdi boot.sdi || goto failed\n\
+                 initrd -n boot.wim {base}/sources/boot.wim boot.wim || goto failed\n\
+                 boot || goto failed\n:failed\necho boot failed\nexit 1\n"
+            ),
+        )?;
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&dir)
+            .status()?;
+        let prefix = dir.join("nginx");
+        fs::create_dir_all(prefix.join("logs"))?;
+        let p = prefix.display();
+        let conf = format!(
+            "worker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  sendfile on; tcp_nopush on; access_log off;\n\
+             default_type application/octet-stream; keepalive_requests 100000;\n\
+             client_body_temp_path {p}/cb; proxy_temp_path {p}/px; fastcgi_temp_path {p}/fc;\n\
+             uwsgi_temp_path {p}/uw; scgi_temp_path {p}/sc;\n\
+             server {{ listen {ip}:{NS_HTTP}; root {root};\n\
+             location = /boot.ipxe {{ root {site}; }} }}\n}}\n",
+            root = root.display(),
+            site = site.display()
+        );
+        let conf_path = prefix.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let log = dir.join("nginx.log");
+        let mut child = spawn(
+            crate::netns::NetPair::command(ns, nginx)
+                .arg("-p")
+                .arg(&prefix)
+                .arg("-c")
+                .arg(&conf_path)
+                .args(["-g", "daemon off;"]),
+            &log,
+        )?;
+        let up = wait_in_ns(&mut child, &[(NS_HTTP, true)], &log);
+        stack.parts.push((plain("nginx", child), log));
+        up.context("nginx")?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(stack),
+        Err(e) => {
+            stack.stop();
+            Err(e)
+        }
+    }
+}

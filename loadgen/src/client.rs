@@ -160,6 +160,9 @@ async fn walk(
     }
     let socket = dhcp_socket(spec, shared).map_err(|e| fail(Phase::Dhcp, e))?;
     let answer = dhcp_phase(spec, shared, rec, &socket, false).await?;
+    // Closed while the loader downloads: by broadcast the client port receives every other
+    // client's offers, which would fill an unread socket and crowd out iPXE's own offer.
+    drop(socket);
     if shared.only == Only::Dhcp {
         return Ok(());
     }
@@ -168,7 +171,8 @@ async fn walk(
     }
     let tftp = SocketAddr::new(IpAddr::V4(answer.next_server), shared.target.tftp.port());
     tftp_phase(spec, shared, rec, tftp, &answer.boot_file).await?;
-    // The loader (iPXE) starts and asks again, now as iPXE.
+    // The loader (iPXE) starts and asks again, now as iPXE, from a socket of its own.
+    let socket = dhcp_socket(spec, shared).map_err(|e| fail(Phase::IpxeDhcp, e))?;
     let ipxe = dhcp_phase(spec, shared, rec, &socket, true).await?;
     drop(socket);
     let script_url = ipxe.boot_file;
@@ -294,15 +298,12 @@ async fn dhcp_phase(
     let mut buf = vec![0u8; 1500];
     let mut rbuf = Vec::with_capacity(2048);
     let mut pxe: Option<UdpEndpoint> = None;
-    let mut retransmits = 0u64;
-    let mut sends = 0u64;
     loop {
         let now = Instant::now();
         if m.poll_timeout().is_some_and(|t| t <= now) {
             m.handle_timeout(now);
         }
         while let Some(t) = m.poll_transmit(now, &mut buf) {
-            sends += 1;
             // By broadcast, several clients share the client port and a unicast reply would
             // reach only one of them: the 4011 exchange gets a port of its own (EDK2 uses 4011).
             if spec.broadcast && t.destination.port() == shared.target.pxe_port {
@@ -320,8 +321,7 @@ async fn dhcp_phase(
             }
         }
         if let Some(outcome) = m.outcome() {
-            retransmits += sends.saturating_sub(1 + u64::from(fw.asks_4011()));
-            record(rec, shared, phase, t0, 0, retransmits);
+            record(rec, shared, phase, t0, 0, u64::from(m.retransmits()));
             if let Ok(a) = &outcome {
                 rec.answers.push(format!(
                     "{phase}: next-server {} file {} via-4011 {}",
@@ -333,19 +333,12 @@ async fn dhcp_phase(
         let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {
             d.saturating_duration_since(Instant::now())
         });
-        let got = match &pxe {
-            None => timeout(wait, socket.recv(rbuf)).await,
-            Some(p) => {
-                let both = async {
-                    let a = std::pin::pin!(socket.recv(rbuf));
-                    let b = std::pin::pin!(p.recv(Vec::with_capacity(2048)));
-                    match select(a, b).await {
-                        Either::Left((r, _)) | Either::Right((r, _)) => r,
-                    }
-                };
-                timeout(wait, both).await
-            }
-        };
+        // Once the 4011 socket exists the answer comes there, and only there is listened to.
+        // Listening on both would drop a receive in flight whenever the other finished first
+        // (the shared client port sees every other client's broadcast offers), and a receive
+        // dropped after the kernel completed it loses its datagram.
+        let listen = pxe.as_ref().unwrap_or(socket);
+        let got = timeout(wait, listen.recv(rbuf)).await;
         match got {
             Some((Ok(r), b)) => {
                 m.handle_datagram(Instant::now(), r.meta.remote, &b[..r.len]);

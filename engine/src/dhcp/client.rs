@@ -1,6 +1,19 @@
 //! A DHCP client that behaves like PXE firmware toward a proxyDHCP server: DISCOVER, take the
-//! proxy offer, optionally ask the boot server on 4011, and report the boot server and file.
-//! The load generator runs thousands of these; tests run them against [`super::ProxyDhcp`].
+//! proxy offer, ask the boot server on 4011 when the offer names no boot file (or when told
+//! to), and report the boot server and file. The load generator runs thousands of these; tests
+//! run them against [`super::ProxyDhcp`] and against offers captured from dnsmasq.
+//!
+//! What firmware does after a proxy offer without a boot file depends on its option 43 (PXE 2.1
+//! section 2.2; EDK2's PxeBcDhcp4 sorts offers the same way):
+//! - a boot menu (sub-option 9): boot the first item (what the prompt's timeout picks) by asking
+//!   a boot server for that item's type, layer 0 (sub-option 71 in the request); the server is
+//!   the first one sub-option 8 lists for that type, else the proxy itself;
+//! - no discovery options at all (a "BINL" offer): ask `siaddr` (else the server id) on 4011
+//!   with no boot item. dnsmasq answers UEFI clients this way when one service fits their arch.
+//!
+//! Broadcast and multicast discovery (PXE_DISCOVERY_CONTROL bits 0 and 1 clear, no server
+//! listed) are not done: the item is asked of the proxy by unicast, where dnsmasq and zpxe
+//! answer it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -83,6 +96,9 @@ pub enum DhcpClientError {
     NoOffer,
     #[error("no ACK from the boot server on 4011 after all retries")]
     NoAck,
+    /// The first item of the offer's PXE menu is type 0: boot from local media.
+    #[error("the PXE menu's first item is local boot")]
+    LocalBootItem,
 }
 
 #[derive(Debug)]
@@ -92,8 +108,8 @@ enum Phase {
     Requesting {
         offer: BootAnswer,
         boot_server: Ipv4Addr,
-        /// The boot server type asked for: the first item of the offer's PXE menu, or 0.
-        boot_item: u16,
+        /// Option 43 sub-option 71 of the request; `None` for a BINL request (no item).
+        boot_item: Option<PxeBootItem>,
     },
     Done(Result<BootAnswer, DhcpClientError>),
 }
@@ -108,6 +124,7 @@ pub struct DhcpClient {
     attempt: u32,
     deadline: Instant,
     send_pending: bool,
+    retransmits: u32,
 }
 
 impl DhcpClient {
@@ -124,7 +141,13 @@ impl DhcpClient {
             attempt: 0,
             deadline,
             send_pending: true,
+            retransmits: 0,
         }
+    }
+
+    /// Messages sent again after a timeout, over every phase.
+    pub fn retransmits(&self) -> u32 {
+        self.retransmits
     }
 
     /// The transaction id of the current phase.
@@ -164,6 +187,7 @@ impl DhcpClient {
         let backoff = self.config.timeout.checked_mul(1 << shift);
         self.deadline = later(now, backoff.unwrap_or(Duration::MAX));
         self.send_pending = true;
+        self.retransmits += 1;
     }
 
     /// The next message, written to the front of `buf`. Returns `None` when nothing is due or
@@ -218,24 +242,20 @@ impl DhcpClient {
                     return;
                 }
                 let offer = answer_from(&reply, None, false);
-                // Firmware without a boot file in the offer asks the boot server for one.
-                if self.config.request_4011 || offer.boot_file.is_empty() {
-                    let boot_server = reply.options.server_id.unwrap_or(match self.config.server {
-                        SocketAddr::V4(server) => *server.ip(),
-                        SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-                    });
-                    let boot_item = first_menu_item(&reply).unwrap_or(0);
-                    self.phase = Phase::Requesting {
-                        offer,
-                        boot_server,
-                        boot_item,
-                    };
-                    self.xid = self.rng.random();
-                    self.attempt = 0;
-                    self.deadline = later(now, self.config.timeout);
-                    self.send_pending = true;
-                } else {
-                    self.finish(Ok(offer));
+                match self.next_step(&reply, &offer) {
+                    Ok(Some((boot_server, boot_item))) => {
+                        self.phase = Phase::Requesting {
+                            offer,
+                            boot_server,
+                            boot_item,
+                        };
+                        self.xid = self.rng.random();
+                        self.attempt = 0;
+                        self.deadline = later(now, self.config.timeout);
+                        self.send_pending = true;
+                    }
+                    Ok(None) => self.finish(Ok(offer)),
+                    Err(e) => self.finish(Err(e)),
                 }
             }
             Phase::Requesting { offer, .. } => {
@@ -246,6 +266,63 @@ impl DhcpClient {
                 self.finish(Ok(answer));
             }
             Phase::Done(_) => {}
+        }
+    }
+
+    /// After the proxy offer: boot its file (`None`), or ask a boot server on 4011 for the
+    /// item (`Some((server, item))`).
+    fn next_step(
+        &self,
+        reply: &DhcpRepr,
+        offer: &BootAnswer,
+    ) -> Result<Option<(Ipv4Addr, Option<PxeBootItem>)>, DhcpClientError> {
+        let proxy = reply.options.server_id.unwrap_or(match self.config.server {
+            SocketAddr::V4(server) => *server.ip(),
+            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        });
+        if !offer.boot_file.is_empty() {
+            if !self.config.request_4011 {
+                return Ok(None);
+            }
+            // Told to ask anyway (EDK2 against zpxe): the proxy, item 0 layer 0; iPXE's
+            // proxyDHCP request carries no item.
+            let item = (!self.config.ipxe).then_some(PxeBootItem {
+                server_type: 0,
+                layer: 0,
+            });
+            return Ok(Some((proxy, item)));
+        }
+        let pxe = reply
+            .options
+            .vendor_specific
+            .as_deref()
+            .and_then(|raw| PxeVendorOptions::parse(raw).ok())
+            .unwrap_or_default();
+        match pxe.boot_menu.as_deref().and_then(first_menu_item) {
+            // PXE 2.1 boot server discovery: the client asks for the boot server type of the
+            // menu item it chose, layer 0.
+            Some(0) => Err(DhcpClientError::LocalBootItem),
+            Some(server_type) => {
+                let server = pxe
+                    .boot_servers
+                    .as_deref()
+                    .and_then(|list| listed_server(list, server_type))
+                    .unwrap_or(proxy);
+                Ok(Some((
+                    server,
+                    Some(PxeBootItem {
+                        server_type,
+                        layer: 0,
+                    }),
+                )))
+            }
+            None => {
+                // A BINL offer: the server in `siaddr` (else option 54) names the file on 4011.
+                let server = Some(reply.siaddr)
+                    .filter(|ip| !ip.is_unspecified())
+                    .unwrap_or(proxy);
+                Ok(Some((server, None)))
+            }
         }
     }
 
@@ -318,18 +395,13 @@ impl DhcpClient {
 
     fn request_4011(&self, now: Instant) -> DhcpRepr {
         let mut options = self.base_options(MessageType::Request);
-        if !self.config.ipxe {
-            // PXE 2.1: the client asks the boot server for the item it chose from the offer's
-            // menu (servers such as dnsmasq answer only that); with no menu, type 0, layer 0.
-            let server_type = match self.phase {
-                Phase::Requesting { boot_item, .. } => boot_item,
-                _ => 0,
-            };
+        if let Phase::Requesting {
+            boot_item: Some(item),
+            ..
+        } = self.phase
+        {
             let pxe = PxeVendorOptions {
-                boot_item: Some(PxeBootItem {
-                    server_type,
-                    layer: 0,
-                }),
+                boot_item: Some(item),
                 ..Default::default()
             };
             options.vendor_specific = Some(pxe.to_bytes());
@@ -358,15 +430,30 @@ fn later(now: Instant, wait: Duration) -> Instant {
     now.checked_add(wait.min(FAR)).unwrap_or(now)
 }
 
-/// The server type of the first item of a PXE boot menu (option 43, sub-option 9), which is
-/// what firmware boots when the menu prompt times out or there is no prompt.
-fn first_menu_item(reply: &DhcpRepr) -> Option<u16> {
-    let raw = reply.options.vendor_specific.as_deref()?;
-    let menu = PxeVendorOptions::parse(raw).ok()?.boot_menu?;
-    match menu.as_slice() {
+/// The server type of the first item of a PXE boot menu (option 43, sub-option 9: entries of
+/// type u16, description length u8, description), which is what firmware boots when the menu
+/// prompt times out or there is no prompt.
+fn first_menu_item(menu: &[u8]) -> Option<u16> {
+    match menu {
         [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
         _ => None,
     }
+}
+
+/// The first address PXE_BOOT_SERVERS (option 43, sub-option 8: entries of type u16, count u8,
+/// count IPv4 addresses) lists for `server_type`.
+fn listed_server(list: &[u8], server_type: u16) -> Option<Ipv4Addr> {
+    let mut rest = list;
+    while let [hi, lo, count, tail @ ..] = rest {
+        let (ips, after) = tail.split_at_checked(usize::from(*count) * 4)?;
+        if u16::from_be_bytes([*hi, *lo]) == server_type
+            && let [a, b, c, d, ..] = ips
+        {
+            return Some(Ipv4Addr::new(*a, *b, *c, *d));
+        }
+        rest = after;
+    }
+    None
 }
 
 fn is_pxe_reply(reply: &DhcpRepr) -> bool {
@@ -418,6 +505,7 @@ mod tests {
         proxy_events: Vec<DhcpEvent>,
         /// Where every proxy reply went.
         reply_destinations: Vec<SocketAddr>,
+        retransmits: u32,
     }
 
     /// Runs one client against one proxy over an in-memory network with a virtual clock.
@@ -437,12 +525,14 @@ mod tests {
             sends: Vec::new(),
             proxy_events: Vec::new(),
             reply_destinations: Vec::new(),
+            retransmits: 0,
         };
         let mut buf = [0u8; 1500];
         let mut replies = 0;
         for _ in 0..100 {
             if let Some(result) = client.outcome() {
                 run.result = result;
+                run.retransmits = client.retransmits();
                 return run;
             }
             while let Some(transmit) = client.poll_transmit(now, &mut buf) {
@@ -600,6 +690,7 @@ mod tests {
         // Lose the first offer and the first 4011 ACK.
         let run = simulate(config, |n| n == 1 || n == 3);
         assert!(run.result.unwrap().via_4011);
+        assert_eq!(run.retransmits, 2);
         let times: Vec<u64> = run.sends.iter().map(|(t, _)| t.as_secs()).collect();
         // DISCOVER at 0, again at 4 s; REQUEST right after, again 4 s later.
         assert_eq!(times, vec![0, 4, 4, 8]);
@@ -740,5 +831,192 @@ mod tests {
         let pxe = PxeVendorOptions::parse(request.options.vendor_specific.as_deref().expect("43"))
             .expect("43 parses");
         assert_eq!(pxe.boot_item.map(|b| b.server_type), Some(0x8001));
+    }
+
+    /// Drives one client through captured dnsmasq replies: the offer, then the 4011 ACK.
+    /// Returns the 4011 request it sent (destination, option 43) and the outcome.
+    fn against_dnsmasq(
+        config: DhcpClientConfig,
+        offer: &[u8],
+        ack: &[u8],
+    ) -> (
+        SocketAddr,
+        Option<PxeVendorOptions>,
+        Result<BootAnswer, DhcpClientError>,
+    ) {
+        use crate::dhcp::fixtures::with_xid;
+        let now = Instant::now();
+        let dnsmasq = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 79, 1, 1)), 67);
+        let mut client = DhcpClient::new(now, config);
+        let mut buf = [0u8; 1500];
+        assert!(client.poll_transmit(now, &mut buf).is_some(), "DISCOVER");
+        client.handle_datagram(now, dnsmasq, &with_xid(offer.to_vec(), client.xid()));
+        assert!(client.outcome().is_none(), "no boot file yet");
+        let t = client.poll_transmit(now, &mut buf).expect("4011 request");
+        let Payload::Bytes { len } = t.payload else {
+            panic!("bytes")
+        };
+        let request = DhcpRepr::parse_bytes(&buf[..len]).expect("parse");
+        assert_eq!(request.options.message_type, Some(MessageType::Request));
+        assert_eq!(request.ciaddr, Ipv4Addr::new(10, 79, 1, 2));
+        let pxe = request
+            .options
+            .vendor_specific
+            .as_deref()
+            .map(|raw| PxeVendorOptions::parse(raw).expect("43 parses"));
+        let from = SocketAddr::new(dnsmasq.ip(), 4011);
+        client.handle_datagram(now, from, &with_xid(ack.to_vec(), client.xid()));
+        (t.destination, pxe, client.outcome().expect("done"))
+    }
+
+    fn dnsmasq_client(arch: u16, ipxe: bool) -> DhcpClientConfig {
+        DhcpClientConfig {
+            mac: MacAddr(crate::dhcp::fixtures::MAC),
+            arch,
+            vendor_class: format!("PXEClient:Arch:{arch:05}:UNDI:003000"),
+            ipxe,
+            client_ip: Some(Ipv4Addr::new(10, 79, 1, 2)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bios_rom_boots_the_first_item_of_a_dnsmasq_menu() {
+        use crate::dhcp::fixtures::{DNSMASQ_BIOS_ACK_4011, DNSMASQ_BIOS_OFFER};
+        let (to, pxe, result) = against_dnsmasq(
+            dnsmasq_client(0, false),
+            &DNSMASQ_BIOS_OFFER.bytes(),
+            &DNSMASQ_BIOS_ACK_4011.bytes_with_fields("", "undionly.kpxe"),
+        );
+        // The boot server sub-option 8 lists for type 0x8000, on 4011.
+        assert_eq!(to, "10.79.1.1:4011".parse().unwrap());
+        assert_eq!(
+            pxe.and_then(|p| p.boot_item),
+            Some(PxeBootItem {
+                server_type: 0x8000,
+                layer: 0
+            })
+        );
+        assert_eq!(
+            result,
+            Ok(BootAnswer {
+                next_server: Ipv4Addr::new(10, 79, 1, 1),
+                boot_file: "undionly.kpxe".into(),
+                via_4011: true
+            })
+        );
+    }
+
+    #[test]
+    fn ipxe_asks_for_the_menu_item_too() {
+        use crate::dhcp::fixtures::{DNSMASQ_IPXE_BIOS_ACK_4011, DNSMASQ_IPXE_BIOS_OFFER};
+        let url = "http://10.79.1.1:8080/boot.ipxe";
+        let (_, pxe, result) = against_dnsmasq(
+            dnsmasq_client(0, true),
+            &DNSMASQ_IPXE_BIOS_OFFER.bytes(),
+            &DNSMASQ_IPXE_BIOS_ACK_4011.bytes_with_fields("", url),
+        );
+        assert_eq!(
+            pxe.and_then(|p| p.boot_item).map(|b| b.server_type),
+            Some(0x8002)
+        );
+        assert_eq!(result.unwrap().boot_file, url);
+    }
+
+    #[test]
+    fn uefi_asks_without_a_boot_item_after_a_binl_offer() {
+        use crate::dhcp::fixtures::{DNSMASQ_EFI_ACK_4011, DNSMASQ_EFI_OFFER};
+        for ipxe in [false, true] {
+            let (to, pxe, result) = against_dnsmasq(
+                dnsmasq_client(7, ipxe),
+                &DNSMASQ_EFI_OFFER.bytes(),
+                &DNSMASQ_EFI_ACK_4011.bytes_with_fields("10.79.1.1", "ipxe.efi"),
+            );
+            // siaddr of the offer, and no option 43: dnsmasq ignores a request for item 0.
+            assert_eq!(to, "10.79.1.1:4011".parse().unwrap());
+            assert_eq!(pxe, None);
+            assert_eq!(
+                result,
+                Ok(BootAnswer {
+                    next_server: Ipv4Addr::new(10, 79, 1, 1),
+                    boot_file: "ipxe.efi".into(),
+                    via_4011: true
+                })
+            );
+        }
+    }
+
+    /// A menu offer built by hand: `servers` is sub-option 8, the first item has `item` type.
+    fn menu_offer(client: &DhcpClient, item: u16, servers: Option<Vec<u8>>) -> Vec<u8> {
+        let mut menu = item.to_be_bytes().to_vec();
+        menu.extend_from_slice(&[1, b'x']);
+        let options = DhcpOptions {
+            message_type: Some(MessageType::Offer),
+            server_id: Some(PROXY_IP),
+            vendor_class: Some(b"PXEClient".to_vec()),
+            vendor_specific: Some(
+                PxeVendorOptions {
+                    discovery_control: Some(0x07),
+                    boot_servers: servers,
+                    boot_menu: Some(menu),
+                    ..Default::default()
+                }
+                .to_bytes(),
+            ),
+            ..Default::default()
+        };
+        DhcpRepr {
+            op: BootOp::Reply,
+            hops: 0,
+            xid: client.xid(),
+            secs: 0,
+            broadcast: false,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            client_mac: client.config.mac,
+            server_name: Vec::new(),
+            boot_file: Vec::new(),
+            options,
+        }
+        .to_bytes()
+    }
+
+    #[test]
+    fn menu_item_goes_to_the_server_listed_for_its_type() {
+        let now = Instant::now();
+        let from = SocketAddr::new(IpAddr::V4(PROXY_IP), 67);
+        let mut buf = [0u8; 1500];
+        // Type 0x8001 is served by 10.0.0.9 (after an entry for another type with two servers).
+        let servers = vec![
+            0x80, 0x00, 2, 10, 0, 0, 7, 10, 0, 0, 8, 0x80, 0x01, 1, 10, 0, 0, 9,
+        ];
+        let mut client = DhcpClient::new(now, DhcpClientConfig::default());
+        client.poll_transmit(now, &mut buf);
+        client.handle_datagram(now, from, &menu_offer(&client, 0x8001, Some(servers)));
+        let t = client.poll_transmit(now, &mut buf).expect("request");
+        assert_eq!(t.destination, "10.0.0.9:4011".parse().unwrap());
+        // A type the list does not name is asked of the proxy.
+        let mut client = DhcpClient::new(now, DhcpClientConfig::default());
+        client.poll_transmit(now, &mut buf);
+        let servers = vec![0x80, 0x00, 1, 10, 0, 0, 7];
+        client.handle_datagram(now, from, &menu_offer(&client, 0x8001, Some(servers)));
+        let t = client.poll_transmit(now, &mut buf).expect("request");
+        assert_eq!(t.destination, SocketAddr::new(IpAddr::V4(PROXY_IP), 4011));
+        // A truncated list is ignored rather than read past its end.
+        assert_eq!(listed_server(&[0x80, 0x01, 2, 10, 0, 0, 9], 0x8001), None);
+    }
+
+    #[test]
+    fn local_boot_as_first_item_ends_the_network_boot() {
+        let now = Instant::now();
+        let mut buf = [0u8; 1500];
+        let mut client = DhcpClient::new(now, DhcpClientConfig::default());
+        client.poll_transmit(now, &mut buf);
+        let offer = menu_offer(&client, 0, None);
+        client.handle_datagram(now, SocketAddr::new(IpAddr::V4(PROXY_IP), 67), &offer);
+        assert_eq!(client.outcome(), Some(Err(DhcpClientError::LocalBootItem)));
+        assert!(client.poll_transmit(now, &mut buf).is_none());
     }
 }

@@ -205,3 +205,118 @@ pub(crate) fn overloaded_discover() -> Vec<u8> {
     bytes.push(0xff);
     bytes
 }
+
+/// Replies of dnsmasq 2.90 in proxy mode, captured in a network namespace (server 10.79.1.1,
+/// client 10.79.1.2) with this configuration:
+///
+/// ```text
+/// dhcp-range=10.79.1.0,proxy
+/// dhcp-userclass=set:ipxe,iPXE
+/// pxe-prompt="boot",0
+/// pxe-service=tag:!ipxe,x86PC,"boot",undionly.kpxe
+/// pxe-service=tag:!ipxe,X86-64_EFI,"boot",ipxe.efi
+/// pxe-service=tag:ipxe,x86PC,"script",http://10.79.1.1:8080/boot.ipxe
+/// pxe-service=tag:ipxe,X86-64_EFI,"script",http://10.79.1.1:8080/boot.ipxe
+/// ```
+///
+/// The xid is the capture's; tests put their client's xid in with [`with_xid`].
+/// To a BIOS ROM (arch 0): no boot file, option 43 with discovery control 3 (no broadcast or
+/// multicast discovery), boot servers (type 0x8000 at 10.79.1.1), menu (0x8000 "boot"), prompt.
+pub(crate) const DNSMASQ_BIOS_OFFER: Fixture = Fixture {
+    header: "02 01 06 00  90 4c 0d dc  00 00  80 00  00 00 00 00  00 00 00 00  00 00 00 00  \
+             00 00 00 00  52 54 00 62 40 01 00 00 00 00 00 00 00 00 00 00",
+    options: &[
+        "35 01 02",
+        "36 04 0a 4f 01 01",
+        "3c 09 50 58 45 43 6c 69 65 6e 74",
+        "61 11 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10",
+        "2b 1d 06 01 03 08 07 80 00 01 0a 4f 01 01 09 07 80 00 04 62 6f 6f 74 0a 05 00 62 6f \
+         6f 74 ff",
+    ],
+};
+
+/// dnsmasq's ACK on 4011 to the BIOS ROM's request for item 0x8000 layer 0: yiaddr = the
+/// client, siaddr = the TFTP server, file `undionly.kpxe` (see [`Fixture::bytes_with_fields`]),
+/// the item echoed in option 43.
+pub(crate) const DNSMASQ_BIOS_ACK_4011: Fixture = Fixture {
+    header: "02 01 06 00  2b d6 94 88  00 00  00 00  00 00 00 00  0a 4f 01 02  0a 4f 01 01  \
+             00 00 00 00  52 54 00 62 40 01 00 00 00 00 00 00 00 00 00 00",
+    options: &[
+        "35 01 05",
+        "36 04 0a 4f 01 01",
+        "3c 09 50 58 45 43 6c 69 65 6e 74",
+        "61 11 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10",
+        "2b 0e 47 04 80 00 00 00 0a 05 00 62 6f 6f 74 ff",
+    ],
+};
+
+/// To iPXE on BIOS (user class iPXE): the menu names the `ipxe` service, type 0x8002.
+pub(crate) const DNSMASQ_IPXE_BIOS_OFFER: Fixture = Fixture {
+    header: "02 01 06 00  dc 4e 2a 5b  00 00  80 00  00 00 00 00  00 00 00 00  00 00 00 00  \
+             00 00 00 00  52 54 00 62 40 01 00 00 00 00 00 00 00 00 00 00",
+    options: &[
+        "35 01 02",
+        "36 04 0a 4f 01 01",
+        "3c 09 50 58 45 43 6c 69 65 6e 74",
+        "61 11 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10",
+        "2b 1f 06 01 03 08 07 80 02 01 0a 4f 01 01 09 09 80 02 06 73 63 72 69 70 74 0a 05 00 \
+         62 6f 6f 74 ff",
+    ],
+};
+
+/// dnsmasq's ACK on 4011 to iPXE's request for item 0x8002: the script URL in `file`
+/// (`http://10.79.1.1:8080/boot.ipxe`).
+pub(crate) const DNSMASQ_IPXE_BIOS_ACK_4011: Fixture = Fixture {
+    header: "02 01 06 00  ba 8e 6e 22  00 00  00 00  00 00 00 00  0a 4f 01 02  0a 4f 01 01  \
+             00 00 00 00  52 54 00 62 40 01 00 00 00 00 00 00 00 00 00 00",
+    options: &[
+        "35 01 05",
+        "36 04 0a 4f 01 01",
+        "3c 09 50 58 45 43 6c 69 65 6e 74",
+        "61 11 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10",
+        "2b 0e 47 04 80 02 00 00 0a 05 00 62 6f 6f 74 ff",
+    ],
+};
+
+/// To EDK2 (arch 7), where one service fits the arch: dnsmasq's UEFI workaround sends no
+/// option 43 at all, only siaddr (a BINL offer in EDK2's terms). The file comes on 4011.
+pub(crate) const DNSMASQ_EFI_OFFER: Fixture = Fixture {
+    header: "02 01 06 00  82 f6 81 ff  00 00  80 00  00 00 00 00  00 00 00 00  0a 4f 01 01  \
+             00 00 00 00  52 54 00 62 40 01 00 00 00 00 00 00 00 00 00 00",
+    options: &[
+        "35 01 02",
+        "36 04 0a 4f 01 01",
+        "3c 09 50 58 45 43 6c 69 65 6e 74",
+        "61 11 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10",
+    ],
+};
+
+/// dnsmasq's ACK on 4011 to EDK2's BINL request (no boot item): ciaddr echoed, siaddr, sname
+/// "10.79.1.1" and file `ipxe.efi` (see [`Fixture::bytes_with_fields`]). It answers only a
+/// request without sub-option 71; a request for item 0 gets nothing.
+pub(crate) const DNSMASQ_EFI_ACK_4011: Fixture = Fixture {
+    header: "02 01 06 00  e2 73 64 4c  00 00  00 00  0a 4f 01 02  00 00 00 00  0a 4f 01 01  \
+             00 00 00 00  52 54 00 62 40 01 00 00 00 00 00 00 00 00 00 00",
+    options: &[
+        "35 01 05",
+        "36 04 0a 4f 01 01",
+        "3c 09 50 58 45 43 6c 69 65 6e 74",
+        "61 11 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 10",
+    ],
+};
+
+impl Fixture {
+    /// [`Fixture::bytes`] with text in the `sname` and `file` fields.
+    pub(crate) fn bytes_with_fields(&self, sname: &str, file: &str) -> Vec<u8> {
+        let mut bytes = self.bytes();
+        bytes[44..44 + sname.len()].copy_from_slice(sname.as_bytes());
+        bytes[108..108 + file.len()].copy_from_slice(file.as_bytes());
+        bytes
+    }
+}
+
+/// `bytes` with its xid replaced (a captured reply answers another client's xid).
+pub(crate) fn with_xid(mut bytes: Vec<u8>, xid: u32) -> Vec<u8> {
+    bytes[4..8].copy_from_slice(&xid.to_be_bytes());
+    bytes
+}
