@@ -459,6 +459,9 @@ async fn tftp_once(
             d.saturating_duration_since(Instant::now())
         }),
     ));
+    // One receive stays posted across timer wake-ups: dropping a receive the kernel already
+    // completed would lose that datagram (and cost a retransmission).
+    let mut recv = std::pin::pin!(socket.recv(check.buffer()));
     loop {
         let now = Instant::now();
         let mut answered = false;
@@ -475,8 +478,7 @@ async fn tftp_once(
                 .map(|_| (check.finish(), stats.retransmits))
                 .map_err(|e| e.to_string());
         }
-        let recv = std::pin::pin!(socket.recv(check.buffer()));
-        match select(recv, timer.as_mut()).await {
+        match select(recv.as_mut(), timer.as_mut()).await {
             Either::Left(((res, b), _)) => {
                 let mut delivered = Vec::new();
                 if let Ok(r) = res {
@@ -499,6 +501,7 @@ async fn tftp_once(
                     }
                 }
                 check.hold(b, delivered);
+                recv.set(socket.recv(check.buffer()));
             }
             Either::Right(((), _)) => {
                 check.catch_up();
