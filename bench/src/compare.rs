@@ -21,7 +21,7 @@ const MIB: f64 = (1u64 << 20) as f64;
 /// Options of `compare`.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// 3 rounds and shorter timed runs (about 7 minutes) instead of 7 rounds.
+    /// 3 rounds and shorter timed runs (about 7 minutes) instead of 5 rounds.
     #[arg(long)]
     pub quick: bool,
     /// Also write every sample as JSON.
@@ -726,7 +726,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
     }
     let want = |s: &str| args.sections.iter().any(|x| x == s);
-    let rounds = if args.quick { 3 } else { 7 };
+    let rounds = if args.quick { 3 } else { 5 };
     let tmp = tempfile::Builder::new().prefix("zpxe-bench-").tempdir()?;
     let root = tmp.path().join("root");
     let work = tmp.path().join("work");
