@@ -463,15 +463,7 @@ async fn tftp_once(
     // completed would lose that datagram (and cost a retransmission).
     let mut recv = std::pin::pin!(socket.recv(check.buffer()));
     loop {
-        let now = Instant::now();
-        let mut answered = false;
-        while let Some(t) = m.poll_transmit(now, &mut buf) {
-            send_bytes(&socket, &t, &buf).await;
-            answered = true;
-        }
-        if answered {
-            check.catch_up();
-        }
+        answer(&mut m, &socket, &mut buf, &mut check).await;
         if let Some(result) = m.outcome() {
             let stats = m.stats();
             return result
@@ -490,14 +482,7 @@ async fn tftp_once(
                             delivered.push((got.offset, range));
                         }
                         // Answer at the datagram the machine answers, even mid-run.
-                        let mut answered = false;
-                        while let Some(t) = m.poll_transmit(now, &mut buf) {
-                            send_bytes(&socket, &t, &buf).await;
-                            answered = true;
-                        }
-                        if answered {
-                            check.catch_up();
-                        }
+                        answer(&mut m, &socket, &mut buf, &mut check).await;
                     }
                 }
                 check.hold(b, delivered);
@@ -515,6 +500,20 @@ async fn tftp_once(
                 timer = Box::pin(sleep(next));
             }
         }
+    }
+}
+
+/// Sends what the TFTP client machine has to send; once an ACK is out, checks the blocks held
+/// back for it while the server works on the next window.
+async fn answer(m: &mut TftpClient, socket: &UdpEndpoint, buf: &mut [u8], check: &mut Deferred) {
+    let now = Instant::now();
+    let mut answered = false;
+    while let Some(t) = m.poll_transmit(now, buf) {
+        send_bytes(socket, &t, buf).await;
+        answered = true;
+    }
+    if answered {
+        check.catch_up();
     }
 }
 

@@ -18,11 +18,11 @@ use crate::udp::SendError;
 /// so a file rewritten in place stops the body within this many bytes.
 const BODY_CHUNK: u64 = 4 << 20;
 
-/// The most one `sendfile` call moves (256 KiB): the loop turns to its other connections (and new
+/// The most one `sendfile` call moves (1 MiB): the loop turns to its other connections (and new
 /// requests) at least this often, which bounds the time to first byte under load. A call that
 /// attaches pages is cheap, so the smaller step costs little throughput.
 #[cfg(target_os = "linux")]
-const SENDFILE_CHUNK: u64 = 256 << 10;
+const SENDFILE_CHUNK: u64 = 1 << 20;
 
 /// A listening socket on the current event loop.
 #[derive(Debug)]
