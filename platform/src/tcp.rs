@@ -71,9 +71,6 @@ impl TcpServer {
 #[derive(Debug)]
 pub struct TcpConn {
     stream: TcpStream,
-    /// The socket is in non-blocking mode (set before the first direct syscall).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    nonblocking: bool,
     /// `sendfile` was refused for this connection's files: bodies go from the mapping.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     no_sendfile: bool,
@@ -82,7 +79,8 @@ pub struct TcpConn {
 /// Why the `sendfile` path stopped.
 #[cfg(target_os = "linux")]
 enum Sendfile {
-    /// Refused before anything was written: use the mapping instead.
+    /// Refused before any body byte left (the head, if any, is out): the body goes from the
+    /// mapping instead.
     Unsupported,
     Failed(SendError),
 }
@@ -140,10 +138,18 @@ fn sys_sendfile(
 
 impl TcpConn {
     fn new(stream: TcpStream) -> Self {
+        // The direct `send`/`sendfile` calls must never park the event loop: on a non-blocking
+        // socket they return EAGAIN and the loop waits for writability. (io_uring and the
+        // poll driver work the same on non-blocking sockets.) Without it, no `sendfile`.
+        #[cfg(target_os = "linux")]
+        let no_sendfile = socket2::SockRef::from(&stream)
+            .set_nonblocking(true)
+            .is_err();
+        #[cfg(not(target_os = "linux"))]
+        let no_sendfile = true;
         Self {
             stream,
-            nonblocking: false,
-            no_sendfile: false,
+            no_sendfile,
         }
     }
 
@@ -211,16 +217,19 @@ impl TcpConn {
     ) -> Result<u64, SendError> {
         #[cfg(target_os = "linux")]
         if !self.no_sendfile {
-            match self.sendfile_head_and_image(&head, image, range).await {
-                Err(Sendfile::Unsupported) => self.no_sendfile = true,
-                Err(Sendfile::Failed(e)) => return Err(e),
-                Ok(n) => return Ok(n),
-            }
+            return match self.sendfile_head_and_image(&head, image, range).await {
+                Ok(n) => Ok(n),
+                Err(Sendfile::Failed(e)) => Err(e),
+                Err(Sendfile::Unsupported) => {
+                    self.no_sendfile = true;
+                    self.write_head_and_image(Vec::new(), image, range).await
+                }
+            };
         }
         self.write_head_and_image(head, image, range).await
     }
 
-    /// The `sendfile` path. Nothing has been written when it returns `Unsupported`.
+    /// The `sendfile` path. When it returns `Unsupported` the head is out and no body byte is.
     #[cfg(target_os = "linux")]
     async fn sendfile_head_and_image(
         &mut self,
@@ -229,25 +238,19 @@ impl TcpConn {
         range: ByteRange,
     ) -> Result<u64, Sendfile> {
         use std::os::fd::AsRawFd;
-        if !self.nonblocking {
-            // The calls below must never park the event loop: they return EAGAIN instead and the
-            // loop waits for the socket to drain.
-            socket2::SockRef::from(&self.stream)
-                .set_nonblocking(true)
-                .map_err(|e| Sendfile::Failed(SendError::Io(e)))?;
-            self.nonblocking = true;
-        }
         let sock = self.stream.as_raw_fd();
         let file = image.file().as_raw_fd();
         let mut head_sent = 0;
         let mut at = range.start;
         while head_sent < head.len() || at < range.end {
-            image.check().map_err(|e| Sendfile::Failed(e.into()))?;
             let res = if head_sent < head.len() {
                 // MSG_MORE: the head waits for the body's first pages, one segment not two.
                 let more = if at < range.end { libc::MSG_MORE } else { 0 };
                 sys_send(sock, &head[head_sent..], more).map(|n| head_sent += n)
             } else {
+                // Once per call (at most SENDFILE_CHUNK): a broken lease or a changed file
+                // stops the body here.
+                image.check().map_err(|e| Sendfile::Failed(e.into()))?;
                 let want = (range.end - at).min(SENDFILE_CHUNK) as usize;
                 match sys_sendfile(sock, file, at, want) {
                     // Nothing to read at `at`: the file shrank under the version.
@@ -260,10 +263,9 @@ impl TcpConn {
                         }
                         Ok(())
                     }
-                    // Only before the first byte: the file system cannot sendfile, fall back.
+                    // Before the first body byte: the file system cannot sendfile, fall back.
                     Err(e)
-                        if head_sent == 0
-                            && at == range.start
+                        if at == range.start
                             && matches!(
                                 e.raw_os_error(),
                                 Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
@@ -393,34 +395,9 @@ mod tests {
         let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
         let info = store.open("img", NameFlavor::Http).expect("open");
         let version = store.version(info.id).expect("version");
-        let ev = EventLoop::new().expect("loop");
-        let got = ev.block_on(async move {
-            let server =
-                TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
-            let addr = server.local_addr();
-            let reader = spawn(async move {
-                let mut c = TcpConn::connect(addr).await.expect("connect");
-                let mut all = Vec::new();
-                let mut buf = Vec::with_capacity(1 << 16);
-                loop {
-                    let (r, b) = c.read(buf).await;
-                    buf = b;
-                    match r.expect("read") {
-                        0 => break all,
-                        n => all.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-            let (mut conn, _) = server.accept().await.expect("accept");
-            let sent = conn
-                .send_image(&version, ByteRange::new(3, version.len()))
-                .await
-                .expect("send");
-            assert_eq!(sent, version.len() - 3);
-            conn.shutdown().await.expect("shutdown");
-            drop(conn);
-            reader.await.expect("reader")
-        });
+        let len = version.len();
+        let (sent, got) = send_and_read(version, b"", ByteRange::new(3, len), false);
+        assert_eq!(sent.expect("send"), len - 3);
         assert!(got == data[3..], "body differs");
     }
 
