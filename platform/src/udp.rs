@@ -56,19 +56,10 @@ pub struct Received {
 impl Received {
     /// The byte ranges of the datagrams in the receive buffer, in arrival order.
     pub fn datagrams(&self) -> impl Iterator<Item = std::ops::Range<usize>> + use<> {
-        let (len, step) = (
-            self.len,
-            self.segment.filter(|&s| s > 0).unwrap_or(usize::MAX),
-        );
-        let count = if len == 0 {
-            1
-        } else {
-            len.div_ceil(step.min(len))
-        };
-        (0..count).map(move |i| {
-            let start = i.saturating_mul(step).min(len);
-            start..start.saturating_add(step).min(len)
-        })
+        let len = self.len;
+        let step = self.segment.unwrap_or(len).max(1);
+        // At least one: a zero-length datagram is a datagram.
+        (0..len.div_ceil(step).max(1)).map(move |i| i * step..((i + 1) * step).min(len))
     }
 }
 
