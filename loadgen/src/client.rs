@@ -472,7 +472,7 @@ async fn tftp_once(
         }
         match select(recv.as_mut(), timer.as_mut()).await {
             Either::Left(((res, b), _)) => {
-                let mut delivered = Vec::new();
+                let mut delivered = check.block_list();
                 if let Ok(r) = res {
                     let now = Instant::now();
                     for d in r.datagrams() {
@@ -528,7 +528,9 @@ type Block = (u64, std::ops::Range<usize>);
 struct Deferred {
     check: Check,
     held: Vec<(Vec<u8>, Vec<Block>)>,
+    /// Emptied receive buffers and block lists, reused: nothing is allocated per receive.
     free: Vec<Vec<u8>>,
+    free_lists: Vec<Vec<Block>>,
 }
 
 impl Deferred {
@@ -541,10 +543,16 @@ impl Deferred {
             .unwrap_or_else(|| Vec::with_capacity(65_536))
     }
 
+    /// An empty list for the blocks one receive delivers.
+    fn block_list(&mut self) -> Vec<Block> {
+        self.free_lists.pop().unwrap_or_default()
+    }
+
     /// Keeps `buf` until its delivered blocks (offset, bytes in `buf`) are checked.
     fn hold(&mut self, buf: Vec<u8>, delivered: Vec<Block>) {
         if delivered.is_empty() {
             self.free.push(buf);
+            self.free_lists.push(delivered);
             return;
         }
         self.held.push((buf, delivered));
@@ -555,13 +563,14 @@ impl Deferred {
 
     /// Checks every held block, in arrival order.
     fn catch_up(&mut self) {
-        for (buf, delivered) in self.held.drain(..) {
-            for (offset, range) in delivered {
+        for (buf, mut delivered) in self.held.drain(..) {
+            for (offset, range) in delivered.drain(..) {
                 if let Some(bytes) = buf.get(range) {
                     self.check.update(offset, bytes);
                 }
             }
             self.free.push(buf);
+            self.free_lists.push(delivered);
         }
     }
 
