@@ -22,12 +22,16 @@ enum Cmd {
     /// Start zpxe and every installed peer on loopback, drive them with the same clients,
     /// print medians and zpxe/peer ratios.
     Compare(compare::CompareArgs),
+    /// Time to first byte of 1 MiB ranged GETs on one connection, at a steady pace, against
+    /// any HTTP server on loopback (run it beside a load such as wrk).
+    Ttfb(zpxe_bench::ttfb::ProbeArgs),
 }
 
 #[cfg(target_os = "linux")]
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Compare(args) => compare::run(args),
+        Cmd::Ttfb(args) => zpxe_bench::ttfb::run(args),
     }
 }
 

@@ -94,6 +94,51 @@ fn connect(port: u16) -> io::Result<TcpStream> {
     Ok(conn)
 }
 
+/// `zpxe-bench ttfb`: the compare run's probe on its own.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The server's port on 127.0.0.1.
+    #[arg(long)]
+    pub port: u16,
+    /// The file to ask for (path below the server's root).
+    #[arg(long)]
+    pub path: String,
+    /// The file's length in bytes.
+    #[arg(long)]
+    pub len: u64,
+    /// Seconds to probe for.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Milliseconds between requests.
+    #[arg(long, default_value_t = 5)]
+    pub gap_ms: u64,
+}
+
+/// Runs the probe and prints its quantiles.
+pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
+    let probe = Probe {
+        port: args.port,
+        path: args.path,
+        len: args.len,
+        start_after: Duration::ZERO,
+        stop_after: Duration::from_secs_f64(args.secs),
+        gap: Duration::from_millis(args.gap_ms),
+    };
+    let mut v = probe.run()?;
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    let (p50, p90, p99) = (
+        ms(quantile(&mut v, 0.5)),
+        ms(quantile(&mut v, 0.9)),
+        ms(quantile(&mut v, 0.99)),
+    );
+    println!(
+        "ttfb {} probes: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+        v.len(),
+        ms(v.last().copied())
+    );
+    Ok(())
+}
+
 /// The `q` quantile (0..=1) of `samples`, nearest rank.
 pub fn quantile(samples: &mut [Duration], q: f64) -> Option<Duration> {
     if samples.is_empty() {
