@@ -71,6 +71,9 @@ pub struct ServerSection {
     /// Send TFTP windows with UDP segmentation offload where the kernel has it. Turn off for
     /// paths that mangle large UDP sends (some tunnels and drivers).
     pub udp_gso: bool,
+    /// On SIGTERM or SIGINT, how long transfers under way may take to finish (milliseconds)
+    /// before they are cut; a second signal cuts them at once.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -84,6 +87,7 @@ impl Default for ServerSection {
             threads: 0,
             advertise: None,
             udp_gso: true,
+            drain_timeout_ms: 60_000,
         }
     }
 }

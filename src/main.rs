@@ -149,9 +149,7 @@ fn main() -> ExitCode {
     };
     init_logging(default_level);
     let result = match cli.command {
-        Command::Serve(args) => args
-            .into_config()
-            .and_then(|c| zpxe::serve::run(c, zpxe::serve::Stop::never())),
+        Command::Serve(args) => args.into_config().and_then(serve_until_signalled),
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -172,6 +170,50 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `zpxe serve`: runs until SIGTERM or SIGINT, then drains ([`zpxe::serve::Stop::drain`]) for
+/// at most `server.drain-timeout-ms`; a second signal, or the timeout, stops at once.
+fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
+    let drain_for = std::time::Duration::from_millis(config.server.drain_timeout_ms);
+    // Before any thread starts: the event loops inherit the blocked mask, so only the waiting
+    // thread below ever takes the signals.
+    let signals =
+        zpxe_platform::signals::Terminations::block().context("blocking SIGTERM and SIGINT")?;
+    let stop = zpxe::serve::Stop::new();
+    let handle = zpxe::serve::start(config, stop.clone())?;
+    std::thread::Builder::new()
+        .name("zpxe-signals".into())
+        .spawn(move || {
+            let Ok(first) = signals.wait() else { return };
+            tracing::info!(
+                signal = first,
+                timeout_ms = drain_for.as_millis() as u64,
+                "draining: no new transfers, those under way may finish"
+            );
+            if let Err(e) = zpxe_platform::notify::stopping() {
+                tracing::warn!(error = %e, "could not notify systemd");
+            }
+            stop.drain();
+            let timer = stop.clone();
+            let _ = std::thread::Builder::new()
+                .name("zpxe-drain-timer".into())
+                .spawn(move || {
+                    std::thread::sleep(drain_for);
+                    if !timer.stopped() {
+                        tracing::warn!("drain timeout: cutting the transfers still under way");
+                        timer.stop();
+                    }
+                });
+            if let Ok(second) = signals.wait() {
+                tracing::warn!(signal = second, "second signal: stopping now");
+                stop.stop();
+            }
+        })
+        .context("starting the signal thread")?;
+    handle.join()?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn init_logging(default_level: &str) {

@@ -7,6 +7,7 @@
 pub mod bind;
 pub mod notify;
 pub mod runtime;
+pub mod signals;
 pub mod store;
 pub mod tcp;
 pub mod udp;

@@ -80,6 +80,8 @@ impl DhcpService {
             let (res, b) = socket.recv(buf).await;
             buf = b;
             match res {
+                // Draining: quiet, so clients turn to the server that takes over.
+                Ok(_) if self.ctx.drain.fired() => {}
                 Ok(r) => {
                     Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
                     self.engine.borrow_mut().handle_datagram(

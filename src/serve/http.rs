@@ -99,12 +99,19 @@ impl Handler for WebHandler {
     }
 }
 
-/// Accepts connections on `server` until the loop stops.
+/// Accepts connections on `server` until the loop stops or drains (the listener closes then).
 pub(crate) fn start(ctx: &Rc<ThreadCtx>, server: TcpServer, site: Site, config: Arc<HttpConfig>) {
     let ctx = Rc::clone(ctx);
     spawn(async move {
         loop {
-            match server.accept().await {
+            let accepted = {
+                let accept = std::pin::pin!(server.accept());
+                match select(accept, ctx.drain.wait()).await {
+                    Either::Left((accepted, _)) => accepted,
+                    Either::Right(((), _)) => break,
+                }
+            };
+            match accepted {
                 Ok((conn, peer)) => {
                     let handler: Box<dyn Handler> = match &site {
                         Site::Boot(scripts) => Box::new(scripts.clone()),
@@ -141,6 +148,7 @@ async fn serve_connection(
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
     let mut armed: Option<Instant> = None;
     let metrics = Arc::clone(&ctx.shared.metrics);
+    let _busy = ctx.drain.busy();
     loop {
         // Send everything the connection has ready.
         // Response heads (and generated bodies) gather in `head` and go out with the next image
@@ -211,6 +219,13 @@ async fn serve_connection(
             conn.abort(&mut *ctx.store.borrow_mut());
             return;
         }
+        // Draining: the response in flight is out; close instead of reading another request
+        // (a pipelined one the client sent is left for it to send again elsewhere).
+        if ctx.drain.fired() {
+            conn.abort(&mut *ctx.store.borrow_mut());
+            let _ = tcp.shutdown().await;
+            return;
+        }
         // Offer what is already read before reading more.
         if !pending.is_empty() && conn.wants_input() {
             let n = {
@@ -240,7 +255,13 @@ async fn serve_connection(
         }
         let Some(t) = timer.as_mut() else { continue };
         let read = std::pin::pin!(tcp.read(std::mem::take(&mut rbuf)));
-        match select(read, t.as_mut()).await {
+        let timer_or_drain = select(t.as_mut(), ctx.drain.wait());
+        match select(read, timer_or_drain).await {
+            Either::Right((Either::Right(_), _)) => {
+                // Draining while idle or mid-request: the check above closes the connection.
+                rbuf = Vec::with_capacity(READ_BUF);
+                continue;
+            }
             Either::Left(((res, b), _)) => {
                 rbuf = b;
                 match res {
@@ -262,7 +283,7 @@ async fn serve_connection(
                     }
                 }
             }
-            Either::Right(((), _)) => {
+            Either::Right((Either::Left(_), _)) => {
                 rbuf = Vec::with_capacity(READ_BUF);
                 timer = None;
                 armed = None;

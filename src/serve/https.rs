@@ -55,7 +55,14 @@ pub(crate) fn start(
     let ctx = Rc::clone(ctx);
     spawn(async move {
         loop {
-            match server.accept().await {
+            let accepted = {
+                let accept = std::pin::pin!(server.accept());
+                match select(accept, ctx.drain.wait()).await {
+                    Either::Left((accepted, _)) => accepted,
+                    Either::Right(((), _)) => break,
+                }
+            };
+            match accepted {
                 Ok((conn, peer)) => {
                     let ctx = Rc::clone(&ctx);
                     let h: Box<dyn Handler> = Box::new(handler.clone());
@@ -102,6 +109,7 @@ async fn serve_connection(
     let mut rbuf = Vec::with_capacity(READ_BUF);
     let mut wbuf = vec![0u8; READ_BUF];
     let mut chunk = vec![0u8; BODY_CHUNK];
+    let _busy = ctx.drain.busy();
     let result = async {
         loop {
             while let Some(out) = conn.poll_output(&mut wbuf) {
@@ -145,6 +153,13 @@ async fn serve_connection(
             if conn.is_closed() {
                 return Ok(());
             }
+            // Draining: the response in flight is out; say goodbye instead of reading more.
+            if ctx.drain.fired() {
+                tls.send_close_notify();
+                flush(&mut tls, &mut tcp).await?;
+                let _ = tcp.shutdown().await;
+                return Ok(());
+            }
             if !pending.is_empty() && conn.wants_input() {
                 let n = conn.handle_input(
                     Instant::now(),
@@ -163,9 +178,11 @@ async fn serve_connection(
             let got = {
                 let read = std::pin::pin!(tcp.read(std::mem::take(&mut rbuf)));
                 let timer = std::pin::pin!(sleep(wait));
-                match select(read, timer).await {
+                match select(read, select(timer, ctx.drain.wait())).await {
                     Either::Left(((res, b), _)) => Some((res, b)),
-                    Either::Right(((), _)) => None,
+                    // Draining: the loop top closes the connection.
+                    Either::Right((Either::Right(_), _)) => continue,
+                    Either::Right((Either::Left(_), _)) => None,
                 }
             };
             match got {

@@ -1,10 +1,13 @@
 //! `zpxe serve`: the engines' machines wired to the platform's event loops.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,23 +29,139 @@ mod tftp;
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
 pub(crate) const STOP_POLL: Duration = Duration::from_millis(250);
 
-/// Asks a running server to stop.
+/// How often a draining loop looks whether its last transfer has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Asks a running server to drain or to stop.
 #[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<AtomicBool>);
+pub struct Stop(Arc<StopFlags>);
+
+#[derive(Debug, Default)]
+struct StopFlags {
+    draining: AtomicBool,
+    stopped: AtomicBool,
+}
 
 impl Stop {
     pub fn new() -> Self {
         Self::default()
     }
-    /// A stop that never fires (the command line server runs until killed).
-    pub fn never() -> Self {
-        Self::default()
-    }
+    /// Stops at once: transfers under way are cut.
     pub fn stop(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.stopped.store(true, Ordering::Relaxed);
     }
     pub fn stopped(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.stopped.load(Ordering::Relaxed)
+    }
+    /// Stops gracefully: listeners close, proxyDHCP goes quiet, new TFTP requests get no
+    /// answer, idle HTTP connections close; TFTP transfers and HTTP responses under way run to
+    /// their end, then each event loop exits.
+    pub fn drain(&self) {
+        self.0.draining.store(true, Ordering::Relaxed);
+    }
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed) || self.stopped()
+    }
+}
+
+/// One event loop's view of a drain: whether it began, who waits for it, and how much work
+/// (TFTP services with transfers, HTTP connections) still holds the loop open.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    fired: Cell<bool>,
+    /// Wakers of the tasks waiting for the drain, by slot; freed slots are reused.
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+    busy: Cell<usize>,
+}
+
+impl Drain {
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    fn fire(&self) {
+        if self.fired.replace(true) {
+            return;
+        }
+        let wakers: Vec<Waker> = self
+            .waiters
+            .borrow_mut()
+            .iter_mut()
+            .flatten()
+            .map(|w| w.clone())
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Resolves when the drain begins.
+    pub(crate) fn wait(&self) -> DrainWait<'_> {
+        DrainWait {
+            drain: self,
+            slot: None,
+        }
+    }
+
+    /// Holds the loop open until the guard drops.
+    pub(crate) fn busy(self: &Rc<Self>) -> Busy {
+        self.busy.set(self.busy.get() + 1);
+        Busy(Rc::clone(self))
+    }
+}
+
+/// Work that keeps a draining loop alive.
+pub(crate) struct Busy(Rc<Drain>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+    }
+}
+
+/// The future of [`Drain::wait`].
+pub(crate) struct DrainWait<'a> {
+    drain: &'a Drain,
+    slot: Option<usize>,
+}
+
+impl Future for DrainWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.drain.fired() {
+            return Poll::Ready(());
+        }
+        let waker = Some(cx.waker().clone());
+        match self.slot {
+            Some(i) => self.drain.waiters.borrow_mut()[i] = waker,
+            None => {
+                let mut waiters = self.drain.waiters.borrow_mut();
+                let i = match self.drain.free.borrow_mut().pop() {
+                    Some(i) => {
+                        waiters[i] = waker;
+                        i
+                    }
+                    None => {
+                        waiters.push(waker);
+                        waiters.len() - 1
+                    }
+                };
+                drop(waiters);
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainWait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            self.drain.waiters.borrow_mut()[i] = None;
+            self.drain.free.borrow_mut().push(i);
+        }
     }
 }
 
@@ -59,6 +178,7 @@ pub(crate) struct Shared {
 pub(crate) struct ThreadCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) store: RefCell<ImageStore>,
+    pub(crate) drain: Rc<Drain>,
 }
 
 /// Where a started server listens.
@@ -73,12 +193,6 @@ pub struct Bound {
     pub driver: &'static str,
 }
 
-/// Runs the server until `stop` fires.
-pub fn run(config: Config, stop: Stop) -> anyhow::Result<()> {
-    let handle = start(config, stop)?;
-    handle.join()
-}
-
 /// A server running on its own threads.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -91,6 +205,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn stop(&self) {
         self.stop.stop();
+    }
+
+    /// See [`Stop::drain`]; [`ServerHandle::join`] returns when every loop has drained.
+    pub fn drain(&self) {
+        self.stop.drain();
     }
 
     pub fn join(self) -> anyhow::Result<()> {
@@ -210,7 +329,18 @@ fn event_loop(
             }
         };
         while !shared.stop.stopped() {
-            zpxe_platform::runtime::sleep(STOP_POLL).await;
+            if shared.stop.draining() {
+                ctx.drain.fire();
+                if ctx.drain.busy.get() == 0 {
+                    break;
+                }
+            }
+            let pause = if ctx.drain.fired() {
+                DRAIN_POLL
+            } else {
+                STOP_POLL
+            };
+            zpxe_platform::runtime::sleep(pause).await;
             ctx.store.borrow().sweep();
         }
         Ok(())
@@ -235,6 +365,7 @@ fn setup(
     let ctx = Rc::new(ThreadCtx {
         shared: Arc::clone(shared),
         store: RefCell::new(store),
+        drain: Rc::default(),
     });
     let mut bound = Bound {
         driver,

@@ -181,7 +181,18 @@ impl TftpService {
     /// Retransmission timeouts (receive tasks answer datagrams themselves).
     async fn drive(self: Rc<Self>) {
         let mut out = vec![0u8; OUT_BUF];
+        // Holds the loop open while transfers run after a drain began.
+        let busy = self.ctx.drain.busy();
+        let mut draining = false;
         loop {
+            if self.ctx.drain.fired() && !draining {
+                draining = true;
+                self.engine.borrow_mut().stop_accepting();
+            }
+            if draining && self.engine.borrow().active_transfers() == 0 {
+                drop(busy);
+                return;
+            }
             let now = Instant::now();
             if self
                 .engine

@@ -216,6 +216,23 @@ impl Server {
         self.drain_log();
     }
 
+    /// Waits up to `within` for the process to exit by itself; its status, and the log.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                self.drain_log();
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                self.drain_log();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

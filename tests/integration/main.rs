@@ -5,6 +5,7 @@
 
 mod common;
 mod dhcp_netns;
+mod drain;
 mod firmware;
 mod http;
 mod loadgen;

@@ -155,6 +155,8 @@ pub struct TftpServer {
     control: VecDeque<Control>,
     events: VecDeque<TftpEvent>,
     next_id: u64,
+    /// False once the server drains: new read requests get no answer.
+    accepting: bool,
 }
 
 impl TftpServer {
@@ -170,6 +172,7 @@ impl TftpServer {
             control: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 0,
+            accepting: true,
         }
     }
 
@@ -180,6 +183,13 @@ impl TftpServer {
 
     pub fn config(&self) -> &TftpServerConfig {
         &self.config
+    }
+
+    /// Drain: transfers under way go on to the end (a repeated RRQ of one is still answered),
+    /// new read requests get no answer at all. Silence, not an ERROR: firmware retries its RRQ
+    /// and reaches the server that takes over, where an ERROR would end its boot attempt.
+    pub fn stop_accepting(&mut self) {
+        self.accepting = false;
     }
 
     pub fn active_transfers(&self) -> usize {
@@ -375,6 +385,9 @@ impl TftpServer {
                 TransferOutcome::Aborted("superseded by a new request".into()),
                 images,
             );
+        }
+        if !self.accepting {
+            return;
         }
         if !req.mode.eq_ignore_ascii_case("octet") {
             let msg = format!("mode {:?} not supported, use octet", req.mode);

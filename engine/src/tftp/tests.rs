@@ -678,6 +678,47 @@ fn retransmitted_rrq_does_not_start_a_second_transfer() {
 }
 
 #[test]
+fn draining_finishes_transfers_under_way_and_answers_no_new_request() {
+    let mut m = Manual::new(loopback_config(), 3 * 512 + 10);
+    m.rrq(&[]);
+    let id = started(&mut m);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    m.server.stop_accepting();
+    // The running transfer's own RRQ, repeated before its first ACK, is still answered.
+    m.rrq(&[]);
+    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    // A new client gets nothing: no transfer, no ERROR.
+    m.send_from(client_addr(2), Local::Listener, &{
+        let mut b = [0u8; 64];
+        let n = Emit::request(&mut b, OP_RRQ, "f", "octet", &[]).expect("emit");
+        b[..n].to_vec()
+    });
+    assert_eq!(m.drain(), vec![]);
+    assert_eq!(m.server.active_transfers(), 1);
+    for block in 1..=3 {
+        m.ack(id, block);
+        assert_eq!(
+            m.drain(),
+            vec![(Local::Transfer(id), Sent::Data(block + 1, 1))]
+        );
+    }
+    m.ack(id, 4);
+    assert_eq!(m.server.active_transfers(), 0);
+    let completed = std::iter::from_fn(|| m.server.poll_event())
+        .filter(|e| {
+            matches!(
+                e,
+                TftpEvent::TransferEnded {
+                    outcome: TransferOutcome::Completed { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(completed, 1);
+}
+
+#[test]
 fn single_port_mode_serves_two_clients_from_the_listener() {
     let config = TftpServerConfig {
         single_port: true,
