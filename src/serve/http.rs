@@ -101,6 +101,27 @@ impl Handler for WebHandler {
 
 /// Accepts connections on `server` until the loop stops or drains (the listener closes then).
 pub(crate) fn start(ctx: &Rc<ThreadCtx>, server: TcpServer, site: Site, config: Arc<HttpConfig>) {
+    let conn_ctx = Rc::clone(ctx);
+    accept_until_drained(ctx, server, move |conn, peer| {
+        let handler: Box<dyn Handler> = match &site {
+            Site::Boot(scripts) => Box::new(scripts.clone()),
+            Site::Web(web) => Box::new(WebHandler {
+                web: web.clone(),
+                peer,
+            }),
+        };
+        let (ctx, config) = (Rc::clone(&conn_ctx), Arc::clone(&config));
+        spawn(serve_connection(ctx, conn, peer, handler, config)).detach();
+    });
+}
+
+/// Hands every connection accepted on `server` to `serve`, until the loop drains (the
+/// listener closes then) or stops.
+pub(crate) fn accept_until_drained(
+    ctx: &Rc<ThreadCtx>,
+    server: TcpServer,
+    mut serve: impl FnMut(TcpConn, SocketAddr) + 'static,
+) {
     let ctx = Rc::clone(ctx);
     spawn(async move {
         loop {
@@ -112,18 +133,7 @@ pub(crate) fn start(ctx: &Rc<ThreadCtx>, server: TcpServer, site: Site, config: 
                 }
             };
             match accepted {
-                Ok((conn, peer)) => {
-                    let handler: Box<dyn Handler> = match &site {
-                        Site::Boot(scripts) => Box::new(scripts.clone()),
-                        Site::Web(web) => Box::new(WebHandler {
-                            web: web.clone(),
-                            peer,
-                        }),
-                    };
-                    let ctx = Rc::clone(&ctx);
-                    let config = Arc::clone(&config);
-                    spawn(serve_connection(ctx, conn, peer, handler, config)).detach();
-                }
+                Ok((conn, peer)) => serve(conn, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     sleep(std::time::Duration::from_millis(50)).await;

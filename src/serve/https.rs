@@ -52,36 +52,18 @@ pub(crate) fn start(
     config: Arc<HttpConfig>,
     tls: Arc<rustls::ServerConfig>,
 ) {
-    let ctx = Rc::clone(ctx);
-    spawn(async move {
-        loop {
-            let accepted = {
-                let accept = std::pin::pin!(server.accept());
-                match select(accept, ctx.drain.wait()).await {
-                    Either::Left((accepted, _)) => accepted,
-                    Either::Right(((), _)) => break,
-                }
-            };
-            match accepted {
-                Ok((conn, peer)) => {
-                    let ctx = Rc::clone(&ctx);
-                    let h: Box<dyn Handler> = Box::new(handler.clone());
-                    let (config, tls) = (Arc::clone(&config), Arc::clone(&tls));
-                    spawn(async move {
-                        if let Err(e) = serve_connection(ctx, conn, h, config, tls).await {
-                            tracing::debug!(%peer, error = %e, "HTTPS connection ended");
-                        }
-                    })
-                    .detach();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    sleep(std::time::Duration::from_millis(50)).await;
-                }
+    let conn_ctx = Rc::clone(ctx);
+    super::http::accept_until_drained(ctx, server, move |conn, peer| {
+        let ctx = Rc::clone(&conn_ctx);
+        let h: Box<dyn Handler> = Box::new(handler.clone());
+        let (config, tls) = (Arc::clone(&config), Arc::clone(&tls));
+        spawn(async move {
+            if let Err(e) = serve_connection(ctx, conn, h, config, tls).await {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended");
             }
-        }
-    })
-    .detach();
+        })
+        .detach();
+    });
 }
 
 /// Writes whatever TLS records rustls has ready.
