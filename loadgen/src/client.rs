@@ -15,6 +15,7 @@ use zpxe_platform::runtime::{sleep, timeout};
 use zpxe_platform::tcp::TcpConn;
 use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
 
+use crate::client_port::{ClientPort, Listener};
 use crate::firmware::Firmware;
 use crate::report::{ClientRecord, Outcome, Phase, PhaseRecord};
 use crate::script;
@@ -78,6 +79,20 @@ pub struct RunShared {
     pub expected: std::sync::Arc<Expected>,
     pub start: Instant,
     pub deadline: Instant,
+    /// By broadcast: this loop's client-port socket, bound by the first client that needs it.
+    pub client_port: std::cell::RefCell<Option<Rc<ClientPort>>>,
+}
+
+impl RunShared {
+    fn client_port(&self) -> Result<Rc<ClientPort>, String> {
+        if let Some(p) = &*self.client_port.borrow() {
+            return Ok(Rc::clone(p));
+        }
+        let port = self.target.dhcp.port();
+        let p = ClientPort::bind(if port == 67 { 68 } else { port.wrapping_add(1) })?;
+        *self.client_port.borrow_mut() = Some(Rc::clone(&p));
+        Ok(p)
+    }
 }
 
 struct Failure {
@@ -158,11 +173,10 @@ async fn walk(
         }
         Only::Dhcp | Only::All => {}
     }
-    let socket = dhcp_socket(spec, shared).map_err(|e| fail(Phase::Dhcp, e))?;
-    let answer = dhcp_phase(spec, shared, rec, &socket, false).await?;
-    // Closed while the loader downloads: by broadcast the client port receives every other
-    // client's offers, which would fill an unread socket and crowd out iPXE's own offer.
-    drop(socket);
+    let via = dhcp_via(spec, shared).map_err(|e| fail(Phase::Dhcp, e))?;
+    let answer = dhcp_phase(spec, shared, rec, &via, false).await?;
+    // Closed while the loader downloads (by broadcast: no longer listening for this client).
+    drop(via);
     if shared.only == Only::Dhcp {
         return Ok(());
     }
@@ -172,9 +186,9 @@ async fn walk(
     let tftp = SocketAddr::new(IpAddr::V4(answer.next_server), shared.target.tftp.port());
     tftp_phase(spec, shared, rec, tftp, &answer.boot_file).await?;
     // The loader (iPXE) starts and asks again, now as iPXE, from a socket of its own.
-    let socket = dhcp_socket(spec, shared).map_err(|e| fail(Phase::IpxeDhcp, e))?;
-    let ipxe = dhcp_phase(spec, shared, rec, &socket, true).await?;
-    drop(socket);
+    let via = dhcp_via(spec, shared).map_err(|e| fail(Phase::IpxeDhcp, e))?;
+    let ipxe = dhcp_phase(spec, shared, rec, &via, true).await?;
+    drop(via);
     let script_url = ipxe.boot_file;
     if !script_url.starts_with("http://") {
         return Err(fail(
@@ -237,41 +251,44 @@ fn record(
     });
 }
 
-fn dhcp_socket(spec: &ClientSpec, shared: &RunShared) -> Result<UdpEndpoint, String> {
-    // As a relay agent the client listens where the server answers relays: its own address on
-    // the server's DHCP port. By broadcast it listens on the client port (server port + 1).
-    let port = shared.target.dhcp.port();
-    let (addr, options) = if spec.broadcast {
-        let client_port = if port == 67 { 68 } else { port.wrapping_add(1) };
-        (
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), client_port),
-            UdpOptions {
-                broadcast: true,
-                reuse_port: true,
-                ..UdpOptions::default()
-            },
-        )
-    } else {
-        // SO_REUSEPORT: dnsmasq (with bind-interfaces) holds the wildcard address on its DHCP
-        // port with SO_REUSEPORT/SO_REUSEADDR; this lets a relay address share the port.
-        (
-            SocketAddr::new(IpAddr::V4(spec.ip), port),
-            UdpOptions {
-                reuse_port: true,
-                ..UdpOptions::default()
-            },
-        )
+/// How a client's DHCP leaves and its answers come back.
+enum Via {
+    /// As a relay agent: a socket of its own on its own address and the server's DHCP port,
+    /// where the server answers relays.
+    Relay(UdpEndpoint),
+    /// By broadcast: the loop's shared client port, listening for this client's MAC.
+    Broadcast(Rc<ClientPort>, Listener),
+}
+
+fn dhcp_via(spec: &ClientSpec, shared: &RunShared) -> Result<Via, String> {
+    if spec.broadcast {
+        let port = shared.client_port()?;
+        let listener = port.listen(spec.mac);
+        return Ok(Via::Broadcast(port, listener));
+    }
+    // SO_REUSEPORT: dnsmasq (with bind-interfaces) holds the wildcard address on its DHCP
+    // port with SO_REUSEPORT/SO_REUSEADDR; this lets a relay address share the port.
+    let addr = SocketAddr::new(IpAddr::V4(spec.ip), shared.target.dhcp.port());
+    let options = UdpOptions {
+        reuse_port: true,
+        ..UdpOptions::default()
     };
-    UdpEndpoint::bind(addr, &options).map_err(|e| format!("bind {addr}: {e}"))
+    UdpEndpoint::bind(addr, &options)
+        .map(Via::Relay)
+        .map_err(|e| format!("bind {addr}: {e}"))
 }
 
 async fn dhcp_phase(
     spec: &ClientSpec,
     shared: &RunShared,
     rec: &mut ClientRecord,
-    socket: &UdpEndpoint,
+    via: &Via,
     ipxe: bool,
 ) -> Result<BootAnswer, Failure> {
+    let socket = match via {
+        Via::Relay(s) => s,
+        Via::Broadcast(port, _) => port.socket(),
+    };
     let phase = if ipxe { Phase::IpxeDhcp } else { Phase::Dhcp };
     let fw = spec.firmware;
     let t0 = Instant::now();
@@ -337,6 +354,13 @@ async fn dhcp_phase(
         // Listening on both would drop a receive in flight whenever the other finished first
         // (the shared client port sees every other client's broadcast offers), and a receive
         // dropped after the kernel completed it loses its datagram.
+        // The shared client port's inbox is a queue: a wait that times out loses nothing.
+        if let (None, Via::Broadcast(_, listener)) = (&pxe, via) {
+            if let Some((data, from)) = timeout(wait, listener.recv()).await {
+                m.handle_datagram(Instant::now(), from, &data);
+            }
+            continue;
+        }
         let listen = pxe.as_ref().unwrap_or(socket);
         let got = timeout(wait, listen.recv(rbuf)).await;
         match got {

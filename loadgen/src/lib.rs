@@ -5,6 +5,7 @@
 pub mod arrival;
 pub mod cli;
 pub mod client;
+pub mod client_port;
 pub mod firmware;
 mod html;
 pub mod profile;

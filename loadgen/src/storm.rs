@@ -97,6 +97,7 @@ pub fn run(config: StormConfig) -> anyhow::Result<Report> {
                 expected,
                 start,
                 deadline,
+                client_port: Default::default(),
             });
             ev.block_on(async move {
                 let mut tasks = Vec::new();
