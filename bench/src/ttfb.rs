@@ -6,6 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
+use zpxe_engine::ByteRange;
+use zpxe_engine::http::{ClientEvent, HttpClient};
+
 /// How the probe paces itself and which file it asks for.
 #[derive(Debug, Clone)]
 pub struct Probe {
@@ -23,63 +26,75 @@ pub struct Probe {
 
 impl Probe {
     /// Runs the probe; returns one time to first byte per request. Any protocol surprise
-    /// (a status other than 206, a short body) is an error, not a sample.
+    /// (a status other than 206, the wrong bytes' range, a short body) is an error, not a
+    /// sample. Responses are read by the engine's HTTP client.
     pub fn run(&self) -> io::Result<Vec<Duration>> {
         let started = Instant::now();
         std::thread::sleep(self.start_after);
         let mut conn = connect(self.port)?;
+        let mut client = HttpClient::new(1);
         let mut samples = Vec::new();
         let mut state = 0x2545_f491u64;
         let mibs = (self.len >> 20).max(1);
         let mut buf = vec![0u8; 1 << 16];
+        let mut events = Vec::new();
+        let path = format!("/{}", self.path.trim_start_matches('/'));
         while started.elapsed() < self.stop_after {
             state = state
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1);
             let start = ((state >> 33) % mibs) << 20;
-            let end = (start + (1 << 20)).min(self.len) - 1;
-            let request = format!(
-                "GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes={start}-{end}\r\n\r\n",
-                self.path
-            );
+            let want = ByteRange::new(start, (start + (1 << 20)).min(self.len));
+            let id = client.get(&path, "127.0.0.1", Some(want));
             let t0 = Instant::now();
-            conn.write_all(request.as_bytes())?;
-            let mut n = conn.read(&mut buf)?;
-            if n == 0 {
-                return Err(io::Error::other("connection closed before the response"));
+            while let Some(n) = client.poll_transmit(&mut buf) {
+                conn.write_all(&buf[..n])?;
             }
-            samples.push(t0.elapsed());
-            let mut head = buf[..n].to_vec();
-            let body_at = loop {
-                if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
+            let mut first = true;
+            let mut got = 0u64;
+            'response: loop {
+                let n = conn.read(&mut buf)?;
+                if first {
+                    samples.push(t0.elapsed());
+                    first = false;
                 }
-                n = conn.read(&mut buf)?;
-                if n == 0 || head.len() > 16 << 10 {
-                    return Err(io::Error::other("no complete response head"));
-                }
-                head.extend_from_slice(&buf[..n]);
-            };
-            let text = String::from_utf8_lossy(&head[..body_at]).to_ascii_lowercase();
-            if !text.starts_with("http/1.1 206") {
-                let line = text.lines().next().unwrap_or_default().to_owned();
-                return Err(io::Error::other(format!("expected 206, got {line:?}")));
-            }
-            let want = text
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| io::Error::other("206 without Content-Length"))?;
-            let mut got = head.len() - body_at;
-            while got < want {
-                let n = conn.read(&mut buf[..(want - got).min(1 << 16)])?;
+                events.clear();
+                let input = buf.get(..n).unwrap_or_default();
                 if n == 0 {
-                    return Err(io::Error::other("body ended early"));
+                    client.handle_eof(&mut events)
+                } else {
+                    client.handle_input(input, &mut events)
                 }
-                got += n;
+                .map_err(io::Error::other)?;
+                for ev in events.drain(..) {
+                    match ev {
+                        ClientEvent::Response {
+                            status,
+                            content_range,
+                            ..
+                        } => {
+                            let range = content_range.and_then(|c| c.range);
+                            if status.0 != 206 || range != Some(want) {
+                                return Err(io::Error::other(format!(
+                                    "expected 206 for {want:?}, got {} for {range:?}",
+                                    status.0
+                                )));
+                            }
+                        }
+                        ClientEvent::Delivered { range, .. } => got += range.len() as u64,
+                        ClientEvent::Finished { request } if request == id => break 'response,
+                        ClientEvent::Closed { .. } => {
+                            return Err(io::Error::other("connection closed mid-response"));
+                        }
+                        _ => {}
+                    }
+                }
             }
-            if got != want {
-                return Err(io::Error::other("more bytes than Content-Length"));
+            if got != want.len() {
+                return Err(io::Error::other(format!(
+                    "{got} body bytes for a {}-byte range",
+                    want.len()
+                )));
             }
             std::thread::sleep(self.gap);
         }
