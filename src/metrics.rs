@@ -41,6 +41,7 @@ counters! {
     tftp_bytes_sent_total: "TFTP file bytes sent (retransmissions included)",
     http_requests_total: "HTTP requests answered on the boot port",
     http_bytes_sent_total: "HTTP body bytes sent from images",
+    http_accept_paused_total: "times an HTTP listener stopped accepting at max-connections",
     boot_reports_total: "boot progress reports received by the web service",
 }
 

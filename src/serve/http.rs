@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::{Either, select};
@@ -100,9 +101,15 @@ impl Handler for WebHandler {
 }
 
 /// Accepts connections on `server` until the loop stops or drains (the listener closes then).
-pub(crate) fn start(ctx: &Rc<ThreadCtx>, server: TcpServer, site: Site, config: Arc<HttpConfig>) {
+pub(crate) fn start(
+    ctx: &Rc<ThreadCtx>,
+    server: TcpServer,
+    site: Site,
+    config: Arc<HttpConfig>,
+    cap: Arc<ConnCap>,
+) {
     let conn_ctx = Rc::clone(ctx);
-    accept_until_drained(ctx, server, move |conn, peer| {
+    accept_until_drained(ctx, server, cap, move |conn, peer, slot| {
         let handler: Box<dyn Handler> = match &site {
             Site::Boot(scripts) => Box::new(scripts.clone()),
             Site::Web(web) => Box::new(WebHandler {
@@ -111,20 +118,81 @@ pub(crate) fn start(ctx: &Rc<ThreadCtx>, server: TcpServer, site: Site, config: 
             }),
         };
         let (ctx, config) = (Rc::clone(&conn_ctx), Arc::clone(&config));
-        spawn(serve_connection(ctx, conn, peer, handler, config)).detach();
+        spawn(async move {
+            serve_connection(ctx, conn, peer, handler, config).await;
+            drop(slot);
+        })
+        .detach();
     });
 }
 
+/// How often a listener at its connection cap looks for a free slot.
+const CAP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Open connections of a group of listeners (the boot ports, or the web service), against a
+/// cap, across every event loop.
+#[derive(Debug)]
+pub(crate) struct ConnCap {
+    open: AtomicUsize,
+    /// 0: no cap.
+    max: usize,
+}
+
+impl ConnCap {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot for one more connection, unless `max` are open.
+    fn try_take(self: &Arc<Self>) -> Option<ConnSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (self.max == 0 || n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot(Arc::clone(self)))
+    }
+}
+
+/// One open connection's place under its [`ConnCap`], given back when it drops.
+pub(crate) struct ConnSlot(Arc<ConnCap>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Hands every connection accepted on `server` to `serve`, until the loop drains (the
-/// listener closes then) or stops.
+/// listener closes then) or stops. At `cap` it stops accepting: new connections wait in the
+/// kernel's backlog (or their SYNs are retried) until one of ours closes, rather than being
+/// refused.
 pub(crate) fn accept_until_drained(
     ctx: &Rc<ThreadCtx>,
     server: TcpServer,
-    mut serve: impl FnMut(TcpConn, SocketAddr) + 'static,
+    cap: Arc<ConnCap>,
+    mut serve: impl FnMut(TcpConn, SocketAddr, ConnSlot) + 'static,
 ) {
     let ctx = Rc::clone(ctx);
     spawn(async move {
         loop {
+            let mut paused = false;
+            let slot = loop {
+                if let Some(slot) = cap.try_take() {
+                    break slot;
+                }
+                if !std::mem::replace(&mut paused, true) {
+                    Metrics::add(&ctx.shared.metrics.http_accept_paused_total, 1);
+                    tracing::warn!(max = cap.max, "connection cap reached: accepting paused");
+                }
+                let wait = std::pin::pin!(sleep(CAP_POLL));
+                if let Either::Right(_) = select(wait, ctx.drain.wait()).await {
+                    return;
+                }
+            };
             let accepted = {
                 let accept = std::pin::pin!(server.accept());
                 match select(accept, ctx.drain.wait()).await {
@@ -133,7 +201,7 @@ pub(crate) fn accept_until_drained(
                 }
             };
             match accepted {
-                Ok((conn, peer)) => serve(conn, peer),
+                Ok((conn, peer)) => serve(conn, peer, slot),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     sleep(std::time::Duration::from_millis(50)).await;
@@ -300,5 +368,27 @@ async fn serve_connection(
                 conn.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_come_back_and_zero_means_no_cap() {
+        let cap = ConnCap::new(2);
+        let a = cap.try_take().expect("first");
+        let _b = cap.try_take().expect("second");
+        assert!(cap.try_take().is_none(), "a third past the cap");
+        drop(a);
+        assert!(cap.try_take().is_some(), "the freed slot");
+        let uncapped = ConnCap::new(0);
+        let many: Vec<ConnSlot> = (0..10_000)
+            .map(|_| uncapped.try_take().expect("no cap"))
+            .collect();
+        assert_eq!(uncapped.open.load(Ordering::Relaxed), 10_000);
+        drop(many);
+        assert_eq!(uncapped.open.load(Ordering::Relaxed), 0);
     }
 }

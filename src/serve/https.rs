@@ -51,9 +51,10 @@ pub(crate) fn start(
     handler: super::http::BootSite,
     config: Arc<HttpConfig>,
     tls: Arc<rustls::ServerConfig>,
+    cap: Arc<super::http::ConnCap>,
 ) {
     let conn_ctx = Rc::clone(ctx);
-    super::http::accept_until_drained(ctx, server, move |conn, peer| {
+    super::http::accept_until_drained(ctx, server, cap, move |conn, peer, slot| {
         let ctx = Rc::clone(&conn_ctx);
         let h: Box<dyn Handler> = Box::new(handler.clone());
         let (config, tls) = (Arc::clone(&config), Arc::clone(&tls));
@@ -61,6 +62,7 @@ pub(crate) fn start(
             if let Err(e) = serve_connection(ctx, conn, h, config, tls).await {
                 tracing::debug!(%peer, error = %e, "HTTPS connection ended");
             }
+            drop(slot);
         })
         .detach();
     });

@@ -29,6 +29,10 @@ mod tftp;
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
 pub(crate) const STOP_POLL: Duration = Duration::from_millis(250);
 
+/// Connections the web service keeps open (reports, status, metrics; a storm's reports are
+/// short requests): its own cap, so a storm filling the boot ports leaves the status reachable.
+const WEB_MAX_CONNECTIONS: usize = 512;
+
 /// How often a draining loop looks whether its last transfer has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -172,6 +176,10 @@ pub(crate) struct Shared {
     pub(crate) web: crate::web::WebService,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
+    /// Open connections on the boot ports (HTTP and HTTPS), against `http.max-connections`.
+    pub(crate) boot_conns: Arc<http::ConnCap>,
+    /// Open connections on the web service port.
+    pub(crate) web_conns: Arc<http::ConnCap>,
 }
 
 /// What one event loop owns.
@@ -234,10 +242,12 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     };
     let shared = Arc::new(Shared {
         tls,
-        config,
         web: crate::web::WebService::new(Arc::clone(&metrics)),
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
+        boot_conns: http::ConnCap::new(config.http.max_connections),
+        web_conns: http::ConnCap::new(WEB_MAX_CONNECTIONS),
+        config,
     });
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
     let mut handles = Vec::new();
@@ -409,6 +419,7 @@ fn setup(
                     site,
                     Arc::clone(&http_config),
                     Arc::clone(tls),
+                    Arc::clone(&shared.boot_conns),
                 );
             }
             http::start(
@@ -416,6 +427,7 @@ fn setup(
                 server,
                 http::Site::Boot(site),
                 Arc::clone(&http_config),
+                Arc::clone(&shared.boot_conns),
             );
         }
         // One loop answers DHCP and the web service: every SO_REUSEPORT socket would see each
@@ -429,7 +441,13 @@ fn setup(
                 .map_err(|e| BindError::explain("web service", "web-port", addr, e))?;
             bound.web.push(server.local_addr());
             let site = http::Site::Web(shared.web.clone());
-            http::start(&ctx, server, site, Arc::clone(&http_config));
+            http::start(
+                &ctx,
+                server,
+                site,
+                Arc::clone(&http_config),
+                Arc::clone(&shared.web_conns),
+            );
         }
         if config.services.dhcp && ip.is_ipv4() {
             let devices: Vec<Option<String>> = if config.server.interfaces.is_empty() {

@@ -308,3 +308,57 @@ fn https_serves_files_and_scripts_that_stay_on_https() {
     ]);
     assert!(!ok);
 }
+
+#[test]
+fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
+    let root = tempfile::tempdir().expect("tmp");
+    let small = pattern_file(&root.path().join("small.bin"), 4000, 3);
+    let config = root.path().join("zpxe.toml");
+    std::fs::write(&config, "[http]\nmax-connections = 2\n").expect("config");
+    // One loop: the cap is shared by all loops anyway, one keeps the timing plain.
+    let mut server = Server::start(
+        root.path(),
+        &["--config", config.to_str().expect("utf8"), "--threads", "1"],
+    );
+    let fetch = |c: &mut TcpStream| {
+        write!(c, "GET /small.bin HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while !got.ends_with(&small) {
+            let n = c.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed"));
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(server.http).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        fetch(&mut c).expect("served under the cap");
+        open.push(c);
+    }
+    // The third connects (the kernel's backlog) but is not served while two are open.
+    let mut third = TcpStream::connect(server.http).expect("connect");
+    third
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .expect("timeout");
+    assert!(fetch(&mut third).is_err(), "served past the cap");
+    // One closes: the third is served.
+    drop(open.pop());
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // Its request was sent already; the response follows once it is accepted.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !got.ends_with(&small) {
+        let n = third.read(&mut chunk).expect("served once a slot freed");
+        assert!(n > 0, "closed instead of served");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    server.wait_for_log("connection cap reached", Duration::from_secs(2));
+}

@@ -45,6 +45,10 @@ pub struct HttpConfig {
     pub multipart: bool,
     /// Responses queued before the connection stops reading pipelined requests.
     pub max_pipelined: usize,
+    /// Most connections the server keeps open on its boot ports (HTTP and HTTPS together); at
+    /// the cap it stops accepting until one closes, and new ones wait in the kernel's backlog.
+    /// 0: no cap. For the server that accepts connections; one connection's machine ignores it.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -59,6 +63,7 @@ impl Default for HttpConfig {
             max_ranges: 16,
             multipart: true,
             max_pipelined: 8,
+            max_connections: 8192,
         }
     }
 }
