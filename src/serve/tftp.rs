@@ -215,7 +215,9 @@ impl TftpService {
                 .borrow()
                 .poll_timeout()
                 .map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL));
-            sleep(deadline.saturating_duration_since(Instant::now())).await;
+            let pause = std::pin::pin!(sleep(deadline.saturating_duration_since(Instant::now())));
+            // A drain is seen at once: new requests stop being answered from that moment.
+            futures_util::future::select(pause, self.ctx.drain.wait()).await;
         }
     }
 
