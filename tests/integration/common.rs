@@ -216,6 +216,16 @@ impl Server {
         self.drain_log();
     }
 
+    /// Sends SIGTERM (zpxe drains).
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
     /// Waits up to `within` for the process to exit by itself; its status, and the log.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;

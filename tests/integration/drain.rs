@@ -3,19 +3,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::{Server, pattern_file};
-
-fn sigterm(server: &Server) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -TERM failed");
-}
 
 /// Sends a GET and returns the connection and the response head (through the blank line)
 /// plus whatever body bytes came with it.
@@ -133,7 +123,7 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
     tftp.step();
     tftp.step();
 
-    sigterm(&server);
+    server.sigterm();
     server.wait_for_log("draining", Duration::from_secs(5));
 
     // The idle connection is closed.
@@ -195,7 +185,7 @@ fn the_drain_timeout_cuts_what_is_still_running() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     std::thread::sleep(Duration::from_millis(300));
     let signalled = Instant::now();
-    sigterm(&server);
+    server.sigterm();
     let status = server
         .wait_exit(Duration::from_secs(5))
         .expect("zpxe did not stop at its drain timeout");

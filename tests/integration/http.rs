@@ -240,15 +240,9 @@ fn slowloris_is_dropped_while_others_are_served() {
     }
 }
 
-#[test]
-fn https_serves_files_and_scripts_that_stay_on_https() {
-    let root = tempfile::tempdir().expect("tmp");
-    let data = pattern_file(
-        &root.path().join("sources/boot.wim"),
-        3 * 1024 * 1024 + 5,
-        23,
-    );
-    let (cert, key) = (root.path().join("cert.pem"), root.path().join("key.pem"));
+/// zpxe with HTTPS on a free port, a fresh self-signed certificate in `root`.
+fn https_server(root: &std::path::Path) -> (Server, u16) {
+    let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
     let (ok, log) = run(
         Command::new(require("openssl"))
             .args([
@@ -268,7 +262,7 @@ fn https_serves_files_and_scripts_that_stay_on_https() {
     );
     assert!(ok, "{log}");
     let port = crate::common::free_tcp_port();
-    let config = root.path().join("zpxe.toml");
+    let config = root.join("zpxe.toml");
     std::fs::write(
         &config,
         format!(
@@ -279,7 +273,19 @@ fn https_serves_files_and_scripts_that_stay_on_https() {
     )
     .expect("config");
     let config = config.to_string_lossy().into_owned();
-    let server = Server::start(root.path(), &["--config", &config]);
+    let server = Server::start(root, &["--config", &config]);
+    (server, port)
+}
+
+#[test]
+fn https_serves_files_and_scripts_that_stay_on_https() {
+    let root = tempfile::tempdir().expect("tmp");
+    let data = pattern_file(
+        &root.path().join("sources/boot.wim"),
+        3 * 1024 * 1024 + 5,
+        23,
+    );
+    let (server, port) = https_server(root.path());
     let base = format!("https://127.0.0.1:{port}");
     let full = curl_bytes(&["-k", &format!("{base}/sources/boot.wim")]);
     assert_eq!(Sha256::digest(&full), Sha256::digest(&data));
@@ -361,4 +367,38 @@ fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
         got.extend_from_slice(&chunk[..n]);
     }
     server.wait_for_log("connection cap reached", Duration::from_secs(2));
+}
+
+#[test]
+fn an_idle_https_connection_is_closed_by_the_drain() {
+    let root = tempfile::tempdir().expect("tmp");
+    pattern_file(&root.path().join("f.bin"), 1000, 5);
+    let (mut server, port) = https_server(root.path());
+    // A TLS client that sends nothing and keeps its input open: it ends when zpxe closes.
+    let mut client = Command::new(require("openssl"))
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        matches!(client.try_wait(), Ok(None)),
+        "s_client ended before the drain"
+    );
+    server.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(client.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            panic!("the idle TLS connection was not closed by the drain");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("zpxe did not exit after draining");
+    assert!(status.success(), "exit status {status}");
 }
