@@ -787,40 +787,11 @@ mod tests {
             pxe_port: 4011,
             ..Default::default()
         };
-        let mut client = DhcpClient::new(now, config.clone());
+        let mut client = DhcpClient::new(now, config);
         let mut buf = [0u8; 1500];
         assert!(client.poll_transmit(now, &mut buf).is_some());
         // A dnsmasq-style proxy offer: a menu, no boot file.
-        let mut options = DhcpOptions {
-            message_type: Some(MessageType::Offer),
-            server_id: Some(PROXY_IP),
-            vendor_class: Some(b"PXEClient".to_vec()),
-            ..Default::default()
-        };
-        options.vendor_specific = Some(
-            PxeVendorOptions {
-                discovery_control: Some(0x03),
-                boot_menu: Some(vec![0x80, 0x01, 4, b'b', b'o', b'o', b't']),
-                ..Default::default()
-            }
-            .to_bytes(),
-        );
-        let offer = DhcpRepr {
-            op: BootOp::Reply,
-            hops: 0,
-            xid: client.xid(),
-            secs: 0,
-            broadcast: false,
-            ciaddr: Ipv4Addr::UNSPECIFIED,
-            yiaddr: Ipv4Addr::UNSPECIFIED,
-            siaddr: PROXY_IP,
-            giaddr: Ipv4Addr::UNSPECIFIED,
-            client_mac: config.mac,
-            server_name: Vec::new(),
-            boot_file: Vec::new(),
-            options,
-        };
-        let bytes = offer.to_bytes();
+        let bytes = menu_offer(&client, 0x8001, None, 0x03);
         client.handle_datagram(now, SocketAddr::new(IpAddr::V4(PROXY_IP), 67), &bytes);
         let t = client.poll_transmit(now, &mut buf).expect("4011 request");
         assert_eq!(t.destination.port(), 4011);
@@ -947,7 +918,14 @@ mod tests {
     }
 
     /// A menu offer built by hand: `servers` is sub-option 8, the first item has `item` type.
-    fn menu_offer(client: &DhcpClient, item: u16, servers: Option<Vec<u8>>) -> Vec<u8> {
+    /// A proxy offer with a one-item PXE menu (option 43) and no boot file, as dnsmasq sends;
+    /// `servers`: the boot servers list (sub-option 8); `control`: discovery control (6).
+    fn menu_offer(
+        client: &DhcpClient,
+        item: u16,
+        servers: Option<Vec<u8>>,
+        control: u8,
+    ) -> Vec<u8> {
         let mut menu = item.to_be_bytes().to_vec();
         menu.extend_from_slice(&[1, b'x']);
         let options = DhcpOptions {
@@ -956,7 +934,7 @@ mod tests {
             vendor_class: Some(b"PXEClient".to_vec()),
             vendor_specific: Some(
                 PxeVendorOptions {
-                    discovery_control: Some(0x07),
+                    discovery_control: Some(control),
                     boot_servers: servers,
                     boot_menu: Some(menu),
                     ..Default::default()
@@ -994,14 +972,14 @@ mod tests {
         ];
         let mut client = DhcpClient::new(now, DhcpClientConfig::default());
         client.poll_transmit(now, &mut buf);
-        client.handle_datagram(now, from, &menu_offer(&client, 0x8001, Some(servers)));
+        client.handle_datagram(now, from, &menu_offer(&client, 0x8001, Some(servers), 0x07));
         let t = client.poll_transmit(now, &mut buf).expect("request");
         assert_eq!(t.destination, "10.0.0.9:4011".parse().unwrap());
         // A type the list does not name is asked of the proxy.
         let mut client = DhcpClient::new(now, DhcpClientConfig::default());
         client.poll_transmit(now, &mut buf);
         let servers = vec![0x80, 0x00, 1, 10, 0, 0, 7];
-        client.handle_datagram(now, from, &menu_offer(&client, 0x8001, Some(servers)));
+        client.handle_datagram(now, from, &menu_offer(&client, 0x8001, Some(servers), 0x07));
         let t = client.poll_transmit(now, &mut buf).expect("request");
         assert_eq!(t.destination, SocketAddr::new(IpAddr::V4(PROXY_IP), 4011));
         // A truncated list is ignored rather than read past its end.
@@ -1014,7 +992,7 @@ mod tests {
         let mut buf = [0u8; 1500];
         let mut client = DhcpClient::new(now, DhcpClientConfig::default());
         client.poll_transmit(now, &mut buf);
-        let offer = menu_offer(&client, 0, None);
+        let offer = menu_offer(&client, 0, None, 0x07);
         client.handle_datagram(now, SocketAddr::new(IpAddr::V4(PROXY_IP), 67), &offer);
         assert_eq!(client.outcome(), Some(Err(DhcpClientError::LocalBootItem)));
         assert!(client.poll_transmit(now, &mut buf).is_none());
