@@ -435,6 +435,49 @@ mod lease {
     }
 }
 
+/// One file in a fresh image root, opened: what the socket tests send from.
+#[cfg(test)]
+pub(crate) struct TestImage {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) path: std::path::PathBuf,
+    /// Kept open: the version's mapping belongs to it.
+    pub(crate) _store: ImageStore,
+    pub(crate) version: Rc<Version>,
+}
+
+#[cfg(test)]
+impl TestImage {
+    /// Writes `data` to `img`, opens it with `leases` and names it as `flavor` would.
+    pub(crate) fn new(data: &[u8], leases: bool, flavor: zpxe_engine::path::NameFlavor) -> Self {
+        use zpxe_engine::ImageCatalog;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("img");
+        std::fs::write(&path, data).expect("write");
+        let options = StoreOptions {
+            leases,
+            ..StoreOptions::default()
+        };
+        let mut store = ImageStore::new(dir.path(), options).expect("store");
+        let info = store.open("img", flavor).expect("open");
+        let version = store.version(info.id).expect("version");
+        Self {
+            dir,
+            path,
+            _store: store,
+            version,
+        }
+    }
+
+    /// Truncates the file under its open version.
+    pub(crate) fn truncate(&self, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.set_len(len))
+            .expect("truncate");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

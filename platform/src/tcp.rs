@@ -383,20 +383,15 @@ impl IoBuf for MappedSlice {
 mod tests {
     use super::*;
     use crate::runtime::{EventLoop, spawn};
-    use crate::store::{ImageStore, StoreOptions};
-    use zpxe_engine::ImageCatalog;
+    use crate::store::TestImage;
     use zpxe_engine::path::NameFlavor;
 
     #[test]
     fn body_from_mapping_is_byte_exact() {
-        let dir = tempfile::tempdir().expect("tmp");
         let data: Vec<u8> = (0..(9 << 20) + 5).map(|i: u32| (i % 253) as u8).collect();
-        std::fs::write(dir.path().join("img"), &data).expect("write");
-        let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
-        let info = store.open("img", NameFlavor::Http).expect("open");
-        let version = store.version(info.id).expect("version");
-        let len = version.len();
-        let (sent, got) = send_and_read(version, b"", ByteRange::new(3, len), false);
+        let img = TestImage::new(&data, true, NameFlavor::Http);
+        let len = img.version.len();
+        let (sent, got) = send_and_read(img.version, b"", ByteRange::new(3, len), false);
         assert_eq!(sent.expect("send"), len - 3);
         assert!(got == data[3..], "body differs");
     }
@@ -439,17 +434,14 @@ mod tests {
 
     #[test]
     fn head_and_body_are_byte_exact_with_and_without_sendfile() {
-        let dir = tempfile::tempdir().expect("tmp");
         let data: Vec<u8> = (0..(9 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
-        std::fs::write(dir.path().join("img"), &data).expect("write");
-        let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
-        let info = store.open("img", NameFlavor::Http).expect("open");
-        let version = store.version(info.id).expect("version");
+        let img = TestImage::new(&data, true, NameFlavor::Http);
+        let version = &img.version;
         let head = b"HTTP/1.1 206 Partial Content\r\n\r\n";
         for sendfile in [true, false] {
             for (start, end) in [(0, data.len()), (4097, (5 << 20) + 3), (7, 8), (9, 9)] {
                 let range = ByteRange::new(start as u64, end as u64);
-                let (res, got) = send_and_read(Rc::clone(&version), head, range, sendfile);
+                let (res, got) = send_and_read(Rc::clone(version), head, range, sendfile);
                 assert_eq!(res.expect("send"), (end - start) as u64);
                 assert!(got[..head.len()] == head[..], "head (sendfile={sendfile})");
                 assert!(
@@ -462,27 +454,11 @@ mod tests {
 
     #[test]
     fn truncated_file_stops_the_body_with_an_error_not_wrong_bytes() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("img");
-        std::fs::write(&p, vec![9u8; 8 << 20]).expect("write");
-        let mut store = ImageStore::new(
-            dir.path(),
-            StoreOptions {
-                leases: false,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("store");
-        let info = store.open("img", NameFlavor::Http).expect("open");
-        let version = store.version(info.id).expect("version");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .and_then(|f| f.set_len(1 << 20))
-            .expect("truncate");
+        let img = TestImage::new(&vec![9u8; 8 << 20], false, NameFlavor::Http);
+        img.truncate(1 << 20);
         for sendfile in [true, false] {
             let (res, got) = send_and_read(
-                Rc::clone(&version),
+                Rc::clone(&img.version),
                 b"",
                 ByteRange::new(0, 8 << 20),
                 sendfile,
@@ -498,15 +474,11 @@ mod tests {
 
     #[test]
     fn rename_replace_keeps_sending_the_old_bytes() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("img");
-        std::fs::write(&p, vec![1u8; 3 << 20]).expect("write");
-        let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
-        let info = store.open("img", NameFlavor::Http).expect("open");
-        let version = store.version(info.id).expect("version");
-        std::fs::write(dir.path().join("img.new"), vec![2u8; 3 << 20]).expect("write new");
-        std::fs::rename(dir.path().join("img.new"), &p).expect("rename");
-        let (res, got) = send_and_read(version, b"", ByteRange::new(0, 3 << 20), true);
+        let img = TestImage::new(&vec![1u8; 3 << 20], true, NameFlavor::Http);
+        let new = img.dir.path().join("img.new");
+        std::fs::write(&new, vec![2u8; 3 << 20]).expect("write new");
+        std::fs::rename(&new, &img.path).expect("rename");
+        let (res, got) = send_and_read(img.version, b"", ByteRange::new(0, 3 << 20), true);
         assert_eq!(res.expect("send"), 3 << 20);
         assert!(
             got.len() == 3 << 20 && got.iter().all(|&b| b == 1),

@@ -592,8 +592,7 @@ mod sys {
 mod tests {
     use super::*;
     use crate::runtime::EventLoop;
-    use crate::store::{ImageStore, StoreOptions};
-    use zpxe_engine::ImageCatalog;
+    use crate::store::TestImage;
     use zpxe_engine::path::NameFlavor;
 
     fn run_and_collect(gso: bool, len: usize, segment: usize) {
@@ -601,12 +600,9 @@ mod tests {
     }
 
     fn run_and_collect_with(gso: bool, gro: bool, len: usize, segment: usize) {
-        let dir = tempfile::tempdir().expect("tmp");
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
-        std::fs::write(dir.path().join("img"), &data).expect("write");
-        let mut store = ImageStore::new(dir.path(), StoreOptions::default()).expect("store");
-        let info = store.open("img", NameFlavor::Tftp).expect("open");
-        let version = store.version(info.id).expect("version");
+        let img = TestImage::new(&data, true, NameFlavor::Tftp);
+        let version = &img.version;
         let ev = EventLoop::new().expect("loop");
         ev.block_on(async {
             let opts = UdpOptions {
@@ -637,7 +633,7 @@ mod tests {
                 segment,
                 range: ByteRange::new(0, len as u64),
             };
-            let (res, _) = tx.send_run(route, headers, &version, run).await;
+            let (res, _) = tx.send_run(route, headers, version, run).await;
             assert_eq!(res.expect("send"), count);
             assert_eq!(tx.gso(), gso, "GSO used as asked, no silent fallback");
             let mut got = vec![0u8; len];
@@ -706,24 +702,9 @@ mod tests {
 
     #[test]
     fn truncated_unleased_file_fails_the_send_not_the_process() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("img");
-        std::fs::write(&p, vec![5u8; 1 << 20]).expect("write");
-        let mut store = ImageStore::new(
-            dir.path(),
-            StoreOptions {
-                leases: false,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("store");
-        let info = store.open("img", NameFlavor::Tftp).expect("open");
-        let version = store.version(info.id).expect("version");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .and_then(|f| f.set_len(0))
-            .expect("truncate");
+        let img = TestImage::new(&vec![5u8; 1 << 20], false, NameFlavor::Tftp);
+        img.truncate(0);
+        let version = &img.version;
         let ev = EventLoop::new().expect("loop");
         ev.block_on(async {
             let opts = UdpOptions::default();
@@ -743,7 +724,7 @@ mod tests {
             assert!(version.check().is_err(), "fstat notices the truncation");
             // Skip that check to prove the kernel path alone is safe: EFAULT, not SIGBUS.
             let (res, _) = tx
-                .send_run_unchecked(route, vec![0u8; 32], &version, run)
+                .send_run_unchecked(route, vec![0u8; 32], version, run)
                 .await;
             assert!(
                 matches!(res, Err(SendError::Image(VersionBroken::Modified))),
