@@ -249,6 +249,16 @@ pub fn start_dnsmasq_tftp(
     Ok(tftp_only("dnsmasq", child, 69))
 }
 
+/// The PXE menu both dnsmasq set-ups offer: client system architecture (dnsmasq's names for
+/// option 93) and the loader for it, the same files zpxe's policy names.
+const DNSMASQ_LOADERS: [(&str, &str); 5] = [
+    ("x86PC", "undionly.kpxe"),
+    ("X86-64_EFI", "ipxe.efi"),
+    ("BC_EFI", "ipxe.efi"),
+    ("IA32_EFI", "ipxe.efi"),
+    ("ARM64_EFI", "ipxe-arm64.efi"),
+];
+
 /// dnsmasq in proxyDHCP mode on an alternate DHCP port (relays answered on that port) and
 /// 4011, naming `boot_file` by architecture as a PXE service.
 pub fn start_dnsmasq_proxy(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
@@ -258,13 +268,7 @@ pub fn start_dnsmasq_proxy(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
     let _ = writeln!(conf, "dhcp-range=127.0.0.0,proxy,255.0.0.0");
     let _ = writeln!(conf, "dhcp-alternate-port={dhcp}");
     let _ = writeln!(conf, "pxe-prompt=\"zpxe-bench\",0");
-    for (csa, file) in [
-        ("x86PC", "undionly.kpxe"),
-        ("x86-64_EFI", "ipxe.efi"),
-        ("BC_EFI", "ipxe.efi"),
-        ("IA32_EFI", "ipxe.efi"),
-        ("ARM64_EFI", "ipxe-arm64.efi"),
-    ] {
+    for (csa, file) in DNSMASQ_LOADERS {
         let _ = writeln!(conf, "pxe-service={csa},\"boot\",{file},127.0.0.1");
     }
     let _ = writeln!(
@@ -520,12 +524,7 @@ pub fn start_classic_in(
         let _ = writeln!(conf, "dhcp-leasefile={}", dir.join("leases").display());
         let _ = writeln!(conf, "dhcp-userclass=set:ipxe,iPXE");
         let _ = writeln!(conf, "pxe-prompt=\"zpxe-bench\",0");
-        for (csa, file) in [
-            ("x86PC", "undionly.kpxe"),
-            ("X86-64_EFI", "ipxe.efi"),
-            ("BC_EFI", "ipxe.efi"),
-            ("ARM64_EFI", "ipxe-arm64.efi"),
-        ] {
+        for (csa, file) in DNSMASQ_LOADERS {
             let _ = writeln!(conf, "pxe-service=tag:!ipxe,{csa},\"boot\",{file}");
             let _ = writeln!(conf, "pxe-service=tag:ipxe,{csa},\"script\",{script_url}");
         }
