@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::{Either, select};
@@ -136,6 +136,9 @@ pub(crate) struct ConnCap {
     open: AtomicUsize,
     /// 0: no cap.
     max: usize,
+    /// The first pause is logged; every pause is counted in the metrics. Under a sustained cap
+    /// a listener pauses once per connection it takes, which would be a log line each.
+    warned: AtomicBool,
 }
 
 impl ConnCap {
@@ -143,6 +146,7 @@ impl ConnCap {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,
+            warned: AtomicBool::new(false),
         })
     }
 
@@ -186,7 +190,13 @@ pub(crate) fn accept_until_drained(
                 }
                 if !std::mem::replace(&mut paused, true) {
                     Metrics::add(&ctx.shared.metrics.http_accept_paused_total, 1);
-                    tracing::warn!(max = cap.max, "connection cap reached: accepting paused");
+                    if !cap.warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            max = cap.max,
+                            "connection cap reached: accepting paused until one closes \
+                             (further pauses: zpxe_http_accept_paused_total)"
+                        );
+                    }
                 }
                 let wait = std::pin::pin!(sleep(CAP_POLL));
                 if let Either::Right(_) = select(wait, ctx.drain.wait()).await {
