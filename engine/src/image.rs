@@ -63,6 +63,9 @@ pub enum OpenError {
     NotAFile,
     #[error("access denied")]
     Denied,
+    /// Another program has the file open for writing (Windows refuses to share it then).
+    #[error("the file is being written")]
+    Busy,
     #[error("image store error: {0}")]
     Io(String),
 }

@@ -46,6 +46,8 @@ impl Handler for StaticFiles {
         match images.open(req.path, NameFlavor::Http) {
             Ok(info) => Reply::File(info),
             Err(OpenError::Denied) => Reply::Error(StatusCode::FORBIDDEN),
+            // Being written: a moment later it may be whole.
+            Err(OpenError::Busy) => Reply::Error(StatusCode::SERVICE_UNAVAILABLE),
             Err(OpenError::Io(_)) => Reply::Error(StatusCode::INTERNAL_SERVER_ERROR),
             Err(_) => Reply::NotFound,
         }
@@ -258,4 +260,45 @@ fn file_head(status: StatusCode, info: &ImageInfo, etag: &str, wall: SystemTime)
         head.push("Last-Modified", date::format(modified.min(wall)));
     }
     head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::HeadLimits;
+
+    /// A catalog whose every open fails the same way.
+    struct Failing(OpenError);
+
+    impl ImageCatalog for Failing {
+        fn open(&mut self, _: &str, _: NameFlavor) -> Result<ImageInfo, OpenError> {
+            Err(self.0.clone())
+        }
+        fn close(&mut self, _: ImageId) {}
+    }
+
+    #[test]
+    fn open_errors_map_to_statuses() {
+        let limits = HeadLimits::default();
+        let (req, _) = Request::parse(b"GET /boot.wim HTTP/1.1\r\nHost: s\r\n\r\n", &limits)
+            .expect("parses")
+            .expect("whole");
+        for (error, status) in [
+            (OpenError::Denied, Some(StatusCode::FORBIDDEN)),
+            (OpenError::Busy, Some(StatusCode::SERVICE_UNAVAILABLE)),
+            (
+                OpenError::Io("disk".into()),
+                Some(StatusCode::INTERNAL_SERVER_ERROR),
+            ),
+            (OpenError::NotFound, None),
+            (OpenError::NotAFile, None),
+        ] {
+            let got = match StaticFiles.respond(&req, &mut Failing(error.clone())) {
+                Reply::Error(s) => Some(s),
+                Reply::NotFound => None,
+                _ => panic!("{error:?}: not an error reply"),
+            };
+            assert_eq!(got, status, "{error:?}");
+        }
+    }
 }
