@@ -11,5 +11,12 @@ pub mod signals;
 pub mod store;
 pub mod tcp;
 pub mod udp;
+#[cfg(windows)]
+mod windows;
 
 pub use store::{ImageStore, StoreOptions, Version, VersionBroken};
+
+/// Whether several event loops can each bind the same TCP and UDP port, the kernel spreading
+/// connections and datagrams between them (`SO_REUSEPORT`). Windows has nothing like it (its
+/// `SO_REUSEADDR` lets a second socket steal the port), so zpxe runs one event loop there.
+pub const LOOPS_SHARE_PORTS: bool = cfg!(unix);

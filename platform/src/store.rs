@@ -18,6 +18,13 @@
 //!
 //! A file replaced by rename is a new inode: new opens get a new version, transfers in flight finish
 //! on the old mapping, which is unmapped when the last of them closes it.
+//!
+//! Windows differs in two ways. It refuses to truncate a file while a view of it is mapped
+//! (`ERROR_USER_MAPPED_FILE`), so the truncation case cannot arise there; and it refuses to
+//! replace or delete a mapped file, so a version nobody holds is unmapped at once instead of
+//! staying cached for the next open ([`KEEP_IDLE_VERSIONS`]): an administrator can then copy a
+//! new boot.wim over the old one whenever no transfer is reading it. In-place rewrites, which
+//! Windows allows, are caught by the size and mtime check before every send.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -30,6 +37,10 @@ use std::time::SystemTime;
 use memmap2::Mmap;
 use zpxe_engine::path::{self, NameFlavor};
 use zpxe_engine::{ByteRange, ImageCatalog, ImageId, ImageInfo, OpenError};
+
+/// Whether a version nobody holds stays mapped for the next open. Not on Windows, where a mapped
+/// file cannot be replaced or deleted (see the module docs).
+pub const KEEP_IDLE_VERSIONS: bool = cfg!(unix);
 
 /// How the store treats the files below its root.
 #[derive(Debug, Clone)]
@@ -244,7 +255,7 @@ impl ImageStore {
     }
 
     fn map_version(&self, path: PathBuf) -> Result<Rc<Version>, OpenError> {
-        let file = File::open(&path).map_err(|e| io_to_open(&e))?;
+        let file = open_for_serving(&path).map_err(|e| io_to_open(&e))?;
         let meta = file.metadata().map_err(|e| io_to_open(&e))?;
         if !meta.is_file() {
             return Err(OpenError::NotAFile);
@@ -330,9 +341,31 @@ impl ImageCatalog for ImageStore {
             return;
         }
         let is_current = self.current.borrow().get(&v.path) == Some(&id);
-        if !is_current || v.broken.get() {
+        if !is_current || v.broken.get() || !KEEP_IDLE_VERSIONS {
             self.forget(id);
         }
+    }
+}
+
+/// Opens a file to serve from. On Windows others may read, rename or delete it while we hold it,
+/// but not write to it: a writer is refused with a sharing violation until the transfers reading
+/// this version end (Windows' counterpart of the read lease, and stricter: the writer fails
+/// instead of waiting). A file already open for writing cannot be opened here either, so a file
+/// being copied in is never served half-written.
+fn open_for_serving(path: &Path) -> io::Result<File> {
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_SHARE_READ: u32 = 0x1;
+        const FILE_SHARE_DELETE: u32 = 0x4;
+        fs::OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_DELETE)
+            .open(path)
+    }
+    #[cfg(not(windows))]
+    {
+        File::open(path)
     }
 }
 
@@ -378,6 +411,11 @@ fn find_ignoring_case(dir: &Path, comp: &str) -> Option<PathBuf> {
 }
 
 fn io_to_open(e: &io::Error) -> OpenError {
+    // Windows' ERROR_SHARING_VIOLATION: someone holds the file open for writing.
+    #[cfg(windows)]
+    if e.raw_os_error() == Some(32) {
+        return OpenError::Busy;
+    }
     match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => OpenError::NotFound,
         io::ErrorKind::PermissionDenied => OpenError::Denied,
@@ -438,7 +476,9 @@ mod lease {
 /// One file in a fresh image root, opened: what the socket tests send from.
 #[cfg(test)]
 pub(crate) struct TestImage {
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) dir: tempfile::TempDir,
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) path: std::path::PathBuf,
     /// Kept open: the version's mapping belongs to it.
     pub(crate) _store: ImageStore,
@@ -468,13 +508,14 @@ impl TestImage {
         }
     }
 
-    /// Truncates the file under its open version.
-    pub(crate) fn truncate(&self, len: u64) {
+    /// Truncates the file under its open version, as another program would. Windows refuses
+    /// while the version holds the file (see [`open_for_serving`]).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(crate) fn truncate(&self, len: u64) -> io::Result<()> {
         std::fs::OpenOptions::new()
             .write(true)
             .open(&self.path)
             .and_then(|f| f.set_len(len))
-            .expect("truncate");
     }
 }
 
@@ -500,7 +541,11 @@ mod tests {
         assert!(v.check().is_ok());
         s.close(a.id);
         s.close(b.id);
-        assert_eq!(s.mapped_versions(), 1, "current version stays cached");
+        assert_eq!(
+            s.mapped_versions(),
+            usize::from(KEEP_IDLE_VERSIONS),
+            "the current version stays cached, except on Windows"
+        );
     }
 
     #[test]
@@ -519,10 +564,14 @@ mod tests {
         }
         let mut s = store(dir.path(), StoreOptions::default());
         let refused = |s: &mut ImageStore, n: &str, f| s.open(n, f).map(|i| i.len);
-        assert!(matches!(
-            refused(&mut s, "link", NameFlavor::Tftp),
-            Err(OpenError::Refused(_))
-        ));
+        #[cfg(unix)]
+        {
+            assert!(matches!(
+                refused(&mut s, "link", NameFlavor::Tftp),
+                Err(OpenError::Refused(_))
+            ));
+            assert_eq!(refused(&mut s, "inlink", NameFlavor::Tftp), Ok(2));
+        }
         assert!(matches!(
             refused(&mut s, "../secret", NameFlavor::Tftp),
             Err(OpenError::Refused(_))
@@ -540,7 +589,7 @@ mod tests {
             refused(&mut s, "sub", NameFlavor::Tftp),
             Err(OpenError::NotAFile)
         );
-        assert_eq!(refused(&mut s, "inlink", NameFlavor::Tftp), Ok(2));
+        assert_eq!(refused(&mut s, "sub\\in.bin", NameFlavor::Tftp), Ok(2));
     }
 
     #[test]
@@ -549,9 +598,15 @@ mod tests {
         fs::create_dir(dir.path().join("Boot")).expect("mkdir");
         fs::write(dir.path().join("Boot/BCD"), b"bcd").expect("write");
         let mut exact = store(dir.path(), StoreOptions::default());
+        // Windows file systems ignore case themselves.
+        let expected = if cfg!(windows) {
+            Ok(3)
+        } else {
+            Err(OpenError::NotFound)
+        };
         assert_eq!(
             exact.open("\\boot\\bcd", NameFlavor::Tftp).map(|i| i.len),
-            Err(OpenError::NotFound)
+            expected
         );
         let mut ci = store(
             dir.path(),
@@ -566,6 +621,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn rename_replace_keeps_old_version_for_holders() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -593,6 +649,68 @@ mod tests {
         assert!(s.version(new.id).is_some());
     }
 
+    /// Windows may refuse to replace a file while a version holds it mapped (Wine does); either
+    /// way the holder keeps the old bytes, and once nobody holds it the file can be replaced and
+    /// the next open sees the new one.
+    #[cfg(windows)]
+    #[test]
+    fn replace_waits_for_holders_and_then_succeeds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("boot.wim");
+        fs::write(&p, b"old contents").expect("write");
+        let mut s = store(dir.path(), StoreOptions::default());
+        let old = s.open("boot.wim", NameFlavor::Http).expect("open");
+        let tmp = dir.path().join("boot.wim.tmp");
+        fs::write(&tmp, b"new").expect("write");
+        let replaced_while_held = fs::rename(&tmp, &p).is_ok();
+        let ov = s.version(old.id).expect("old held");
+        assert_eq!(
+            ov.kernel_slice(ByteRange::new(0, 12)),
+            Some(&b"old contents"[..])
+        );
+        drop(ov);
+        s.close(old.id);
+        assert_eq!(s.mapped_versions(), 0, "nothing stays mapped once released");
+        if !replaced_while_held {
+            fs::rename(&tmp, &p).expect("replace once nobody holds the file");
+        }
+        let new = s.open("boot.wim", NameFlavor::Http).expect("open new");
+        assert_ne!(old.id, new.id);
+        assert_eq!(new.len, 3);
+    }
+
+    /// Writers (in place or truncating) are refused while a version holds the file, and a file
+    /// someone is writing cannot be opened; once released, the writer goes ahead.
+    #[cfg(windows)]
+    #[test]
+    fn writers_are_refused_while_held() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f");
+        fs::write(&p, vec![7u8; 8192]).expect("write");
+        let mut s = store(dir.path(), StoreOptions::default());
+        let info = s.open("f", NameFlavor::Tftp).expect("open");
+        let writer = fs::OpenOptions::new().write(true).open(&p);
+        assert_eq!(
+            writer.map(drop).map_err(|e| e.raw_os_error()),
+            Err(Some(32)),
+            "sharing violation while held"
+        );
+        s.close(info.id);
+        let writer = fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("writer once released");
+        assert_eq!(
+            s.open("f", NameFlavor::Tftp).map(|i| i.len),
+            Err(OpenError::Busy),
+            "a file open for writing is not served"
+        );
+        writer.set_len(100).expect("truncate");
+        drop(writer);
+        assert_eq!(s.open("f", NameFlavor::Tftp).map(|i| i.len), Ok(100));
+    }
+
+    #[cfg(unix)]
     #[test]
     fn in_place_change_without_lease_is_detected() {
         let dir = tempfile::tempdir().expect("tmp");

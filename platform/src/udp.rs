@@ -114,6 +114,13 @@ impl UdpEndpoint {
         if options.reuse_port {
             socket.set_reuse_port(true)?;
         }
+        #[cfg(windows)]
+        {
+            // No other socket may take the port (see `TcpServer::bind`), and a client's ICMP
+            // port-unreachable must not fail our next receive.
+            crate::windows::exclusive_address_use(&socket)?;
+            crate::windows::udp_connreset_off(&socket)?;
+        }
         #[cfg(target_os = "linux")]
         if let Some(dev) = &options.device {
             socket.bind_device(Some(dev.as_bytes()))?;
@@ -703,7 +710,7 @@ mod tests {
     #[test]
     fn truncated_unleased_file_fails_the_send_not_the_process() {
         let img = TestImage::new(&vec![5u8; 1 << 20], false, NameFlavor::Tftp);
-        img.truncate(0);
+        img.truncate(0).expect("truncate");
         let version = &img.version;
         let ev = EventLoop::new().expect("loop");
         ev.block_on(async {

@@ -1,4 +1,14 @@
-//! TCP listeners and connections, with bodies sent straight from the image mapping.
+//! TCP listeners and connections, with response bodies handed to the kernel from the image's
+//! file (`sendfile` on Linux, `TransmitFile` on Windows Server) or written from its mapping.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(windows)]
+mod windows;
+#[cfg(target_os = "linux")]
+use linux as kernel;
+#[cfg(windows)]
+use windows as kernel;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,11 +28,29 @@ use crate::udp::SendError;
 /// so a file rewritten in place stops the body within this many bytes.
 const BODY_CHUNK: u64 = 4 << 20;
 
-/// The most one `sendfile` call moves (1 MiB): the loop turns to its other connections (and new
-/// requests) at least this often, which bounds the time to first byte under load. A call that
-/// attaches pages is cheap, so the smaller step costs little throughput.
-#[cfg(target_os = "linux")]
-const SENDFILE_CHUNK: u64 = 1 << 20;
+/// How response bodies leave on this system, for the log: `sendfile`, `TransmitFile`, or writes
+/// from the mapping.
+pub fn body_path() -> &'static str {
+    #[cfg(any(target_os = "linux", windows))]
+    {
+        kernel::body_path()
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
+    {
+        "writes from the mapping"
+    }
+}
+
+/// Why the path that hands the file to the kernel stopped.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+enum KernelSend {
+    /// Refused before any body byte left: the body (and `head`, what of the response head is
+    /// still unsent) goes from the mapping instead.
+    Unsupported {
+        head: Vec<u8>,
+    },
+    Failed(SendError),
+}
 
 /// A listening socket on the current event loop.
 #[derive(Debug)]
@@ -36,7 +64,13 @@ impl TcpServer {
     pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
+        // Unix: rebind at once after a restart (connections of the old process in TIME_WAIT).
+        // Windows' SO_REUSEADDR means something else, letting another socket take the port
+        // over; there the port is claimed exclusively, and TIME_WAIT does not block a bind.
+        #[cfg(unix)]
         socket.set_reuse_address(true)?;
+        #[cfg(windows)]
+        crate::windows::exclusive_address_use(&socket)?;
         #[cfg(unix)]
         if reuse_port {
             socket.set_reuse_port(true)?;
@@ -71,85 +105,20 @@ impl TcpServer {
 #[derive(Debug)]
 pub struct TcpConn {
     stream: TcpStream,
-    /// `sendfile` was refused for this connection's files: bodies go from the mapping.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    no_sendfile: bool,
-}
-
-/// Why the `sendfile` path stopped.
-#[cfg(target_os = "linux")]
-enum Sendfile {
-    /// Refused before any body byte left (the head, if any, is out): the body goes from the
-    /// mapping instead.
-    Unsupported,
-    Failed(SendError),
-}
-
-/// Gives the event loop one turn: pending once, then ready.
-#[cfg(target_os = "linux")]
-struct YieldNow(bool);
-
-#[cfg(target_os = "linux")]
-impl std::future::Future for YieldNow {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
-
-/// One non-blocking `send`; `flags` adds to `MSG_DONTWAIT | MSG_NOSIGNAL`.
-#[cfg(target_os = "linux")]
-fn sys_send(sock: std::os::fd::RawFd, buf: &[u8], flags: i32) -> io::Result<usize> {
-    // SAFETY: `buf` is a live slice of `buf.len()` bytes; `sock` is an open socket.
-    let n = unsafe {
-        libc::send(
-            sock,
-            buf.as_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// One `sendfile` of up to `len` bytes of `file` from `offset` (the file position is untouched).
-#[cfg(target_os = "linux")]
-fn sys_sendfile(
-    sock: std::os::fd::RawFd,
-    file: std::os::fd::RawFd,
-    offset: u64,
-    len: usize,
-) -> io::Result<usize> {
-    let mut off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: both descriptors are open; `off` is a live off_t the kernel updates.
-    let n = unsafe { libc::sendfile(sock, file, &mut off, len) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    /// Bodies are handed to the kernel from the file (see [`body_path`]); false where the
+    /// system has no such path, or once a file system refused it: bodies go from the mapping.
+    kernel_bodies: bool,
 }
 
 impl TcpConn {
     fn new(stream: TcpStream) -> Self {
-        // The direct `send`/`sendfile` calls must never park the event loop: on a non-blocking
-        // socket they return EAGAIN and the loop waits for writability. (io_uring and the
-        // poll driver work the same on non-blocking sockets.) Without it, no `sendfile`.
-        #[cfg(target_os = "linux")]
-        let no_sendfile = socket2::SockRef::from(&stream)
-            .set_nonblocking(true)
-            .is_err();
-        #[cfg(not(target_os = "linux"))]
-        let no_sendfile = true;
+        #[cfg(any(target_os = "linux", windows))]
+        let kernel_bodies = kernel::kernel_bodies(&stream);
+        #[cfg(not(any(target_os = "linux", windows)))]
+        let kernel_bodies = false;
         Self {
             stream,
-            no_sendfile,
+            kernel_bodies,
         }
     }
 
@@ -205,97 +174,28 @@ impl TcpConn {
 
     /// Writes `head` (a response head) and then `range` of `image`.
     ///
-    /// On Linux the body goes with `sendfile` from the version's file: the kernel attaches page
-    /// cache pages to the socket instead of copying them (a write from the mapping copies every
-    /// byte into socket buffers). Elsewhere, or when the file system refuses `sendfile`, the head
-    /// and the first chunk leave in one vectored write from the mapping and the rest follows.
+    /// Where the system has a path from file to socket (see [`body_path`]) the body takes it: the
+    /// kernel sends from the page or file cache, where a write from the mapping copies every
+    /// byte into socket buffers. Elsewhere, or when the file system refuses, the head and the
+    /// first chunk leave in one vectored write from the mapping and the rest follows.
     pub async fn send_head_and_image(
         &mut self,
         head: Vec<u8>,
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, SendError> {
-        #[cfg(target_os = "linux")]
-        if !self.no_sendfile {
-            return match self.sendfile_head_and_image(&head, image, range).await {
+        #[cfg(any(target_os = "linux", windows))]
+        if self.kernel_bodies {
+            return match self.kernel_head_and_image(head, image, range).await {
                 Ok(n) => Ok(n),
-                Err(Sendfile::Failed(e)) => Err(e),
-                Err(Sendfile::Unsupported) => {
-                    self.no_sendfile = true;
-                    self.write_head_and_image(Vec::new(), image, range).await
+                Err(KernelSend::Failed(e)) => Err(e),
+                Err(KernelSend::Unsupported { head }) => {
+                    self.kernel_bodies = false;
+                    self.write_head_and_image(head, image, range).await
                 }
             };
         }
         self.write_head_and_image(head, image, range).await
-    }
-
-    /// The `sendfile` path. When it returns `Unsupported` the head is out and no body byte is.
-    #[cfg(target_os = "linux")]
-    async fn sendfile_head_and_image(
-        &mut self,
-        head: &[u8],
-        image: &Rc<Version>,
-        range: ByteRange,
-    ) -> Result<u64, Sendfile> {
-        use std::os::fd::AsRawFd;
-        let sock = self.stream.as_raw_fd();
-        let file = image.file().as_raw_fd();
-        let mut head_sent = 0;
-        let mut at = range.start;
-        while head_sent < head.len() || at < range.end {
-            let res = if head_sent < head.len() {
-                // MSG_MORE: the head waits for the body's first pages, one segment not two.
-                let more = if at < range.end { libc::MSG_MORE } else { 0 };
-                sys_send(sock, &head[head_sent..], more).map(|n| head_sent += n)
-            } else {
-                // Once per call (at most SENDFILE_CHUNK): a broken lease or a changed file
-                // stops the body here.
-                image.check().map_err(|e| Sendfile::Failed(e.into()))?;
-                let want = (range.end - at).min(SENDFILE_CHUNK) as usize;
-                match sys_sendfile(sock, file, at, want) {
-                    // Nothing to read at `at`: the file shrank under the version.
-                    Ok(0) => return Err(Sendfile::Failed(VersionBroken::Modified.into())),
-                    Ok(n) => {
-                        at += n as u64;
-                        if at < range.end {
-                            // Let the loop's other connections and new requests go first.
-                            YieldNow(false).await;
-                        }
-                        Ok(())
-                    }
-                    // Before the first body byte: the file system cannot sendfile, fall back.
-                    Err(e)
-                        if at == range.start
-                            && matches!(
-                                e.raw_os_error(),
-                                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-                            ) =>
-                    {
-                        return Err(Sendfile::Unsupported);
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            match res {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self
-                    .writable()
-                    .await
-                    .map_err(|e| Sendfile::Failed(SendError::Io(e)))?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Sendfile::Failed(SendError::Io(e))),
-            }
-        }
-        Ok(range.len())
-    }
-
-    /// Waits until the socket takes more bytes.
-    #[cfg(target_os = "linux")]
-    async fn writable(&self) -> io::Result<()> {
-        use compio::driver::ToSharedFd;
-        use compio::driver::op::{Interest, PollOnce};
-        let op = PollOnce::new(self.stream.to_shared_fd(), Interest::Writable);
-        compio::runtime::submit(op).await.0.map(drop)
     }
 
     /// The mapping path: the head and the first chunk of the body in one vectored write, so a
@@ -396,13 +296,14 @@ mod tests {
         assert!(got == data[3..], "body differs");
     }
 
-    /// Sends `head` + `range` of `version` with or without `sendfile` and returns what a reader
-    /// got, with the sender's result.
+    /// Sends `head` + `range` of `version` by the kernel's file path (`sendfile`,
+    /// `TransmitFile`) or from the mapping, and returns what a reader got, with the sender's
+    /// result.
     fn send_and_read(
         version: Rc<Version>,
         head: &[u8],
         range: ByteRange,
-        sendfile: bool,
+        kernel: bool,
     ) -> (Result<u64, SendError>, Vec<u8>) {
         let head = head.to_vec();
         let ev = EventLoop::new().expect("loop");
@@ -424,8 +325,12 @@ mod tests {
                 }
             });
             let (mut conn, _) = server.accept().await.expect("accept");
-            conn.no_sendfile = !sendfile;
+            conn.kernel_bodies = kernel;
             let res = conn.send_head_and_image(head, &version, range).await;
+            assert_eq!(
+                conn.kernel_bodies, kernel,
+                "the kernel path fell back to the mapping"
+            );
             let _ = conn.shutdown().await;
             drop(conn);
             (res, reader.await.expect("reader"))
@@ -433,45 +338,79 @@ mod tests {
     }
 
     #[test]
-    fn head_and_body_are_byte_exact_with_and_without_sendfile() {
+    fn head_and_body_are_byte_exact_with_and_without_the_kernel_path() {
         let data: Vec<u8> = (0..(9 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
         let img = TestImage::new(&data, true, NameFlavor::Http);
         let version = &img.version;
         let head = b"HTTP/1.1 206 Partial Content\r\n\r\n";
-        for sendfile in [true, false] {
+        for kernel in [true, false] {
             for (start, end) in [(0, data.len()), (4097, (5 << 20) + 3), (7, 8), (9, 9)] {
                 let range = ByteRange::new(start as u64, end as u64);
-                let (res, got) = send_and_read(Rc::clone(version), head, range, sendfile);
+                let (res, got) = send_and_read(Rc::clone(version), head, range, kernel);
                 assert_eq!(res.expect("send"), (end - start) as u64);
-                assert!(got[..head.len()] == head[..], "head (sendfile={sendfile})");
+                assert!(got[..head.len()] == head[..], "head (kernel={kernel})");
                 assert!(
                     got[head.len()..] == data[start..end],
-                    "body {start}..{end} differs (sendfile={sendfile})"
+                    "body {start}..{end} differs (kernel={kernel})"
                 );
             }
         }
     }
 
+    /// Offsets past 4 GiB (install.wim files are that big) reach the kernel whole: `off_t` on
+    /// Linux, the high half of the OVERLAPPED offset on Windows.
+    #[test]
+    fn ranges_past_four_gib_come_from_the_right_place() {
+        use std::io::{Seek, SeekFrom, Write};
+        let far = (4u64 << 30) + 12_345;
+        let marker: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8 + 1).collect();
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("big.wim");
+        {
+            // Sparse: only the marker takes disk space.
+            let mut f = std::fs::File::create(&path).expect("create");
+            f.set_len(far + marker.len() as u64 + 4096).expect("size");
+            f.seek(SeekFrom::Start(far)).expect("seek");
+            f.write_all(&marker).expect("write");
+        }
+        let mut store =
+            crate::ImageStore::new(dir.path(), crate::StoreOptions::default()).expect("store");
+        let info =
+            zpxe_engine::ImageCatalog::open(&mut store, "big.wim", NameFlavor::Http).expect("open");
+        let version = store.version(info.id).expect("version");
+        for kernel in [true, false] {
+            let range = ByteRange::new(far - 3, far + marker.len() as u64);
+            let (res, got) = send_and_read(Rc::clone(&version), b"H", range, kernel);
+            assert_eq!(res.expect("send"), range.len());
+            assert_eq!(got[..4], [b'H', 0, 0, 0], "kernel={kernel}");
+            assert!(got[4..] == marker[..], "kernel={kernel}: marker differs");
+        }
+    }
+
+    /// (Windows refuses the truncation itself while a version holds the file: store tests.)
+    #[cfg(unix)]
     #[test]
     fn truncated_file_stops_the_body_with_an_error_not_wrong_bytes() {
         let img = TestImage::new(&vec![9u8; 8 << 20], false, NameFlavor::Http);
-        img.truncate(1 << 20);
-        for sendfile in [true, false] {
+        img.truncate(1 << 20).expect("truncate");
+        for kernel in [true, false] {
             let (res, got) = send_and_read(
                 Rc::clone(&img.version),
                 b"",
                 ByteRange::new(0, 8 << 20),
-                sendfile,
+                kernel,
             );
             assert!(
                 matches!(res, Err(SendError::Image(VersionBroken::Modified))),
-                "sendfile={sendfile}: {res:?}"
+                "kernel={kernel}: {res:?}"
             );
             assert!(got.len() < 8 << 20, "a short body, never a padded one");
             assert!(got.iter().all(|&b| b == 9), "only the file's bytes");
         }
     }
 
+    /// (Windows may refuse the rename while a version holds the file: store tests.)
+    #[cfg(unix)]
     #[test]
     fn rename_replace_keeps_sending_the_old_bytes() {
         let img = TestImage::new(&vec![1u8; 3 << 20], true, NameFlavor::Http);
