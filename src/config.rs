@@ -321,6 +321,17 @@ impl Config {
             }
             (None, None) => {}
         }
+        if self.server.threads > 1 && !zpxe_platform::LOOPS_SHARE_PORTS {
+            let span = find_key(text, "server", "threads").unwrap_or(0..0);
+            at(
+                span,
+                format!(
+                    "server.threads = {}: this system cannot give several event loops one port \
+                     (no SO_REUSEPORT), so zpxe runs a single loop here: set 0 or 1",
+                    self.server.threads
+                ),
+            );
+        }
         if let Err(e) = self.menu.check() {
             let span = find_section(text, "menu").unwrap_or(0..0);
             at(span, format!("menu: {e}"));
@@ -494,6 +505,21 @@ mod tests {
         let p = problems(&bad);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("zpxe.toml:3:1: menu:"), "{p:?}");
+    }
+
+    #[test]
+    fn several_loops_need_ports_shared_between_them() {
+        let p = problems("[server]\nroot = \"/tmp\"\nthreads = 4\n");
+        if zpxe_platform::LOOPS_SHARE_PORTS {
+            assert!(p.is_empty(), "{p:?}");
+        } else {
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].starts_with("zpxe.toml:3:1: server.threads = 4"),
+                "{p:?}"
+            );
+        }
+        assert!(problems("[server]\nroot = \"/tmp\"\nthreads = 1\n").is_empty());
     }
 
     #[test]

@@ -97,7 +97,10 @@ impl ServerHandle {
 
 /// Starts the event loops, binds every service and returns once all are listening.
 pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
+    // Every loop binds the same ports; where the OS cannot share a port between sockets
+    // (Windows), one loop serves everything (`Config::validate` refuses more).
     let threads = match config.server.threads {
+        _ if !zpxe_platform::LOOPS_SHARE_PORTS => 1,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
@@ -159,6 +162,7 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     tracing::info!(
         driver = bound.driver,
         threads,
+        http_bodies = zpxe_platform::tcp::body_path(),
         tftp = ?bound.tftp,
         http = ?bound.http,
         https = ?bound.https,
