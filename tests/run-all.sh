@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine as root: installs what the tests need when it
-# is missing, then runs formatting, lints, every test, and the Windows check.
+# is missing, then runs formatting, lints, every test, and the Windows build's tests under Wine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,8 @@ packages=(
   iproute2        # network namespaces, veth, tc (tests/integration/netns.rs)
   nftables        # loss, duplication and reordering between namespaces (no netem in this kernel)
   chromium        # renders the loadgen HTML report (loadgen tests)
-  gcc-mingw-w64-x86-64  # links Windows test builds
+  gcc-mingw-w64-x86-64  # links Windows builds; builds the Wine shim (tests/fixtures/windows)
+  wine64          # runs the Windows build's tests and zpxe.exe (tests/integration/windows.rs)
   qemu-system-x86 # real firmware under qemu (tests/integration/firmware.rs)
   ipxe-qemu       # iPXE option ROMs pxe-virtio.rom, efi-virtio.rom (firmware.rs)
   qemu-system-arm # qemu-system-aarch64 for the ARM64 scenario (firmware.rs)
@@ -42,14 +43,29 @@ fi
 # (instant when cached). A plain path on stdout, for the test.
 ZPXE_IPXE_ARM64="$(tests/fixtures/firmware/fetch-ipxe-arm64.sh)"
 export ZPXE_IPXE_ARM64
+# Two Wine prefixes (a client and a server edition of Windows) for the Windows build.
+ZPXE_WINE_CACHE="$(tests/fixtures/windows/setup-wine.sh)"
+export ZPXE_WINE_CACHE
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup target list --installed | grep -q '^x86_64-pc-windows-gnu$' || rustup target add x86_64-pc-windows-gnu
 
+windows=x86_64-pc-windows-gnu
+# The crates that run on Windows (the bench crate drives Linux peers and namespaces).
+windows_crates=(-p zpxe-engine -p zpxe-platform -p zpxe-loadgen -p zpxe)
+
 set -x
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy "${windows_crates[@]}" --all-targets --target "$windows" -- -D warnings
+cargo check --workspace --target "$windows"
 cargo build --workspace --release --bins
+cargo build --target "$windows" -p zpxe --bin zpxe
 ZPXE_BIN="$PWD/target/release/zpxe" ZPXE_LOADGEN_BIN="$PWD/target/release/zpxe-loadgen" \
+  ZPXE_WIN_BIN="$PWD/target/$windows/debug/zpxe.exe" \
   cargo test --workspace --release
-cargo check --workspace --target x86_64-pc-windows-gnu
+# The Windows build's own unit tests (IOCP, TransmitFile, the image store's Windows rules),
+# run by Wine as a client edition.
+WINEPREFIX="$ZPXE_WINE_CACHE/client" WINEDEBUG=-all \
+  CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=/usr/lib/wine/wine64 \
+  cargo test "${windows_crates[@]}" --lib --target "$windows"

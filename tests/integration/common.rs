@@ -41,6 +41,21 @@ pub fn free_tcp_port() -> u16 {
     s.local_addr().expect("addr").port()
 }
 
+/// Debian's Wine loader for 64-bit Windows programs (package wine64).
+pub const WINE: &str = "/usr/lib/wine/wine64";
+
+/// How a test server is started.
+#[derive(Clone, Copy)]
+enum Program<'a> {
+    Native,
+    InNamespace(&'a str),
+    /// The Windows build under Wine.
+    Wine {
+        exe: &'a Path,
+        prefix: &'a Path,
+    },
+}
+
 /// A running zpxe, stopped (by its PID) when dropped.
 pub struct Server {
     child: Child,
@@ -62,7 +77,28 @@ impl Server {
     pub fn start_on(ip: &str, root: &Path, extra: &[&str]) -> Server {
         let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
         let (http, web) = (free_tcp_port(), free_tcp_port());
-        Self::launch(None, ip, [tftp, dhcp, pxe, http, web], root, extra)
+        Self::launch(
+            Program::Native,
+            ip,
+            [tftp, dhcp, pxe, http, web],
+            root,
+            extra,
+        )
+    }
+
+    /// Starts the Windows build (`exe`) under Wine in `prefix`, on 127.0.0.1 with free ports.
+    /// Wine maps the Linux file system to drive Z:, so `root` is passed as `Z:\...`.
+    pub fn start_windows(exe: &Path, prefix: &Path, root: &Path, extra: &[&str]) -> Server {
+        let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
+        let (http, web) = (free_tcp_port(), free_tcp_port());
+        let program = Program::Wine { exe, prefix };
+        Self::launch(
+            program,
+            "127.0.0.1",
+            [tftp, dhcp, pxe, http, web],
+            root,
+            extra,
+        )
     }
 
     /// Starts zpxe inside network namespace `ns` on the standard ports, listening on `ip`
@@ -81,7 +117,7 @@ impl Server {
         filter: &str,
     ) -> Server {
         Self::launch_logging(
-            Some(ns),
+            Program::InNamespace(ns),
             ip,
             [69, 67, 4011, 8050, 8051],
             root,
@@ -90,12 +126,18 @@ impl Server {
         )
     }
 
-    fn launch(ns: Option<&str>, ip: &str, ports: [u16; 5], root: &Path, extra: &[&str]) -> Server {
-        Self::launch_logging(ns, ip, ports, root, extra, "info")
+    fn launch(
+        program: Program<'_>,
+        ip: &str,
+        ports: [u16; 5],
+        root: &Path,
+        extra: &[&str],
+    ) -> Server {
+        Self::launch_logging(program, ip, ports, root, extra, "info")
     }
 
     fn launch_logging(
-        ns: Option<&str>,
+        program: Program<'_>,
         ip: &str,
         ports: [u16; 5],
         root: &Path,
@@ -103,17 +145,31 @@ impl Server {
         filter: &str,
     ) -> Server {
         let [tftp, dhcp, pxe, http, web] = ports;
-        let mut cmd = match ns {
-            Some(ns) => {
+        let mut root_arg = root.as_os_str().to_owned();
+        let mut cmd = match program {
+            Program::InNamespace(ns) => {
                 let mut c = Command::new(require("ip"));
                 c.args(["netns", "exec", ns]).arg(zpxe_bin());
                 c
             }
-            None => Command::new(zpxe_bin()),
+            Program::Native => Command::new(zpxe_bin()),
+            Program::Wine { exe, prefix } => {
+                let mut c = Command::new(WINE);
+                c.arg(exe)
+                    .env("WINEPREFIX", prefix)
+                    .env("WINEDEBUG", "-all");
+                root_arg = format!("Z:{}", root.display()).replace('/', "\\").into();
+                c
+            }
+        };
+        // Wine starts its server and libraries first: seconds, not milliseconds.
+        let ready_within = match program {
+            Program::Wine { .. } => Duration::from_secs(60),
+            _ => Duration::from_secs(20),
         };
         cmd.arg("serve")
             .arg("--root")
-            .arg(root)
+            .arg(root_arg)
             .args(["--listen", ip])
             .args(["--tftp-port", &tftp.to_string()])
             .args(["--http-port", &http.to_string()])
@@ -160,7 +216,7 @@ impl Server {
             log: rx,
             lines: Vec::new(),
         };
-        server.wait_for_log("zpxe ready", Duration::from_secs(20));
+        server.wait_for_log("zpxe ready", ready_within);
         server
     }
 

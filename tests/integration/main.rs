@@ -12,3 +12,4 @@ mod loadgen;
 mod netns;
 mod tftp;
 mod tftp_load;
+mod windows;

@@ -1,0 +1,149 @@
+//! The Windows build under Wine: zpxe.exe on IOCP serves HTTP (by `TransmitFile` on a server
+//! edition, from the mapping on a client edition), TFTP and the web service to Linux clients on
+//! loopback.
+//!
+//! tests/run-all.sh builds the .exe (`ZPXE_WIN_BIN`) and prepares the Wine prefixes
+//! (`ZPXE_WINE_CACHE`, by tests/fixtures/windows/setup-wine.sh).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Server, WINE, pattern_file, require, run};
+
+/// What the suite set up; a missing piece fails the test (the suite never skips).
+fn windows_build() -> (PathBuf, PathBuf) {
+    let need = |var: &str| {
+        std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+            panic!("this test needs ${var}: run tests/run-all.sh, which builds and sets it")
+        })
+    };
+    let exe = need("ZPXE_WIN_BIN");
+    let cache = need("ZPXE_WINE_CACHE");
+    assert!(exe.is_file(), "{} is not a file", exe.display());
+    assert!(
+        std::path::Path::new(WINE).is_file(),
+        "{WINE} is missing: run tests/run-all.sh, which installs wine64"
+    );
+    (exe, cache)
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(require("curl"))
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Serves one image set from zpxe.exe in the Wine prefix `edition` and checks every leg.
+fn serves_every_leg(edition: &str, bodies: &str) {
+    let (exe, cache) = windows_build();
+    let root = tempfile::tempdir().expect("tmp");
+    // Over four BODY_CHUNKs: several TransmitFile calls per response.
+    let wim = pattern_file(&root.path().join("sources/boot.wim"), (17 << 20) + 3, 5);
+    let bcd = pattern_file(&root.path().join("Boot/BCD"), 262_144, 6);
+    let mut server = Server::start_windows(&exe, &cache.join(edition), root.path(), &["--no-dhcp"]);
+    let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
+    assert!(ready.contains("driver=\"IOCP\""), "{ready}");
+    assert!(ready.contains("threads=1"), "one loop on Windows: {ready}");
+    assert!(
+        ready.contains(&format!("http_bodies=\"{bodies}")),
+        "{ready}"
+    );
+
+    let url = format!("http://{}/sources/boot.wim", server.http);
+    assert!(curl(&[&url]) == wim, "full body differs");
+    assert_eq!(curl(&["-r", "0-0", &url]), wim[..1]);
+    assert_eq!(curl(&["-r", "-1", &url]), wim[wim.len() - 1..]);
+    let (a, b) = ((5 << 20) + 7, (13 << 20) + 9);
+    assert!(
+        curl(&["-r", &format!("{a}-{b}"), &url]) == wim[a..=b],
+        "range differs"
+    );
+    let head = String::from_utf8(curl(&["-I", &url])).expect("utf-8 head");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", wim.len())),
+        "{head}"
+    );
+    // Case-insensitive names, as Windows clients send them.
+    assert!(
+        curl(&[&format!("http://{}/boot/bcd", server.http)]) == bcd,
+        "BCD differs"
+    );
+
+    // Four downloads at once: each its own connection, all on the one loop.
+    let outs: Vec<tempfile::NamedTempFile> = (0..4)
+        .map(|_| tempfile::NamedTempFile::new().expect("tmp"))
+        .collect();
+    let mut children: Vec<_> = outs
+        .iter()
+        .map(|o| {
+            Command::new(require("curl"))
+                .args(["-sS", "--max-time", "60", "-o"])
+                .arg(o.path())
+                .arg(&url)
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    for c in &mut children {
+        assert!(
+            c.wait().expect("wait").success(),
+            "a parallel download failed"
+        );
+    }
+    for o in &outs {
+        assert!(
+            std::fs::read(o.path()).expect("read") == wim,
+            "parallel body differs"
+        );
+    }
+
+    // TFTP: windowed as EDK2 asks, and lock-step with a Windows-style name.
+    let got = tempfile::tempdir().expect("tmp");
+    let tftp = |remote: &str, local: &str, opts: &[&str]| {
+        let mut cmd = Command::new(require("atftp"));
+        for o in opts {
+            cmd.args(["--option", o]);
+        }
+        cmd.args(["-g", "-r", remote, "-l"])
+            .arg(got.path().join(local))
+            .arg(server.tftp.ip().to_string())
+            .arg(server.tftp.port().to_string());
+        let (ok, out) = run(&mut cmd, Duration::from_secs(60));
+        assert!(ok, "atftp {remote}: {out}");
+        std::fs::read(got.path().join(local)).expect("read")
+    };
+    assert!(
+        tftp(
+            "sources/boot.wim",
+            "wim",
+            &["blksize 1468", "windowsize 16"]
+        ) == wim,
+        "TFTP windowed body differs"
+    );
+    assert!(tftp("\\Boot\\BCD", "bcd", &[]) == bcd, "TFTP BCD differs");
+
+    let metrics = String::from_utf8(curl(&[&format!("http://{}/metrics", server.web)]))
+        .expect("utf-8 metrics");
+    assert!(metrics.contains("zpxe_http_requests_total"), "{metrics}");
+    server.stop();
+}
+
+#[test]
+fn windows_server_edition_serves_bodies_by_transmit_file() {
+    serves_every_leg("server", "TransmitFile");
+}
+
+#[test]
+fn windows_client_edition_writes_bodies_from_the_mapping() {
+    serves_every_leg("client", "writes from the mapping");
+}
