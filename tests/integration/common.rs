@@ -341,6 +341,21 @@ pub fn pattern_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     data
 }
 
+/// What curl (`-sS`, 60 s at most) printed for `args`; fails the test if curl failed.
+pub fn curl_bytes(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(require("curl"))
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs a command with a time limit; returns (success, stdout+stderr).
 pub fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
     let mut child = cmd

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{Server, pattern_file, require, run};
+use crate::common::{Server, curl_bytes, pattern_file, require, run};
 
 fn curl(args: &[&str]) -> (bool, String) {
     run(
@@ -16,20 +16,6 @@ fn curl(args: &[&str]) -> (bool, String) {
             .args(args),
         Duration::from_secs(70),
     )
-}
-
-fn curl_bytes(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(require("curl"))
-        .args(["-sS", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 fn setup() -> (tempfile::TempDir, Vec<u8>, Server) {

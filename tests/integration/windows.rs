@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Server, WINE, pattern_file, require, run};
+use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run};
 
 /// What the suite set up; a missing piece fails the test (the suite never skips).
 fn windows_build() -> (PathBuf, PathBuf) {
@@ -26,20 +26,6 @@ fn windows_build() -> (PathBuf, PathBuf) {
         "{WINE} is missing: run tests/run-all.sh, which installs wine64"
     );
     (exe, cache)
-}
-
-fn curl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(require("curl"))
-        .args(["-sS", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// Serves one image set from zpxe.exe in the Wine prefix `edition` and checks every leg.
@@ -59,15 +45,15 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     );
 
     let url = format!("http://{}/sources/boot.wim", server.http);
-    assert!(curl(&[&url]) == wim, "full body differs");
-    assert_eq!(curl(&["-r", "0-0", &url]), wim[..1]);
-    assert_eq!(curl(&["-r", "-1", &url]), wim[wim.len() - 1..]);
+    assert!(curl_bytes(&[&url]) == wim, "full body differs");
+    assert_eq!(curl_bytes(&["-r", "0-0", &url]), wim[..1]);
+    assert_eq!(curl_bytes(&["-r", "-1", &url]), wim[wim.len() - 1..]);
     let (a, b) = ((5 << 20) + 7, (13 << 20) + 9);
     assert!(
-        curl(&["-r", &format!("{a}-{b}"), &url]) == wim[a..=b],
+        curl_bytes(&["-r", &format!("{a}-{b}"), &url]) == wim[a..=b],
         "range differs"
     );
-    let head = String::from_utf8(curl(&["-I", &url])).expect("utf-8 head");
+    let head = String::from_utf8(curl_bytes(&["-I", &url])).expect("utf-8 head");
     assert!(
         head.to_ascii_lowercase()
             .contains(&format!("content-length: {}", wim.len())),
@@ -75,7 +61,7 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     );
     // Case-insensitive names, as Windows clients send them.
     assert!(
-        curl(&[&format!("http://{}/boot/bcd", server.http)]) == bcd,
+        curl_bytes(&[&format!("http://{}/boot/bcd", server.http)]) == bcd,
         "BCD differs"
     );
 
@@ -132,7 +118,7 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     );
     assert!(tftp("\\Boot\\BCD", "bcd", &[]) == bcd, "TFTP BCD differs");
 
-    let metrics = String::from_utf8(curl(&[&format!("http://{}/metrics", server.web)]))
+    let metrics = String::from_utf8(curl_bytes(&[&format!("http://{}/metrics", server.web)]))
         .expect("utf-8 metrics");
     assert!(metrics.contains("zpxe_http_requests_total"), "{metrics}");
     server.stop();
