@@ -554,7 +554,86 @@ mod sys {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+/// Windows: `IP_PKTINFO` through `WSARecvMsg`/`WSASendMsg` (an `IN_PKTINFO`: the address a
+/// datagram was sent to, or the source to send from, and the interface); no GSO or GRO here
+/// (Windows' USO is not used yet).
+#[cfg(windows)]
+mod sys {
+    use compio::io::ancillary::{AncillaryBuilder, AncillaryRef};
+    use socket2::Socket;
+    use std::io;
+    use std::net::Ipv4Addr;
+    use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Networking::WinSock::{
+        IN_ADDR, IN_ADDR_0, IN_PKTINFO, IP_PKTINFO, IPPROTO_IP, SOCKET, SOCKET_ERROR, setsockopt,
+    };
+
+    pub(super) const UDP_SEGMENT: i32 = 103;
+    pub(super) const SOL_UDP: i32 = 17;
+    /// WSAEFAULT: a buffer the kernel could not read.
+    pub(super) const EFAULT: i32 = 10014;
+    /// WSAEINVAL.
+    pub(super) const EINVAL: i32 = 10022;
+
+    pub(super) fn parse_pktinfo(msg: &AncillaryRef<'_>) -> Option<(Ipv4Addr, Option<u32>)> {
+        if msg.level() != IPPROTO_IP || msg.ty() != IP_PKTINFO {
+            return None;
+        }
+        let info = msg.data::<IN_PKTINFO>().ok()?;
+        // SAFETY: every field of the IN_ADDR union is the same four bytes.
+        let addr = unsafe { info.ipi_addr.S_un.S_addr };
+        let ifindex = Some(info.ipi_ifindex).filter(|&i| i > 0);
+        Some((Ipv4Addr::from(u32::from_be(addr)), ifindex))
+    }
+
+    pub(super) fn push_pktinfo<B: compio::buf::IoBufMut + ?Sized>(
+        builder: &mut AncillaryBuilder<'_, B>,
+        source: Ipv4Addr,
+        ifindex: Option<u32>,
+    ) -> Option<()> {
+        let info = IN_PKTINFO {
+            ipi_addr: IN_ADDR {
+                S_un: IN_ADDR_0 {
+                    S_addr: u32::from(source).to_be(),
+                },
+            },
+            ipi_ifindex: ifindex.unwrap_or(0),
+        };
+        builder.push(IPPROTO_IP, IP_PKTINFO, &info).ok()
+    }
+
+    pub(super) fn enable_pktinfo(socket: &Socket) -> io::Result<()> {
+        let on: i32 = 1;
+        // SAFETY: setsockopt with a pointer to a live i32 and its size.
+        let rc = unsafe {
+            setsockopt(
+                socket.as_raw_socket() as SOCKET,
+                IPPROTO_IP,
+                IP_PKTINFO,
+                (&raw const on).cast(),
+                std::mem::size_of::<i32>() as i32,
+            )
+        };
+        if rc == SOCKET_ERROR {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) const GSO_AVAILABLE: bool = false;
+    pub(super) const GSO_REFUSAL_CODES: &[i32] = &[];
+
+    pub(super) fn parse_gro(_msg: &AncillaryRef<'_>) -> Option<usize> {
+        None
+    }
+
+    pub(super) fn enable_gro(_socket: &Socket) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
 mod sys {
     use compio::io::ancillary::{AncillaryBuilder, AncillaryRef};
     use socket2::Socket;
@@ -566,8 +645,8 @@ mod sys {
     pub(super) const EFAULT: i32 = 14;
     pub(super) const EINVAL: i32 = 22;
 
-    // Destination-address reporting is Linux-only for now: elsewhere replies leave from the
-    // address the OS picks.
+    // Destination-address reporting is not done here: replies leave from the address the OS
+    // picks.
     pub(super) fn parse_pktinfo(_msg: &AncillaryRef<'_>) -> Option<(Ipv4Addr, Option<u32>)> {
         None
     }
@@ -592,6 +671,53 @@ mod sys {
 
     pub(super) fn enable_pktinfo(_socket: &Socket) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Tests that hold on every system (the Windows build runs them under Wine).
+#[cfg(test)]
+mod portable_tests {
+    use super::*;
+    use crate::runtime::EventLoop;
+
+    /// A socket on the wildcard address learns which of its addresses each datagram was sent
+    /// to: proxyDHCP names that address in its offers and answers from it.
+    #[test]
+    fn pktinfo_reports_the_address_a_datagram_was_sent_to() {
+        let ev = EventLoop::new().expect("loop");
+        ev.block_on(async {
+            let options = UdpOptions {
+                pktinfo: true,
+                ..UdpOptions::default()
+            };
+            let ep = UdpEndpoint::bind("0.0.0.0:0".parse().expect("addr"), &options).expect("bind");
+            let port = ep.local_addr().port();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+            client
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            for to in [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)] {
+                client.send_to(b"ping", (to, port)).expect("send");
+                let (res, buf) = ep.recv(Vec::with_capacity(64)).await;
+                let got = res.expect("recv");
+                assert_eq!(&buf[..got.len], b"ping");
+                assert_eq!(got.meta.local_ip, Some(IpAddr::V4(to)), "sent to {to}");
+                let route = Route {
+                    destination: got.meta.remote,
+                    source_ip: got.meta.local_ip,
+                    ifindex: got.meta.ifindex,
+                };
+                let (res, _) = ep.send(route, b"pong".to_vec()).await;
+                res.expect("reply");
+                let mut back = [0u8; 16];
+                let (n, from) = client.recv_from(&mut back).expect("reply arrives");
+                assert_eq!(&back[..n], b"pong");
+                // Wine ignores control data on WSASendMsg: there the OS picks the source.
+                if cfg!(target_os = "linux") {
+                    assert_eq!(from.ip(), IpAddr::V4(to), "the reply leaves from {to}");
+                }
+            }
+        });
     }
 }
 

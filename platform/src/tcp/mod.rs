@@ -252,7 +252,10 @@ impl TcpConn {
 
 #[cfg(unix)]
 const EFAULT: i32 = libc::EFAULT;
-#[cfg(not(unix))]
+/// WSAEFAULT.
+#[cfg(windows)]
+const EFAULT: i32 = 10014;
+#[cfg(not(any(unix, windows)))]
 const EFAULT: i32 = 14;
 
 /// A response head and the first slice of its body, written together.
