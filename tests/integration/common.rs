@@ -44,6 +44,11 @@ pub fn free_tcp_port() -> u16 {
 /// Debian's Wine loader for 64-bit Windows programs (package wine64).
 pub const WINE: &str = "/usr/lib/wine/wine64";
 
+/// A Linux path as a program under Wine names it: Wine maps `/` to drive Z:.
+pub fn wine_path(path: &Path) -> String {
+    format!("Z:{}", path.display()).replace('/', "\\")
+}
+
 /// How a test server is started.
 #[derive(Clone, Copy)]
 enum Program<'a> {
@@ -86,19 +91,31 @@ impl Server {
         )
     }
 
-    /// Starts the Windows build (`exe`) under Wine in `prefix`, on 127.0.0.1 with free ports.
-    /// Wine maps the Linux file system to drive Z:, so `root` is passed as `Z:\...`.
-    pub fn start_windows(exe: &Path, prefix: &Path, root: &Path, extra: &[&str]) -> Server {
+    /// Starts the Windows build (`exe`) under Wine in `prefix`, listening on `ip` (127.0.0.1 or
+    /// every address) with free ports; the addresses for clients are on 127.0.0.1 either way.
+    /// `root` is passed as Wine names it ([`wine_path`]); paths in `extra` must be too.
+    pub fn start_windows(
+        exe: &Path,
+        prefix: &Path,
+        ip: &str,
+        root: &Path,
+        extra: &[&str],
+    ) -> Server {
         let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
         let (http, web) = (free_tcp_port(), free_tcp_port());
         let program = Program::Wine { exe, prefix };
-        Self::launch(
-            program,
-            "127.0.0.1",
-            [tftp, dhcp, pxe, http, web],
-            root,
-            extra,
-        )
+        let mut server = Self::launch(program, ip, [tftp, dhcp, pxe, http, web], root, extra);
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        for a in [
+            &mut server.tftp,
+            &mut server.http,
+            &mut server.web,
+            &mut server.dhcp,
+            &mut server.pxe,
+        ] {
+            a.set_ip(loopback);
+        }
+        server
     }
 
     /// Starts zpxe inside network namespace `ns` on the standard ports, listening on `ip`
@@ -158,7 +175,7 @@ impl Server {
                 c.arg(exe)
                     .env("WINEPREFIX", prefix)
                     .env("WINEDEBUG", "-all");
-                root_arg = format!("Z:{}", root.display()).replace('/', "\\").into();
+                root_arg = wine_path(root).into();
                 c
             }
         };

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run};
+use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run, wine_path, zpxe_bin};
 
 /// What the suite set up; a missing piece fails the test (the suite never skips).
 fn windows_build() -> (PathBuf, PathBuf) {
@@ -35,7 +35,13 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     // Over four BODY_CHUNKs: several TransmitFile calls per response.
     let wim = pattern_file(&root.path().join("sources/boot.wim"), (17 << 20) + 3, 5);
     let bcd = pattern_file(&root.path().join("Boot/BCD"), 262_144, 6);
-    let mut server = Server::start_windows(&exe, &cache.join(edition), root.path(), &["--no-dhcp"]);
+    let mut server = Server::start_windows(
+        &exe,
+        &cache.join(edition),
+        "127.0.0.1",
+        root.path(),
+        &["--no-dhcp"],
+    );
     let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
     assert!(ready.contains("driver=\"IOCP\""), "{ready}");
     assert!(ready.contains("threads=1"), "one loop on Windows: {ready}");
@@ -133,3 +139,53 @@ fn windows_server_edition_serves_bodies_by_transmit_file() {
 fn windows_client_edition_writes_bodies_from_the_mapping() {
     serves_every_leg("client", "writes from the mapping");
 }
+
+/// A whole boot storm (relayed DHCP and 4011 through `WSARecvMsg` with `IP_PKTINFO`, TFTP with
+/// each firmware's options, iPXE's DHCP, the script and the WinPE files over HTTP) from the
+/// Linux load generator against zpxe.exe. (On 127.0.0.1: the virtual relays bind the DHCP port
+/// on their own loopback addresses, which a server on the wildcard address would hold.)
+#[test]
+fn windows_build_boots_a_storm_with_every_byte_right() {
+    let (exe, cache) = windows_build();
+    let root = tempfile::tempdir().expect("tmp");
+    zpxe::demo_images::create(root.path(), 4 << 20).expect("images");
+    let config = root.path().join("zpxe.toml");
+    std::fs::write(&config, STORM_MENU).expect("config");
+    let server = Server::start_windows(
+        &exe,
+        &cache.join("server"),
+        "127.0.0.1",
+        root.path(),
+        &["--config", &wine_path(&config)],
+    );
+    let json = root.path().join("storm.json");
+    let mut cmd = Command::new(zpxe_bin());
+    cmd.args(["loadgen", "--quiet", "--profile", "mix", "--limit", "120"])
+        .args(["--clients", "20"])
+        .args(["--dhcp-port", &server.dhcp.port().to_string()])
+        .args(["--pxe-port", &server.pxe.port().to_string()])
+        .args(["--tftp-port", &server.tftp.port().to_string()])
+        .arg("--manifest")
+        .arg(root.path().join("manifest.sha256"))
+        .arg("--json")
+        .arg(&json);
+    let (ok, log) = run(&mut cmd, Duration::from_secs(150));
+    assert!(ok, "{log}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    assert_eq!(r["booted"], 20, "{log}");
+    assert_eq!(r["failed"], 0, "{log}");
+    assert_eq!(r["byte_errors"], 0, "{log}");
+}
+
+const STORM_MENU: &str = r#"
+[menu]
+title = "storm"
+timeout-ms = 1000
+default = "winpe"
+
+[[menu.entries]]
+id = "winpe"
+label = "Windows PE"
+kind = { type = "winpe", wimboot = "wimboot", bcd = "Boot/BCD", boot-sdi = "Boot/boot.sdi", boot-wim = "sources/boot.wim" }
+"#;
