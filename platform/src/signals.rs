@@ -3,6 +3,11 @@
 //! [`Terminations::block`] blocks both signals in the calling thread before the server starts
 //! its event loops, which inherit the mask; one thread then takes them with `sigwait`. Nothing
 //! runs in signal-handler context.
+//!
+//! On Windows the console's Ctrl-C and Ctrl-Break play their part: a console control handler
+//! (run by Windows on a thread of its own) queues the event and [`Terminations::wait`] takes
+//! it. Closing the console window, logoff and shutdown keep their default handling (Windows
+//! ends the process after a few seconds whatever a handler does).
 
 use std::io;
 
@@ -32,8 +37,15 @@ impl Terminations {
         }
     }
 
-    /// Off Unix the process keeps its default handling (Ctrl-C ends it).
-    #[cfg(not(unix))]
+    /// Takes Ctrl-C and Ctrl-Break from the console from now on.
+    #[cfg(windows)]
+    pub fn block() -> io::Result<Self> {
+        console::install()?;
+        Ok(Self {})
+    }
+
+    /// Elsewhere the process keeps its default handling (Ctrl-C ends it).
+    #[cfg(not(any(unix, windows)))]
     pub fn block() -> io::Result<Self> {
         Ok(Self {})
     }
@@ -54,12 +66,66 @@ impl Terminations {
         })
     }
 
-    /// Off Unix nothing is ever delivered here.
-    #[cfg(not(unix))]
+    /// Waits for the next Ctrl-C or Ctrl-Break and names it.
+    #[cfg(windows)]
+    pub fn wait(&self) -> io::Result<&'static str> {
+        Ok(console::next())
+    }
+
+    /// Elsewhere nothing is ever delivered here.
+    #[cfg(not(any(unix, windows)))]
     pub fn wait(&self) -> io::Result<&'static str> {
         loop {
             std::thread::park();
         }
+    }
+}
+
+#[cfg(windows)]
+mod console {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::sync::{Condvar, Mutex};
+
+    use windows_sys::Win32::System::Console::{
+        CTRL_BREAK_EVENT, CTRL_C_EVENT, SetConsoleCtrlHandler,
+    };
+    use windows_sys::core::BOOL;
+
+    static EVENTS: Mutex<VecDeque<&'static str>> = Mutex::new(VecDeque::new());
+    static ARRIVED: Condvar = Condvar::new();
+
+    pub(super) fn install() -> io::Result<()> {
+        // SAFETY: registers a handler function that lives for the whole program.
+        if unsafe { SetConsoleCtrlHandler(Some(handler), 1) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub(super) fn next() -> &'static str {
+        let mut events = EVENTS.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = events.pop_front() {
+                return e;
+            }
+            events = ARRIVED.wait(events).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Runs on a thread Windows starts for the event: queue it and say it is handled.
+    unsafe extern "system" fn handler(event: u32) -> BOOL {
+        let name = match event {
+            CTRL_C_EVENT => "Ctrl-C",
+            CTRL_BREAK_EVENT => "Ctrl-Break",
+            _ => return 0,
+        };
+        EVENTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(name);
+        ARRIVED.notify_one();
+        1
     }
 }
 
