@@ -291,12 +291,22 @@ impl Server {
 
     /// Sends SIGTERM (zpxe drains).
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGINT: Ctrl-C at a terminal, which Wine hands to a Windows program as its
+    /// console's Ctrl-C event (zpxe drains either way).
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("run kill")
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill -{name} failed");
     }
 
     /// Waits up to `within` for the process to exit by itself; its status, and the log.

@@ -9,7 +9,7 @@ use crate::common::{Server, pattern_file};
 
 /// Sends a GET and returns the connection and the response head (through the blank line)
 /// plus whatever body bytes came with it.
-fn get(addr: SocketAddr, path: &str) -> (TcpStream, String, Vec<u8>) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (TcpStream, String, Vec<u8>) {
     let mut c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");

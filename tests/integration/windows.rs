@@ -189,3 +189,42 @@ id = "winpe"
 label = "Windows PE"
 kind = { type = "winpe", wimboot = "wimboot", bcd = "Boot/BCD", boot-sdi = "Boot/boot.sdi", boot-wim = "sources/boot.wim" }
 "#;
+
+/// Ctrl-C drains on Windows as SIGTERM does on Linux: the download under way finishes
+/// byte-exact, the listener closes, and the process exits 0.
+#[test]
+fn windows_ctrl_c_drains() {
+    let (exe, cache) = windows_build();
+    let root = tempfile::tempdir().expect("tmp");
+    let big = pattern_file(&root.path().join("big.bin"), 64 << 20, 9);
+    let mut server = Server::start_windows(
+        &exe,
+        &cache.join("server"),
+        "127.0.0.1",
+        root.path(),
+        &["--no-dhcp"],
+    );
+    let (mut slow, head, mut body) = crate::drain::get(server.http, "big.bin");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    server.interrupt();
+    server.wait_for_log("draining", Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(server.http).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTP port still accepts"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut chunk = vec![0u8; 1 << 20];
+    while body.len() < big.len() {
+        let n = std::io::Read::read(&mut slow, &mut chunk).expect("body");
+        assert!(n > 0, "body cut at {} of {}", body.len(), big.len());
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert!(body == big, "HTTP bytes differ");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("zpxe.exe still running after its download ended");
+    assert!(status.success(), "exit status {status}");
+}
