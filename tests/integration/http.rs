@@ -228,6 +228,18 @@ fn slowloris_is_dropped_while_others_are_served() {
 
 /// zpxe with HTTPS on a free port, a fresh self-signed certificate in `root`.
 fn https_server(root: &std::path::Path) -> (Server, u16) {
+    let (config, port) = tls_config(root, |p| p.display().to_string());
+    let config = config.to_string_lossy().into_owned();
+    let server = Server::start(root, &["--config", &config]);
+    (server, port)
+}
+
+/// Makes a throwaway certificate in `root` and a config beside it whose `[tls]` names it (each
+/// path as `name` spells it for the server); returns the config's path and the HTTPS port.
+pub(crate) fn tls_config(
+    root: &std::path::Path,
+    name: impl Fn(&std::path::Path) -> String,
+) -> (std::path::PathBuf, u16) {
     let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
     let (ok, log) = run(
         Command::new(require("openssl"))
@@ -253,14 +265,12 @@ fn https_server(root: &std::path::Path) -> (Server, u16) {
         &config,
         format!(
             "[tls]\ncert = {:?}\nkey = {:?}\nport = {port}\n",
-            cert.display().to_string(),
-            key.display().to_string()
+            name(&cert),
+            name(&key)
         ),
     )
     .expect("config");
-    let config = config.to_string_lossy().into_owned();
-    let server = Server::start(root, &["--config", &config]);
-    (server, port)
+    (config, port)
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The Windows build under Wine: zpxe.exe on IOCP serves HTTP (by `TransmitFile` on a server
-//! edition, from the mapping on a client edition), TFTP and the web service to Linux clients on
-//! loopback.
+//! edition, from the mapping on a client edition), HTTPS, TFTP and the web service to Linux
+//! clients on loopback, boots a storm and drains on Ctrl-C.
 //!
 //! tests/run-all.sh builds the .exe (`ZPXE_WIN_BIN`) and prepares the Wine prefixes
 //! (`ZPXE_WINE_CACHE`, by tests/fixtures/windows/setup-wine.sh).
@@ -35,12 +35,14 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     // Over four BODY_CHUNKs: several TransmitFile calls per response.
     let wim = pattern_file(&root.path().join("sources/boot.wim"), (17 << 20) + 3, 5);
     let bcd = pattern_file(&root.path().join("Boot/BCD"), 262_144, 6);
+    // HTTPS beside HTTP: rustls, with bodies read from the file.
+    let (config, https_port) = crate::http::tls_config(root.path(), wine_path);
     let mut server = Server::start_windows(
         &exe,
         &cache.join(edition),
         "127.0.0.1",
         root.path(),
-        &["--no-dhcp"],
+        &["--no-dhcp", "--config", &wine_path(&config)],
     );
     let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
     assert!(ready.contains("driver=\"IOCP\""), "{ready}");
@@ -69,6 +71,13 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     assert!(
         curl_bytes(&[&format!("http://{}/boot/bcd", server.http)]) == bcd,
         "BCD differs"
+    );
+
+    let secure = format!("https://127.0.0.1:{https_port}/sources/boot.wim");
+    assert!(curl_bytes(&["-k", &secure]) == wim, "HTTPS body differs");
+    assert!(
+        curl_bytes(&["-k", "-r", &format!("{a}-{b}"), &secure]) == wim[a..=b],
+        "HTTPS range differs"
     );
 
     // Four downloads at once: each its own connection, all on the one loop.
