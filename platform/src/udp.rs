@@ -563,9 +563,8 @@ mod sys {
     use socket2::Socket;
     use std::io;
     use std::net::Ipv4Addr;
-    use std::os::windows::io::AsRawSocket;
     use windows_sys::Win32::Networking::WinSock::{
-        IN_ADDR, IN_ADDR_0, IN_PKTINFO, IP_PKTINFO, IPPROTO_IP, SOCKET, SOCKET_ERROR, setsockopt,
+        IN_ADDR, IN_ADDR_0, IN_PKTINFO, IP_PKTINFO, IPPROTO_IP,
     };
 
     pub(super) const UDP_SEGMENT: i32 = 103;
@@ -603,22 +602,7 @@ mod sys {
     }
 
     pub(super) fn enable_pktinfo(socket: &Socket) -> io::Result<()> {
-        let on: i32 = 1;
-        // SAFETY: setsockopt with a pointer to a live i32 and its size.
-        let rc = unsafe {
-            setsockopt(
-                socket.as_raw_socket() as SOCKET,
-                IPPROTO_IP,
-                IP_PKTINFO,
-                (&raw const on).cast(),
-                std::mem::size_of::<i32>() as i32,
-            )
-        };
-        if rc == SOCKET_ERROR {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        crate::windows::set_int(socket, IPPROTO_IP, IP_PKTINFO, 1)
     }
 
     pub(super) const GSO_AVAILABLE: bool = false;

@@ -14,14 +14,18 @@ use windows_sys::Win32::System::SystemServices::VER_NT_WORKSTATION;
 /// Claims the port for this socket alone: without it, a socket of another program that sets
 /// `SO_REUSEADDR` could bind the same port and take its traffic.
 pub(crate) fn exclusive_address_use(socket: &Socket) -> io::Result<()> {
-    let on: i32 = 1;
+    set_int(socket, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, 1)
+}
+
+/// `setsockopt` of one integer option.
+pub(crate) fn set_int(socket: &Socket, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: setsockopt with a pointer to a live i32 and its size.
     let rc = unsafe {
         setsockopt(
             socket.as_raw_socket() as SOCKET,
-            SOL_SOCKET,
-            SO_EXCLUSIVEADDRUSE,
-            (&raw const on).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             std::mem::size_of::<i32>() as i32,
         )
     };
