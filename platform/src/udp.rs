@@ -554,6 +554,29 @@ mod sys {
     }
 }
 
+/// Where the kernel has no UDP segmentation offload nor receive coalescing (as zpxe uses them):
+/// every datagram is sent and received on its own.
+#[cfg(not(target_os = "linux"))]
+mod no_offload {
+    use compio::io::ancillary::AncillaryRef;
+    use socket2::Socket;
+    use std::io;
+
+    /// Placeholders for the control message [`super::GsoSize`] would carry; never sent here.
+    pub(crate) const UDP_SEGMENT: i32 = 103;
+    pub(crate) const SOL_UDP: i32 = 17;
+    pub(crate) const GSO_AVAILABLE: bool = false;
+    pub(crate) const GSO_REFUSAL_CODES: &[i32] = &[];
+
+    pub(crate) fn parse_gro(_msg: &AncillaryRef<'_>) -> Option<usize> {
+        None
+    }
+
+    pub(crate) fn enable_gro(_socket: &Socket) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// Windows: `IP_PKTINFO` through `WSARecvMsg`/`WSASendMsg` (an `IN_PKTINFO`: the address a
 /// datagram was sent to, or the source to send from, and the interface); no GSO or GRO here
 /// (Windows' USO is not used yet).
@@ -567,8 +590,6 @@ mod sys {
         IN_ADDR, IN_ADDR_0, IN_PKTINFO, IP_PKTINFO, IPPROTO_IP,
     };
 
-    pub(super) const UDP_SEGMENT: i32 = 103;
-    pub(super) const SOL_UDP: i32 = 17;
     /// WSAEFAULT: a buffer the kernel could not read.
     pub(super) const EFAULT: i32 = 10014;
     /// WSAEINVAL.
@@ -605,16 +626,7 @@ mod sys {
         crate::windows::set_int(socket, IPPROTO_IP, IP_PKTINFO, 1)
     }
 
-    pub(super) const GSO_AVAILABLE: bool = false;
-    pub(super) const GSO_REFUSAL_CODES: &[i32] = &[];
-
-    pub(super) fn parse_gro(_msg: &AncillaryRef<'_>) -> Option<usize> {
-        None
-    }
-
-    pub(super) fn enable_gro(_socket: &Socket) -> io::Result<()> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
+    pub(super) use super::no_offload::*;
 }
 
 #[cfg(not(any(target_os = "linux", windows)))]
@@ -624,8 +636,6 @@ mod sys {
     use std::io;
     use std::net::Ipv4Addr;
 
-    pub(super) const UDP_SEGMENT: i32 = 103;
-    pub(super) const SOL_UDP: i32 = 17;
     pub(super) const EFAULT: i32 = 14;
     pub(super) const EINVAL: i32 = 22;
 
@@ -642,16 +652,7 @@ mod sys {
     ) -> Option<()> {
         Some(())
     }
-    pub(super) const GSO_AVAILABLE: bool = false;
-    pub(super) const GSO_REFUSAL_CODES: &[i32] = &[];
-
-    pub(super) fn parse_gro(_msg: &AncillaryRef<'_>) -> Option<usize> {
-        None
-    }
-
-    pub(super) fn enable_gro(_socket: &Socket) -> io::Result<()> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
+    pub(super) use super::no_offload::*;
 
     pub(super) fn enable_pktinfo(_socket: &Socket) -> io::Result<()> {
         Ok(())

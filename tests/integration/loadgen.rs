@@ -21,7 +21,7 @@ kind = { type = "winpe", wimboot = "wimboot", bcd = "Boot/BCD", boot-sdi = "Boot
 "#;
 
 /// A demo image set (4 MiB boot.wim) and a config with a WinPE menu.
-fn image_set() -> (tempfile::TempDir, String) {
+pub(crate) fn image_set() -> (tempfile::TempDir, String) {
     let root = tempfile::tempdir().expect("tmp");
     zpxe::demo_images::create(root.path(), 4 << 20).expect("images");
     let config = root.path().join("zpxe.toml");
@@ -29,7 +29,13 @@ fn image_set() -> (tempfile::TempDir, String) {
     (root, config.to_string_lossy().into_owned())
 }
 
-fn loadgen(server: &Server, root: &Path, clients: usize, json: &Path, limit_s: u32) -> Command {
+pub(crate) fn loadgen(
+    server: &Server,
+    root: &Path,
+    clients: usize,
+    json: &Path,
+    limit_s: u32,
+) -> Command {
     let mut cmd = Command::new(zpxe_bin());
     cmd.args([
         "loadgen",
@@ -50,7 +56,7 @@ fn loadgen(server: &Server, root: &Path, clients: usize, json: &Path, limit_s: u
     cmd
 }
 
-fn report(json: &Path) -> serde_json::Value {
+pub(crate) fn report(json: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(json).expect("json")).expect("parse")
 }
 

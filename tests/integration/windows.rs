@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run, wine_path, zpxe_bin};
+use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run, wine_path};
 
 /// What the suite set up; a missing piece fails the test (the suite never skips).
 fn windows_build() -> (PathBuf, PathBuf) {
@@ -155,49 +155,27 @@ fn windows_client_edition_writes_bodies_from_the_mapping() {
 /// on their own loopback addresses, which a server on the wildcard address would hold.)
 #[test]
 fn windows_build_boots_a_storm_with_every_byte_right() {
+    use crate::loadgen::{image_set, loadgen, report};
     let (exe, cache) = windows_build();
-    let root = tempfile::tempdir().expect("tmp");
-    zpxe::demo_images::create(root.path(), 4 << 20).expect("images");
-    let config = root.path().join("zpxe.toml");
-    std::fs::write(&config, STORM_MENU).expect("config");
+    let (root, config) = image_set();
     let server = Server::start_windows(
         &exe,
         &cache.join("server"),
         "127.0.0.1",
         root.path(),
-        &["--config", &wine_path(&config)],
+        &["--config", &wine_path(std::path::Path::new(&config))],
     );
     let json = root.path().join("storm.json");
-    let mut cmd = Command::new(zpxe_bin());
-    cmd.args(["loadgen", "--quiet", "--profile", "mix", "--limit", "120"])
-        .args(["--clients", "20"])
-        .args(["--dhcp-port", &server.dhcp.port().to_string()])
-        .args(["--pxe-port", &server.pxe.port().to_string()])
-        .args(["--tftp-port", &server.tftp.port().to_string()])
-        .arg("--manifest")
-        .arg(root.path().join("manifest.sha256"))
-        .arg("--json")
-        .arg(&json);
-    let (ok, log) = run(&mut cmd, Duration::from_secs(150));
+    let (ok, log) = run(
+        &mut loadgen(&server, root.path(), 20, &json, 120),
+        Duration::from_secs(150),
+    );
     assert!(ok, "{log}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    let r = report(&json);
     assert_eq!(r["booted"], 20, "{log}");
     assert_eq!(r["failed"], 0, "{log}");
     assert_eq!(r["byte_errors"], 0, "{log}");
 }
-
-const STORM_MENU: &str = r#"
-[menu]
-title = "storm"
-timeout-ms = 1000
-default = "winpe"
-
-[[menu.entries]]
-id = "winpe"
-label = "Windows PE"
-kind = { type = "winpe", wimboot = "wimboot", bcd = "Boot/BCD", boot-sdi = "Boot/boot.sdi", boot-wim = "sources/boot.wim" }
-"#;
 
 /// Ctrl-C drains on Windows as SIGTERM does on Linux: the download under way finishes
 /// byte-exact, the listener closes, and the process exits 0.
