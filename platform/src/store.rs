@@ -19,12 +19,12 @@
 //! A file replaced by rename is a new inode: new opens get a new version, transfers in flight finish
 //! on the old mapping, which is unmapped when the last of them closes it.
 //!
-//! Windows differs in two ways. It refuses to truncate a file while a view of it is mapped
-//! (`ERROR_USER_MAPPED_FILE`), so the truncation case cannot arise there; and it refuses to
-//! replace or delete a mapped file, so a version nobody holds is unmapped at once instead of
+//! Windows has no leases and its own rules. It refuses to truncate a file while a view of it is
+//! mapped (`ERROR_USER_MAPPED_FILE`), and may refuse to replace or delete one (Wine does). So
+//! there files are opened without write sharing (see [`open_for_serving`]: no in-place rewrite
+//! while a version holds the file), and a version nobody holds is unmapped at once instead of
 //! staying cached for the next open ([`KEEP_IDLE_VERSIONS`]): an administrator can then copy a
-//! new boot.wim over the old one whenever no transfer is reading it. In-place rewrites, which
-//! Windows allows, are caught by the size and mtime check before every send.
+//! new boot.wim over the old one whenever no transfer is reading it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -347,11 +347,12 @@ impl ImageCatalog for ImageStore {
     }
 }
 
-/// Opens a file to serve from. On Windows others may read, rename or delete it while we hold it,
-/// but not write to it: a writer is refused with a sharing violation until the transfers reading
-/// this version end (Windows' counterpart of the read lease, and stricter: the writer fails
-/// instead of waiting). A file already open for writing cannot be opened here either, so a file
-/// being copied in is never served half-written.
+/// Opens a file to serve from. On Windows others may read it while we hold it (and rename or
+/// delete it, where Windows allows that for a mapped file), but not write to it: a writer is
+/// refused with a sharing violation until the transfers reading this version end (Windows'
+/// counterpart of the read lease, and stricter: the writer fails instead of waiting). A file
+/// already open for writing cannot be opened here either, so a file being copied in is never
+/// served half-written.
 fn open_for_serving(path: &Path) -> io::Result<File> {
     #[cfg(windows)]
     {
