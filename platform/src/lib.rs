@@ -16,6 +16,16 @@ mod windows;
 
 pub use store::{ImageStore, StoreOptions, Version, VersionBroken};
 
+/// What a send returns when the kernel cannot read one of its buffers: for a mapping, the file
+/// shrank under it (see [`store`]).
+#[cfg(unix)]
+pub(crate) const EFAULT: i32 = libc::EFAULT;
+/// WSAEFAULT.
+#[cfg(windows)]
+pub(crate) const EFAULT: i32 = 10014;
+#[cfg(not(any(unix, windows)))]
+pub(crate) const EFAULT: i32 = 14;
+
 /// Whether several event loops can each bind the same TCP and UDP port, the kernel spreading
 /// connections and datagrams between them (`SO_REUSEPORT`). Windows has nothing like it (its
 /// `SO_REUSEADDR` lets a second socket steal the port), so zpxe runs one event loop there.

@@ -80,6 +80,18 @@ pub enum SendError {
     Io(#[from] io::Error),
 }
 
+impl SendError {
+    /// A failed send of mapped bytes: `EFAULT` means the kernel could not read the mapping, so
+    /// the file shrank under it.
+    pub(crate) fn of_mapped_send(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(crate::EFAULT) {
+            Self::Image(VersionBroken::Modified)
+        } else {
+            Self::Io(e)
+        }
+    }
+}
+
 /// A run of datagrams that share a header length and slice one image range.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentRun {
@@ -277,15 +289,7 @@ impl UdpEndpoint {
                     self.gso.set(false);
                     per_call = 1;
                 }
-                Err(e) => {
-                    let e = if e.raw_os_error() == Some(libc_efault()) {
-                        // The kernel could not read the mapping: the file shrank under it.
-                        SendError::Image(VersionBroken::Modified)
-                    } else {
-                        SendError::Io(e)
-                    };
-                    return (Err(e), unwrap_rc(headers));
-                }
+                Err(e) => return (Err(SendError::of_mapped_send(e)), unwrap_rc(headers)),
             }
         }
         (Ok(sent), unwrap_rc(headers))
@@ -468,10 +472,6 @@ fn gso_unsupported(e: &io::Error) -> bool {
     )
 }
 
-fn libc_efault() -> i32 {
-    sys::EFAULT
-}
-
 #[cfg(target_os = "linux")]
 mod sys {
     use compio::io::ancillary::{AncillaryBuilder, AncillaryRef};
@@ -482,7 +482,6 @@ mod sys {
 
     pub(super) const UDP_SEGMENT: i32 = 103;
     pub(super) const SOL_UDP: i32 = libc::SOL_UDP;
-    pub(super) const EFAULT: i32 = libc::EFAULT;
     pub(super) const EINVAL: i32 = libc::EINVAL;
 
     /// The local address a datagram was sent to and the interface it came in on.
@@ -590,8 +589,6 @@ mod sys {
         IN_ADDR, IN_ADDR_0, IN_PKTINFO, IP_PKTINFO, IPPROTO_IP,
     };
 
-    /// WSAEFAULT: a buffer the kernel could not read.
-    pub(super) const EFAULT: i32 = 10014;
     /// WSAEINVAL.
     pub(super) const EINVAL: i32 = 10022;
 
@@ -636,7 +633,6 @@ mod sys {
     use std::io;
     use std::net::Ipv4Addr;
 
-    pub(super) const EFAULT: i32 = 14;
     pub(super) const EINVAL: i32 = 22;
 
     // Destination-address reporting is not done here: replies leave from the address the OS

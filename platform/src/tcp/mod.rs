@@ -1,14 +1,12 @@
 //! TCP listeners and connections, with response bodies handed to the kernel from the image's
 //! file (`sendfile` on Linux, `TransmitFile` on Windows Server) or written from its mapping.
 
-#[cfg(target_os = "linux")]
-mod linux;
-#[cfg(windows)]
-mod windows;
-#[cfg(target_os = "linux")]
-use linux as kernel;
-#[cfg(windows)]
-use windows as kernel;
+// The path from file to socket, one module per system: `kernel_bodies` (whether a new
+// connection takes it), `body_path` (its name) and `TcpConn::kernel_head_and_image`.
+#[cfg_attr(target_os = "linux", path = "linux.rs")]
+#[cfg_attr(windows, path = "windows.rs")]
+#[cfg_attr(not(any(target_os = "linux", windows)), path = "none.rs")]
+mod kernel;
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,18 +29,10 @@ const BODY_CHUNK: u64 = 4 << 20;
 /// How response bodies leave on this system, for the log: `sendfile`, `TransmitFile`, or writes
 /// from the mapping.
 pub fn body_path() -> &'static str {
-    #[cfg(any(target_os = "linux", windows))]
-    {
-        kernel::body_path()
-    }
-    #[cfg(not(any(target_os = "linux", windows)))]
-    {
-        "writes from the mapping"
-    }
+    kernel::body_path()
 }
 
 /// Why the path that hands the file to the kernel stopped.
-#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 enum KernelSend {
     /// Refused before any body byte left: the body (and `head`, what of the response head is
     /// still unsent) goes from the mapping instead.
@@ -112,10 +102,7 @@ pub struct TcpConn {
 
 impl TcpConn {
     fn new(stream: TcpStream) -> Self {
-        #[cfg(any(target_os = "linux", windows))]
         let kernel_bodies = kernel::kernel_bodies(&stream);
-        #[cfg(not(any(target_os = "linux", windows)))]
-        let kernel_bodies = false;
         Self {
             stream,
             kernel_bodies,
@@ -184,7 +171,6 @@ impl TcpConn {
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, SendError> {
-        #[cfg(any(target_os = "linux", windows))]
         if self.kernel_bodies {
             return match self.kernel_head_and_image(head, image, range).await {
                 Ok(n) => Ok(n),
@@ -231,14 +217,7 @@ impl TcpConn {
                     r
                 }
             };
-            written.map_err(|e| {
-                if e.raw_os_error() == Some(EFAULT) {
-                    // The kernel could not read the mapping: the file shrank under it.
-                    SendError::Image(VersionBroken::Modified)
-                } else {
-                    SendError::Io(e)
-                }
-            })?;
+            written.map_err(SendError::of_mapped_send)?;
             at = end;
         }
         Ok(range.len())
@@ -249,14 +228,6 @@ impl TcpConn {
         self.stream.shutdown().await
     }
 }
-
-#[cfg(unix)]
-const EFAULT: i32 = libc::EFAULT;
-/// WSAEFAULT.
-#[cfg(windows)]
-const EFAULT: i32 = 10014;
-#[cfg(not(any(unix, windows)))]
-const EFAULT: i32 = 14;
 
 /// A response head and the first slice of its body, written together.
 struct HeadAndBody {
