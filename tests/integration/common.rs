@@ -41,6 +41,17 @@ pub fn free_tcp_port() -> u16 {
     s.local_addr().expect("addr").port()
 }
 
+/// Free ports for TFTP, proxyDHCP, PXE (4011), HTTP and the web service, in that order.
+fn free_ports() -> [u16; 5] {
+    [
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+        free_tcp_port(),
+        free_tcp_port(),
+    ]
+}
+
 /// Debian's Wine loader for 64-bit Windows programs (package wine64).
 pub const WINE: &str = "/usr/lib/wine/wine64";
 
@@ -80,42 +91,14 @@ impl Server {
     }
 
     pub fn start_on(ip: &str, root: &Path, extra: &[&str]) -> Server {
-        let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
-        let (http, web) = (free_tcp_port(), free_tcp_port());
-        Self::launch(
-            Program::Native,
-            ip,
-            [tftp, dhcp, pxe, http, web],
-            root,
-            extra,
-        )
+        Self::launch(Program::Native, ip, free_ports(), root, extra)
     }
 
-    /// Starts the Windows build (`exe`) under Wine in `prefix`, listening on `ip` (127.0.0.1 or
-    /// every address) with free ports; the addresses for clients are on 127.0.0.1 either way.
+    /// Starts the Windows build (`exe`) under Wine in `prefix`, on 127.0.0.1 with free ports.
     /// `root` is passed as Wine names it ([`wine_path`]); paths in `extra` must be too.
-    pub fn start_windows(
-        exe: &Path,
-        prefix: &Path,
-        ip: &str,
-        root: &Path,
-        extra: &[&str],
-    ) -> Server {
-        let (tftp, dhcp, pxe) = (free_udp_port(), free_udp_port(), free_udp_port());
-        let (http, web) = (free_tcp_port(), free_tcp_port());
+    pub fn start_windows(exe: &Path, prefix: &Path, root: &Path, extra: &[&str]) -> Server {
         let program = Program::Wine { exe, prefix };
-        let mut server = Self::launch(program, ip, [tftp, dhcp, pxe, http, web], root, extra);
-        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-        for a in [
-            &mut server.tftp,
-            &mut server.http,
-            &mut server.web,
-            &mut server.dhcp,
-            &mut server.pxe,
-        ] {
-            a.set_ip(loopback);
-        }
-        server
+        Self::launch(program, "127.0.0.1", free_ports(), root, extra)
     }
 
     /// Starts zpxe inside network namespace `ns` on the standard ports, listening on `ip`

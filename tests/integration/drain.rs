@@ -27,6 +27,27 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> (TcpStream, String, Vec<u8>) 
     }
 }
 
+/// Waits (up to 5 s) until `addr` refuses connections: the drain closed the listener.
+pub(crate) fn wait_until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "{addr} still accepts");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads the rest of a response from `stream` onto `body` until it is as long as `want`, and
+/// checks it is byte for byte `want`.
+pub(crate) fn finish_body(stream: &mut TcpStream, mut body: Vec<u8>, want: &[u8]) {
+    let mut chunk = vec![0u8; 1 << 20];
+    while body.len() < want.len() {
+        let n = stream.read(&mut chunk).expect("body");
+        assert!(n > 0, "body cut at {} of {}", body.len(), want.len());
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert!(body == want, "HTTP bytes differ");
+}
+
 fn content_length(head: &str) -> usize {
     head.lines()
         .find_map(|l| {
@@ -112,7 +133,7 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
     let mut server = Server::start(root.path(), &[]);
 
     // An HTTP download read slowly, so it is still under way when the signal comes.
-    let (mut slow, head, mut body) = get(server.http, "big.bin");
+    let (mut slow, head, body) = get(server.http, "big.bin");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // An idle keep-alive connection (one response done).
     let (mut idle, head, first) = get(server.http, "small.bin");
@@ -132,11 +153,7 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
     let mut b = [0u8; 16];
     assert_eq!(idle.read(&mut b).expect("EOF, not a timeout"), 0);
     // New connections are refused once the listener closed.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while TcpStream::connect(server.http).is_ok() {
-        assert!(Instant::now() < deadline, "the HTTP port still accepts");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_refused(server.http);
     // A new TFTP request gets no answer at all.
     let newcomer = UdpSocket::bind("127.0.0.1:0").expect("bind");
     newcomer
@@ -158,13 +175,7 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
     tftp.step();
     assert!(tftp.got == small, "TFTP bytes differ");
     // So does the HTTP download.
-    let mut chunk = vec![0u8; 1 << 20];
-    while body.len() < big.len() {
-        let n = slow.read(&mut chunk).expect("body");
-        assert!(n > 0, "body cut at {} of {}", body.len(), big.len());
-        body.extend_from_slice(&chunk[..n]);
-    }
-    assert!(body == big, "HTTP bytes differ");
+    finish_body(&mut slow, body, &big);
 
     let status = server
         .wait_exit(Duration::from_secs(5))

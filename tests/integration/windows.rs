@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run, wine_path};
+use crate::drain::{finish_body, get, wait_until_refused};
 
 /// What the suite set up; a missing piece fails the test (the suite never skips).
 fn windows_build() -> (PathBuf, PathBuf) {
@@ -40,7 +41,6 @@ fn serves_every_leg(edition: &str, bodies: &str) {
     let mut server = Server::start_windows(
         &exe,
         &cache.join(edition),
-        "127.0.0.1",
         root.path(),
         &["--no-dhcp", "--config", &wine_path(&config)],
     );
@@ -161,7 +161,6 @@ fn windows_build_boots_a_storm_with_every_byte_right() {
     let server = Server::start_windows(
         &exe,
         &cache.join("server"),
-        "127.0.0.1",
         root.path(),
         &["--config", &wine_path(std::path::Path::new(&config))],
     );
@@ -184,32 +183,14 @@ fn windows_ctrl_c_drains() {
     let (exe, cache) = windows_build();
     let root = tempfile::tempdir().expect("tmp");
     let big = pattern_file(&root.path().join("big.bin"), 64 << 20, 9);
-    let mut server = Server::start_windows(
-        &exe,
-        &cache.join("server"),
-        "127.0.0.1",
-        root.path(),
-        &["--no-dhcp"],
-    );
-    let (mut slow, head, mut body) = crate::drain::get(server.http, "big.bin");
+    let mut server =
+        Server::start_windows(&exe, &cache.join("server"), root.path(), &["--no-dhcp"]);
+    let (mut slow, head, body) = get(server.http, "big.bin");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     server.interrupt();
     server.wait_for_log("draining", Duration::from_secs(10));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(server.http).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the HTTP port still accepts"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut chunk = vec![0u8; 1 << 20];
-    while body.len() < big.len() {
-        let n = std::io::Read::read(&mut slow, &mut chunk).expect("body");
-        assert!(n > 0, "body cut at {} of {}", body.len(), big.len());
-        body.extend_from_slice(&chunk[..n]);
-    }
-    assert!(body == big, "HTTP bytes differ");
+    wait_until_refused(server.http);
+    finish_body(&mut slow, body, &big);
     let status = server
         .wait_exit(Duration::from_secs(10))
         .expect("zpxe.exe still running after its download ended");
