@@ -1,5 +1,6 @@
 //! Which file each PXE client boots: the loader for its architecture, the iPXE script once it
-//! runs iPXE, an HTTP URL for UEFI HTTP boot, with per-MAC/UUID/subnet rules and ignore lists.
+//! runs iPXE, an HTTP URL for UEFI HTTP boot (x64 and ARM64), with per-MAC/UUID/subnet rules and
+//! ignore lists.
 
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -19,8 +20,11 @@ pub struct BootPolicy {
     pub efi64: String,
     /// Loader for ARM64 UEFI (architecture 11).
     pub arm64: String,
-    /// URL template handed to x64 UEFI HTTP boot clients (architecture 16).
+    /// URL template handed to x64 UEFI HTTP boot clients (architecture 16). Its name predates
+    /// ARM64 HTTP boot and stays for existing configurations.
     pub http_boot: String,
+    /// URL template handed to ARM64 UEFI HTTP boot clients (architecture 19).
+    pub http_boot_arm64: String,
     /// URL template handed to clients already running iPXE.
     pub ipxe_script_url: String,
     /// Boot server to name instead of the address the request arrived on.
@@ -40,6 +44,7 @@ impl Default for BootPolicy {
             efi64: "ipxe.efi".into(),
             arm64: "ipxe-arm64.efi".into(),
             http_boot: "http://{server}:{http-port}/ipxe.efi".into(),
+            http_boot_arm64: "http://{server}:{http-port}/ipxe-arm64.efi".into(),
             ipxe_script_url:
                 "http://{server}:{http-port}/boot.ipxe?mac={mac}&uuid={uuid}&arch={arch}".into(),
             next_server: None,
@@ -61,6 +66,7 @@ pub struct BootRule {
     pub arch: Option<u16>,
     /// Loader for clients not yet running iPXE, whatever their architecture.
     pub loader: Option<String>,
+    /// URL for UEFI HTTP boot clients, whatever their architecture (match `arch` to narrow it).
     pub http_boot: Option<String>,
     pub ipxe_script_url: Option<String>,
     pub next_server: Option<Ipv4Addr>,
@@ -164,13 +170,21 @@ pub enum PolicyRefusal {
     UnsupportedArch(Option<u16>),
 }
 
-// Option 93 values (RFC 4578 section 2.1 and the IANA "Processor Architecture Types" registry).
+//= https://www.rfc-editor.org/rfc/rfc4578#section-2.1
+//# Octets "n1" and "n2" encode a 16-bit architecture type identifier
+//# that describes the pre-boot runtime environment(s) of the client
+//# machine.
+//
+// The values are those of IANA's "Processor Architecture Types" registry, which RFC 4578 set up
+// (its errata swapped 7 and 9 to match the registry). The HTTP boot types (16 = x64 UEFI HTTP,
+// 19 = ARM64 UEFI HTTP) were added to the registry later, for the UEFI 2.5 HTTP Boot clients.
 const ARCH_BIOS: u16 = 0x0000;
 const ARCH_EFI_IA32: u16 = 0x0006;
 const ARCH_EFI_X64: u16 = 0x0007;
 const ARCH_EFI_BC: u16 = 0x0009;
 const ARCH_EFI_ARM64: u16 = 0x000b;
 const ARCH_EFI_X64_HTTP: u16 = 0x0010;
+const ARCH_EFI_ARM64_HTTP: u16 = 0x0013;
 
 impl BootPolicy {
     /// Picks the boot file. `server` is the address the request arrived on.
@@ -214,8 +228,8 @@ impl BootPolicy {
                 &self.ipxe_script_url,
             );
             (url, BootKind::IpxeScript)
-        } else if facts.arch == Some(ARCH_EFI_X64_HTTP) {
-            let url = pick(rule.and_then(|r| r.http_boot.as_ref()), &self.http_boot);
+        } else if let Some(default) = self.http_boot_url(facts.arch) {
+            let url = pick(rule.and_then(|r| r.http_boot.as_ref()), default);
             (url, BootKind::HttpBoot)
         } else if facts.http_client {
             return Err(PolicyRefusal::UnsupportedArch(facts.arch));
@@ -240,6 +254,21 @@ impl BootPolicy {
             boot_file: render(&template, &values),
             kind,
         })
+    }
+}
+
+impl BootPolicy {
+    /// The HTTP boot URL template for an HTTP boot architecture; `None` for the others.
+    ///
+    /// UEFI 2.10 section 24.7 (HTTP Boot): a client booting over HTTP names the HTTP variant of
+    /// its architecture type in option 93 (and in `HTTPClient:Arch:xxxxx`) and takes a URI, not
+    /// a TFTP path, as its boot file.
+    fn http_boot_url(&self, arch: Option<u16>) -> Option<&String> {
+        match arch {
+            Some(ARCH_EFI_X64_HTTP) => Some(&self.http_boot),
+            Some(ARCH_EFI_ARM64_HTTP) => Some(&self.http_boot_arm64),
+            _ => None,
+        }
     }
 }
 
@@ -324,9 +353,72 @@ mod tests {
         let target = policy.decide(&f, SERVER, 80).unwrap();
         assert_eq!(target.kind, BootKind::HttpBoot);
         assert_eq!(target.boot_file, "http://10.0.0.1:80/ipxe.efi");
-        // An HTTPClient of an architecture without an HTTP URL gets nothing.
-        f.arch = Some(19);
-        assert!(policy.decide(&f, SERVER, 80).is_err());
+        // An HTTPClient of an architecture without an HTTP URL gets nothing (15 is x86 UEFI HTTP).
+        f.arch = Some(15);
+        assert_eq!(
+            policy.decide(&f, SERVER, 80),
+            Err(PolicyRefusal::UnsupportedArch(Some(15)))
+        );
+    }
+
+    #[test]
+    fn arm64_http_boot_gets_its_own_url() {
+        let mut f = facts(19);
+        f.http_client = true;
+        let policy = BootPolicy::default();
+        let target = policy.decide(&f, SERVER, 8050).unwrap();
+        assert_eq!(target.kind, BootKind::HttpBoot);
+        assert_eq!(target.boot_file, "http://10.0.0.1:8050/ipxe-arm64.efi");
+        assert_eq!(target.next_server, SERVER);
+
+        // Configured apart from x64's, which keeps its old key.
+        let policy = BootPolicy {
+            http_boot: "http://{server}/x64/{mac-hyphen}.efi".into(),
+            http_boot_arm64: "http://{server}/arm64/{mac-hyphen}.efi".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            file(&policy, &f).unwrap(),
+            "http://10.0.0.1/arm64/01-52-54-00-12-34-56.efi"
+        );
+        let mut x64 = f.clone();
+        x64.arch = Some(16);
+        assert_eq!(
+            file(&policy, &x64).unwrap(),
+            "http://10.0.0.1/x64/01-52-54-00-12-34-56.efi"
+        );
+
+        // An empty template turns ARM64 HTTP boot off without touching x64.
+        let off = BootPolicy {
+            http_boot_arm64: String::new(),
+            ..Default::default()
+        };
+        assert_eq!(
+            file(&off, &f),
+            Err(PolicyRefusal::UnsupportedArch(Some(19)))
+        );
+        assert!(file(&off, &x64).is_ok());
+
+        // A rule narrowed by arch overrides one architecture's URL only.
+        let ruled = BootPolicy {
+            rule: vec![BootRule {
+                arch: Some(19),
+                http_boot: Some("http://{server}/rule-arm64.efi".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(file(&ruled, &f).unwrap(), "http://10.0.0.1/rule-arm64.efi");
+        assert_eq!(file(&ruled, &x64).unwrap(), "http://10.0.0.1:8080/ipxe.efi");
+
+        // iPXE started by HTTP boot DHCPs as PXEClient with its own architecture and user
+        // class iPXE: it gets the script, not the HTTP boot loader again.
+        let mut ipxe = facts(11);
+        ipxe.ipxe = true;
+        assert_eq!(
+            policy.decide(&ipxe, SERVER, 80).unwrap().kind,
+            BootKind::IpxeScript
+        );
     }
 
     #[test]
@@ -443,9 +535,17 @@ mod tests {
         .unwrap();
         assert_eq!(root.boot.bios, "ipxe.kpxe");
         assert_eq!(root.boot.efi64, "ipxe.efi");
+        assert_eq!(root.boot.http_boot, "http://{server}:{http-port}/ipxe.efi");
+        assert_eq!(
+            root.boot.http_boot_arm64,
+            "http://{server}:{http-port}/ipxe-arm64.efi"
+        );
         assert_eq!(root.boot.rule.len(), 2);
         assert!(root.boot.rule[1].ignore);
         assert!(toml::from_str::<Root>("[boot]\nbogus = 1\n").is_err());
+        let arm: Root =
+            toml::from_str("[boot]\nhttp-boot-arm64 = \"http://{server}/a.efi\"\n").unwrap();
+        assert_eq!(arm.boot.http_boot_arm64, "http://{server}/a.efi");
         assert!(toml::from_str::<Root>("[boot]\n[[boot.rule]]\nmac = \"zz\"\n").is_err());
     }
 }

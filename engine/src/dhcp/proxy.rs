@@ -218,7 +218,8 @@ impl ProxyDhcp {
             return Err(IgnoreReason::NotBootRequest);
         }
         // PXE clients identify themselves with a vendor class starting "PXEClient" (PXE 2.1
-        // section 2.2), UEFI HTTP boot clients with "HTTPClient" (UEFI 2.5 section 24.7).
+        // section 2.2), UEFI HTTP boot clients with "HTTPClient:Arch:xxxxx:UNDI:yyyzzz" (UEFI
+        // 2.10 section 24.7.2, HTTP Boot's DHCPv4 options), on x64 and ARM64 alike.
         let vendor_class = request.options.vendor_class.as_deref().unwrap_or_default();
         let http_client = vendor_class.starts_with(HTTP_CLIENT);
         if !vendor_class.starts_with(PXE_CLIENT) && !http_client {
@@ -265,8 +266,10 @@ impl ProxyDhcp {
             boot_file
         };
         if http_client {
-            // UEFI 2.5 section 24.7: the HTTP boot client only takes offers whose vendor class
-            // is "HTTPClient" and whose boot file is a URI.
+            // UEFI 2.10 section 24.7.2: the HTTP boot client takes an offer (an address server's
+            // or, as here, a proxy's without yiaddr) as an HTTP boot offer only when its option
+            // 60 is "HTTPClient"; the boot file URI comes in `file` or option 67. EDK2 ignores
+            // offers without the class and keeps discovering. No option 43: that is PXE's.
             options.vendor_class = Some(HTTP_CLIENT.to_vec());
         } else {
             options.vendor_class = Some(PXE_CLIENT.to_vec());
@@ -685,6 +688,132 @@ mod tests {
         assert_eq!(reply.options.bootfile_name.as_deref(), Some(&url[..]));
         assert_eq!(reply.boot_file, url);
         assert_eq!(reply.options.vendor_specific, None);
+    }
+
+    /// An HTTP boot DISCOVER as EDK2's HttpBootDxe sends it, for `arch` (16 x64, 19 ARM64).
+    fn http_boot_discover(arch: u16) -> DhcpRepr {
+        let mut request = DhcpRepr::parse_bytes(&fixtures::HTTP_BOOT_DISCOVER.bytes()).unwrap();
+        request.options.client_arch = vec![arch];
+        request.options.vendor_class =
+            Some(format!("HTTPClient:Arch:{arch:05}:UNDI:003000").into_bytes());
+        request
+    }
+
+    fn assert_http_boot_reply(reply: &DhcpRepr, request: &DhcpRepr, kind: MessageType, url: &str) {
+        assert_eq!(reply.op, BootOp::Reply);
+        assert_eq!(reply.xid, request.xid);
+        assert_eq!(reply.client_mac, request.client_mac);
+        assert_eq!(reply.yiaddr, Ipv4Addr::UNSPECIFIED, "a proxy never leases");
+        assert_eq!(reply.giaddr, request.giaddr);
+        assert_eq!(reply.options.message_type, Some(kind));
+        assert_eq!(reply.options.server_id, Some(LOCAL));
+        assert_eq!(
+            reply.options.vendor_class.as_deref(),
+            Some(&b"HTTPClient"[..]),
+            "without option 60 HTTPClient the firmware ignores the offer"
+        );
+        assert_eq!(reply.options.bootfile_name.as_deref(), Some(url.as_bytes()));
+        assert_eq!(reply.boot_file, url.as_bytes());
+        assert_eq!(reply.options.vendor_specific, None, "option 43 is PXE's");
+        assert_eq!(reply.options.client_uuid, request.options.client_uuid);
+    }
+
+    #[test]
+    fn arm64_http_boot_discover_gets_its_url() {
+        let mut proxy = proxy();
+        let request = http_boot_discover(19);
+        let (port, transmit, reply, event) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &request.to_bytes(),
+        )
+        .unwrap();
+        assert_eq!(port, DhcpPort::Dhcp);
+        assert_eq!(transmit.destination, "255.255.255.255:68".parse().unwrap());
+        assert!(reply.broadcast);
+        let url = "http://10.0.0.1:8080/ipxe-arm64.efi";
+        assert_http_boot_reply(&reply, &request, MessageType::Offer, url);
+        assert!(matches!(
+            event,
+            DhcpEvent::Offered { arch: Some(19), ipxe: false, relay: None, ref boot_file, .. }
+                if boot_file == url
+        ));
+    }
+
+    #[test]
+    fn relayed_http_boot_goes_back_to_the_relay_for_both_architectures() {
+        for (arch, url) in [
+            (16, "http://10.0.0.1:8080/ipxe.efi"),
+            (19, "http://10.0.0.1:8080/ipxe-arm64.efi"),
+        ] {
+            let mut request = http_boot_discover(arch);
+            request.giaddr = Ipv4Addr::new(10, 20, 0, 1);
+            request.hops = 1;
+            // Some relays and firmware leave the flag clear: the reply must still ask the relay
+            // to broadcast, as there is no yiaddr to unicast to.
+            request.broadcast = false;
+            let mut proxy = proxy();
+            let (port, transmit, reply, event) = exchange(
+                &mut proxy,
+                DhcpPort::Dhcp,
+                meta("10.20.0.1:67"),
+                &request.to_bytes(),
+            )
+            .unwrap();
+            assert_eq!(port, DhcpPort::Dhcp, "arch {arch}");
+            assert_eq!(transmit.destination, "10.20.0.1:67".parse().unwrap());
+            assert!(reply.broadcast, "arch {arch}");
+            assert_eq!(reply.hops, 0);
+            assert_http_boot_reply(&reply, &request, MessageType::Offer, url);
+            assert!(matches!(
+                event,
+                DhcpEvent::Offered { arch: Some(a), relay: Some(ip), .. }
+                    if a == arch && ip == Ipv4Addr::new(10, 20, 0, 1)
+            ));
+        }
+    }
+
+    #[test]
+    fn http_boot_request_on_4011_gets_an_ack_with_the_url() {
+        for (arch, url) in [
+            (16, "http://10.0.0.1:8080/ipxe.efi"),
+            (19, "http://10.0.0.1:8080/ipxe-arm64.efi"),
+        ] {
+            let mut request = http_boot_discover(arch);
+            request.options.message_type = Some(MessageType::Request);
+            request.ciaddr = Ipv4Addr::new(10, 0, 0, 70);
+            request.broadcast = false;
+            let mut proxy = proxy();
+            let (port, transmit, reply, event) = exchange(
+                &mut proxy,
+                DhcpPort::Pxe,
+                meta("10.0.0.70:4011"),
+                &request.to_bytes(),
+            )
+            .unwrap();
+            assert_eq!(port, DhcpPort::Pxe);
+            assert_eq!(transmit.destination, "10.0.0.70:4011".parse().unwrap());
+            assert_http_boot_reply(&reply, &request, MessageType::Ack, url);
+            assert!(matches!(
+                event,
+                DhcpEvent::Acked { arch: Some(a), port: DhcpPort::Pxe, .. } if a == arch
+            ));
+        }
+    }
+
+    #[test]
+    fn http_client_of_an_architecture_without_a_url_is_refused() {
+        let mut proxy = proxy();
+        // 18: 32-bit ARM UEFI over HTTP, which zpxe has no URL for.
+        assert_eq!(
+            ignored(
+                &mut proxy,
+                DhcpPort::Dhcp,
+                &http_boot_discover(18).to_bytes()
+            ),
+            IgnoreReason::Policy(PolicyRefusal::UnsupportedArch(Some(18)))
+        );
     }
 
     #[test]
