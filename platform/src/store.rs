@@ -12,9 +12,17 @@
 //!   file for writing or truncating it then blocks (up to `/proc/sys/fs/lease-break-time`) until we
 //!   let go. Before each send the version checks its lease; once a break is pending it is marked
 //!   broken, its transfers end with an error, and the mapping is dropped, which releases the writer.
-//!   No byte of the new contents is ever served from the old version.
 //! - Where no lease can be had (another user's file without CAP_LEASE, a filesystem without
-//!   leases), each send re-checks size and mtime with `fstat` instead.
+//!   leases), size and mtime are re-checked with `fstat` instead. A write in place updates mtime
+//!   before it changes a byte, so a check that passes *after* bytes were copied out proves the
+//!   copy is this version's ([`Version::read_at`]); a check before a send proves nothing about
+//!   what the kernel copies during it.
+//! - Either way bytes leave as copies taken while the version was known intact, never as
+//!   page-cache pages by reference (`sendfile`, `splice`): those are read when the packet is
+//!   built or, for a reader on this host (loopback, veth), when that reader reads them, by which
+//!   time a rewrite may have replaced them. See `tcp/linux.rs`.
+//!
+//! No byte of new contents is ever served from the old version.
 //!
 //! A file replaced by rename is a new inode: new opens get a new version, transfers in flight finish
 //! on the old mapping, which is unmapped when the last of them closes it.
@@ -37,6 +45,8 @@ use std::time::SystemTime;
 use memmap2::Mmap;
 use zpxe_engine::path::{self, NameFlavor};
 use zpxe_engine::{ByteRange, ImageCatalog, ImageId, ImageInfo, OpenError};
+
+use crate::udp::SendError;
 
 /// Whether a version nobody holds stays mapped for the next open. Not on Windows, where a mapped
 /// file cannot be replaced or deleted (see the module docs).
@@ -106,6 +116,14 @@ impl Version {
         self.leased
     }
 
+    /// Whether nobody can write the file while this version is intact: a writer waits on our
+    /// lease (Linux) or is refused by the sharing mode the file was opened with (Windows). Then
+    /// bytes copied straight from the mapping after a passing [`Version::check`] are this
+    /// version's; otherwise they must be copied out and verified first ([`Version::read_at`]).
+    pub fn writers_excluded(&self) -> bool {
+        self.leased || cfg!(windows)
+    }
+
     /// Checks that the file under this mapping has not been touched. Call before every send.
     pub fn check(&self) -> Result<(), VersionBroken> {
         if self.broken.get() {
@@ -145,19 +163,29 @@ impl Version {
     }
 
     /// Copies bytes at `offset` into `buf` with a positional read, for paths that must see the
-    /// bytes in user space (TLS encrypts them). Unlike touching the mapping, a read past a new
-    /// end of file just comes back short.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.check()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
+    /// bytes in user space (TLS encrypts them) or that must not send from a file that can change
+    /// (see [`Version::writers_excluded`]). Unlike touching the mapping, a read past a new end of
+    /// file just comes back short.
+    ///
+    /// The version is checked again after the read: a writer that started before that check
+    /// has already moved mtime (or broken the lease), so `Ok` means every byte in `buf` is this
+    /// version's, even without a lease. A write racing the read fails it instead.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.read_verified(buf, offset).map_err(|e| match e {
+            SendError::Image(broken) => io::Error::new(io::ErrorKind::UnexpectedEof, broken),
+            SendError::Io(e) => e,
+        })
+    }
+
+    /// [`Version::read_at`], with a change reported as such.
+    pub(crate) fn read_verified(&self, buf: &mut [u8], offset: u64) -> Result<usize, SendError> {
+        self.check()?;
         #[cfg(unix)]
-        {
-            std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
-        }
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)?;
         #[cfg(windows)]
-        {
-            std::os::windows::fs::FileExt::seek_read(&self.file, buf, offset)
-        }
+        let n = std::os::windows::fs::FileExt::seek_read(&self.file, buf, offset)?;
+        self.check()?;
+        Ok(n)
     }
 }
 

@@ -1,8 +1,20 @@
-//! Linux: bodies by `sendfile` from the version's file on a non-blocking socket.
+//! Linux: bodies copied into the socket by non-blocking `send`s, each only after the version
+//! was seen intact, so no byte of a file rewritten in place can leave as part of the old one.
 //!
-//! The kernel attaches page-cache pages to the socket instead of copying them into socket
-//! buffers (a write from the mapping copies every byte). The head goes first with `MSG_MORE` so
-//! head and body share a segment.
+//! Not `sendfile`: it attaches page-cache pages to the socket by reference, and what goes out is
+//! what the pages hold when each packet is built (and retransmitted), or, for a reader on this
+//! host (loopback, a veth into a container), when that reader gets round to reading them. A
+//! check before each call therefore bounds nothing: a slow client got a complete 200 whose last
+//! 2.7 MB were the new file's (issue 13). A copy cannot change after the check that vouched for
+//! it:
+//! - Writers excluded (a read lease): `send` straight from the mapping, the lease checked before
+//!   every call. A writer's `open` waits for our release (or lease-break-time, far longer than
+//!   one non-blocking call), so what the kernel copies during the call is this version's.
+//! - Otherwise (no lease: `fstat` checks): `pread` into a buffer, check (a write in place moves
+//!   mtime before it changes a byte), then send the buffer. One more copy per byte.
+//!
+//! Each call is a plain syscall on a non-blocking socket, not a queued io_uring write, so the
+//! check and the copy are microseconds apart rather than however long the socket stays full.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -10,80 +22,95 @@ use std::rc::Rc;
 
 use zpxe_engine::ByteRange;
 
-use super::{KernelSend, TcpConn};
+use super::{COPY_CHUNK, KernelSend, TcpConn};
 use crate::store::{Version, VersionBroken};
 use crate::udp::SendError;
 
-/// The most one `sendfile` call moves (1 MiB): the loop turns to its other connections (and new
-/// requests) at least this often, which bounds the time to first byte under load. A call that
-/// attaches pages is cheap, so the smaller step costs little throughput.
-const SENDFILE_CHUNK: u64 = 1 << 20;
+/// The most one `send` moves (1 MiB), and how much the body moves between turns of the loop:
+/// its other connections (and new requests) go at least this often, which bounds the time to
+/// first byte under load.
+const SEND_STEP: usize = 1 << 20;
 
-/// The direct `send`/`sendfile` calls must never park the event loop: on a non-blocking socket
-/// they return EAGAIN and the loop waits for writability (io_uring and the poll driver work the
-/// same on non-blocking sockets). Whether the socket could be made so.
+/// The direct `send` calls must never park the event loop: on a non-blocking socket they return
+/// EAGAIN and the loop waits for writability (io_uring and the poll driver work the same on
+/// non-blocking sockets). Whether the socket could be made so.
 pub(super) fn kernel_bodies(stream: &compio::net::TcpStream) -> bool {
     socket2::SockRef::from(stream).set_nonblocking(true).is_ok()
 }
 
 pub(super) fn body_path() -> &'static str {
-    "sendfile"
+    "copies checked against the version (from the mapping under a lease, by pread without)"
 }
 
 impl TcpConn {
-    /// The `sendfile` path. When it returns `Unsupported` the head is out and no body byte is.
+    /// The checked-copy path. It never answers `Unsupported`: reading the mapping or the file
+    /// works on every file system.
     pub(super) async fn kernel_head_and_image(
         &mut self,
         head: Vec<u8>,
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, KernelSend> {
+        let failed = |e: VersionBroken| KernelSend::Failed(e.into());
         let sock = self.stream.as_raw_fd();
-        let file = image.file().as_raw_fd();
+        let from_mapping = image.writers_excluded();
+        // Verified bytes not yet taken by the socket: `copy[taken..filled]`, which are the
+        // body's bytes from `at`.
+        let mut copy = Vec::new();
+        let (mut taken, mut filled) = (0, 0);
         let mut head_sent = 0;
         let mut at = range.start;
+        let mut since_turn = 0;
         while head_sent < head.len() || at < range.end {
             let res = if head_sent < head.len() {
-                // MSG_MORE: the head waits for the body's first pages, one segment not two.
+                // MSG_MORE: the head waits for the body's first bytes, one segment not two.
                 let more = if at < range.end { libc::MSG_MORE } else { 0 };
                 sys_send(sock, &head[head_sent..], more).map(|n| head_sent += n)
             } else {
-                // Once per call (at most SENDFILE_CHUNK): a broken lease or a changed file
-                // stops the body here.
-                image.check().map_err(|e| KernelSend::Failed(e.into()))?;
-                let want = (range.end - at).min(SENDFILE_CHUNK) as usize;
-                match sys_sendfile(sock, file, at, want) {
-                    // Nothing to read at `at`: the file shrank under the version.
-                    Ok(0) => return Err(KernelSend::Failed(VersionBroken::Modified.into())),
-                    Ok(n) => {
-                        at += n as u64;
-                        if at < range.end {
-                            // Let the loop's other connections and new requests go first.
-                            YieldNow(false).await;
+                let want = (range.end - at).min(SEND_STEP as u64) as usize;
+                let sent = if from_mapping {
+                    image.check().map_err(failed)?;
+                    let slice = image
+                        .kernel_slice(ByteRange::new(at, at + want as u64))
+                        .ok_or(failed(VersionBroken::Modified))?;
+                    sys_send(sock, slice, 0)
+                } else {
+                    if taken == filled {
+                        if copy.is_empty() {
+                            copy = vec![0; COPY_CHUNK];
                         }
-                        Ok(())
+                        let len = want.min(COPY_CHUNK);
+                        filled = image
+                            .read_verified(&mut copy[..len], at)
+                            .map_err(KernelSend::Failed)?;
+                        taken = 0;
+                        // Nothing to read at `at`: the file shrank under the version.
+                        if filled == 0 {
+                            return Err(failed(VersionBroken::Modified));
+                        }
                     }
-                    // Before the first body byte: the file system cannot sendfile, fall back.
-                    Err(e)
-                        if at == range.start
-                            && matches!(
-                                e.raw_os_error(),
-                                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-                            ) =>
-                    {
-                        return Err(KernelSend::Unsupported { head: Vec::new() });
-                    }
-                    Err(e) => Err(e),
-                }
+                    sys_send(sock, &copy[taken..filled], 0).inspect(|&n| taken += n)
+                };
+                sent.map(|n| {
+                    at += n as u64;
+                    since_turn += n;
+                })
             };
             match res {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self
-                    .writable()
-                    .await
-                    .map_err(|e| KernelSend::Failed(SendError::Io(e)))?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    since_turn = 0;
+                    self.writable()
+                        .await
+                        .map_err(|e| KernelSend::Failed(SendError::Io(e)))?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(KernelSend::Failed(SendError::Io(e))),
+                Err(e) => return Err(KernelSend::Failed(SendError::of_mapped_send(e))),
+            }
+            if since_turn >= SEND_STEP && at < range.end {
+                // Let the loop's other connections and new requests go first.
+                since_turn = 0;
+                YieldNow(false).await;
             }
         }
         Ok(range.len())
@@ -117,7 +144,9 @@ impl std::future::Future for YieldNow {
     }
 }
 
-/// One non-blocking `send`; `flags` adds to `MSG_DONTWAIT | MSG_NOSIGNAL`.
+/// One non-blocking `send`; `flags` adds to `MSG_DONTWAIT | MSG_NOSIGNAL`. The kernel copies
+/// `buf` into the socket before it returns. `EFAULT` means `buf` is in a mapping whose file
+/// shrank under it.
 fn sys_send(sock: RawFd, buf: &[u8], flags: i32) -> io::Result<usize> {
     // SAFETY: `buf` is a live slice of `buf.len()` bytes; `sock` is an open socket.
     let n = unsafe {
@@ -128,14 +157,5 @@ fn sys_send(sock: RawFd, buf: &[u8], flags: i32) -> io::Result<usize> {
             flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// One `sendfile` of up to `len` bytes of `file` from `offset` (the file position is untouched).
-fn sys_sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
-    let mut off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: both descriptors are open; `off` is a live off_t the kernel updates.
-    let n = unsafe { libc::sendfile(sock, file, &mut off, len) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

@@ -1,8 +1,9 @@
 //! TCP listeners and connections, with response bodies handed to the kernel from the image's
-//! file (`sendfile` on Linux, `TransmitFile` on Windows Server) or written from its mapping.
+//! file (`TransmitFile` on Windows Server), copied into the socket only after the version was
+//! seen intact (Linux), or written from its mapping.
 
-// The path from file to socket, one module per system: `kernel_bodies` (whether a new
-// connection takes it), `body_path` (its name) and `TcpConn::kernel_head_and_image`.
+// The system's own path from file to socket, one module per system: `kernel_bodies` (whether a
+// new connection takes it), `body_path` (its name) and `TcpConn::kernel_head_and_image`.
 #[cfg_attr(target_os = "linux", path = "linux.rs")]
 #[cfg_attr(windows, path = "windows.rs")]
 #[cfg_attr(not(any(target_os = "linux", windows)), path = "none.rs")]
@@ -11,6 +12,7 @@ mod kernel;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
@@ -26,8 +28,13 @@ use crate::udp::SendError;
 /// so a file rewritten in place stops the body within this many bytes.
 const BODY_CHUNK: u64 = 4 << 20;
 
-/// How response bodies leave on this system, for the log: `sendfile`, `TransmitFile`, or writes
-/// from the mapping.
+/// How much of a body is read and verified at a time where the bytes must be copied out first:
+/// enough that the read, the two checks and the send cost little per byte, little enough to
+/// hold per connection.
+const COPY_CHUNK: usize = 256 << 10;
+
+/// How response bodies leave on this system, for the log: checked copies, `TransmitFile`, or
+/// writes from the mapping.
 pub fn body_path() -> &'static str {
     kernel::body_path()
 }
@@ -36,6 +43,10 @@ pub fn body_path() -> &'static str {
 enum KernelSend {
     /// Refused before any body byte left: the body (and `head`, what of the response head is
     /// still unsent) goes from the mapping instead.
+    #[cfg_attr(
+        target_os = "linux",
+        expect(dead_code, reason = "Linux's checked copies work on every file")
+    )]
     Unsupported {
         head: Vec<u8>,
     },
@@ -149,8 +160,7 @@ impl TcpConn {
         (r, slice.into_inner())
     }
 
-    /// Writes `range` of `image` from its mapping: the kernel copies from the page cache, no
-    /// user-space copy. The version is checked before every chunk.
+    /// Writes `range` of `image` (see [`TcpConn::send_head_and_image`]).
     pub async fn send_image(
         &mut self,
         image: &Rc<Version>,
@@ -161,32 +171,56 @@ impl TcpConn {
 
     /// Writes `head` (a response head) and then `range` of `image`.
     ///
-    /// Where the system has a path from file to socket (see [`body_path`]) the body takes it: the
-    /// kernel sends from the page or file cache, where a write from the mapping copies every
-    /// byte into socket buffers. Elsewhere, or when the file system refuses, the head and the
-    /// first chunk leave in one vectored write from the mapping and the rest follows.
+    /// Where the system has a path of its own (see [`body_path`]) the body takes it. Elsewhere,
+    /// or when the file system refuses, the head and the first chunk leave in one vectored
+    /// write and the rest follows.
+    ///
+    /// No byte of a file rewritten in place goes out as part of this version: bytes leave as
+    /// copies taken while the version was intact, or from a file nobody can write meanwhile
+    /// ([`Version::writers_excluded`]). When the version breaks, the connection is set to close
+    /// with a reset, so the client sees a cut response and not a complete one, whatever it makes
+    /// of a short body, and queued bytes are dropped.
     pub async fn send_head_and_image(
         &mut self,
         head: Vec<u8>,
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, SendError> {
-        if self.kernel_bodies {
-            return match self.kernel_head_and_image(head, image, range).await {
+        let res = if self.kernel_bodies {
+            match self.kernel_head_and_image(head, image, range).await {
                 Ok(n) => Ok(n),
                 Err(KernelSend::Failed(e)) => Err(e),
                 Err(KernelSend::Unsupported { head }) => {
                     self.kernel_bodies = false;
                     self.write_head_and_image(head, image, range).await
                 }
-            };
+            }
+        } else {
+            self.write_head_and_image(head, image, range).await
+        };
+        if let Err(SendError::Image(_)) = res {
+            let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
         }
-        self.write_head_and_image(head, image, range).await
+        res
     }
 
-    /// The mapping path: the head and the first chunk of the body in one vectored write, so a
-    /// small ranged response costs one syscall.
+    /// The generic path: the head and the first chunk of the body in one vectored write, so a
+    /// small ranged response costs one syscall. From the mapping where nobody can write the
+    /// file meanwhile; otherwise as copies read and verified first (a write from the mapping
+    /// copies what the file holds during the call, which a check before it cannot vouch for).
     async fn write_head_and_image(
+        &mut self,
+        head: Vec<u8>,
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, SendError> {
+        if !image.writers_excluded() {
+            return self.write_head_and_copies(head, image, range).await;
+        }
+        self.write_head_and_mapped(head, image, range).await
+    }
+
+    async fn write_head_and_mapped(
         &mut self,
         head: Vec<u8>,
         image: &Rc<Version>,
@@ -219,6 +253,35 @@ impl TcpConn {
             };
             written.map_err(SendError::of_mapped_send)?;
             at = end;
+        }
+        Ok(range.len())
+    }
+
+    /// Bytes read into a buffer and verified ([`Version::read_at`]), then written; the head
+    /// rides in front of the first chunk.
+    async fn write_head_and_copies(
+        &mut self,
+        head: Vec<u8>,
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, SendError> {
+        let mut buf = head;
+        let mut at = range.start;
+        while at < range.end || !buf.is_empty() {
+            let from = buf.len();
+            let want = (range.end - at).min(COPY_CHUNK as u64) as usize;
+            buf.resize(from + want, 0);
+            let n = image.read_verified(&mut buf[from..], at)?;
+            if n == 0 && want > 0 {
+                // Nothing to read at `at`: the file shrank under the version.
+                return Err(SendError::Image(VersionBroken::Modified));
+            }
+            buf.truncate(from + n);
+            let BufResult(r, b) = self.stream.write_all(buf).await;
+            r?;
+            buf = b;
+            buf.clear();
+            at += n as u64;
         }
         Ok(range.len())
     }
@@ -358,6 +421,96 @@ mod tests {
             assert_eq!(res.expect("send"), range.len());
             assert_eq!(got[..4], [b'H', 0, 0, 0], "kernel={kernel}");
             assert!(got[4..] == marker[..], "kernel={kernel}: marker differs");
+        }
+    }
+
+    /// A file rewritten in place while a slow reader downloads it (issue 13): the reader gets
+    /// a prefix of the old bytes and a reset, never a byte of the new file, with and without a
+    /// lease. Before, `sendfile` left page-cache pages in the socket queues (and, on loopback,
+    /// in the reader's receive queue) that showed the new bytes once the writer went ahead.
+    /// (Windows refuses the writer while a version holds the file: store tests.)
+    #[cfg(unix)]
+    #[test]
+    fn in_place_rewrite_reaches_no_reader() {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        use std::time::Duration;
+        const LEN: usize = 24 << 20;
+        let old: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let new = vec![0xEEu8; LEN];
+        for (leases, kernel) in [(true, true), (false, true), (true, false), (false, false)] {
+            let TestImage {
+                dir: _dir,
+                path,
+                _store: store,
+                version,
+            } = TestImage::new(&old, leases, NameFlavor::Http);
+            let writer_new = new.clone();
+            let ev = EventLoop::new().expect("loop");
+            let (res, got, end) = ev.block_on(async move {
+                let server =
+                    TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+                let addr = server.local_addr();
+                let reader = std::thread::spawn(move || {
+                    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    let mut got = vec![0u8; 1 << 20];
+                    c.read_exact(&mut got).expect("first MiB");
+                    // Another program writes the new bytes over the old in place; with a lease
+                    // its open waits until the sender lets go of the version.
+                    let writer = std::thread::spawn(move || {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .and_then(|f| f.write_all_at(&writer_new, 0))
+                            .expect("rewrite");
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    let end = loop {
+                        match c.read(&mut buf) {
+                            Ok(0) => break "EOF".to_owned(),
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                            Err(e) => break e.to_string(),
+                        }
+                        // Slowly, so most of what was queued is read after the rewrite.
+                        std::thread::sleep(Duration::from_millis(5));
+                    };
+                    writer.join().expect("writer");
+                    (got, end)
+                });
+                let (mut conn, _) = server.accept().await.expect("accept");
+                conn.kernel_bodies = kernel;
+                let res = conn
+                    .send_head_and_image(Vec::new(), &version, ByteRange::new(0, LEN as u64))
+                    .await;
+                // The version goes (and with it the lease, letting the writer in) once its
+                // transfer stopped, as in the server.
+                drop(conn);
+                drop(version);
+                drop(store);
+                let (got, end) = spawn(async move { reader.join() })
+                    .await
+                    .expect("task")
+                    .expect("reader");
+                (res, got, end)
+            });
+            assert!(
+                matches!(res, Err(SendError::Image(VersionBroken::Modified))),
+                "leases={leases} kernel={kernel}: {res:?}"
+            );
+            assert!(
+                got.len() < LEN,
+                "leases={leases} kernel={kernel}: a cut body ({end})"
+            );
+            if let Some(at) = (0..got.len()).find(|&i| got[i] != old[i]) {
+                panic!(
+                    "leases={leases} kernel={kernel}: {} bytes read ({end}); from offset {at} \
+                     they differ from the old file ({} of them are the new file's)",
+                    got.len(),
+                    got[at..].iter().filter(|&&b| b == 0xEE).count()
+                );
+            }
         }
     }
 
