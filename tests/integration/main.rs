@@ -10,6 +10,7 @@ mod firmware;
 mod http;
 mod loadgen;
 mod netns;
+mod rewrite;
 mod tftp;
 mod tftp_load;
 mod windows;
