@@ -2,6 +2,7 @@
 //! event loops, and the demo.
 
 pub mod config;
+pub mod db;
 pub mod demo;
 pub mod demo_images;
 pub mod metrics;

@@ -25,6 +25,7 @@ packages=(
   tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
   python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
   openssl         # a throwaway certificate for the HTTPS test (http.rs)
+  postgresql      # the shared inventory backend, run by tests/integration/db.rs as user postgres
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod common;
+mod db;
 mod dhcp_netns;
 mod drain;
 mod firmware;
