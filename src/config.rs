@@ -16,6 +16,8 @@ pub struct Config {
     pub server: ServerSection,
     pub ports: PortsSection,
     pub services: ServicesSection,
+    /// How zpxe takes part in DHCP (proxy beside the site's server, or 4011 only).
+    pub dhcp: DhcpSection,
     /// TFTP protocol settings (the engine's).
     pub tftp: zpxe_engine::tftp::TftpServerConfig,
     /// Which loader or script each client gets (proxyDHCP).
@@ -26,8 +28,6 @@ pub struct Config {
     pub menu: zpxe_engine::http::BootMenu,
     /// HTTPS for the boot service (iPXE can fetch over HTTPS; 2PXE serves iPXE over HTTPS only).
     pub tls: TlsSection,
-    /// Boot timelines and the machine registry (src/db).
-    pub database: crate::db::DatabaseConfig,
 }
 
 /// `[tls]`: a certificate and key turn on HTTPS for the boot service on its own port.
@@ -137,6 +137,56 @@ impl Default for ServicesSection {
             tftp: true,
             http: true,
             web: true,
+        }
+    }
+}
+
+/// `[dhcp]`: how zpxe answers PXE clients.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct DhcpSection {
+    pub mode: DhcpMode,
+}
+
+/// `dhcp.mode`. Addresses always come from the site's DHCP server so far; a `server` mode (zpxe
+/// handing out addresses itself) is reserved and refused with a message until it exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum DhcpMode {
+    /// proxyDHCP on UDP 67 and PXE boot server on UDP 4011, beside the site's DHCP server.
+    #[default]
+    Proxy,
+    /// UDP 4011 only: the site's DHCP server runs on this host and owns 67. It sends option 60
+    /// "PXEClient" so PXE clients ask this host's 4011 for their boot file (Windows DHCP beside
+    /// WDS works this way).
+    PxeOnly,
+}
+
+impl DhcpMode {
+    /// Whether zpxe binds the DHCP port (67) in this mode.
+    pub fn binds_dhcp_port(self) -> bool {
+        match self {
+            DhcpMode::Proxy => true,
+            DhcpMode::PxeOnly => false,
+        }
+    }
+}
+
+impl TryFrom<String> for DhcpMode {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "proxy" => Ok(DhcpMode::Proxy),
+            "pxe-only" => Ok(DhcpMode::PxeOnly),
+            "server" => Err(
+                "dhcp.mode = \"server\" (zpxe as the only DHCP server, handing out \
+                             addresses) is not implemented yet: use \"proxy\" beside the site's \
+                             DHCP server, or \"pxe-only\" when that server runs on this host"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "dhcp.mode {other:?} is not a mode: expected \"proxy\" or \"pxe-only\""
+            )),
         }
     }
 }
@@ -338,18 +388,12 @@ impl Config {
             let span = find_section(text, "menu").unwrap_or(0..0);
             at(span, format!("menu: {e}"));
         }
-        if self.database.enabled {
-            for e in self.database.check() {
-                let span = if e.starts_with("database url") {
-                    self.database.url.span()
-                } else {
-                    find_section(text, "database").unwrap_or(0..0)
-                };
-                at(span, e);
-            }
-        }
         let udp = [
-            ("dhcp", self.services.dhcp, self.ports.dhcp),
+            (
+                "dhcp",
+                self.services.dhcp && self.dhcp.mode.binds_dhcp_port(),
+                self.ports.dhcp,
+            ),
             ("pxe", self.services.dhcp, self.ports.pxe),
             ("tftp", self.services.tftp, self.ports.tftp),
         ];
@@ -532,6 +576,32 @@ mod tests {
             );
         }
         assert!(problems("[server]\nroot = \"/tmp\"\nthreads = 1\n").is_empty());
+    }
+
+    #[test]
+    fn dhcp_mode_proxy_by_default_pxe_only_and_server_refused() {
+        let base = "[server]\nroot = \"/tmp\"\n";
+        let c = Config::parse(Path::new("x"), base).expect("valid");
+        assert_eq!(c.dhcp.mode, DhcpMode::Proxy);
+        assert!(c.dhcp.mode.binds_dhcp_port());
+        let c = Config::parse(
+            Path::new("x"),
+            &format!("{base}[dhcp]\nmode = \"pxe-only\"\n"),
+        )
+        .expect("valid");
+        assert_eq!(c.dhcp.mode, DhcpMode::PxeOnly);
+        assert!(!c.dhcp.mode.binds_dhcp_port());
+        // 67 is left to the local DHCP server, so it may equal another port of zpxe's.
+        let shared = format!("{base}[dhcp]\nmode = \"pxe-only\"\n[ports]\ndhcp = 69\n");
+        assert!(problems(&shared).is_empty(), "{:?}", problems(&shared));
+
+        let p = problems(&format!("{base}[dhcp]\nmode = \"server\"\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("zpxe.toml:4:8: "), "{p:?}");
+        assert!(p[0].contains("not implemented yet"), "{p:?}");
+        let p = problems(&format!("{base}[dhcp]\nmode = \"relay\"\n"));
+        assert!(p[0].contains("\"proxy\" or \"pxe-only\""), "{p:?}");
+        assert!(!problems(&format!("{base}[dhcp]\nmood = \"proxy\"\n")).is_empty());
     }
 
     #[test]

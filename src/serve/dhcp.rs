@@ -1,4 +1,6 @@
-//! The proxyDHCP service: the engine's `ProxyDhcp` on UDP 67 and 4011.
+//! The proxyDHCP service: the engine's `ProxyDhcp` on UDP 67 and 4011, or on 4011 alone
+//! (`dhcp.mode = "pxe-only"`, when the DHCP server on this host owns 67 and sends option 60
+//! "PXEClient" so PXE clients come to 4011).
 //!
 //! One socket per port on one event loop: with `SO_REUSEPORT` every socket would see each
 //! broadcast. Sockets learn the arrival address and interface of each request (`IP_PKTINFO`) and
@@ -24,15 +26,17 @@ const BUF: usize = 4096;
 pub(crate) struct DhcpService {
     engine: RefCell<ProxyDhcp>,
     ctx: Rc<ThreadCtx>,
-    dhcp: Rc<UdpEndpoint>,
+    /// `None` in pxe-only mode.
+    dhcp: Option<Rc<UdpEndpoint>>,
     pxe: Rc<UdpEndpoint>,
 }
 
 impl DhcpService {
-    /// Binds both ports on `ip`, one socket per device when devices are configured.
+    /// Binds 4011, and 67 unless `dhcp_addr` is `None` (pxe-only); one socket per device when
+    /// devices are configured.
     pub(crate) fn bind(
         ctx: &Rc<ThreadCtx>,
-        dhcp_addr: SocketAddr,
+        dhcp_addr: Option<SocketAddr>,
         pxe_addr: SocketAddr,
         device: Option<String>,
     ) -> Result<Rc<Self>, (SocketAddr, io::Error)> {
@@ -44,26 +48,39 @@ impl DhcpService {
             send_buffer: Some(1 << 20),
             ..UdpOptions::default()
         };
-        let dhcp = UdpEndpoint::bind(dhcp_addr, &options).map_err(|e| (dhcp_addr, e))?;
+        let dhcp = match dhcp_addr {
+            Some(addr) => Some(UdpEndpoint::bind(addr, &options).map_err(|e| (addr, e))?),
+            None => None,
+        };
         let pxe = UdpEndpoint::bind(pxe_addr, &options).map_err(|e| (pxe_addr, e))?;
+        if dhcp.is_none() {
+            tracing::info!(
+                pxe = %pxe.local_addr(),
+                "pxe-only: answering PXE clients on the PXE port only; the DHCP server on this \
+                 host keeps the DHCP port and must send option 60 \"PXEClient\""
+            );
+        }
         let config = super::proxy_config(&ctx.shared.config);
         Ok(Rc::new(Self {
             engine: RefCell::new(ProxyDhcp::new(config)),
             ctx: Rc::clone(ctx),
-            dhcp: Rc::new(dhcp),
+            dhcp: dhcp.map(Rc::new),
             pxe: Rc::new(pxe),
         }))
     }
 
-    pub(crate) fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
-        (self.dhcp.local_addr(), self.pxe.local_addr())
+    /// The DHCP socket's address (none in pxe-only mode) and the PXE socket's.
+    pub(crate) fn local_addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
+        (
+            self.dhcp.as_ref().map(|s| s.local_addr()),
+            self.pxe.local_addr(),
+        )
     }
 
     pub(crate) fn start(self: &Rc<Self>) {
-        for (socket, port) in [
-            (Rc::clone(&self.dhcp), DhcpPort::Dhcp),
-            (Rc::clone(&self.pxe), DhcpPort::Pxe),
-        ] {
+        let dhcp = self.dhcp.as_ref().map(|s| (Rc::clone(s), DhcpPort::Dhcp));
+        let pxe = (Rc::clone(&self.pxe), DhcpPort::Pxe);
+        for (socket, port) in dhcp.into_iter().chain([pxe]) {
             let me = Rc::clone(self);
             spawn(async move { me.recv_loop(socket, port).await }).detach();
         }
@@ -107,8 +124,14 @@ impl DhcpService {
                 tracing::error!("unexpected payload from the DHCP engine");
                 continue;
             };
-            let socket = match port {
-                DhcpPort::Dhcp => &self.dhcp,
+            let socket = match (port, &self.dhcp) {
+                (DhcpPort::Dhcp, Some(dhcp)) => dhcp,
+                // Replies leave from the port their request came in on, so without a DHCP
+                // socket the engine has none for it.
+                (DhcpPort::Dhcp, None) => {
+                    tracing::error!(to = %t.destination, "a DHCP-port reply in pxe-only mode");
+                    continue;
+                }
                 _ => &self.pxe,
             };
             let route = Route {

@@ -326,11 +326,13 @@ fn setup(
                 config.server.interfaces.iter().cloned().map(Some).collect()
             };
             for device in devices {
-                let dhcp_addr = SocketAddr::new(ip, config.ports.dhcp);
+                // pxe-only: 67 belongs to the DHCP server on this host.
+                let dhcp_addr = (config.dhcp.mode.binds_dhcp_port())
+                    .then(|| SocketAddr::new(ip, config.ports.dhcp));
                 let pxe_addr = SocketAddr::new(ip, config.ports.pxe);
                 let svc = dhcp::DhcpService::bind(&ctx, dhcp_addr, pxe_addr, device).map_err(
                     |(addr, e)| {
-                        let (what, flag) = if addr.port() == config.ports.dhcp {
+                        let (what, flag) = if Some(addr) == dhcp_addr {
                             ("proxyDHCP", "dhcp-port")
                         } else {
                             ("PXE (4011)", "pxe-port")
@@ -339,7 +341,7 @@ fn setup(
                     },
                 )?;
                 let (d, p) = svc.local_addrs();
-                bound.dhcp.push(d);
+                bound.dhcp.extend(d);
                 bound.pxe.push(p);
                 svc.start();
             }
