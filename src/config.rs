@@ -28,6 +28,8 @@ pub struct Config {
     pub menu: zpxe_engine::http::BootMenu,
     /// HTTPS for the boot service (iPXE can fetch over HTTPS; 2PXE serves iPXE over HTTPS only).
     pub tls: TlsSection,
+    /// Boot timelines and the machine registry (src/db).
+    pub database: crate::db::DatabaseConfig,
 }
 
 /// `[tls]`: a certificate and key turn on HTTPS for the boot service on its own port.
@@ -387,6 +389,16 @@ impl Config {
         if let Err(e) = self.menu.check() {
             let span = find_section(text, "menu").unwrap_or(0..0);
             at(span, format!("menu: {e}"));
+        }
+        if self.database.enabled {
+            for e in self.database.check() {
+                let span = if e.starts_with("database url") {
+                    self.database.url.span()
+                } else {
+                    find_section(text, "database").unwrap_or(0..0)
+                };
+                at(span, e);
+            }
         }
         let udp = [
             (
