@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::{Either, select};
-use zpxe_engine::ImageCatalog;
+use zpxe_engine::http::conn::Timer;
 use zpxe_engine::http::{
     Handler, HttpConfig, HttpConnection, HttpEvent, Output, Reply, Request, StatusCode,
 };
+use zpxe_engine::{ByteRange, ImageCatalog};
 use zpxe_platform::runtime::{sleep, spawn};
 use zpxe_platform::tcp::{TcpConn, TcpServer};
 
@@ -46,14 +47,15 @@ impl Handler for BootSite {
         if !matches!(req.path, "/boot.ipxe" | "/menu.ipxe") {
             return self.scripts.respond(req, images);
         }
-        let host = req.header("host").filter(|h| plain_host(h));
+        // The parser refused malformed Host values (400), so the split is the grammar's.
+        let host = req.header("host").filter(|h| plain_host(h)).zip(req.host());
         let mut scripts = self.scripts.clone();
-        if let (Some(port), Some(host), None) = (self.web_port, host, &scripts.report_url) {
-            scripts.report_url = Some(format!("http://{}:{port}/report", host_without_port(host)));
+        if let (Some(port), Some((_, parts)), None) = (self.web_port, host, &scripts.report_url) {
+            scripts.report_url = Some(format!("http://{}:{port}/report", parts.host));
         }
         if self.https
             && scripts.base_url.is_none()
-            && let Some(host) = host
+            && let Some((host, _)) = host
         {
             scripts.base_url = Some(format!("https://{host}"));
         }
@@ -61,22 +63,13 @@ impl Handler for BootSite {
     }
 }
 
-/// A Host header made only of what a host name or address can hold.
+/// A Host header made only of what a host name or address can hold: it is written into
+/// scripts.
 fn plain_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-}
-
-fn host_without_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 2]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 struct WebHandler {
@@ -222,6 +215,16 @@ pub(crate) fn accept_until_drained(
     .detach();
 }
 
+/// What a connection does after sending what it had ready.
+enum Sent {
+    /// Read the next request.
+    Open,
+    /// The connection said `Close`: end the stream after what was sent.
+    Close,
+    /// The socket failed or stopped taking bytes: drop it.
+    Drop,
+}
+
 async fn serve_connection(
     ctx: Rc<ThreadCtx>,
     mut tcp: TcpConn,
@@ -230,87 +233,43 @@ async fn serve_connection(
     config: Arc<HttpConfig>,
 ) {
     let mut conn = HttpConnection::new(Instant::now(), config);
+    let metrics = Arc::clone(&ctx.shared.metrics);
+    let _busy = ctx.drain.busy();
+    serve_requests(&ctx, &mut tcp, peer, &mut *handler, &mut conn).await;
+    // Every exit records what was answered, also a response that went out with a close.
+    record(&mut conn, &metrics, peer);
+    conn.abort(&mut *ctx.store.borrow_mut());
+}
+
+async fn serve_requests(
+    ctx: &ThreadCtx,
+    tcp: &mut TcpConn,
+    peer: SocketAddr,
+    handler: &mut dyn Handler,
+    conn: &mut HttpConnection,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut rbuf = Vec::with_capacity(READ_BUF);
     let mut wbuf = vec![0u8; WRITE_BUF];
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
     let mut armed: Option<Instant> = None;
-    let metrics = Arc::clone(&ctx.shared.metrics);
-    let _busy = ctx.drain.busy();
+    let metrics = &ctx.shared.metrics;
     loop {
-        // Send everything the connection has ready.
-        // Response heads (and generated bodies) gather in `head` and go out with the next image
-        // body in one vectored write, or on their own when nothing follows.
-        let mut head: Vec<u8> = Vec::new();
-        while let Some(out) = conn.poll_output(&mut wbuf) {
-            match out {
-                Output::Bytes { len } => head.extend_from_slice(&wbuf[..len]),
-                Output::Body { image, range } => {
-                    let version = ctx.store.borrow().version(image);
-                    let sent = match version {
-                        Some(v) => {
-                            tcp.send_head_and_image(std::mem::take(&mut head), &v, range)
-                                .await
-                        }
-                        None => Err(zpxe_platform::udp::SendError::Image(
-                            zpxe_platform::VersionBroken::Gone,
-                        )),
-                    };
-                    match sent {
-                        Ok(n) => {
-                            Metrics::add(&metrics.http_bytes_sent_total, n);
-                            conn.body_done(Instant::now(), &mut *ctx.store.borrow_mut());
-                        }
-                        Err(e) => {
-                            tracing::info!(%peer, error = %e, "HTTP body ended early");
-                            conn.abort(&mut *ctx.store.borrow_mut());
-                            return;
-                        }
-                    }
-                }
-                Output::Close => {
-                    if !head.is_empty() {
-                        let (_, _) = tcp.write_all(std::mem::take(&mut head)).await;
-                    }
-                    let _ = tcp.shutdown().await;
-                    return;
-                }
-                _ => {}
-            }
-        }
-        if !head.is_empty() {
-            let (res, _) = tcp.write_all(head).await;
-            if res.is_err() {
-                conn.abort(&mut *ctx.store.borrow_mut());
+        match send_ready(ctx, tcp, peer, conn, &mut wbuf).await {
+            Sent::Open => {}
+            Sent::Close => {
+                let _ = tcp.shutdown().await;
                 return;
             }
+            Sent::Drop => return,
         }
-        while let Some(ev) = conn.poll_event() {
-            match ev {
-                HttpEvent::Served {
-                    method,
-                    path,
-                    status,
-                    bytes,
-                    ..
-                } => {
-                    Metrics::add(&metrics.http_requests_total, 1);
-                    tracing::info!(%peer, ?method, path, status = status.0, bytes, "HTTP request");
-                }
-                HttpEvent::TimedOut { reading_head } => {
-                    tracing::info!(%peer, reading_head, "HTTP connection timed out");
-                }
-                _ => {}
-            }
-        }
+        record(conn, metrics, peer);
         if conn.is_closed() {
-            conn.abort(&mut *ctx.store.borrow_mut());
             return;
         }
         // Draining: the response in flight is out; close instead of reading another request
         // (a pipelined one the client sent is left for it to send again elsewhere).
         if ctx.drain.fired() {
-            conn.abort(&mut *ctx.store.borrow_mut());
             let _ = tcp.shutdown().await;
             return;
         }
@@ -322,7 +281,7 @@ async fn serve_connection(
                     Instant::now(),
                     &pending,
                     SystemTime::now(),
-                    &mut *handler,
+                    handler,
                     &mut *store,
                 )
             };
@@ -335,7 +294,7 @@ async fn serve_connection(
         // read, and a timer that fires early finds nothing due and is set again.
         let deadline = conn
             .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         if timer.is_none() || armed.is_none_or(|a| deadline < a) {
             let wait = deadline.saturating_duration_since(Instant::now());
             timer = Some(Box::pin(sleep(wait)));
@@ -355,19 +314,18 @@ async fn serve_connection(
                 match res {
                     Ok(0) | Err(_) => conn.handle_eof(Instant::now()),
                     Ok(n) => {
+                        let got = rbuf.get(..n).unwrap_or_default();
                         let consumed = {
                             let mut store = ctx.store.borrow_mut();
                             conn.handle_input(
                                 Instant::now(),
-                                &rbuf[..n],
+                                got,
                                 SystemTime::now(),
-                                &mut *handler,
+                                handler,
                                 &mut *store,
                             )
                         };
-                        if consumed < n {
-                            pending.extend_from_slice(&rbuf[consumed..n]);
-                        }
+                        pending.extend_from_slice(got.get(consumed..).unwrap_or_default());
                     }
                 }
             }
@@ -377,6 +335,153 @@ async fn serve_connection(
                 armed = None;
                 conn.handle_timeout(Instant::now());
             }
+        }
+    }
+}
+
+/// Generated bytes (response heads, scripts, web replies) gather up to this much before they
+/// are written: one write for a head and small body, and send progress every so often for a
+/// big generated body.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Image bodies go to the socket in steps of this many bytes, each step that completes being
+/// send progress: a client must take at least this much per `http.send-timeout-ms`. The
+/// platform's `sendfile` path moves at most as much per call, so steps add no system calls.
+const BODY_STEP: u64 = 1 << 20;
+
+/// Sends everything the connection has ready, each write raced against its send deadline.
+/// Response heads (and generated bodies) gather and go out with the next image body in one
+/// vectored write, or on their own when nothing follows.
+async fn send_ready(
+    ctx: &ThreadCtx,
+    tcp: &mut TcpConn,
+    peer: SocketAddr,
+    conn: &mut HttpConnection,
+    wbuf: &mut [u8],
+) -> Sent {
+    let metrics = &ctx.shared.metrics;
+    let mut head: Vec<u8> = Vec::new();
+    let mut close = false;
+    let mut any = false;
+    while let Some(out) = conn.poll_output(wbuf) {
+        any = true;
+        match out {
+            Output::Bytes { len } => {
+                head.extend_from_slice(wbuf.get(..len).unwrap_or_default());
+                if head.len() >= FLUSH_AT {
+                    if let Err(sent) = write(tcp, conn, std::mem::take(&mut head)).await {
+                        return sent;
+                    }
+                    conn.handle_send_progress(Instant::now());
+                }
+            }
+            Output::Body { image, range } => {
+                let Some(version) = ctx.store.borrow().version(image) else {
+                    tracing::info!(%peer, "HTTP body ended early: image released");
+                    return Sent::Drop;
+                };
+                let mut at = range.start;
+                loop {
+                    let step = ByteRange::new(at, range.end.min(at.saturating_add(BODY_STEP)));
+                    let deadline = send_deadline(conn);
+                    let send = tcp.send_head_and_image(std::mem::take(&mut head), &version, step);
+                    match before_deadline(deadline, send).await {
+                        Some(Ok(n)) => Metrics::add(&metrics.http_bytes_sent_total, n),
+                        Some(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "HTTP body ended early");
+                            return Sent::Drop;
+                        }
+                        None => {
+                            conn.handle_timeout(Instant::now());
+                            return Sent::Drop;
+                        }
+                    }
+                    at = step.end;
+                    if at >= range.end {
+                        break;
+                    }
+                    conn.handle_send_progress(Instant::now());
+                }
+                conn.body_done(Instant::now(), &mut *ctx.store.borrow_mut());
+            }
+            Output::Close => close = true,
+            _ => {}
+        }
+    }
+    if !head.is_empty()
+        && let Err(sent) = write(tcp, conn, head).await
+    {
+        return sent;
+    }
+    if any {
+        conn.handle_flushed(Instant::now());
+    }
+    if close { Sent::Close } else { Sent::Open }
+}
+
+/// Writes `bytes` before the connection's send deadline.
+async fn write(tcp: &mut TcpConn, conn: &mut HttpConnection, bytes: Vec<u8>) -> Result<(), Sent> {
+    match before_deadline(send_deadline(conn), tcp.write_all(bytes)).await {
+        Some((Ok(()), _)) => Ok(()),
+        Some((Err(_), _)) => Err(Sent::Drop),
+        None => {
+            conn.handle_timeout(Instant::now());
+            Err(Sent::Drop)
+        }
+    }
+}
+
+/// When the socket must have taken the bytes about to be written: the connection's deadline,
+/// or, where it runs no timer (closed, a TLS goodbye still to write), a send timeout from now.
+pub(super) fn send_deadline(conn: &HttpConnection) -> Instant {
+    conn.poll_timeout()
+        .unwrap_or_else(|| Instant::now() + Duration::from_millis(conn.config().send_timeout_ms))
+}
+
+/// Runs `send` until it completes, or `None` once `deadline` has passed (the send is dropped
+/// unfinished, and the connection with it).
+pub(super) async fn before_deadline<T>(
+    deadline: Instant,
+    send: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut send = std::pin::pin!(send);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let timer = std::pin::pin!(sleep(deadline - now));
+        if let Either::Left((out, _)) = select(send.as_mut(), timer).await {
+            return Some(out);
+        }
+    }
+}
+
+/// Logs and counts what the connection reports.
+pub(super) fn record(conn: &mut HttpConnection, metrics: &Metrics, peer: SocketAddr) {
+    while let Some(ev) = conn.poll_event() {
+        match ev {
+            HttpEvent::Served {
+                method,
+                path,
+                status,
+                bytes,
+                ..
+            } => {
+                Metrics::add(&metrics.http_requests_total, 1);
+                tracing::info!(%peer, ?method, path, status = status.0, bytes, "HTTP request");
+            }
+            // A client that stalls a request head or stops reading is worth a line; an idle
+            // keep-alive connection (or a silent one, by the thousand in a flood) is routine.
+            HttpEvent::TimedOut {
+                timer: timer @ (Timer::Head | Timer::Send),
+            } => {
+                tracing::info!(%peer, timer = timer.as_str(), "HTTP connection timed out");
+            }
+            HttpEvent::TimedOut { timer } => {
+                tracing::debug!(%peer, timer = timer.as_str(), "HTTP connection timed out");
+            }
+            _ => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 //! positional reads from the image (never by touching the mapping: see the image store).
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use futures_util::future::{Either, select};
 use rustls::ServerConnection;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use zpxe_engine::http::{Handler, HttpConfig, HttpConnection, HttpEvent, Output};
+use zpxe_engine::http::{Handler, HttpConfig, HttpConnection, Output};
 use zpxe_platform::runtime::{sleep, spawn};
 use zpxe_platform::tcp::{TcpConn, TcpServer};
 
@@ -59,7 +60,7 @@ pub(crate) fn start(
         let h: Box<dyn Handler> = Box::new(handler.clone());
         let (config, tls) = (Arc::clone(&config), Arc::clone(&tls));
         spawn(async move {
-            if let Err(e) = serve_connection(ctx, conn, h, config, tls).await {
+            if let Err(e) = serve_connection(ctx, conn, peer, h, config, tls).await {
                 tracing::debug!(%peer, error = %e, "HTTPS connection ended");
             }
             drop(slot);
@@ -68,13 +69,26 @@ pub(crate) fn start(
     });
 }
 
-/// Writes whatever TLS records rustls has ready.
-async fn flush(tls: &mut ServerConnection, tcp: &mut TcpConn) -> anyhow::Result<()> {
+/// Writes whatever TLS records rustls has ready, each write before the connection's send
+/// deadline (a handshake's before its first-request deadline; a goodbye's within a send
+/// timeout).
+async fn flush(
+    tls: &mut ServerConnection,
+    tcp: &mut TcpConn,
+    conn: &mut HttpConnection,
+) -> anyhow::Result<()> {
     while tls.wants_write() {
         let mut out = Vec::with_capacity(READ_BUF);
         tls.write_tls(&mut out)?;
-        let (res, _) = tcp.write_all(out).await;
-        res?;
+        let deadline = super::http::send_deadline(conn);
+        match super::http::before_deadline(deadline, tcp.write_all(out)).await {
+            Some((res, _)) => res?,
+            None => {
+                conn.handle_timeout(Instant::now());
+                anyhow::bail!("the client stopped taking bytes");
+            }
+        }
+        conn.handle_send_progress(Instant::now());
     }
     Ok(())
 }
@@ -82,6 +96,7 @@ async fn flush(tls: &mut ServerConnection, tcp: &mut TcpConn) -> anyhow::Result<
 async fn serve_connection(
     ctx: Rc<ThreadCtx>,
     mut tcp: TcpConn,
+    peer: SocketAddr,
     mut handler: Box<dyn Handler>,
     config: Arc<HttpConfig>,
     tls_config: Arc<rustls::ServerConfig>,
@@ -96,11 +111,15 @@ async fn serve_connection(
     let _busy = ctx.drain.busy();
     let result = async {
         loop {
+            let mut close = false;
+            let mut any = false;
             while let Some(out) = conn.poll_output(&mut wbuf) {
+                any = true;
                 match out {
                     Output::Bytes { len } => {
-                        tls.writer().write_all(&wbuf[..len])?;
-                        flush(&mut tls, &mut tcp).await?;
+                        tls.writer()
+                            .write_all(wbuf.get(..len).unwrap_or_default())?;
+                        flush(&mut tls, &mut tcp, &mut conn).await?;
                     }
                     Output::Body { image, range } => {
                         let version = ctx
@@ -111,36 +130,38 @@ async fn serve_connection(
                         let mut at = range.start;
                         while at < range.end {
                             let want = (range.end - at).min(BODY_CHUNK as u64) as usize;
-                            let n = version.read_at(&mut chunk[..want], at)?;
+                            let buf = chunk.get_mut(..want).unwrap_or_default();
+                            let n = version.read_at(buf, at)?;
                             anyhow::ensure!(n > 0, "file shrank under the response");
-                            tls.writer().write_all(&chunk[..n])?;
-                            flush(&mut tls, &mut tcp).await?;
+                            tls.writer().write_all(buf.get(..n).unwrap_or_default())?;
+                            flush(&mut tls, &mut tcp, &mut conn).await?;
                             at += n as u64;
                         }
                         Metrics::add(&metrics.http_bytes_sent_total, range.len());
                         conn.body_done(Instant::now(), &mut *ctx.store.borrow_mut());
                     }
-                    Output::Close => {
-                        tls.send_close_notify();
-                        flush(&mut tls, &mut tcp).await?;
-                        let _ = tcp.shutdown().await;
-                        return Ok(());
-                    }
+                    Output::Close => close = true,
                     _ => {}
                 }
             }
-            while let Some(ev) = conn.poll_event() {
-                if let HttpEvent::Served { .. } = ev {
-                    Metrics::add(&metrics.http_requests_total, 1);
-                }
+            if close {
+                // Still unflushed: the goodbye goes within the responses' send deadline.
+                tls.send_close_notify();
+                flush(&mut tls, &mut tcp, &mut conn).await?;
+                let _ = tcp.shutdown().await;
+                return Ok(());
             }
+            if any {
+                conn.handle_flushed(Instant::now());
+            }
+            super::http::record(&mut conn, &metrics, peer);
             if conn.is_closed() {
                 return Ok(());
             }
             // Draining: the response in flight is out; say goodbye instead of reading more.
             if ctx.drain.fired() {
                 tls.send_close_notify();
-                flush(&mut tls, &mut tcp).await?;
+                flush(&mut tls, &mut tcp, &mut conn).await?;
                 let _ = tcp.shutdown().await;
                 return Ok(());
             }
@@ -177,12 +198,12 @@ async fn serve_connection(
                         conn.handle_eof(Instant::now());
                         continue;
                     }
-                    let mut input = &rbuf[..n];
+                    let mut input = rbuf.get(..n).unwrap_or_default();
                     while !input.is_empty() {
                         tls.read_tls(&mut input)?;
                         if let Err(e) = tls.process_new_packets() {
                             // Tell the client why before hanging up.
-                            let _ = flush(&mut tls, &mut tcp).await;
+                            let _ = flush(&mut tls, &mut tcp, &mut conn).await;
                             return Err(e.into());
                         }
                     }
@@ -193,12 +214,12 @@ async fn serve_connection(
                                 conn.handle_eof(Instant::now());
                                 break;
                             }
-                            Ok(k) => pending.extend_from_slice(&plain[..k]),
+                            Ok(k) => pending.extend_from_slice(plain.get(..k).unwrap_or_default()),
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => return Err(e.into()),
                         }
                     }
-                    flush(&mut tls, &mut tcp).await?;
+                    flush(&mut tls, &mut tcp, &mut conn).await?;
                 }
                 None => {
                     rbuf = Vec::with_capacity(READ_BUF);
@@ -208,6 +229,8 @@ async fn serve_connection(
         }
     }
     .await;
+    // Every exit records what was answered, also a response that went out with a close.
+    super::http::record(&mut conn, &metrics, peer);
     conn.abort(&mut *ctx.store.borrow_mut());
     result
 }

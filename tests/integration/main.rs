@@ -9,6 +9,7 @@ mod dhcp_netns;
 mod drain;
 mod firmware;
 mod http;
+mod http_hostile;
 mod loadgen;
 mod netns;
 mod rewrite;

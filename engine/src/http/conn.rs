@@ -10,10 +10,16 @@
 //!   buffer; `Body` names image bytes to send as they are, then the caller reports
 //!   [`body_done`](HttpConnection::body_done) (nothing more comes out until then); `Close` means
 //!   close the socket after everything before it was sent.
+//! - Sending: once the socket has taken everything handed out so far, the caller reports
+//!   [`handle_flushed`](HttpConnection::handle_flushed); while a long send is under way it
+//!   reports [`handle_send_progress`](HttpConnection::handle_send_progress) whenever the socket
+//!   took more bytes (`body_done` counts as progress too).
 //! - Timers: [`poll_timeout`](HttpConnection::poll_timeout) /
-//!   [`handle_timeout`](HttpConnection::handle_timeout). The connection only times the client:
-//!   the idle gap between requests and the time to send one request head (slowloris). While a
-//!   response is queued it sets no timer; send stalls are the platform's business.
+//!   [`handle_timeout`](HttpConnection::handle_timeout). The connection times the client: the
+//!   first request (from the connection's start, as short as a request head), the idle gap
+//!   between requests, the time to send one request head (slowloris), and, while output is
+//!   queued or unsent, the time without send progress (a client that stops reading). The
+//!   caller races its sends against `poll_timeout`.
 //! - On a dead socket, [`abort`](HttpConnection::abort) releases every image reference.
 
 use std::collections::VecDeque;
@@ -37,8 +43,12 @@ pub struct HttpConfig {
     pub max_headers: usize,
     /// Time a client has to send a whole request head once it started one (slowloris guard).
     pub header_timeout_ms: u64,
-    /// Time a keep-alive connection may sit idle between requests.
+    /// Time a keep-alive connection may sit idle between requests. A new connection waits at
+    /// most `header_timeout_ms` for its first request.
     pub idle_timeout_ms: u64,
+    /// Time a response may wait for the socket to take more of it (a client that stopped
+    /// reading) before the connection is dropped.
+    pub send_timeout_ms: u64,
     /// Most range-specs honoured in one `Range` header; more and the header is ignored (200).
     pub max_ranges: usize,
     /// Answer multi-range requests with `multipart/byteranges`; off: 200 with the whole file.
@@ -60,6 +70,7 @@ impl Default for HttpConfig {
             max_headers: limits.max_headers,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            send_timeout_ms: 30_000,
             max_ranges: 16,
             multipart: true,
             max_pipelined: 8,
@@ -104,8 +115,33 @@ pub enum HttpEvent {
         /// Content bytes sent (0 for HEAD, 304, ...).
         bytes: u64,
     },
-    /// The client took too long: idle (`reading_head == false`) or sending a head.
-    TimedOut { reading_head: bool },
+    /// The client took too long at what `timer` times; the connection closes.
+    TimedOut { timer: Timer },
+}
+
+/// What a connection was waiting for when it timed out.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Timer {
+    /// The first byte of the first request (the header timeout from the connection's start).
+    FirstRequest,
+    /// The next request on a keep-alive connection.
+    Idle,
+    /// The rest of a request head (answered with 408).
+    Head,
+    /// The socket to take more of a response: the client stopped reading.
+    Send,
+}
+
+impl Timer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timer::FirstRequest => "first request",
+            Timer::Idle => "idle",
+            Timer::Head => "request head",
+            Timer::Send => "send",
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -140,6 +176,12 @@ pub struct HttpConnection {
     head_started: Option<Instant>,
     /// When the connection last became idle (no queued response, no unfinished head).
     idle_since: Instant,
+    /// No byte has arrived yet: the idle wait is as short as the header timeout.
+    fresh: bool,
+    /// Output was handed out that the caller has not reported flushed.
+    unflushed: bool,
+    /// When the socket last took bytes, or output became due: the send timer's start.
+    send_progress: Instant,
     /// Latest time passed in; stamps completions reported without one.
     last_now: Instant,
     /// Latest wall clock passed in, for the `Date` of a 408 sent from `handle_timeout`.
@@ -160,6 +202,9 @@ impl HttpConnection {
             head_buf: Vec::new(),
             head_started: None,
             idle_since: now,
+            fresh: true,
+            unflushed: false,
+            send_progress: now,
             last_now: now,
             last_wall: SystemTime::UNIX_EPOCH,
             queue: VecDeque::new(),
@@ -181,6 +226,9 @@ impl HttpConnection {
     ) -> usize {
         self.last_now = now;
         self.last_wall = wall;
+        if !data.is_empty() {
+            self.fresh = false;
+        }
         let mut consumed = 0;
         while consumed < data.len() && self.wants_input() {
             let rest = data.get(consumed..).unwrap_or_default();
@@ -295,11 +343,13 @@ impl HttpConnection {
                     }
                     let (image, range) = (*image, *range);
                     self.body_in_flight = true;
+                    self.unflushed = true;
                     return Some(Output::Body { image, range });
                 }
             }
         }
         if written > 0 {
+            self.unflushed = true;
             return Some(Output::Bytes { len: written });
         }
         if self.queue.is_empty() && self.state == State::Closing {
@@ -315,6 +365,7 @@ impl HttpConnection {
         if !self.body_in_flight {
             return;
         }
+        self.send_progress = now;
         self.body_in_flight = false;
         if let Some(front) = self.queue.front_mut() {
             front.chunks.pop_front();
@@ -332,36 +383,100 @@ impl HttpConnection {
         }
     }
 
+    /// The socket took more of the output handed out (part of a body, part of the bytes).
+    pub fn handle_send_progress(&mut self, now: Instant) {
+        self.last_now = now;
+        self.send_progress = now;
+    }
+
+    /// The socket took everything handed out so far: the send timer stops (until more output
+    /// is due) and an idle connection's wait for its next request starts now.
+    pub fn handle_flushed(&mut self, now: Instant) {
+        self.last_now = now;
+        self.send_progress = now;
+        // A body handed out is flushed only once `body_done` came.
+        if !self.unflushed || self.body_in_flight {
+            return;
+        }
+        self.unflushed = false;
+        if self.queue.is_empty() {
+            self.idle_since = now;
+            if self.head_started.is_some() {
+                self.head_started = Some(now);
+            }
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        let Some(deadline) = self.poll_timeout() else {
+        let Some((timer, deadline)) = self.timer() else {
             return;
         };
         if now < deadline {
             return;
         }
-        let reading_head = self.head_started.is_some();
-        self.events.push_back(HttpEvent::TimedOut { reading_head });
+        self.events.push_back(HttpEvent::TimedOut { timer });
         self.head_buf = Vec::new();
         self.head_started = None;
-        if reading_head {
-            //= https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9
-            //# The 408 (Request Timeout) status code indicates that the server did not receive a
-            //# complete request message within the time that it was prepared to wait.
-            let planned = handler::plan_error(StatusCode::REQUEST_TIMEOUT, self.last_wall);
-            self.enqueue(planned, None, String::new(), false, Version::Http11);
+        match timer {
+            // The socket takes nothing: nothing more can be said, not even a 408. The queued
+            // responses keep their image references until `abort`.
+            Timer::Send => {
+                self.unflushed = false;
+                self.state = State::Closed;
+                return;
+            }
+            Timer::Head => {
+                //= https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9
+                //# The 408 (Request Timeout) status code indicates that the server did not
+                //# receive a complete request message within the time that it was prepared
+                //# to wait.
+                let planned = handler::plan_error(StatusCode::REQUEST_TIMEOUT, self.last_wall);
+                self.enqueue(planned, None, String::new(), false, Version::Http11);
+            }
+            // Nothing was asked: close without a word, as after an idle keep-alive wait.
+            Timer::FirstRequest | Timer::Idle => {}
         }
         self.state = State::Closing;
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.state != State::Open || !self.queue.is_empty() {
+        self.timer().map(|(_, deadline)| deadline)
+    }
+
+    /// The timer running now and its deadline.
+    fn timer(&self) -> Option<(Timer, Instant)> {
+        let ms = Duration::from_millis;
+        // Output queued or handed out and not yet taken by the socket, also after `Close` was
+        // handed out (the caller still writes what came before it).
+        let sending = self.unflushed || (self.state != State::Closed && !self.queue.is_empty());
+        if sending {
+            let deadline = self.send_progress + ms(self.config.send_timeout_ms);
+            return Some((Timer::Send, deadline));
+        }
+        if self.state != State::Open {
             return None;
         }
         Some(match self.head_started {
-            Some(start) => start + Duration::from_millis(self.config.header_timeout_ms),
-            None => self.idle_since + Duration::from_millis(self.config.idle_timeout_ms),
+            Some(start) => (Timer::Head, start + ms(self.config.header_timeout_ms)),
+            // A connection that never sends a byte is a slowloris that has not started: it gets
+            // no longer than a request head would.
+            None if self.fresh => {
+                let wait = self
+                    .config
+                    .header_timeout_ms
+                    .min(self.config.idle_timeout_ms);
+                (Timer::FirstRequest, self.idle_since + ms(wait))
+            }
+            None => (
+                Timer::Idle,
+                self.idle_since + ms(self.config.idle_timeout_ms),
+            ),
         })
+    }
+
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
     }
 
     pub fn poll_event(&mut self) -> Option<HttpEvent> {
@@ -380,6 +495,7 @@ impl HttpConnection {
             }
         }
         self.body_in_flight = false;
+        self.unflushed = false;
         self.head_buf = Vec::new();
         self.state = State::Closed;
     }
@@ -449,6 +565,9 @@ impl HttpConnection {
             planned.content_len
         };
         planned.body.push_front(Chunk::Bytes(head_bytes));
+        if self.queue.is_empty() && !self.unflushed {
+            self.send_progress = self.last_now;
+        }
         self.queue.push_back(Pending {
             chunks: planned.body,
             offset: 0,
@@ -536,8 +655,16 @@ mod tests {
                 .handle_input(self.now, data, self.wall, &mut StaticFiles, &mut self.cat)
         }
 
-        /// Everything the connection sends now, image bytes materialized from the catalog.
+        /// Everything the connection sends now, image bytes materialized from the catalog, as
+        /// a socket that takes it all at once.
         fn drain(&mut self) -> Vec<u8> {
+            let out = self.drain_unflushed();
+            self.conn.handle_flushed(self.now);
+            out
+        }
+
+        /// What the connection hands out now, none of it reported flushed.
+        fn drain_unflushed(&mut self) -> Vec<u8> {
             let mut out = Vec::new();
             let mut buf = [0u8; 97]; // odd size: heads span several polls
             while let Some(o) = self.conn.poll_output(&mut buf) {
@@ -779,7 +906,6 @@ mod tests {
     fn slowloris_is_cut_at_the_header_deadline() {
         let mut h = harness(HttpConfig::default());
         let start = h.now;
-        assert_eq!(h.conn.poll_timeout(), Some(start + Duration::from_secs(60)));
         h.input(b"GET /boot.wim HTTP/1.1\r\n");
         assert_eq!(h.conn.poll_timeout(), Some(start + Duration::from_secs(10)));
         for i in 1..10 {
@@ -796,8 +922,128 @@ mod tests {
         assert!(h.closed);
         assert_eq!(
             h.conn.poll_event(),
-            Some(HttpEvent::TimedOut { reading_head: true })
+            Some(HttpEvent::TimedOut { timer: Timer::Head })
         );
+    }
+
+    /// Issue 13, defect 6: a connection that never sent a byte waited the 60 s idle timeout,
+    /// so 520 silent sockets held the web port's 512 slots for a minute.
+    #[test]
+    fn a_silent_new_connection_gets_the_header_timeout() {
+        let mut h = harness(HttpConfig::default());
+        let start = h.now;
+        let deadline = start + Duration::from_secs(10);
+        assert_eq!(h.conn.poll_timeout(), Some(deadline));
+        h.conn.handle_timeout(deadline - Duration::from_millis(1));
+        assert!(h.drain().is_empty() && !h.closed);
+        h.conn.handle_timeout(deadline);
+        assert!(h.drain().is_empty(), "nothing was asked: no 408");
+        assert!(h.closed);
+        assert_eq!(
+            h.conn.poll_event(),
+            Some(HttpEvent::TimedOut {
+                timer: Timer::FirstRequest
+            })
+        );
+        // An idle timeout shorter than the header timeout still applies from the start.
+        let h = harness(HttpConfig {
+            idle_timeout_ms: 3_000,
+            ..HttpConfig::default()
+        });
+        assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(3)));
+        // After a first request, the keep-alive wait is the idle timeout.
+        let mut h = harness(HttpConfig::default());
+        h.now += Duration::from_secs(2);
+        h.exchange(b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n");
+        assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+    }
+
+    /// Issue 13, defect 5: with a response queued the connection set no timer, so clients
+    /// that asked for a big file and never read held their connections (and the cap) forever.
+    #[test]
+    fn a_client_that_stops_reading_is_dropped_at_the_send_deadline() {
+        let mut h = harness(HttpConfig::default());
+        let send_timeout = Duration::from_secs(30);
+        h.input(b"GET /boot.wim HTTP/1.1\r\nHost: s\r\n\r\n");
+        // Queued, nothing handed out yet: the send timer runs from the request.
+        assert_eq!(h.conn.poll_timeout(), Some(h.now + send_timeout));
+        let mut buf = [0u8; 4096];
+        assert!(matches!(
+            h.conn.poll_output(&mut buf),
+            Some(Output::Bytes { .. })
+        ));
+        assert!(matches!(
+            h.conn.poll_output(&mut buf),
+            Some(Output::Body { .. })
+        ));
+        // The socket takes part of the body now and then: each time the deadline moves.
+        for _ in 0..3 {
+            h.now += Duration::from_secs(20);
+            h.conn.handle_timeout(h.now);
+            assert!(!h.conn.is_closed());
+            h.conn.handle_send_progress(h.now);
+            assert_eq!(h.conn.poll_timeout(), Some(h.now + send_timeout));
+        }
+        // Then it takes nothing more.
+        let deadline = h.now + send_timeout;
+        h.conn.handle_timeout(deadline - Duration::from_millis(1));
+        assert!(!h.conn.is_closed());
+        h.conn.handle_timeout(deadline);
+        assert!(h.conn.is_closed());
+        assert_eq!(h.conn.poll_output(&mut buf), None, "nothing more to send");
+        assert_eq!(h.conn.poll_timeout(), None);
+        assert_eq!(
+            h.conn.poll_event(),
+            Some(HttpEvent::TimedOut { timer: Timer::Send })
+        );
+        assert_eq!(
+            h.conn.poll_event(),
+            None,
+            "the stalled response was not served"
+        );
+        h.conn.abort(&mut h.cat);
+        assert_eq!(h.cat.total_open_refs(), 0);
+    }
+
+    #[test]
+    fn the_send_timer_covers_output_handed_out_until_flushed() {
+        let mut h = harness(HttpConfig {
+            send_timeout_ms: 5_000,
+            ..HttpConfig::default()
+        });
+        let start = h.now;
+        // A generated response is popped from the queue as its bytes are handed out; until
+        // the caller reports them flushed the send timer runs, not the idle one.
+        h.input(b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\n\r\n");
+        assert!(!h.drain_unflushed().is_empty());
+        assert_eq!(h.conn.poll_timeout(), Some(start + Duration::from_secs(5)));
+        h.now += Duration::from_secs(4);
+        h.conn.handle_flushed(h.now);
+        assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+        // A "close" response: `Close` is handed out with its bytes unflushed, and the
+        // deadline still holds while the caller writes them.
+        h.input(b"GET /Boot/BCD HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n");
+        assert!(!h.drain_unflushed().is_empty() && h.closed);
+        let deadline = h.now + Duration::from_secs(5);
+        assert_eq!(h.conn.poll_timeout(), Some(deadline));
+        h.conn.handle_timeout(deadline);
+        assert_eq!(
+            std::iter::from_fn(|| h.conn.poll_event()).last(),
+            Some(HttpEvent::TimedOut { timer: Timer::Send })
+        );
+        assert_eq!(h.conn.poll_timeout(), None);
+        // A 408 that the client never reads is dropped at the send deadline too.
+        let mut h = harness(HttpConfig {
+            send_timeout_ms: 5_000,
+            ..HttpConfig::default()
+        });
+        h.input(b"GET /boot.wim HTTP/1.1\r\n");
+        h.now += Duration::from_secs(10);
+        h.conn.handle_timeout(h.now);
+        assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+        h.now += Duration::from_secs(5);
+        h.conn.handle_timeout(h.now);
+        assert!(h.conn.is_closed());
     }
 
     #[test]

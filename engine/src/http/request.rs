@@ -212,6 +212,12 @@ impl<'a> Request<'a> {
             .map(|h| h.value)
     }
 
+    /// The `Host` field split into host and port; `None` without one. A request with an
+    /// invalid one never parses, so this is `Some` whenever the field is present.
+    pub fn host(&self) -> Option<HostPort<'a>> {
+        self.header("host").and_then(HostPort::parse)
+    }
+
     /// How many lines carry header `name`.
     pub fn header_count(&self, name: &str) -> usize {
         self.headers
@@ -441,13 +447,68 @@ pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `uri-host [ ":" port ]` with a conservative character set (registered names, IPv4,
-/// bracketed IPv6). Empty is allowed (RFC 9112 section 3.2 for targets without authority).
+/// A `Host` field value split into host and port, checked against the grammar: brackets only
+/// around a whole IP literal, at most one port, digits only in the port, escapes complete.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HostPort<'a> {
+    /// A registered name, an IPv4 address, or an IP literal with its brackets (`[::1]`); empty
+    /// when the field is (RFC 9112 section 3.2, targets without an authority).
+    pub host: &'a str,
+    /// The port digits when the value has a port part (RFC 3986 allows them to be empty).
+    pub port: Option<&'a str>,
+}
+
+impl<'a> HostPort<'a> {
+    //= https://www.rfc-editor.org/rfc/rfc9110#section-7.2
+    //# Host = uri-host [ ":" port ] ; Section 4
+    //= https://www.rfc-editor.org/rfc/rfc3986#section-3.2.2
+    //# host        = IP-literal / IPv4address / reg-name
+    //# IP-literal = "[" ( IPv6address / IPvFuture  ) "]"
+    /// Splits `value`, or `None` when it is not a host with an optional port. The character set
+    /// is narrower than RFC 3986's (no sub-delims): the value is echoed into generated scripts.
+    pub fn parse(value: &'a str) -> Option<Self> {
+        if value.len() > 255 {
+            return None;
+        }
+        let (host, rest) = if value.starts_with('[') {
+            let close = value.find(']')?;
+            let (literal, rest) = value.split_at_checked(close + 1)?;
+            let inner = literal.get(1..close)?;
+            let ok = !inner.is_empty() && host_chars(inner, b"-._~:%");
+            (ok.then_some(literal)?, rest)
+        } else {
+            let (name, rest) = value.split_at_checked(value.find(':').unwrap_or(value.len()))?;
+            (host_chars(name, b"-._~%").then_some(name)?, rest)
+        };
+        //= https://www.rfc-editor.org/rfc/rfc3986#section-3.2.3
+        //# port        = *DIGIT
+        let port = match rest.strip_prefix(':') {
+            None if rest.is_empty() => None,
+            Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits),
+            _ => return None,
+        };
+        Some(Self { host, port })
+    }
+}
+
+/// Whether `s` holds only letters, digits and `extra`, with every `%` starting a whole escape.
+fn host_chars(s: &str, extra: &[u8]) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| {
+        if b == b'%' {
+            //= https://www.rfc-editor.org/rfc/rfc3986#section-2.1
+            //# pct-encoded = "%" HEXDIG HEXDIG
+            return bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        }
+        b.is_ascii_alphanumeric() || extra.contains(&b)
+    })
+}
+
+/// Whether `host` is a valid `Host` field value (see [`HostPort::parse`]).
 pub(crate) fn valid_host(host: &str) -> bool {
-    host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]%".contains(&b))
+    HostPort::parse(host).is_some()
 }
 
 #[cfg(test)]
@@ -600,5 +661,62 @@ mod tests {
             err(b"\r\n\r\n\r\n\r\n\r\nGET"),
             RequestError::BadRequest("too many empty lines")
         );
+    }
+
+    /// A Host value with an unclosed bracket once reached the boot site's host/port split,
+    /// which sliced past its end and panicked (issue 13, defect 7). Malformed hosts are 400s
+    /// now, and the split never slices.
+    #[test]
+    fn host_values_follow_the_grammar() {
+        for bad in [
+            "[",
+            "[]",
+            "[::1",
+            "]",
+            "a]",
+            "[::1]x",
+            "[::1]:8o",
+            "[[::1]]",
+            "a:b:c",
+            "a:8050x",
+            "a:-1",
+            "a%",
+            "a%4",
+            "a%zz",
+            "[fe80::1%2]",
+            "a b",
+            "a,b",
+        ] {
+            let raw = format!("GET /boot.ipxe HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(
+                err(raw.as_bytes()),
+                RequestError::BadRequest("invalid Host"),
+                "{bad:?}"
+            );
+            assert_eq!(HostPort::parse(bad), None, "{bad:?}");
+        }
+        let long = "a".repeat(256);
+        assert_eq!(HostPort::parse(&long), None);
+        for (good, host, port) in [
+            ("", "", None),
+            ("10.0.0.1", "10.0.0.1", None),
+            ("10.0.0.1:8050", "10.0.0.1", Some("8050")),
+            ("boot.example", "boot.example", None),
+            ("boot.example:", "boot.example", Some("")),
+            ("[::1]", "[::1]", None),
+            ("[::1]:8050", "[::1]", Some("8050")),
+            ("[fe80::1%25eth0]:80", "[fe80::1%25eth0]", Some("80")),
+            ("a%41b", "a%41b", None),
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            let (req, _) = parse(raw.as_bytes())
+                .unwrap_or_else(|e| panic!("{good:?}: {e}"))
+                .expect("complete");
+            assert_eq!(req.host(), Some(HostPort { host, port }), "{good:?}");
+        }
+        let (req, _) = parse(b"GET / HTTP/1.0\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(req.host(), None);
     }
 }
