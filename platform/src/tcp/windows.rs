@@ -3,6 +3,12 @@
 //! Client editions of Windows run at most two `TransmitFile` calls at a time system-wide and
 //! queue the rest, which would serialise a boot storm's downloads; there bodies are written from
 //! the mapping instead (still no copy in user space). Server editions have no such limit.
+//!
+//! A rewrite in place cannot reach a client here the way it did through Linux's `sendfile`: the
+//! store opens files without write sharing, and each op (this one, or a write from the mapping)
+//! holds its version, so the file's handle, until the kernel completes it; no writer can open
+//! the file meanwhile. This relies on completion meaning the stack is done reading the file's
+//! pages (retransmissions included), which Wine cannot show either way.
 
 use std::io;
 use std::os::windows::io::AsRawHandle;
