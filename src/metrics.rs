@@ -43,6 +43,9 @@ counters! {
     http_bytes_sent_total: "HTTP body bytes sent from images",
     http_accept_paused_total: "times an HTTP listener stopped accepting at max-connections",
     boot_reports_total: "boot progress reports received by the web service",
+    boot_reports_refused_total: "boot reports refused as malformed (400)",
+    boot_reports_limited_total: "boot reports refused over their source's rate (429)",
+    inventory_evicted_total: "clients dropped from the full inventory (least recently seen)",
 }
 
 impl Metrics {

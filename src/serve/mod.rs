@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use zpxe_engine::dhcp::ProxyDhcpConfig;
-use zpxe_engine::http::BootScripts;
+use zpxe_engine::http::{BootScripts, HttpConfig};
 use zpxe_platform::bind::BindError;
 use zpxe_platform::runtime::EventLoop;
 use zpxe_platform::tcp::TcpServer;
@@ -31,6 +31,11 @@ pub(crate) const STOP_POLL: Duration = Duration::from_millis(250);
 /// Connections the web service keeps open (reports, status, metrics; a storm's reports are
 /// short requests): its own cap, so a storm filling the boot ports leaves the status reachable.
 const WEB_MAX_CONNECTIONS: usize = 512;
+
+/// Responses a web connection queues before it stops reading pipelined requests. Browsers and
+/// iPXE do not pipeline; one queued answer (at most an `/api/clients` page) per connection
+/// bounds what a client that sends and never reads can make the service hold.
+const WEB_MAX_PIPELINED: usize = 1;
 
 /// How often a draining loop looks whether its last transfer has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -120,18 +125,23 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     });
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
     let mut handles = Vec::new();
-    for index in 0..threads {
+    let web = shared.config.services.web.then_some(Role::Web);
+    for role in (0..threads).map(Role::Boot).chain(web) {
         let shared = Arc::clone(&shared);
         let tx = tx.clone();
+        let name = match role {
+            Role::Boot(index) => format!("zpxe-loop-{index}"),
+            Role::Web => "zpxe-web".to_owned(),
+        };
         let handle = std::thread::Builder::new()
-            .name(format!("zpxe-loop-{index}"))
-            .spawn(move || event_loop(index, shared, tx))
+            .name(name)
+            .spawn(move || event_loop(role, shared, tx))
             .context("spawning an event loop")?;
         handles.push(handle);
     }
     drop(tx);
     let mut bound = Bound::default();
-    for _ in 0..threads {
+    for _ in 0..handles.len() {
         let b = match rx.recv() {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -182,8 +192,17 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     })
 }
 
+/// What an event loop serves.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// TFTP and HTTP (each loop, on shared ports), proxyDHCP (loop 0 only).
+    Boot(usize),
+    /// The web service, on a loop of its own: no request to it, however slow, delays a boot.
+    Web,
+}
+
 fn event_loop(
-    index: usize,
+    role: Role,
     shared: Arc<Shared>,
     ready: std::sync::mpsc::Sender<anyhow::Result<Bound>>,
 ) -> anyhow::Result<()> {
@@ -194,11 +213,15 @@ fn event_loop(
             return Ok(());
         }
     };
-    if index == 0 {
+    if matches!(role, Role::Boot(0)) {
         tracing::info!(driver = ev.driver(), "I/O driver");
     }
     let result: anyhow::Result<()> = ev.block_on(async {
-        let ctx = match setup(index, &shared, ev.driver()) {
+        let set_up = match role {
+            Role::Boot(index) => setup(index, &shared, ev.driver()),
+            Role::Web => setup_web(&shared, ev.driver()),
+        };
+        let ctx = match set_up {
             Ok((ctx, bound)) => {
                 let _ = ready.send(Ok(bound));
                 ctx
@@ -228,11 +251,8 @@ fn event_loop(
     result
 }
 
-fn setup(
-    index: usize,
-    shared: &Arc<Shared>,
-    driver: &'static str,
-) -> anyhow::Result<(Rc<ThreadCtx>, Bound)> {
+/// One loop's context: its image store (the web service's stays unused) and its drain.
+fn thread_ctx(shared: &Arc<Shared>) -> anyhow::Result<Rc<ThreadCtx>> {
     let config = &shared.config;
     let store = ImageStore::new(
         config.server.root.get_ref(),
@@ -242,11 +262,49 @@ fn setup(
         },
     )
     .context("opening the image root")?;
-    let ctx = Rc::new(ThreadCtx {
+    Ok(Rc::new(ThreadCtx {
         shared: Arc::clone(shared),
         store: RefCell::new(store),
         drain: Rc::default(),
+    }))
+}
+
+/// The web service's loop: its listeners, with the `[http]` limits but pipelining cut to
+/// [`WEB_MAX_PIPELINED`].
+fn setup_web(shared: &Arc<Shared>, driver: &'static str) -> anyhow::Result<(Rc<ThreadCtx>, Bound)> {
+    let config = &shared.config;
+    let ctx = thread_ctx(shared)?;
+    let mut bound = Bound {
+        driver,
+        ..Bound::default()
+    };
+    let web_config = Arc::new(HttpConfig {
+        max_pipelined: WEB_MAX_PIPELINED,
+        ..config.http.clone()
     });
+    for ip in config.listen_addrs() {
+        let addr = SocketAddr::new(ip, config.ports.web);
+        let server = TcpServer::bind(addr, false)
+            .map_err(|e| BindError::explain("web service", "web-port", addr, e))?;
+        bound.web.push(server.local_addr());
+        http::start(
+            &ctx,
+            server,
+            http::Site::Web(shared.web.clone()),
+            Arc::clone(&web_config),
+            Arc::clone(&shared.web_conns),
+        );
+    }
+    Ok((ctx, bound))
+}
+
+fn setup(
+    index: usize,
+    shared: &Arc<Shared>,
+    driver: &'static str,
+) -> anyhow::Result<(Rc<ThreadCtx>, Bound)> {
+    let config = &shared.config;
+    let ctx = thread_ctx(shared)?;
     let mut bound = Bound {
         driver,
         ..Bound::default()
@@ -300,24 +358,9 @@ fn setup(
                 Arc::clone(&shared.boot_conns),
             );
         }
-        // One loop answers DHCP and the web service: every SO_REUSEPORT socket would see each
-        // broadcast, and the web service is light.
+        // One loop answers DHCP: every SO_REUSEPORT socket would see each broadcast.
         if index != 0 {
             continue;
-        }
-        if config.services.web {
-            let addr = SocketAddr::new(ip, config.ports.web);
-            let server = TcpServer::bind(addr, false)
-                .map_err(|e| BindError::explain("web service", "web-port", addr, e))?;
-            bound.web.push(server.local_addr());
-            let site = http::Site::Web(shared.web.clone());
-            http::start(
-                &ctx,
-                server,
-                site,
-                Arc::clone(&http_config),
-                Arc::clone(&shared.web_conns),
-            );
         }
         if config.services.dhcp && ip.is_ipv4() {
             let devices: Vec<Option<String>> = if config.server.interfaces.is_empty() {

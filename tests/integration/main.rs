@@ -15,4 +15,5 @@ mod netns;
 mod rewrite;
 mod tftp;
 mod tftp_load;
+mod web_hostile;
 mod windows;
