@@ -49,8 +49,9 @@ use zpxe_engine::dhcp::{ClientUuid, MacAddr};
 pub struct DatabaseConfig {
     /// Record boots and keep the registry; off, the data path records nothing.
     pub enabled: bool,
-    /// `sqlite:///path/to/file.db` (embedded) or `postgres://user@host/db` (shared; a Unix
-    /// socket directory goes in `?host=/run/postgresql`).
+    /// `sqlite:///path/to/file.db` (embedded; default /var/lib/zpxe/zpxe.db, on Windows
+    /// C:/ProgramData/zpxe/zpxe.db) or `postgres://user@host/db` (shared; a Unix socket
+    /// directory goes in `?host=/run/postgresql`).
     pub url: toml::Spanned<String>,
     /// Boots kept per machine (the oldest go first); 0 keeps all.
     pub retention_boots: u32,
@@ -102,11 +103,17 @@ impl DbUrl {
     }
 }
 
+/// The embedded database's default place.
+#[cfg(not(windows))]
+pub const DEFAULT_URL: &str = "sqlite:///var/lib/zpxe/zpxe.db";
+#[cfg(windows)]
+pub const DEFAULT_URL: &str = "sqlite:///C:/ProgramData/zpxe/zpxe.db";
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            url: toml::Spanned::new(0..0, "sqlite:///var/lib/zpxe/zpxe.db".to_owned()),
+            url: toml::Spanned::new(0..0, DEFAULT_URL.to_owned()),
             retention_boots: 20,
             retention_days: 90,
             queue: 16_384,
@@ -2349,7 +2356,7 @@ mod tests {
         assert_eq!(c.database.retention_boots, 5);
         assert_eq!(c.database.final_stage, "deployed");
         let d = Config::parse(Path::new("z.toml"), "[server]\nroot = \"/tmp\"\n").expect("valid");
-        assert_eq!(d.database.url.get_ref(), "sqlite:///var/lib/zpxe/zpxe.db");
+        assert_eq!(d.database.url.get_ref(), DEFAULT_URL);
         assert!(d.database.enabled);
         let bad = "[server]\nroot = \"/tmp\"\n[database]\nurl = \"mysql://x\"\nqueue = 0\n";
         let p = Config::parse(Path::new("z.toml"), bad)

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use ::postgres::types::ToSql;
 use ::postgres::{Client, Config, NoTls, Statement, Transaction};
@@ -21,6 +22,9 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_
 /// ASCII).
 const MIGRATION_LOCK: i64 = 0x7a70_7865;
 
+/// How long a connection attempt may take when the URL names no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) struct PgBackend {
     config: Config,
     client: Client,
@@ -29,7 +33,12 @@ pub(crate) struct PgBackend {
 
 impl PgBackend {
     pub(crate) fn connect(url: &str) -> Result<Self> {
-        let config = Config::from_str(url).context("parsing the PostgreSQL URL")?;
+        let mut config = Config::from_str(url).context("parsing the PostgreSQL URL")?;
+        // An unreachable server must not hold the writer for the system's TCP timeout (the
+        // queue would fill meanwhile); the URL's connect_timeout wins.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let client = config.connect(NoTls).context("connecting to PostgreSQL")?;
         Ok(Self {
             config,
