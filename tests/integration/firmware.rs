@@ -1,6 +1,8 @@
 //! Real client firmware against zpxe, under qemu (TCG, no KVM): SeaBIOS with the iPXE ROM,
 //! OVMF with EDK2's own PXE stack (which then runs Debian's `snponly.efi` from zpxe), OVMF with
-//! the iPXE EFI ROM, a client behind a DHCP relay, and ARM64 (AAVMF's PXE, then an ARM64 iPXE).
+//! the iPXE EFI ROM, a client behind a DHCP relay, ARM64 (AAVMF's PXE, then an ARM64 iPXE),
+//! UEFI HTTP Boot on x64 (OVMF) and ARM64 (AAVMF), and zpxe in pxe-only mode beside a DHCP
+//! server on its own host (4011 only).
 //!
 //! Each scenario builds its own network namespaces: zpxe on a bridge in namespace `S` (the only
 //! PXE server), dnsmasq in namespace `D` handing out addresses only (no PXE options) and
@@ -15,13 +17,21 @@
 //! Debian 12's `ipxe` package ships x86 loaders only, so that iPXE is Debian 13's build
 //! (`ipxe-arm64.efi` from its `ipxe` package), which tests/fixtures/firmware/fetch-ipxe-arm64.sh
 //! puts in a cache directory (tests/run-all.sh runs it and exports [`IPXE_ARM64_ENV`]).
+//!
+//! UEFI HTTP Boot: Debian 12's OVMF and AAVMF both carry EDK2's HttpBootDxe (its module path is
+//! in the LZMA-compressed firmware volume of each image; plain `strings` on the .fd finds
+//! nothing). EDK2 gives each NIC one boot option per stack (PXEv4, PXEv6, HTTPv4, HTTPv6) and
+//! tries them in that order; `bootindex` alone cannot put HTTP first. The `opt/org.tianocore`
+//! fw_cfg knobs turn PXE and IPv6 off, which leaves "UEFI HTTPv4" as the NIC's only option. On
+//! AAVMF `IPv6Support=no` does not remove PXEv6 (seen: it tried "UEFI PXEv6" first), so the
+//! scenarios also pass `IPv6PXESupport=no`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Server, pattern_file, require, run};
+use crate::common::{Server, pattern_file, require, run, zpxe_bin};
 use crate::netns::ip;
 
 /// Printed by the boot script after the payload is downloaded.
@@ -53,6 +63,36 @@ enum Firmware {
     /// qemu-system-aarch64 `virt` with AAVMF: EDK2's own PXE on ARM64, then an ARM64 iPXE
     /// from zpxe.
     Aavmf,
+    /// OVMF with PXE off: EDK2's UEFI HTTP Boot (arch 16) fetches ipxe.efi from zpxe's HTTP
+    /// port.
+    OvmfHttpBoot,
+    /// AAVMF with PXE off: UEFI HTTP Boot on ARM64 (arch 19) fetches the ARM64 iPXE.
+    AavmfHttpBoot,
+}
+
+impl Firmware {
+    fn arm64(self) -> bool {
+        matches!(self, Firmware::Aavmf | Firmware::AavmfHttpBoot)
+    }
+
+    fn http_boot(self) -> bool {
+        matches!(self, Firmware::OvmfHttpBoot | Firmware::AavmfHttpBoot)
+    }
+}
+
+/// Where the addresses come from and how zpxe takes part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Net {
+    /// dnsmasq hands out addresses from its own namespace `D` (no PXE options); zpxe answers
+    /// as proxyDHCP on 67 and 4011.
+    Proxy,
+    /// The client is in namespace `C` behind a router namespace running a DHCP relay, so every
+    /// DHCP packet zpxe sees carries a real giaddr.
+    Relayed,
+    /// dnsmasq runs on zpxe's own host (namespace `S`), owns UDP 67 and sends option 60
+    /// "PXEClient" to PXE clients; zpxe runs with `dhcp.mode = "pxe-only"` and answers on 4011
+    /// only (the Windows DHCP + WDS set-up).
+    SameHost,
 }
 
 /// Fails the test when a file a package provides is missing.
@@ -169,9 +209,8 @@ struct Lab {
 }
 
 impl Lab {
-    /// Builds the network. `relayed`: the client sits in its own namespace behind a router
-    /// namespace running a DHCP relay, so every DHCP packet zpxe sees carries a real giaddr.
-    fn new(tag: &str, relayed: bool) -> Lab {
+    /// Builds the network for `net`.
+    fn new(tag: &str, net: Net) -> Lab {
         require("ip");
         require("tcpdump");
         require("dnsmasq");
@@ -187,9 +226,7 @@ impl Lab {
             daemons: Vec::new(),
             captures: Vec::new(),
         };
-        for ns in [&s, &d] {
-            lab.add_ns(ns);
-        }
+        lab.add_ns(&s);
         ip(&["-n", &s, "link", "add", "br0", "type", "bridge"]);
         ip(&[
             "-n",
@@ -201,7 +238,36 @@ impl Lab {
             "br0",
         ]);
         ip(&["-n", &s, "link", "set", "br0", "up"]);
+        if net == Net::SameHost {
+            // dnsmasq beside zpxe on br0: addresses, option 60 "PXEClient" to PXE clients (so
+            // they ask this host's 4011), and router advertisements. No pxe-service lines, so
+            // dnsmasq leaves 4011 to zpxe.
+            ip(&[
+                "-n",
+                &s,
+                "addr",
+                "add",
+                "fd00:90::1/64",
+                "dev",
+                "br0",
+                "nodad",
+            ]);
+            let mut dnsmasq = lab.dnsmasq_cmd(&s, "br0");
+            dnsmasq.args([
+                &format!("--dhcp-range={SERVER_NET}.100,{SERVER_NET}.150,255.255.255.0,1h"),
+                "--dhcp-vendorclass=set:pxe,PXEClient",
+                "--dhcp-option-force=tag:pxe,60,PXEClient",
+                "--enable-ra",
+                "--dhcp-range=fd00:90::,ra-only",
+            ]);
+            lab.start_dnsmasq("dnsmasq", dnsmasq);
+            ip(&["-n", &s, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+            ip(&["-n", &s, "link", "set", "tap0", "master", "br0", "up"]);
+            lab.capture(&s, "br0");
+            return lab;
+        }
         // The DHCP server's namespace, on the bridge.
+        lab.add_ns(&d);
         ip(&[
             "link", "add", "d0", "netns", &s, "type", "veth", "peer", "name", "d1", "netns", &d,
         ]);
@@ -231,7 +297,7 @@ impl Lab {
         dnsmasq.arg(format!(
             "--dhcp-range={SERVER_NET}.100,{SERVER_NET}.150,255.255.255.0,1h"
         ));
-        if relayed {
+        if net == Net::Relayed {
             let (r, c) = (name("R"), name("C"));
             lab.add_ns(&r);
             lab.add_ns(&c);
@@ -404,8 +470,9 @@ impl Lab {
             .unwrap_or_else(|e| panic!("copy {} to zpxe's root: {e}", src.display()));
     }
 
-    /// The files zpxe serves and its configuration; returns the config path.
-    fn zpxe_root(&self) -> PathBuf {
+    /// The files zpxe serves and its configuration (the fixture plus `extra` TOML); returns the
+    /// config path.
+    fn zpxe_root(&self, extra: &str) -> PathBuf {
         let root = self.dir.path().join("root");
         for (file, package) in [
             ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
@@ -423,14 +490,20 @@ impl Lab {
         )
         .expect("fixture config")
         .replace("@ROOT@", &root.display().to_string())
-        .replace("@SERVER@", ZPXE_IP);
+        .replace("@SERVER@", ZPXE_IP)
+            + extra;
         std::fs::write(&config, text).expect("write config");
         config
     }
 
     fn start_zpxe(&self) -> Server {
+        self.start_zpxe_with("")
+    }
+
+    /// Starts zpxe with `extra` TOML after the fixture configuration.
+    fn start_zpxe_with(&self, extra: &str) -> Server {
         require("ip");
-        let config = self.zpxe_root();
+        let config = self.zpxe_root(extra);
         let root = self.dir.path().join("root");
         Server::start_in_ns_logging(
             &self.server_ns,
@@ -444,7 +517,7 @@ impl Lab {
     fn qemu(&self, fw: Firmware, mac: &str, uuid: &str, serial: &Path) -> Command {
         let mut c = Command::new(require("ip"));
         c.args(["netns", "exec", &self.client_ns]);
-        if fw == Firmware::Aavmf {
+        if fw.arm64() {
             c.arg(require("qemu-system-aarch64")).args([
                 "-machine",
                 "virt",
@@ -490,7 +563,7 @@ impl Lab {
                     .arg("-device")
                     .arg(format!("{nic},disable-legacy=on,romfile={}", rom.display()));
             }
-            Firmware::Aavmf => {
+            Firmware::Aavmf | Firmware::AavmfHttpBoot => {
                 let code = require_file("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64");
                 let vars_src = require_file("/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64");
                 let vars = self.dir.path().join("AAVMF_VARS.fd");
@@ -508,7 +581,7 @@ impl Lab {
                     .arg("-device")
                     .arg(format!("{nic},romfile="));
             }
-            Firmware::OvmfEdk2Pxe | Firmware::OvmfIpxeRom => {
+            Firmware::OvmfEdk2Pxe | Firmware::OvmfIpxeRom | Firmware::OvmfHttpBoot => {
                 let code = require_file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf");
                 let vars_src = require_file("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf");
                 let vars = self.dir.path().join("OVMF_VARS.fd");
@@ -524,13 +597,21 @@ impl Lab {
                         vars.display()
                     ))
                     .arg("-device");
-                if fw == Firmware::OvmfEdk2Pxe {
+                if fw != Firmware::OvmfIpxeRom {
                     // An empty romfile keeps iPXE's EFI ROM out: EDK2's own PXE boots.
                     c.arg(format!("{nic},romfile="));
                 } else {
                     let rom = require_file("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu");
                     c.arg(format!("{nic},disable-legacy=on,romfile={}", rom.display()));
                 }
+            }
+        }
+        if fw.http_boot() {
+            // PXE (v4 and v6) and the IPv6 stack off: the NIC's only boot option is
+            // "UEFI HTTPv4" (see the module comment).
+            for knob in ["IPv4PXESupport", "IPv6PXESupport", "IPv6Support"] {
+                c.arg("-fw_cfg")
+                    .arg(format!("name=opt/org.tianocore/{knob},string=no"));
             }
         }
         c
@@ -570,9 +651,14 @@ impl Lab {
             } else {
                 "zpxe is NOT running (stopped or crashed)"
             };
-            if let Some(gave_up) = ["No bootable device", "Nothing to boot", "zpxe: boot failed"]
-                .into_iter()
-                .find(|g| text.contains(g))
+            if let Some(gave_up) = [
+                "No bootable device",
+                "No bootable option",
+                "Nothing to boot",
+                "zpxe: boot failed",
+            ]
+            .into_iter()
+            .find(|g| text.contains(g))
             {
                 break Err(format!(
                     "{fw:?}: the firmware gave up after {:.1}s (serial console: {gave_up:?}) \
@@ -672,6 +758,27 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The log of the daemon started as `name`.
+    fn daemon_log(&self, name: &str) -> String {
+        self.daemons
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no daemon {name}"))
+            .log_text()
+    }
+
+    /// The serial console shows the firmware itself booting over HTTP, with no PXE attempt.
+    fn expect_http_boot_on_serial(&self, server: &mut Server) {
+        let serial = printable(&read_lossy(&self.serial_path()));
+        assert!(
+            serial.contains("Start HTTP Boot over IPv4") && !serial.contains("Start PXE"),
+            "the firmware did not boot over UEFI HTTP Boot alone{}",
+            self.report(server)
+        );
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for d in &mut self.daemons {
@@ -744,7 +851,7 @@ fn http_steps(peer_net: &str) -> Vec<String> {
 
 #[test]
 fn bios_seabios_ipxe_rom_boots_from_zpxe() {
-    let mut lab = Lab::new("bios", false);
+    let mut lab = Lab::new("bios", Net::Proxy);
     let mut server = lab.start_zpxe();
     let mac = "52:54:00:90:00:01";
     let uuid = "a1b2c3d4-0001-4000-8000-000000000001";
@@ -771,7 +878,7 @@ fn bios_seabios_ipxe_rom_boots_from_zpxe() {
 
 #[test]
 fn uefi_edk2_pxe_chainloads_snponly_from_zpxe() {
-    let mut lab = Lab::new("edk2", false);
+    let mut lab = Lab::new("edk2", Net::Proxy);
     let mut server = lab.start_zpxe();
     let mac = "52:54:00:90:00:02";
     let uuid = "a1b2c3d4-0002-4000-8000-000000000002";
@@ -825,7 +932,7 @@ fn uefi_edk2_pxe_chainloads_snponly_from_zpxe() {
 
 #[test]
 fn uefi_ipxe_efi_rom_boots_from_zpxe() {
-    let mut lab = Lab::new("efirom", false);
+    let mut lab = Lab::new("efirom", Net::Proxy);
     let mut server = lab.start_zpxe();
     let mac = "52:54:00:90:00:03";
     let uuid = "a1b2c3d4-0003-4000-8000-000000000003";
@@ -852,7 +959,7 @@ fn uefi_ipxe_efi_rom_boots_from_zpxe() {
 
 #[test]
 fn relayed_uefi_client_boots_through_giaddr() {
-    let mut lab = Lab::new("relay", true);
+    let mut lab = Lab::new("relay", Net::Relayed);
     let mut server = lab.start_zpxe();
     let mac = "52:54:00:91:00:05";
     let uuid = "a1b2c3d4-0005-4000-8000-000000000005";
@@ -891,7 +998,7 @@ fn relayed_uefi_client_boots_through_giaddr() {
 #[test]
 fn arm64_aavmf_pxe_chainloads_arm64_ipxe_from_zpxe() {
     let loader = ipxe_arm64();
-    let mut lab = Lab::new("arm64", false);
+    let mut lab = Lab::new("arm64", Net::Proxy);
     let size = std::fs::metadata(&loader).expect("ARM64 iPXE").len();
     lab.serve_file(&loader, "ipxe-arm64.efi");
     let mut server = lab.start_zpxe();
@@ -942,11 +1049,245 @@ fn arm64_aavmf_pxe_chainloads_arm64_ipxe_from_zpxe() {
     );
 }
 
+/// The boot-file URL zpxe hands to UEFI HTTP Boot clients for `file`.
+fn http_boot_url(file: &str) -> String {
+    format!("http://{ZPXE_IP}:8050/{file}")
+}
+
+/// UEFI HTTP Boot on x64: OVMF with PXE off (its NIC's only boot option is "UEFI HTTPv4")
+/// sends DISCOVER with `HTTPClient:Arch:00016`, takes zpxe's proxy offer (option 60
+/// HTTPClient, the URL as boot file) beside dnsmasq's address, fetches ipxe.efi from zpxe over
+/// HTTP, and iPXE then follows the script.
+#[test]
+fn uefi_http_boot_x64_fetches_ipxe_over_http_from_zpxe() {
+    let mut lab = Lab::new("http", Net::Proxy);
+    let mut server = lab.start_zpxe();
+    let mac = "52:54:00:90:00:10";
+    let uuid = "a1b2c3d4-0010-4000-8000-000000000010";
+    let size = std::fs::metadata("/usr/lib/ipxe/ipxe.efi")
+        .expect("ipxe.efi")
+        .len();
+    let http = http_steps(SERVER_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::OvmfHttpBoot,
+        mac,
+        uuid,
+        &[
+            // HttpBootDxe: arch 16, the loader as a URL.
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                &format!("uuid=\"{uuid}\""),
+                "arch=\"16\"",
+                "ipxe=false",
+                &format!("boot_file=\"{}\"", http_boot_url("ipxe.efi")),
+            ],
+            // The firmware downloads it from zpxe's HTTP port (a HEAD first, then this GET).
+            &[
+                "HTTP request",
+                &http[0],
+                "path=\"/ipxe.efi\"",
+                "status=200",
+                &format!("bytes={size}"),
+            ],
+            // ipxe.efi asks again as iPXE (arch 7) and gets the script URL.
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                "arch=\"7\"",
+                "ipxe=true",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
+    );
+    lab.expect_http_boot_on_serial(&mut server);
+}
+
+/// UEFI HTTP Boot through a relay: the HTTPClient offer goes back to the relay (giaddr) with
+/// the broadcast flag, and the firmware fetches ipxe.efi across the router.
+#[test]
+fn relayed_uefi_http_boot_x64_fetches_ipxe_through_giaddr() {
+    let mut lab = Lab::new("httprelay", Net::Relayed);
+    let mut server = lab.start_zpxe();
+    let mac = "52:54:00:91:00:10";
+    let uuid = "a1b2c3d4-0110-4000-8000-000000000110";
+    let size = std::fs::metadata("/usr/lib/ipxe/ipxe.efi")
+        .expect("ipxe.efi")
+        .len();
+    let relay = format!("relay=\"{CLIENT_NET}.1\"");
+    let http = http_steps(CLIENT_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::OvmfHttpBoot,
+        mac,
+        uuid,
+        &[
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                "arch=\"16\"",
+                &relay,
+                "ipxe=false",
+                &format!("boot_file=\"{}\"", http_boot_url("ipxe.efi")),
+            ],
+            &[
+                "HTTP request",
+                &http[0],
+                "path=\"/ipxe.efi\"",
+                "status=200",
+                &format!("bytes={size}"),
+            ],
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                &relay,
+                "ipxe=true",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
+    );
+    lab.expect_http_boot_on_serial(&mut server);
+}
+
+/// UEFI HTTP Boot on ARM64 (arch 19): AAVMF with PXE off fetches the ARM64 iPXE from zpxe
+/// over HTTP (`boot.http-boot-arm64`), which then follows the script as iPXE (arch 11).
+#[test]
+fn uefi_http_boot_arm64_fetches_arm64_ipxe_over_http_from_zpxe() {
+    let loader = ipxe_arm64();
+    let mut lab = Lab::new("httparm", Net::Proxy);
+    let size = std::fs::metadata(&loader).expect("ARM64 iPXE").len();
+    lab.serve_file(&loader, "ipxe-arm64.efi");
+    let mut server = lab.start_zpxe();
+    let mac = "52:54:00:90:00:13";
+    let uuid = "a1b2c3d4-0013-4000-8000-000000000013";
+    let http = http_steps(SERVER_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::AavmfHttpBoot,
+        mac,
+        uuid,
+        &[
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                &format!("uuid=\"{uuid}\""),
+                "arch=\"19\"",
+                "ipxe=false",
+                &format!("boot_file=\"{}\"", http_boot_url("ipxe-arm64.efi")),
+            ],
+            &[
+                "HTTP request",
+                &http[0],
+                "path=\"/ipxe-arm64.efi\"",
+                "status=200",
+                &format!("bytes={size}"),
+            ],
+            &[
+                "proxyDHCP offer",
+                &format!("mac={mac}"),
+                "arch=\"11\"",
+                "ipxe=true",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
+    );
+    lab.expect_http_boot_on_serial(&mut server);
+}
+
+/// 4011 only: dnsmasq on zpxe's own host owns UDP 67, hands out the address and sends option 60
+/// "PXEClient"; zpxe in pxe-only mode binds 4011 but not 67. EDK2's PXE takes dnsmasq's offer
+/// as a boot server announcement, asks this host's 4011 for its boot file, gets snponly.efi
+/// from zpxe over TFTP, and iPXE asks 4011 again and follows the script.
+#[test]
+fn pxe_only_beside_a_dhcp_server_on_the_same_host_boots_through_4011() {
+    let mut lab = Lab::new("pxeonly", Net::SameHost);
+    // Without pxe-only zpxe cannot even start there: 67 is dnsmasq's.
+    let config = lab.zpxe_root("");
+    let (started, out) = run(
+        Command::new(require("ip"))
+            .args(["netns", "exec", &lab.server_ns])
+            .arg(zpxe_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", "0.0.0.0", "--http-port", "8050"]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !started && out.contains("dhcp-port") && out.contains(":67"),
+        "zpxe in proxy mode beside dnsmasq on 67 should fail to bind 67 and say so:\n{out}"
+    );
+
+    let mut server = lab.start_zpxe_with("\n[dhcp]\nmode = \"pxe-only\"\n");
+    let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
+    assert!(
+        ready.contains("dhcp=[]") && ready.contains(":4011"),
+        "pxe-only binds 4011 and not 67: {ready}"
+    );
+    let mac = "52:54:00:90:00:40";
+    let uuid = "a1b2c3d4-0040-4000-8000-000000000040";
+    let size = std::fs::metadata("/usr/lib/ipxe/snponly.efi")
+        .expect("snponly.efi")
+        .len();
+    let http = http_steps(SERVER_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::OvmfEdk2Pxe,
+        mac,
+        uuid,
+        &[
+            // EDK2 asks 4011 (no proxy offer on 67 exists) and gets the loader.
+            &[
+                "PXE ack",
+                &format!("mac={mac}"),
+                &format!("uuid=\"{uuid}\""),
+                "arch=\"7\"",
+                "ipxe=false",
+                "port=4011",
+                "boot_file=\"snponly.efi\"",
+            ],
+            &["TFTP transfer complete", &format!("bytes={size}")],
+            // snponly.efi (iPXE) gets its address from dnsmasq too and asks 4011 as iPXE.
+            &[
+                "PXE ack",
+                &format!("mac={mac}"),
+                "arch=\"7\"",
+                "ipxe=true",
+                "port=4011",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
+    );
+    let lines = server.drain_log().to_vec();
+    assert!(
+        !lines.iter().any(|l| l.contains("proxyDHCP offer")),
+        "zpxe answered on 67 in pxe-only mode{}",
+        lab.report(&mut server)
+    );
+    // The address came from dnsmasq, with option 60 PXEClient.
+    let dnsmasq = lab.daemon_log("dnsmasq");
+    assert!(
+        dnsmasq.contains(&format!("DHCPACK(br0) {SERVER_NET}."))
+            && dnsmasq.contains(mac)
+            // "PXEClient" in hex, as dnsmasq logs what it sent.
+            && dnsmasq.contains("option: 60 vendor-class  50:58:45:43:6c:69:65:6e:74"),
+        "dnsmasq did not hand out the address:\n{dnsmasq}"
+    );
+}
+
 /// Proves the scenarios can fail: zpxe stopped right after its first offer, the boot must
 /// not reach the marker and the failure must say so.
 #[test]
 fn boot_fails_clearly_when_zpxe_stops_mid_boot() {
-    let mut lab = Lab::new("stop", false);
+    let mut lab = Lab::new("stop", Net::Proxy);
     let mut server = lab.start_zpxe();
     let result = lab.boot(
         &mut server,
