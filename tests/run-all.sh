@@ -70,3 +70,5 @@ ZPXE_BIN="$PWD/target/release/zpxe" ZPXE_LOADGEN_BIN="$PWD/target/release/zpxe-l
 WINEPREFIX="$ZPXE_WINE_CACHE/client" WINEDEBUG=-all \
   CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=/usr/lib/wine/wine64 \
   cargo test "${windows_crates[@]}" --lib --target "$windows"
+# Every fuzz target (fuzz/) briefly from its committed corpus: ZPXE_FUZZ_SECONDS each (30).
+tests/fuzz.sh
