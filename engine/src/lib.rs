@@ -11,6 +11,8 @@ pub mod http;
 pub mod image;
 pub mod net;
 pub mod path;
+#[cfg(test)]
+mod proptest_config;
 pub mod sim;
 pub mod tftp;
 

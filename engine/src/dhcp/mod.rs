@@ -13,6 +13,8 @@ mod fuzz_tests;
 pub mod ids;
 pub mod options;
 pub mod policy;
+#[cfg(test)]
+mod prop_tests;
 pub mod proxy;
 pub mod template;
 pub mod wire;

@@ -17,6 +17,8 @@ pub mod response;
 
 #[cfg(test)]
 mod pair_tests;
+#[cfg(test)]
+mod prop_tests;
 
 pub use client::{ClientError, ClientEvent, ContentRange, HttpClient};
 pub use conn::{HttpConfig, HttpConnection, HttpEvent, Output};
