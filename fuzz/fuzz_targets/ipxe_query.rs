@@ -7,7 +7,7 @@
 //! iPXE operator), so it is the same script as for the normalized query.
 #![no_main]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use zpxe_engine::http::{BootMenu, BootQuery, BootRule, EntryKind, MenuEntry};
@@ -95,7 +95,8 @@ fuzz_target!(|data: &[u8]| {
         "normalized query {canonical:?}"
     );
 
-    let menu = Arc::new(menu());
+    static MENU: OnceLock<Arc<BootMenu>> = OnceLock::new();
+    let menu = MENU.get_or_init(|| Arc::new(menu()));
     let report = (flags & 1 != 0).then_some("http://10.0.0.1:8051/report");
     let menu_only = flags & 2 != 0;
     let script = menu.generate(&q, "http://10.0.0.1:8050", report, menu_only);
