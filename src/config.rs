@@ -28,8 +28,27 @@ pub struct Config {
     pub menu: zpxe_engine::http::BootMenu,
     /// HTTPS for the boot service (iPXE can fetch over HTTPS; 2PXE serves iPXE over HTTPS only).
     pub tls: TlsSection,
+    /// Windows Firewall rules zpxe creates itself (src/firewall.rs).
+    pub firewall: FirewallSection,
     /// Boot timelines and the machine registry (src/db).
     pub database: crate::db::DatabaseConfig,
+}
+
+/// `[firewall]`: whether zpxe manages its Windows Firewall rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FirewallSection {
+    /// Create the rules at start (and at `service install`), remove them at uninstall. Absent:
+    /// true on Windows. Other systems have no firewall zpxe manages: there the key is ignored
+    /// (`zpxe firewall print` gives the rules to add by hand).
+    pub manage: Option<bool>,
+}
+
+impl FirewallSection {
+    /// Whether zpxe manages the firewall here.
+    pub fn manage(&self) -> bool {
+        cfg!(windows) && self.manage.unwrap_or(true)
+    }
 }
 
 /// `[tls]`: a certificate and key turn on HTTPS for the boot service on its own port.

@@ -5,6 +5,9 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod demo_images;
+pub mod firewall;
 pub mod metrics;
 pub mod serve;
 pub mod web;
+#[cfg(windows)]
+pub mod winservice;

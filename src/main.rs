@@ -30,6 +30,18 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Firewall rules for the configuration: print them for any firewall (and on Windows,
+    /// create or remove them).
+    Firewall {
+        #[command(subcommand)]
+        command: zpxe::firewall::FirewallCommand,
+    },
+    /// The Windows service: install, uninstall, start, stop (and `run`, its entry point).
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        command: zpxe::winservice::ServiceCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +154,11 @@ fn main() -> ExitCode {
         let argv = std::iter::once(std::ffi::OsString::from("zpxe loadgen")).chain(args);
         return zpxe_loadgen::cli::main_with_args(argv);
     }
+    // The service logs to its own file: the service manager gives it no console.
+    #[cfg(windows)]
+    if let Command::Service { command } = cli.command {
+        return zpxe::winservice::main(command);
+    }
     // The demo prints a report; per-request logs would drown it.
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
@@ -161,7 +178,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => zpxe::demo::run(args).context("demo"),
+        Command::Firewall { command } => zpxe::firewall::run(command),
         Command::Loadgen { .. } => Ok(()),
+        #[cfg(windows)]
+        Command::Service { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,6 +200,7 @@ fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
     // thread below ever takes the signals.
     let signals =
         zpxe_platform::signals::Terminations::block().context("blocking SIGTERM and SIGINT")?;
+    zpxe::firewall::at_start(&config);
     let stop = zpxe::serve::Stop::new();
     let handle = zpxe::serve::start(config, stop.clone())?;
     std::thread::Builder::new()
