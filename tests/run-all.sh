@@ -15,6 +15,8 @@ packages=(
   chromium        # renders the loadgen HTML report (loadgen tests)
   gcc-mingw-w64-x86-64  # links Windows builds; builds the Wine shim (tests/fixtures/windows)
   wine64          # runs the Windows build's tests and zpxe.exe (tests/integration/windows.rs)
+  wixl            # builds zpxe's MSI on Linux (dist/windows/build-msi.sh, windows_service.rs)
+  msitools        # msiinfo: reads the MSI's tables (tests/integration/windows_service.rs)
   qemu-system-x86 # real firmware under qemu (tests/integration/firmware.rs)
   ipxe-qemu       # iPXE option ROMs pxe-virtio.rom, efi-virtio.rom (firmware.rs)
   qemu-system-arm # qemu-system-aarch64 for the ARM64 scenario (firmware.rs)

@@ -17,3 +17,4 @@ mod tftp;
 mod tftp_load;
 mod web_hostile;
 mod windows;
+mod windows_service;
