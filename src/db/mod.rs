@@ -38,7 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use zpxe_engine::dhcp::{ClientUuid, MacAddr};
+use zpxe_engine::dhcp::{ClientUuid, DhcpEvent, DhcpPort, MacAddr};
+use zpxe_engine::tftp::TransferOutcome;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -402,6 +403,75 @@ impl Event {
     pub fn at(mut self, at_ms: i64) -> Self {
         self.at_ms = at_ms;
         self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the engines' events: what the services call, so wiring is one line per event
+
+/// The event for a proxyDHCP answer (`None` for requests it ignored). `client_ip` is the
+/// address the request came from (4011) or asked for, when known: it lets the writer tie the
+/// TFTP and HTTP legs that follow, which know only addresses, to this MAC.
+pub fn dhcp_event(ev: &DhcpEvent, client_ip: Option<IpAddr>) -> Option<Event> {
+    let (mac, uuid, kind) = match ev {
+        DhcpEvent::Offered {
+            mac,
+            uuid,
+            arch,
+            ipxe,
+            ..
+        } => (
+            *mac,
+            *uuid,
+            EventKind::DhcpOffer {
+                arch: *arch,
+                ipxe: *ipxe,
+            },
+        ),
+        DhcpEvent::Acked {
+            mac,
+            uuid,
+            arch,
+            ipxe,
+            port,
+            ..
+        } => {
+            let kind = if *port == DhcpPort::Pxe {
+                EventKind::PxeAck { arch: *arch }
+            } else {
+                // An ACK on 67 answers the REQUEST of the same DHCP exchange as the offer.
+                EventKind::DhcpOffer {
+                    arch: *arch,
+                    ipxe: *ipxe,
+                }
+            };
+            (*mac, *uuid, kind)
+        }
+        _ => return None,
+    };
+    let mut e = Event::now(kind).mac(mac).uuid(uuid);
+    e.ip = client_ip.filter(|ip| !ip.is_unspecified());
+    Some(e)
+}
+
+/// The event for a TFTP transfer that ended.
+pub fn tftp_end_event(file: &str, outcome: &TransferOutcome, took: Duration) -> EventKind {
+    let (bytes, retransmits, outcome) = match outcome {
+        TransferOutcome::Completed { bytes, retransmits } => (*bytes, *retransmits, Outcome::Ok),
+        //= https://www.rfc-editor.org/rfc/rfc2347#section-5
+        //# the client ... may send an ERROR packet (error code 8) and terminate.
+        // EDK2 does exactly that after reading `tsize` from the OACK: a size probe.
+        TransferOutcome::ClientError { code: 8, .. } => (0, 0, Outcome::Probe),
+        TransferOutcome::ClientError { .. } => (0, 0, Outcome::Aborted),
+        TransferOutcome::TimedOut { retransmits } => (0, *retransmits, Outcome::Failed),
+        _ => (0, 0, Outcome::Failed),
+    };
+    EventKind::TftpEnd {
+        file: Name::new(file),
+        bytes,
+        retransmits: u32::try_from(retransmits).unwrap_or(u32::MAX),
+        duration_ms: u32::try_from(took.as_millis()).unwrap_or(u32::MAX),
+        outcome,
     }
 }
 
@@ -2366,6 +2436,93 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].starts_with("z.toml:4:7: database url"), "{p:?}");
         assert!(p[1].starts_with("z.toml:3:1: database.queue"), "{p:?}");
+    }
+
+    #[test]
+    fn engine_events_map_to_timeline_events() {
+        use zpxe_engine::dhcp::IgnoreReason;
+        let mac: MacAddr = "52:54:00:00:00:01".parse().expect("mac");
+        let ip: IpAddr = "10.0.0.5".parse().expect("ip");
+        let offered = DhcpEvent::Offered {
+            mac,
+            uuid: None,
+            arch: Some(7),
+            boot_file: "ipxe.efi".into(),
+            relay: None,
+            ipxe: false,
+        };
+        let e = dhcp_event(&offered, Some("0.0.0.0".parse().expect("ip"))).expect("event");
+        assert_eq!(
+            e.kind,
+            EventKind::DhcpOffer {
+                arch: Some(7),
+                ipxe: false
+            }
+        );
+        assert_eq!((e.mac, e.ip), (Some(mac), None), "0.0.0.0 names no client");
+        let acked = DhcpEvent::Acked {
+            mac,
+            uuid: None,
+            arch: Some(7),
+            boot_file: "ipxe.efi".into(),
+            relay: None,
+            ipxe: false,
+            port: DhcpPort::Pxe,
+        };
+        let e = dhcp_event(&acked, Some(ip)).expect("event");
+        assert_eq!(e.kind, EventKind::PxeAck { arch: Some(7) });
+        assert_eq!(e.ip, Some(ip));
+        let ignored = DhcpEvent::Ignored {
+            reason: IgnoreReason::NotPxeClient,
+            mac: Some(mac),
+        };
+        assert!(dhcp_event(&ignored, None).is_none());
+
+        let probe = TransferOutcome::ClientError {
+            code: 8,
+            message: "tsize".into(),
+        };
+        let k = tftp_end_event("ipxe.efi", &probe, Duration::from_millis(3));
+        assert!(
+            matches!(
+                k,
+                EventKind::TftpEnd {
+                    outcome: Outcome::Probe,
+                    ..
+                }
+            ),
+            "{k:?}"
+        );
+        let done = TransferOutcome::Completed {
+            bytes: 1000,
+            retransmits: 3,
+        };
+        let k = tftp_end_event("ipxe.efi", &done, Duration::from_millis(40));
+        assert!(
+            matches!(
+                k,
+                EventKind::TftpEnd {
+                    bytes: 1000,
+                    retransmits: 3,
+                    duration_ms: 40,
+                    outcome: Outcome::Ok,
+                    ..
+                }
+            ),
+            "{k:?}"
+        );
+        let lost = TransferOutcome::TimedOut { retransmits: 5 };
+        let k = tftp_end_event("x", &lost, Duration::ZERO);
+        assert!(
+            matches!(
+                k,
+                EventKind::TftpEnd {
+                    outcome: Outcome::Failed,
+                    ..
+                }
+            ),
+            "{k:?}"
+        );
     }
 
     #[test]
