@@ -22,9 +22,10 @@
 //! in the LZMA-compressed firmware volume of each image; plain `strings` on the .fd finds
 //! nothing). EDK2 gives each NIC one boot option per stack (PXEv4, PXEv6, HTTPv4, HTTPv6) and
 //! tries them in that order; `bootindex` alone cannot put HTTP first. The `opt/org.tianocore`
-//! fw_cfg knobs turn PXE and IPv6 off, which leaves "UEFI HTTPv4" as the NIC's only option. On
-//! AAVMF `IPv6Support=no` does not remove PXEv6 (seen: it tried "UEFI PXEv6" first), so the
-//! scenarios also pass `IPv6PXESupport=no`.
+//! fw_cfg knobs turn PXE and IPv6 off, which leaves "UEFI HTTPv4" as the NIC's only option on
+//! OVMF. On AAVMF `IPv6Support=no` removes neither PXEv6 nor HTTPv6 (seen: without
+//! `IPv6PXESupport=no` it tried "UEFI PXEv6" first; with it, HTTPv4 comes first and HTTPv6
+//! after), so the scenarios also pass `IPv6PXESupport=no`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -656,6 +657,9 @@ impl Lab {
                 "No bootable option",
                 "Nothing to boot",
                 "zpxe: boot failed",
+                // EDK2's HTTP Boot got no usable offer or file; OVMF then falls to its shell.
+                "Could not retrieve NBP file size",
+                "UEFI Interactive Shell",
             ]
             .into_iter()
             .find(|g| text.contains(g))
