@@ -2,11 +2,12 @@
 //! socket per transfer (or the listener alone in single-port mode).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use zpxe_engine::tftp::{Local, TftpEvent, TftpServer, TransferId, TransferOutcome};
 use zpxe_engine::{Payload, Transmit};
@@ -22,6 +23,11 @@ const MAX_DATAGRAMS: usize = 64;
 const RECV_BUF: usize = 4096;
 /// What a poll writes: ERROR/OACK packets, or 4-byte headers of up to `MAX_DATAGRAMS` blocks.
 const OUT_BUF: usize = 2048;
+/// At most one "no socket for a TFTP transfer" line this often (a spoofed flood once wrote
+/// one per request); the ones held back are counted in the next.
+const BIND_WARN_PERIOD: Duration = Duration::from_secs(10);
+/// Transfers evicted, at most, to free one socket (an evicted transfer may not have one yet).
+const MAX_EVICTIONS_PER_SOCKET: usize = 8;
 
 struct Transfer {
     socket: Rc<UdpEndpoint>,
@@ -29,25 +35,34 @@ struct Transfer {
     port: Option<u16>,
 }
 
-/// Hands out transfer ports from the configured range, or ephemeral ones.
+/// Hands out transfer ports from the configured range, or ephemeral ones (which the kernel
+/// picks at random).
 struct PortPool {
     range: Option<PortRange>,
-    next: u16,
-    in_use: std::collections::HashSet<u16>,
+    in_use: HashSet<u16>,
+    /// SipHash under this process's random keys, over a counter: where the search for a free
+    /// port starts cannot be told from the ports handed out before, so a spoofer that does not
+    /// receive the OACK cannot aim an ACK 0 at the transfer (ports in sequence could be).
+    random: RandomState,
+    draws: u64,
 }
 
 impl PortPool {
+    fn new(range: Option<PortRange>) -> Self {
+        Self {
+            range,
+            in_use: HashSet::new(),
+            random: RandomState::new(),
+            draws: 0,
+        }
+    }
+
+    /// A port of the range at random (the first free one from a random place).
     fn bind(&mut self, ip: IpAddr, options: &UdpOptions) -> io::Result<(UdpEndpoint, Option<u16>)> {
         let Some(range) = self.range else {
             return UdpEndpoint::bind(SocketAddr::new(ip, 0), options).map(|s| (s, None));
         };
-        for _ in 0..range.count() {
-            let port = self.next;
-            self.next = if self.next >= range.hi {
-                range.lo
-            } else {
-                self.next + 1
-            };
+        for port in self.order(range) {
             if self.in_use.contains(&port) {
                 continue;
             }
@@ -69,10 +84,50 @@ impl PortPool {
         ))
     }
 
+    /// Every port of `range`, starting at a random one.
+    fn order(&mut self, range: PortRange) -> impl Iterator<Item = u16> + use<> {
+        let count = range.count();
+        self.draws += 1;
+        let start = (self.random.hash_one(self.draws) % count as u64) as usize;
+        // The offset is below `count`, so `lo` plus it is a port of the range.
+        (0..count).map(move |i| range.lo + ((start + i) % count) as u16)
+    }
+
     fn release(&mut self, port: Option<u16>) {
         if let Some(p) = port {
             self.in_use.remove(&p);
         }
+    }
+}
+
+/// Lets one warning through per period and counts the ones it holds back.
+#[derive(Debug)]
+struct Throttle {
+    period: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(n)`: log now, and say `n` warnings were held back since the last line.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.period)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
     }
 }
 
@@ -84,6 +139,7 @@ pub(crate) struct TftpService {
     transfers: RefCell<HashMap<TransferId, Transfer>>,
     ports: RefCell<PortPool>,
     transfer_ip: IpAddr,
+    bind_warnings: RefCell<Throttle>,
 }
 
 impl TftpService {
@@ -110,12 +166,9 @@ impl TftpService {
             ctx: Rc::clone(ctx),
             listener: Rc::new(listener),
             transfers: RefCell::default(),
-            ports: RefCell::new(PortPool {
-                range,
-                next: range.map_or(0, |r| r.lo),
-                in_use: Default::default(),
-            }),
+            ports: RefCell::new(PortPool::new(range)),
             transfer_ip: addr.ip(),
+            bind_warnings: RefCell::new(Throttle::new(BIND_WARN_PERIOD)),
         }))
     }
 
@@ -238,35 +291,62 @@ impl TftpService {
             ..UdpOptions::default()
         };
         let bound = self.ports.borrow_mut().bind(self.transfer_ip, &options);
-        match bound {
+        let (socket, port) = match bound {
             Ok((socket, port)) => {
                 if !self.ctx.shared.config.server.udp_gso {
                     socket.disable_gso();
                 }
-                let socket = Rc::new(socket);
-                let me = Rc::clone(self);
-                let task = spawn(me.recv_loop(Rc::clone(&socket), local));
-                self.transfers.borrow_mut().insert(
-                    id,
-                    Transfer {
-                        socket: Rc::clone(&socket),
-                        recv_task: Some(task),
-                        port,
-                    },
-                );
-                Some(socket)
+                (Rc::new(socket), port)
             }
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "no socket for a TFTP transfer");
+            Err(e) => match self.socket_of_unacknowledged(id) {
+                Some(taken) => taken,
+                None => {
+                    if let Some(held) = self.bind_warnings.borrow_mut().admit(Instant::now()) {
+                        tracing::warn!(%id, error = %e, held_back = held, "no socket for a TFTP transfer");
+                    }
+                    let mut store = self.ctx.store.borrow_mut();
+                    self.engine.borrow_mut().abort_transfer(
+                        id,
+                        "server out of transfer ports",
+                        &mut *store,
+                    );
+                    return None;
+                }
+            },
+        };
+        let me = Rc::clone(self);
+        let task = spawn(me.recv_loop(Rc::clone(&socket), local));
+        self.transfers.borrow_mut().insert(
+            id,
+            Transfer {
+                socket: Rc::clone(&socket),
+                recv_task: Some(task),
+                port,
+            },
+        );
+        Some(socket)
+    }
+
+    /// Out of ports (a spoofed flood holds them): the oldest transfer that never got its first
+    /// ACK ends, and its socket serves `id` instead. Closing it and binding its port again
+    /// could fail, since the socket closes only once its pending receive is cancelled.
+    fn socket_of_unacknowledged(&self, id: TransferId) -> Option<(Rc<UdpEndpoint>, Option<u16>)> {
+        for _ in 0..MAX_EVICTIONS_PER_SOCKET {
+            let victim = {
                 let mut store = self.ctx.store.borrow_mut();
-                self.engine.borrow_mut().abort_transfer(
-                    id,
-                    "server out of transfer ports",
-                    &mut *store,
-                );
-                None
+                self.engine
+                    .borrow_mut()
+                    .evict_unacknowledged(id, &mut *store)?
+            };
+            let taken = self.transfers.borrow_mut().remove(&victim);
+            if let Some(mut t) = taken {
+                // Its receive task ends here; a datagram it already took for the evicted
+                // transfer is lost, as that transfer is.
+                drop(t.recv_task.take());
+                return Some((t.socket, t.port));
             }
         }
+        None
     }
 
     async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
@@ -384,5 +464,53 @@ impl TftpService {
                 other => tracing::debug!(event = ?other, "TFTP event"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_ports_start_at_a_random_place_in_the_range() {
+        let range = PortRange {
+            lo: 30000,
+            hi: 30999,
+        };
+        let mut pool = PortPool::new(Some(range));
+        let firsts: Vec<u16> = (0..50)
+            .map(|_| {
+                let order: Vec<u16> = pool.order(range).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(
+                    sorted,
+                    (30000..=30999).collect::<Vec<_>>(),
+                    "each port once"
+                );
+                order[0]
+            })
+            .collect();
+        // In sequence (or stuck) the next port is the last one plus one: a spoofer's guess.
+        let guessable = firsts
+            .windows(2)
+            .filter(|w| w[1] == w[0] || w[1] == w[0] + 1)
+            .count();
+        assert!(guessable < 5, "{firsts:?}");
+        let distinct: HashSet<u16> = firsts.iter().copied().collect();
+        assert!(distinct.len() > 40, "{firsts:?}");
+    }
+
+    #[test]
+    fn repeated_warnings_are_held_back_and_counted() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(t.admit(start), Some(0));
+        for ms in 1..=9200u64 {
+            assert_eq!(t.admit(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(t.admit(start + Duration::from_secs(10)), Some(9200));
+        assert_eq!(t.admit(start + Duration::from_secs(11)), None);
+        assert_eq!(t.admit(start + Duration::from_secs(30)), Some(1));
     }
 }

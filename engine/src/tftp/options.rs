@@ -29,10 +29,13 @@ pub struct Negotiated {
 pub struct Limits {
     pub max_blksize: u32,
     pub max_windowsize: u16,
+    /// The longest `timeout` accepted; a longer one is left out of the OACK.
+    pub max_timeout: Duration,
     pub msftwindow: bool,
 }
 
-/// Reads the client's options and decides. Invalid values are ignored (not echoed).
+/// Reads the client's options and decides. Invalid values are ignored (not echoed), and so is
+/// every repeat of an option: the first occurrence decides.
 pub fn negotiate(options: &[(&str, &str)], file_len: u64, limits: Limits) -> Negotiated {
     let mut n = Negotiated {
         blksize: DEFAULT_BLKSIZE,
@@ -41,9 +44,17 @@ pub fn negotiate(options: &[(&str, &str)], file_len: u64, limits: Limits) -> Neg
         msftwindow: false,
         oack: Vec::new(),
     };
+    let mut seen: Vec<String> = Vec::new();
     for (name, value) in options {
         let value = value.trim();
-        match name.to_ascii_lowercase().as_str() {
+        let name = name.to_ascii_lowercase();
+        // RFC 2347 does not say what a repeated option means. A client that reads the first
+        // value must see the value the blocks follow, and the OACK must name each option once.
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name.clone());
+        match name.as_str() {
             "blksize" => {
                 //= https://www.rfc-editor.org/rfc/rfc2348#section-2
                 //# If the server is willing to accept the blocksize option, it sends an Option
@@ -65,8 +76,18 @@ pub fn negotiate(options: &[(&str, &str)], file_len: u64, limits: Limits) -> Neg
             "timeout" => {
                 //= https://www.rfc-editor.org/rfc/rfc2349#section-3
                 //# Valid values range between "1" and "255" seconds, inclusive.
+                //
+                //= https://www.rfc-editor.org/rfc/rfc2349#section-3
+                //# If the server is willing to accept the timeout option, it sends an Option
+                //# Acknowledgment (OACK) to the client.  The specified timeout value must
+                //# match the value specified by the client.
+                //
+                // So a timeout above the cap cannot be lowered in the OACK: it is left out, and
+                // the transfer runs on the server's own timeout. Uncapped, 255 s times the
+                // retries held a transfer slot and a port for about 25 minutes per spoofed RRQ.
                 if let Ok(v) = value.parse::<u64>()
                     && (1..=255).contains(&v)
+                    && Duration::from_secs(v) <= limits.max_timeout
                 {
                     n.timeout = Some(Duration::from_secs(v));
                     n.oack.push(("timeout", v.to_string()));
@@ -101,6 +122,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_blksize: 1468,
         max_windowsize: 64,
+        max_timeout: Duration::from_secs(10),
         msftwindow: true,
     };
 
@@ -161,5 +183,50 @@ mod tests {
             ..LIMITS
         };
         assert!(!negotiate(&[("msftwindow", "31416")], 5, off).msftwindow);
+    }
+
+    #[test]
+    fn timeout_above_the_cap_is_left_out_of_the_oack() {
+        let n = negotiate(&[("timeout", "10"), ("blksize", "1468")], 5, LIMITS);
+        assert_eq!(n.timeout, Some(Duration::from_secs(10)));
+        assert!(n.oack.contains(&("timeout", "10".to_owned())));
+        let n = negotiate(&[("timeout", "255"), ("blksize", "1468")], 5, LIMITS);
+        assert_eq!(n.timeout, None, "the server's own timeout applies");
+        assert_eq!(n.oack, vec![("blksize", "1468".to_owned())]);
+    }
+
+    #[test]
+    fn the_first_occurrence_of_an_option_decides_and_is_echoed_once() {
+        let n = negotiate(
+            &[
+                ("blksize", "1468"),
+                ("BLKSIZE", "512"),
+                ("windowsize", "4"),
+                ("windowsize", "64"),
+                ("timeout", "2"),
+                ("timeout", "3"),
+                ("tsize", "0"),
+                ("tsize", "0"),
+            ],
+            1234,
+            LIMITS,
+        );
+        assert_eq!(
+            (n.blksize, n.windowsize, n.timeout),
+            (1468, 4, Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            n.oack,
+            vec![
+                ("blksize", "1468".to_owned()),
+                ("windowsize", "4".to_owned()),
+                ("timeout", "2".to_owned()),
+                ("tsize", "1234".to_owned()),
+            ]
+        );
+        // A first value that is invalid still decides: the option is ignored, not replaced.
+        let n = negotiate(&[("blksize", "7"), ("blksize", "1468")], 5, LIMITS);
+        assert_eq!(n.blksize, DEFAULT_BLKSIZE);
+        assert!(n.oack.is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! and sends what it polls, binding a socket per transfer unless single-port mode is on.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -29,12 +29,25 @@ pub struct TftpServerConfig {
     pub max_windowsize: u16,
     /// Retransmission timeout when the client asks none (RFC 2349 `timeout`).
     pub timeout_ms: u64,
-    /// Retransmissions of one window (or OACK) before the transfer is abandoned.
+    /// The longest RFC 2349 `timeout` granted. A longer one is left out of the OACK (the RFC
+    /// lets a server accept the client's value or ignore it, not lower it) and the transfer
+    /// runs on `timeout_ms`.
+    pub max_timeout_ms: u64,
+    /// How long a transfer waits for its first ACK (of the OACK, or of block 1); with a
+    /// negotiated `timeout`, at least two of those and a second more. Until then nothing is
+    /// retransmitted: each RRQ gets one answer, and the client retransmits its RRQ (or its
+    /// ACK) when something is lost (RFC 1350), so a peer that never showed it receives gets
+    /// back one datagram per datagram it sent. The default lets a client with a 4 s timeout
+    /// (EDK2) lose two datagrams of the handshake.
+    pub first_ack_timeout_ms: u64,
+    /// Retransmissions after a timeout (one block each) before the transfer is abandoned.
     pub retries: u32,
     pub rollover: Rollover,
-    /// Transfers at once, over all clients.
+    /// Transfers at once, over all clients. Past it, a new request first evicts the oldest
+    /// transfer that never got its first ACK; only without one is it refused.
     pub max_transfers: usize,
-    /// Transfers at once from one client address.
+    /// Transfers at once from one client address (the same eviction applies, among that
+    /// address's transfers).
     pub max_transfers_per_client: usize,
     /// Answer every transfer from the TFTP port itself (for NAT and firewalls).
     pub single_port: bool,
@@ -50,6 +63,8 @@ impl Default for TftpServerConfig {
             max_blksize: None,
             max_windowsize: 64,
             timeout_ms: 1000,
+            max_timeout_ms: 10_000,
+            first_ack_timeout_ms: 10_000,
             retries: 5,
             rollover: Rollover::Zero,
             max_transfers: 4096,
@@ -146,6 +161,10 @@ pub struct TftpServer {
     /// Transfers by client address and port.
     by_remote: HashMap<SocketAddr, TransferId>,
     per_client: HashMap<IpAddr, usize>,
+    /// Transfers that never got an ACK, oldest first (ids grow), the first to go under pressure.
+    unacked: BTreeSet<TransferId>,
+    /// The same, by client address.
+    unacked_by_ip: BTreeSet<(IpAddr, TransferId)>,
     /// Transfers with something to send, in order (each at most once: `Transfer::queued`).
     ready: VecDeque<TransferId>,
     /// Retransmission deadlines, at most about one entry per transfer (`Transfer::timer_at`).
@@ -167,6 +186,8 @@ impl TftpServer {
             transfers: HashMap::new(),
             by_remote: HashMap::new(),
             per_client: HashMap::new(),
+            unacked: BTreeSet::new(),
+            unacked_by_ip: BTreeSet::new(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             control: VecDeque::new(),
@@ -219,6 +240,7 @@ impl TftpServer {
                 .min(mtu_cap)
                 .min(options::MAX_BLKSIZE),
             max_windowsize: self.config.max_windowsize.max(1),
+            max_timeout: Duration::from_millis(self.config.max_timeout_ms),
             msftwindow: self.config.msftwindow,
         }
     }
@@ -346,11 +368,20 @@ impl TftpServer {
         });
     }
 
-    fn refuse(&mut self, meta: &DatagramMeta, file: &str, code: ErrorCode, message: &str) {
+    /// Refuses a request: `message` goes to the client, `reason` (often more precise) to the
+    /// logs.
+    fn refuse(
+        &mut self,
+        meta: &DatagramMeta,
+        file: &str,
+        code: ErrorCode,
+        message: &str,
+        reason: &str,
+    ) {
         self.events.push_back(TftpEvent::Refused {
             remote: meta.remote,
             file: file.chars().take(300).collect(),
-            reason: message.to_owned(),
+            reason: reason.to_owned(),
         });
         self.reply_error(Local::Listener, meta, code, message);
     }
@@ -369,7 +400,11 @@ impl TftpServer {
             // again from the same transfer) or the network delayed or duplicated the RRQ (the
             // transfer is under way: ignore it). Never start a second transfer, never kill this one.
             if t.file == req.filename {
-                if t.acked == 0 {
+                // One answer per request, and only the first one's: the OACK, or block 1 when
+                // there is no OACK (the window is then one block). Never a whole window, and the
+                // transfer's life is not extended, so repeated RRQs from a spoofed source get
+                // back about what they sent.
+                if !t.heard {
                     t.owed = match t.phase {
                         Phase::Negotiating => Owed::Oack,
                         Phase::Sending => Owed::Window,
@@ -391,53 +426,58 @@ impl TftpServer {
         }
         if !req.mode.eq_ignore_ascii_case("octet") {
             let msg = format!("mode {:?} not supported, use octet", req.mode);
-            self.refuse(&meta, req.filename, ErrorCode::IllegalOperation, &msg);
-            return;
-        }
-        if self.transfers.len() >= self.config.max_transfers {
-            self.refuse(
-                &meta,
-                req.filename,
-                ErrorCode::NotDefined,
-                "server busy, try again",
-            );
+            self.refuse(&meta, req.filename, ErrorCode::IllegalOperation, &msg, &msg);
             return;
         }
         let client = meta.remote.ip();
-        if self.per_client.get(&client).copied().unwrap_or(0)
-            >= self.config.max_transfers_per_client
-        {
-            self.refuse(
-                &meta,
-                req.filename,
-                ErrorCode::NotDefined,
-                "too many transfers from this address, try again",
-            );
+        // At a cap, only a transfer that never got an ACK can make room; without one, refuse
+        // before touching the file system.
+        let full = self.transfers.len() >= self.config.max_transfers;
+        if full && self.unacked.is_empty() {
+            let msg = "server busy, try again";
+            self.refuse(&meta, req.filename, ErrorCode::NotDefined, msg, msg);
+            return;
+        }
+        let crowded = self.per_client.get(&client).copied().unwrap_or(0)
+            >= self.config.max_transfers_per_client;
+        if crowded && self.oldest_unacked_of(client).is_none() {
+            let msg = "too many transfers from this address, try again";
+            self.refuse(&meta, req.filename, ErrorCode::NotDefined, msg, msg);
             return;
         }
         let info = match images.open(req.filename, NameFlavor::Tftp) {
             Ok(info) => info,
             Err(e) => {
-                let code = match e {
-                    OpenError::NotFound => ErrorCode::FileNotFound,
-                    OpenError::Refused(_) | OpenError::Denied | OpenError::NotAFile => {
-                        ErrorCode::AccessViolation
-                    }
-                    _ => ErrorCode::NotDefined,
-                };
-                let msg = match e {
-                    OpenError::NotFound => "file not found".to_owned(),
-                    OpenError::Io(_) => "server error".to_owned(),
-                    other => other.to_string(),
-                };
-                self.refuse(&meta, req.filename, code, &msg);
+                let (code, msg) = Self::open_error_reply(req.filename, &e);
+                self.refuse(&meta, req.filename, code, &msg, &e.to_string());
                 return;
             }
         };
+        // The file exists: now make room, oldest unacknowledged transfer first. A spoofed flood
+        // fills the table with transfers that never get an ACK; a real client's request then
+        // replaces the oldest of them instead of being refused.
+        if full && let Some(&victim) = self.unacked.first() {
+            self.evict(victim, images);
+        }
+        if self.per_client.get(&client).copied().unwrap_or(0)
+            >= self.config.max_transfers_per_client
+            && let Some(victim) = self.oldest_unacked_of(client)
+        {
+            self.evict(victim, images);
+        }
         let n = options::negotiate(&req.options, info.len, self.limits(meta.remote.is_ipv6()));
         self.next_id += 1;
         let id = TransferId(self.next_id);
         let has_oack = !n.oack.is_empty();
+        let timeout = n
+            .timeout
+            .unwrap_or(Duration::from_millis(self.config.timeout_ms.max(1)));
+        // A client's retransmissions in the handshake come its own timeout apart: the
+        // negotiated one, or one the server does not know (`first_ack_timeout_ms` covers it).
+        let first_ack = Duration::from_millis(self.config.first_ack_timeout_ms).max(
+            n.timeout
+                .map_or(Duration::ZERO, |t| t * 2 + Duration::from_secs(1)),
+        );
         let t = Transfer {
             remote: meta.remote,
             local_ip: meta.local_ip,
@@ -448,9 +488,7 @@ impl TftpServer {
             blksize: n.blksize,
             windowsize: n.windowsize,
             msftwindow: n.msftwindow,
-            timeout: n
-                .timeout
-                .unwrap_or(Duration::from_millis(self.config.timeout_ms.max(1))),
+            timeout,
             rollover: self.config.rollover,
             oack: n.oack,
             //= https://www.rfc-editor.org/rfc/rfc2347#section-4
@@ -466,6 +504,9 @@ impl TftpServer {
             acked: 0,
             next: 1,
             sent_max: 0,
+            heard: false,
+            expires: now + first_ack,
+            probing: false,
             deadline: now,
             timer_at: None,
             fast_resent: None,
@@ -484,8 +525,64 @@ impl TftpServer {
         });
         *self.per_client.entry(client).or_insert(0) += 1;
         self.by_remote.insert(meta.remote, id);
+        self.unacked.insert(id);
+        self.unacked_by_ip.insert((client, id));
         self.transfers.insert(id, t);
         self.enqueue(id);
+    }
+
+    /// What a client is told when its file cannot be opened.
+    fn open_error_reply(name: &str, e: &OpenError) -> (ErrorCode, String) {
+        let (code, msg) = match e {
+            // A name that is fine but resolves outside the root (a symlink) or to a directory
+            // answers like a missing file, as HTTP answers 404: the reply must not tell a prober
+            // that the link or the directory exists. A name refused for what it is (`..`, a
+            // drive letter) tells nothing about the file system, so it still says "access
+            // violation".
+            OpenError::NotFound | OpenError::NotAFile => {
+                (ErrorCode::FileNotFound, "file not found")
+            }
+            OpenError::Refused(_) if crate::path::sanitize(name, NameFlavor::Tftp).is_ok() => {
+                (ErrorCode::FileNotFound, "file not found")
+            }
+            OpenError::Refused(_) => return (ErrorCode::AccessViolation, e.to_string()),
+            OpenError::Denied => (ErrorCode::AccessViolation, "access denied"),
+            OpenError::Busy => (ErrorCode::NotDefined, "the file is being written"),
+            _ => (ErrorCode::NotDefined, "server error"),
+        };
+        (code, msg.to_owned())
+    }
+
+    /// The oldest transfer from `ip` that never got an ACK.
+    fn oldest_unacked_of(&self, ip: IpAddr) -> Option<TransferId> {
+        self.unacked_by_ip
+            .range((ip, TransferId(0))..)
+            .next()
+            .filter(|(i, _)| *i == ip)
+            .map(|&(_, id)| id)
+    }
+
+    /// Ends a transfer that never got an ACK to make room, without a word to its peer (which
+    /// never showed it receives; a real client whose answer was lost retransmits its RRQ).
+    fn evict(&mut self, id: TransferId, images: &mut dyn ImageCatalog) {
+        self.end(
+            id,
+            TransferOutcome::Aborted("evicted before its first ACK: server at capacity".into()),
+            images,
+        );
+    }
+
+    /// Under pressure the platform cannot relieve otherwise (no transfer port left): ends the
+    /// oldest transfer other than `except` that never got an ACK, so its port can serve
+    /// `except`. Returns the evicted transfer.
+    pub fn evict_unacknowledged(
+        &mut self,
+        except: TransferId,
+        images: &mut dyn ImageCatalog,
+    ) -> Option<TransferId> {
+        let victim = self.unacked.iter().copied().find(|&id| id != except)?;
+        self.evict(victim, images);
+        Some(victim)
     }
 
     fn handle_ack(
@@ -502,6 +599,15 @@ impl TftpServer {
         let Some(block) = t.resolve_ack(wire) else {
             return;
         };
+        if !t.heard {
+            // Without an OACK, ACK 0 acknowledges nothing we sent.
+            if t.phase == Phase::Sending && block == 0 {
+                return;
+            }
+            t.heard = true;
+            self.unacked.remove(&id);
+            self.unacked_by_ip.remove(&(t.remote.ip(), id));
+        }
         if t.msftwindow
             && let Some(w) = extra
         {
@@ -524,10 +630,13 @@ impl TftpServer {
                 return;
             }
             t.fast_resent = Some(block);
+            t.probing = false;
             t.retransmits += t.window_end().saturating_sub(t.acked);
         } else {
             t.acked = block;
         }
+        // The client answered: whole windows again.
+        t.probing = false;
         if t.acked >= t.total_blocks() {
             let outcome = TransferOutcome::Completed {
                 bytes: t.len,
@@ -556,7 +665,8 @@ impl TftpServer {
         }
     }
 
-    /// The transfer waits for its client until `now + timeout`.
+    /// The transfer waits for its client until `now + timeout`; one that never heard from its
+    /// client, until it expires (sending again does not extend its life).
     fn arm(
         timers: &mut BinaryHeap<Reverse<(Instant, TransferId)>>,
         id: TransferId,
@@ -564,7 +674,7 @@ impl TftpServer {
         now: Instant,
     ) {
         t.owed = Owed::Nothing;
-        t.deadline = now + t.timeout;
+        t.deadline = if t.heard { now + t.timeout } else { t.expires };
         Self::ensure_timer(timers, id, t);
     }
 
@@ -621,6 +731,8 @@ impl TftpServer {
             return;
         };
         images.close(t.image);
+        self.unacked.remove(&id);
+        self.unacked_by_ip.remove(&(t.remote.ip(), id));
         if self.by_remote.get(&t.remote) == Some(&id) {
             self.by_remote.remove(&t.remote);
         }
@@ -659,22 +771,42 @@ impl TftpServer {
                 Self::ensure_timer(&mut self.timers, id, t);
                 continue;
             }
+            let outcome = TransferOutcome::TimedOut {
+                retransmits: t.retransmits,
+            };
+            if !t.heard {
+                //= https://www.rfc-editor.org/rfc/rfc1350#section-2
+                //# If a packet gets lost in the network, the intended recipient will timeout
+                //# and may retransmit his last packet (which may be data or an
+                //# acknowledgment), thus causing the sender of the lost packet to retransmit
+                //# that lost packet.
+                //
+                // Never acknowledged: the peer's last packet is its RRQ, which a real client
+                // retransmits (answered again, or it starts afresh once this one is gone).
+                // Nothing was resent on a timer, and a spoofed source needs no ERROR either.
+                self.end(id, outcome, images);
+                continue;
+            }
             if t.tries >= self.config.retries {
-                let outcome = TransferOutcome::TimedOut {
-                    retransmits: t.retransmits,
-                };
                 // The client went silent: tell it, if it still listens, and end.
                 self.end_with_error(id, "timed out", outcome, images);
                 continue;
             }
             t.tries += 1;
-            t.owed = match t.phase {
-                Phase::Negotiating => Owed::Oack,
-                Phase::Sending => Owed::Window,
-            };
+            //= https://www.rfc-editor.org/rfc/rfc5681#section-3.1
+            //# Furthermore, upon a timeout (as specified in [RFC2988]) cwnd MUST be set to no
+            //# more than the loss window, LW, which equals 1 full-sized segment (regardless of
+            //# the value of IW).
+            //
+            // TFTP's window plays cwnd's part: resend one block until the client answers, so a
+            // client that acknowledged once and vanished costs one window and `retries` blocks. The first ACK restores whole windows at once,
+            // because an RFC 7440 receiver acknowledges only a full window (or its timeout), so
+            // a window grown step by step would stall it at every step.
+            t.probing = true;
+            t.fast_resent = None;
+            t.owed = Owed::Window;
             t.next = t.acked + 1;
-            let resend = t.window_end().saturating_sub(t.acked);
-            t.retransmits += resend.max(1);
+            t.retransmits += if t.window_end() > t.acked + 1 { 2 } else { 1 };
             self.enqueue(id);
         }
     }
@@ -741,12 +873,13 @@ impl TftpServer {
                 }
                 Owed::Window => {
                     let end = t.window_end();
+                    let stop = t.stop();
                     if t.next > end {
                         Self::arm(&mut self.timers, id, t, now);
                         continue;
                     }
                     let fit = buf.len() / DATA_HEADER_LEN;
-                    let count = (end - t.next + 1)
+                    let count = (stop - t.next + 1)
                         .min(max_datagrams.max(1) as u64)
                         .min(fit as u64)
                         .min(u64::from(u16::MAX));
@@ -763,6 +896,10 @@ impl TftpServer {
                     let range = t.range_of(t.next, count);
                     t.next += count;
                     t.sent_max = t.sent_max.max(t.next - 1);
+                    if t.probing && t.next > t.acked + 1 {
+                        // The probe's second block is the window's last.
+                        t.next = t.next.max(end);
+                    }
                     t.bytes_sent += range.len();
                     if t.next > end {
                         Self::arm(&mut self.timers, id, t, now);

@@ -67,6 +67,12 @@ pub(crate) struct Transfer {
     pub(crate) next: u64,
     /// Highest block sent so far.
     pub(crate) sent_max: u64,
+    /// The client acknowledged something (the OACK or a block): it showed it receives.
+    pub(crate) heard: bool,
+    /// When a transfer that was never `heard` ends.
+    pub(crate) expires: Instant,
+    /// A retransmission timeout fired and no ACK came since: windows are one block.
+    pub(crate) probing: bool,
     pub(crate) deadline: Instant,
     /// The earliest entry this transfer has in the server's timer heap, if any. A new deadline
     /// at or after it adds no entry: that one, when it fires, re-arms at the real deadline.
@@ -91,6 +97,16 @@ impl Transfer {
     /// The last block of the window that starts after `acked`.
     pub(crate) fn window_end(&self) -> u64 {
         (self.acked + u64::from(self.windowsize)).min(self.total_blocks())
+    }
+
+    /// The last block of the run that starts at `next`: the window's end, or while probing
+    /// `next` alone (the probe is the window's first and last block, sent one by one).
+    pub(crate) fn stop(&self) -> u64 {
+        if self.probing {
+            self.next
+        } else {
+            self.window_end()
+        }
     }
 
     /// The byte range of blocks `first..first+count`.
