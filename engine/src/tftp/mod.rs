@@ -18,4 +18,6 @@ pub use server::{Local, TftpEvent, TftpServer, TftpServerConfig, TransferId, Tra
 pub use transfer::Rollover;
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;
