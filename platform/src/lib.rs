@@ -5,6 +5,8 @@
 //! with the control messages and batched sends zpxe needs, [`store`] maps boot files.
 
 pub mod bind;
+#[cfg(unix)]
+pub mod instance_lock;
 pub mod notify;
 pub mod runtime;
 pub mod signals;

@@ -79,6 +79,9 @@ pub struct ServerHandle {
     pub metrics: Arc<Metrics>,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     stop: Stop,
+    /// This process's claim on its ports, released when the process ends.
+    #[cfg(unix)]
+    _instance: Option<zpxe_platform::instance_lock::InstanceLock>,
 }
 
 impl ServerHandle {
@@ -109,6 +112,9 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // Before any bind: SO_REUSEPORT would let a second zpxe share the ports silently.
+    #[cfg(unix)]
+    let instance = claim_ports(&config)?;
     let metrics = Arc::new(Metrics::default());
     let tls = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => Some(https::load_config(cert.get_ref(), key.get_ref())?),
@@ -189,7 +195,66 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         metrics,
         threads: handles,
         stop,
+        #[cfg(unix)]
+        _instance: instance,
     })
+}
+
+/// Claims every port `setup` and `setup_web` bind (see `zpxe_platform::instance_lock`): a
+/// conflict is an error; a lock directory zpxe cannot write is a warning.
+#[cfg(unix)]
+fn claim_ports(
+    config: &Config,
+) -> anyhow::Result<Option<zpxe_platform::instance_lock::InstanceLock>> {
+    use zpxe_platform::instance_lock::{self, Claim, LockError, Proto};
+    let s = &config.services;
+    let mut claims = Vec::new();
+    for addr in config.listen_addrs() {
+        let mut claim = |proto, port, device: Option<&String>| {
+            claims.push(Claim {
+                proto,
+                addr,
+                port,
+                device: device.cloned(),
+            })
+        };
+        if s.tftp {
+            claim(Proto::Udp, config.ports.tftp, None);
+        }
+        if s.http {
+            claim(Proto::Tcp, config.ports.http, None);
+            if config.tls.cert.is_some() && config.tls.key.is_some() {
+                claim(Proto::Tcp, config.tls.port, None);
+            }
+        }
+        if s.web {
+            claim(Proto::Tcp, config.ports.web, None);
+        }
+        if s.dhcp && addr.is_ipv4() {
+            let devices: Vec<Option<&String>> = if config.server.interfaces.is_empty() {
+                vec![None]
+            } else {
+                config.server.interfaces.iter().map(Some).collect()
+            };
+            for device in devices {
+                if config.dhcp.mode.binds_dhcp_port() {
+                    claim(Proto::Udp, config.ports.dhcp, device);
+                }
+                claim(Proto::Udp, config.ports.pxe, device);
+            }
+        }
+    }
+    match instance_lock::acquire(&claims) {
+        Ok(lock) => {
+            tracing::debug!(dir = %lock.dir().display(), "ports claimed");
+            Ok(Some(lock))
+        }
+        Err(e @ LockError::Conflict { .. }) => Err(e.into()),
+        Err(e @ LockError::Io { .. }) => {
+            tracing::warn!(error = %e, "cannot check that no other zpxe serves these ports");
+            Ok(None)
+        }
+    }
 }
 
 /// What an event loop serves.

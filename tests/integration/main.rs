@@ -10,6 +10,7 @@ mod drain;
 mod firmware;
 mod http;
 mod http_hostile;
+mod instance;
 mod loadgen;
 mod netns;
 mod rewrite;
