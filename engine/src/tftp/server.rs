@@ -40,7 +40,8 @@ pub struct TftpServerConfig {
     /// back one datagram per datagram it sent. The default lets a client with a 4 s timeout
     /// (EDK2) lose two datagrams of the handshake.
     pub first_ack_timeout_ms: u64,
-    /// Retransmissions after a timeout (one block each) before the transfer is abandoned.
+    /// Retransmissions after a timeout (the window's first and last blocks each) before the
+    /// transfer is abandoned.
     pub retries: u32,
     pub rollover: Rollover,
     /// Transfers at once, over all clients. Past it, a new request first evicts the oldest
@@ -798,10 +799,16 @@ impl TftpServer {
             //# more than the loss window, LW, which equals 1 full-sized segment (regardless of
             //# the value of IW).
             //
-            // TFTP's window plays cwnd's part: resend one block until the client answers, so a
-            // client that acknowledged once and vanished costs one window and `retries` blocks. The first ACK restores whole windows at once,
-            // because an RFC 7440 receiver acknowledges only a full window (or its timeout), so
-            // a window grown step by step would stall it at every step.
+            // TFTP's window plays cwnd's part: until the client answers, each timeout resends
+            // the window's first and last blocks only, so a client that acknowledged once and
+            // vanished costs one window and two blocks per retry. One block is not enough: an
+            // RFC 7440 receiver that has nothing of the window takes the first block in order
+            // and then waits for the rest (its own timeout, 4 s for EDK2), and one that has all
+            // of it may drop a repeat of the last block it got; the last block, out of order or
+            // completing the window, makes the first kind answer, and the first block, a
+            // repeat, the second. The first ACK restores whole windows at once, because such a
+            // receiver acknowledges only a full window, so a window grown step by step would
+            // stall it at every step.
             t.probing = true;
             t.fast_resent = None;
             t.owed = Owed::Window;
