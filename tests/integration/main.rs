@@ -3,6 +3,7 @@
 
 #![allow(unreachable_pub)]
 
+mod attack;
 mod common;
 mod db;
 mod dhcp_netns;
@@ -13,6 +14,7 @@ mod http_hostile;
 mod instance;
 mod loadgen;
 mod netns;
+#[cfg(unix)]
 mod rewrite;
 mod tftp;
 mod tftp_load;
