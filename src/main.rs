@@ -243,7 +243,11 @@ fn init_logging(default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        // Colour codes only for a person at a terminal: journald and files get plain text.
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .with_writer(std::io::stderr)
         .init();
 }

@@ -51,3 +51,64 @@ fn a_second_zpxe_on_the_same_ports_refuses_to_start() {
     let url = format!("http://{}/boot/ipxe.efi", server.http);
     assert!(curl_bytes(&[&url]) == data, "the first zpxe's bytes differ");
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let root = tempfile::tempdir().expect("tmp");
+    // NO_COLOR unset: the pipe alone must turn colour off (journald reads a pipe).
+    let mut child = Command::new(zpxe_bin())
+        .arg("serve")
+        .arg("--root")
+        .arg(root.path())
+        .args(["--listen", "127.0.0.1", "--no-web", "--no-dhcp"])
+        .args(["--tftp-port", &crate::common::free_udp_port().to_string()])
+        .args(["--http-port", &crate::common::free_tcp_port().to_string()])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zpxe");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = String::from_utf8_lossy(&line).contains("zpxe ready");
+                lines.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text: Vec<String> = lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    assert!(
+        ready,
+        "zpxe did not log \"zpxe ready\":\n{}",
+        text.join("\n")
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(&0x1b)),
+        "ESC bytes in the log:\n{}",
+        text.join("\n").escape_debug()
+    );
+}
