@@ -108,6 +108,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.ports.http = free_port(false)?;
     config.ports.web = free_port(false)?;
     config.menu = demo_menu();
+    // Its own database, gone with the demo: never the system's /var/lib/zpxe, and not in the
+    // root, whose files are served.
+    let db_dir = tempfile::tempdir().context("temporary directory for the database")?;
+    config.database.url = toml::Spanned::new(0..0, sqlite_url(&db_dir.path().join("zpxe.db")));
     let ports = config.ports.clone();
     let stop = Stop::new();
     let server = serve::start(config, stop.clone()).context("starting the demo server")?;
@@ -155,6 +159,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("some clients did not boot (see the report above)")
+    }
+}
+
+/// `sqlite://` and a path: `sqlite:///tmp/x.db`, `sqlite:///C:/x.db`.
+fn sqlite_url(path: &std::path::Path) -> String {
+    let p = path.display().to_string();
+    if p.starts_with('/') {
+        format!("sqlite://{p}")
+    } else {
+        format!("sqlite:///{p}")
     }
 }
 

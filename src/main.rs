@@ -85,6 +85,13 @@ struct ServeArgs {
     /// Send TFTP windows one datagram per send instead of with UDP GSO.
     #[arg(long)]
     no_gso: bool,
+    /// Where boots are recorded (overrides database.url): sqlite:///path/file.db or
+    /// postgres://user@host/db.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Record no boots (database.enabled = false; wins over --database-url).
+    #[arg(long)]
+    no_database: bool,
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {
@@ -136,6 +143,13 @@ impl ServeArgs {
         }
         if self.no_gso {
             config.server.udp_gso = false;
+        }
+        if let Some(url) = self.database_url {
+            config.database.url = toml::Spanned::new(0..0, url);
+            config.database.enabled = true;
+        }
+        if self.no_database {
+            config.database.enabled = false;
         }
         let problems = config.validate(
             self.config.as_deref().unwrap_or("command line".as_ref()),

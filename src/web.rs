@@ -8,7 +8,11 @@
 //! - `/api/clients[?offset=..&limit=..]` one page of the inventory, most recently seen first:
 //!   `limit` defaults to [`DEFAULT_PAGE`], at most [`MAX_PAGE`], and a page stops early at
 //!   [`MAX_PAGE_BYTES`] (`next_offset` says where the next one starts), JSON;
-//! - `/metrics` Prometheus text format;
+//! - `/api/v1/clients?offset&limit&stage&mac&subnet&since` machines from the database, most
+//!   recently seen first, with their latest boot, JSON (`since` in ms since the epoch);
+//! - `/api/v1/clients/{mac}` that machine's last boots, each with its timeline, JSON;
+//! - `/api/v1/boots?since=..&limit=..` boots with an event since then, oldest first, JSON;
+//! - `/metrics` Prometheus text format (with the database writer's counters);
 //! - `/` the status page, which polls `/api/status` and `/api/clients`.
 //!
 //! Nothing a client sends grows without bound: the inventory keeps [`MAX_CLIENTS`] entries
@@ -28,6 +32,7 @@ use zpxe_engine::dhcp::MacAddr;
 use zpxe_engine::http::ipxe::normalize_uuid;
 use zpxe_engine::path::decode_query_component;
 
+use crate::db::{self, Cidr, ClientQuery, Database, Event, EventKind, Recorder};
 use crate::metrics::Metrics;
 
 /// The most clients the inventory keeps; past it, the least recently seen one is dropped.
@@ -176,6 +181,15 @@ impl Inventory {
         now: SystemTime,
     ) -> Result<Recorded, String> {
         let r = parse_report(query)?;
+        self.apply(r, peer_ip, now)
+    }
+
+    fn apply(
+        &self,
+        r: Report,
+        peer_ip: Option<IpAddr>,
+        now: SystemTime,
+    ) -> Result<Recorded, String> {
         let now = now
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -482,6 +496,9 @@ pub struct WebService {
     pub inventory: Arc<Inventory>,
     pub limiter: Arc<RateLimiter>,
     pub started: SystemTime,
+    /// The database the v1 API reads, when recording is on.
+    pub db: Option<Arc<Database>>,
+    recorder: Recorder,
 }
 
 #[derive(Serialize)]
@@ -500,7 +517,18 @@ impl WebService {
             inventory: Arc::default(),
             limiter: Arc::default(),
             started: SystemTime::now(),
+            db: None,
+            recorder: Recorder::disabled(),
         }
+    }
+
+    /// Reports also go to `db`, which the v1 API reads.
+    pub fn with_database(mut self, db: Option<Arc<Database>>) -> Self {
+        self.recorder = db
+            .as_ref()
+            .map_or_else(Recorder::disabled, |d| d.recorder());
+        self.db = db;
+        self
     }
 
     /// Answers one request for `path` (no query) with `query` (no `?`) from `peer_ip`.
@@ -543,9 +571,43 @@ impl WebService {
             "/metrics" => {
                 let mut out = String::new();
                 self.metrics.render(&mut out);
+                if let Some(db) = &self.db {
+                    db.stats().render(&mut out);
+                }
                 WebReply::new(200, "text/plain; version=0.0.4", out)
             }
-            _ => WebReply::new(404, "text/plain", "not found\n"),
+            "/api/v1/clients" => self.api(|db| {
+                let q = parse_client_query(query)?;
+                Ok(WebReply::json(&db.clients(&q).map_err(internal)?))
+            }),
+            "/api/v1/boots" => self.api(|db| {
+                let params = parse_query(query).map_err(bad_request)?;
+                let since = number(&params, "since")?.unwrap_or(0);
+                let limit = number(&params, "limit")?.map_or(MAX_PAGE, |l| l.clamp(1, MAX_PAGE));
+                let since = i64::try_from(since).unwrap_or(i64::MAX);
+                let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+                Ok(WebReply::json(
+                    &db.boots_since(since, limit).map_err(internal)?,
+                ))
+            }),
+            _ => match path.strip_prefix("/api/v1/clients/") {
+                Some(mac) => self.api(|db| {
+                    let mac = parse_mac(mac).ok_or_else(|| bad_request("bad mac".into()))?;
+                    let params = parse_query(query).map_err(bad_request)?;
+                    let limit =
+                        number(&params, "limit")?.map_or(BOOTS_SHOWN, |l| l.clamp(1, MAX_BOOTS));
+                    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+                    let boots = db.boots_of(mac, limit).map_err(internal)?;
+                    if boots.is_empty() {
+                        return Err(WebReply::new(404, "text/plain", "no such client\n"));
+                    }
+                    Ok(WebReply::json(&ClientBoots {
+                        mac: mac.to_string(),
+                        boots,
+                    }))
+                }),
+                None => WebReply::new(404, "text/plain", "not found\n"),
+            },
         }
     }
 
@@ -564,8 +626,32 @@ impl WebService {
             //# requests in a given amount of time ("rate limiting").
             return WebReply::new(429, "text/plain", "too many reports from this address\n");
         }
-        match self.inventory.report(query, peer, now) {
+        let r = match parse_report(query) {
+            Ok(r) => r,
+            Err(e) => {
+                Metrics::add(&self.metrics.boot_reports_refused_total, 1);
+                return WebReply::new(400, "text/plain", format!("{e}\n"));
+            }
+        };
+        let event = self.recorder.enabled().then(|| {
+            let ip = r.ip.as_deref().and_then(|ip| ip.parse().ok()).or(peer);
+            let mut ev = Event::now(EventKind::Stage {
+                stage: db::Stage::new(&r.stage),
+                detail: db::Detail::new(r.detail.as_deref().unwrap_or_default()),
+            })
+            .mac(r.mac)
+            .uuid(r.uuid.as_deref().and_then(|u| u.parse().ok()));
+            if let Some(ip) = ip {
+                ev = ev.ip(ip);
+            }
+            ev
+        });
+        match self.inventory.apply(r, peer, now) {
             Ok(recorded) => {
+                // Only what the inventory took: a refused stage name is not recorded either.
+                if let Some(ev) = event {
+                    self.recorder.record(ev);
+                }
                 Metrics::add(&self.metrics.boot_reports_total, 1);
                 if recorded == Recorded::AddedEvicting {
                     Metrics::add(&self.metrics.inventory_evicted_total, 1);
@@ -578,6 +664,76 @@ impl WebService {
             }
         }
     }
+}
+
+/// Boots `/api/v1/clients/{mac}` shows without a `limit`, and the most it shows.
+const BOOTS_SHOWN: usize = 10;
+const MAX_BOOTS: usize = 100;
+
+#[derive(Serialize)]
+struct ClientBoots {
+    mac: String,
+    boots: Vec<db::BootTimeline>,
+}
+
+impl WebService {
+    /// Runs a v1 API query. Queries are bounded (`LIMIT`ed pages, indexed lookups), so they
+    /// run on the web service's own loop: they can delay other web requests, never a boot.
+    fn api(&self, f: impl FnOnce(&Database) -> Result<WebReply, WebReply>) -> WebReply {
+        match &self.db {
+            Some(db) => f(db).unwrap_or_else(|e| e),
+            None => WebReply::new(
+                404,
+                "text/plain",
+                "the database is off (database.enabled = false)\n",
+            ),
+        }
+    }
+}
+
+fn bad_request(e: String) -> WebReply {
+    WebReply::new(400, "text/plain", format!("{e}\n"))
+}
+
+fn internal(e: anyhow::Error) -> WebReply {
+    tracing::warn!(error = %format!("{e:#}"), "database query failed");
+    WebReply::new(500, "text/plain", "database query failed\n")
+}
+
+/// A decimal parameter, if given.
+fn number(params: &HashMap<String, String>, k: &str) -> Result<Option<usize>, WebReply> {
+    match params.get(k) {
+        None => Ok(None),
+        Some(v) if v.len() <= 15 && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| bad_request(format!("bad {k}"))),
+        Some(_) => Err(bad_request(format!("bad {k} (a decimal number)"))),
+    }
+}
+
+/// The filters and page of `/api/v1/clients`.
+fn parse_client_query(query: &str) -> Result<ClientQuery, WebReply> {
+    let params = parse_query(query).map_err(bad_request)?;
+    let mut q = ClientQuery {
+        offset: number(&params, "offset")?.unwrap_or(0) as u64,
+        limit: number(&params, "limit")?.map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+        since_ms: number(&params, "since")?.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+        ..ClientQuery::default()
+    };
+    if let Some(stage) = params.get("stage").filter(|s| !s.is_empty()) {
+        if !plain_name(stage, MAX_NAME) {
+            return Err(bad_request("bad stage".into()));
+        }
+        q.stage = Some(stage.clone());
+    }
+    if let Some(mac) = params.get("mac").filter(|s| !s.is_empty()) {
+        q.mac = Some(parse_mac(mac).ok_or_else(|| bad_request("bad mac".into()))?);
+    }
+    if let Some(subnet) = params.get("subnet").filter(|s| !s.is_empty()) {
+        q.subnet = Some(subnet.parse::<Cidr>().map_err(bad_request)?);
+    }
+    Ok(q)
 }
 
 /// `offset` and `limit` of an `/api/clients` query.

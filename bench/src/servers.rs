@@ -160,7 +160,10 @@ pub fn start_zpxe(bin: &Path, root: &Path, dir: &Path) -> anyhow::Result<Server>
             .args(["--http-port", &http.to_string()])
             .args(["--dhcp-port", &dhcp.to_string()])
             .args(["--pxe-port", &pxe.to_string()])
-            .args(["--web-port", &web.to_string()]),
+            .args(["--web-port", &web.to_string()])
+            // The bench's own database, never the system's /var/lib/zpxe.
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("zpxe.db").display())),
         &log,
     )?;
     wait_port(&mut child, http, true, &log).context("zpxe")?;
@@ -469,7 +472,10 @@ pub fn start_zpxe_in(bin: &Path, root: &Path, dir: &Path, ns: &str) -> anyhow::R
             .args(["--http-port", &NS_HTTP.to_string()])
             .args(["--dhcp-port", &NS_DHCP.to_string()])
             .args(["--pxe-port", &NS_PXE.to_string()])
-            .args(["--web-port", "8081"]),
+            .args(["--web-port", "8081"])
+            // The bench's own database, never the system's /var/lib/zpxe.
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("zpxe.db").display())),
         &log,
     )?;
     let ports = [

@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -101,13 +101,14 @@ impl DhcpService {
                 Ok(_) if self.ctx.drain.fired() => {}
                 Ok(r) => {
                     Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
+                    let from = r.meta.remote.ip();
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
                         port,
                         r.meta,
                         &buf[..r.len],
                     );
-                    self.flush(&mut out).await;
+                    self.flush(&mut out, Some(from)).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
@@ -115,8 +116,9 @@ impl DhcpService {
         }
     }
 
-    /// Sends every reply the engine has ready, then logs its events.
-    async fn flush(&self, buf: &mut [u8]) {
+    /// Sends every reply the engine has ready, then logs and records its events. `from` is
+    /// the sender of the datagram just handled, whose events these are.
+    async fn flush(&self, buf: &mut [u8], from: Option<IpAddr>) {
         loop {
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some((port, t)) = polled else { break };
@@ -149,6 +151,19 @@ impl DhcpService {
             let ev = self.engine.borrow_mut().poll_event();
             let Some(ev) = ev else { break };
             log_event(&ev, &self.ctx.shared.metrics);
+            let recorder = &self.ctx.shared.recorder;
+            if recorder.enabled() {
+                // A relayed request comes from the relay agent, not the client: its address
+                // would tie another machine's TFTP and HTTP legs to this MAC.
+                let relayed = matches!(
+                    ev,
+                    DhcpEvent::Offered { relay: Some(_), .. }
+                        | DhcpEvent::Acked { relay: Some(_), .. }
+                );
+                if let Some(e) = crate::db::dhcp_event(&ev, from.filter(|_| !relayed)) {
+                    recorder.record(e);
+                }
+            }
         }
     }
 
@@ -156,7 +171,7 @@ impl DhcpService {
     async fn drive(self: Rc<Self>) {
         let mut buf = vec![0u8; BUF];
         loop {
-            self.flush(&mut buf).await;
+            self.flush(&mut buf, None).await;
             if self.ctx.shared.stop.stopped() {
                 return;
             }

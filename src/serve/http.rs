@@ -111,8 +111,10 @@ pub(crate) fn start(
             }),
         };
         let (ctx, config) = (Rc::clone(&conn_ctx), Arc::clone(&config));
+        // The web service's own requests are not a boot's legs.
+        let records = matches!(site, Site::Boot(_));
         spawn(async move {
-            serve_connection(ctx, conn, peer, handler, config).await;
+            serve_connection(ctx, conn, peer, handler, config, records).await;
             drop(slot);
         })
         .detach();
@@ -231,13 +233,20 @@ async fn serve_connection(
     peer: SocketAddr,
     mut handler: Box<dyn Handler>,
     config: Arc<HttpConfig>,
+    records: bool,
 ) {
     let mut conn = HttpConnection::new(Instant::now(), config);
     let metrics = Arc::clone(&ctx.shared.metrics);
+    let disabled = crate::db::Recorder::disabled();
+    let recorder = if records {
+        &ctx.shared.recorder
+    } else {
+        &disabled
+    };
     let _busy = ctx.drain.busy();
-    serve_requests(&ctx, &mut tcp, peer, &mut *handler, &mut conn).await;
+    serve_requests(&ctx, &mut tcp, peer, &mut *handler, &mut conn, recorder).await;
     // Every exit records what was answered, also a response that went out with a close.
-    record(&mut conn, &metrics, peer);
+    record(&mut conn, &metrics, peer, recorder);
     conn.abort(&mut *ctx.store.borrow_mut());
 }
 
@@ -247,6 +256,7 @@ async fn serve_requests(
     peer: SocketAddr,
     handler: &mut dyn Handler,
     conn: &mut HttpConnection,
+    recorder: &crate::db::Recorder,
 ) {
     let mut pending: Vec<u8> = Vec::new();
     let mut rbuf = Vec::with_capacity(READ_BUF);
@@ -263,7 +273,7 @@ async fn serve_requests(
             }
             Sent::Drop => return,
         }
-        record(conn, metrics, peer);
+        record(conn, metrics, peer, recorder);
         if conn.is_closed() {
             return;
         }
@@ -457,8 +467,13 @@ pub(super) async fn before_deadline<T>(
     }
 }
 
-/// Logs and counts what the connection reports.
-pub(super) fn record(conn: &mut HttpConnection, metrics: &Metrics, peer: SocketAddr) {
+/// Logs and counts what the connection reports, and records each response to a boot.
+pub(super) fn record(
+    conn: &mut HttpConnection,
+    metrics: &Metrics,
+    peer: SocketAddr,
+    recorder: &crate::db::Recorder,
+) {
     while let Some(ev) = conn.poll_event() {
         match ev {
             HttpEvent::Served {
@@ -470,6 +485,9 @@ pub(super) fn record(conn: &mut HttpConnection, metrics: &Metrics, peer: SocketA
             } => {
                 Metrics::add(&metrics.http_requests_total, 1);
                 tracing::info!(%peer, ?method, path, status = status.0, bytes, "HTTP request");
+                if recorder.enabled() && method.is_some() {
+                    recorder.record(served_event(&path, status.0, bytes).ip(peer.ip()));
+                }
             }
             // A client that stalls a request head or stops reading is worth a line; an idle
             // keep-alive connection (or a silent one, by the thousand in a flood) is routine.
@@ -484,6 +502,33 @@ pub(super) fn record(conn: &mut HttpConnection, metrics: &Metrics, peer: SocketA
             _ => {}
         }
     }
+}
+
+/// The timeline event for one response: the generated scripts are the script fetch, anything
+/// else a file. The engine reports neither duration nor range yet, so both stay empty.
+fn served_event(path: &str, status: u16, bytes: u64) -> crate::db::Event {
+    use crate::db::{Event, EventKind, Name, Outcome};
+    let file = path.split('?').next().unwrap_or_default();
+    let kind = if matches!(file, "/boot.ipxe" | "/menu.ipxe") {
+        EventKind::ScriptFetch {
+            path: Name::new(path),
+            status,
+        }
+    } else {
+        EventKind::HttpFile {
+            path: Name::new(path),
+            bytes,
+            duration_ms: 0,
+            range: None,
+            status,
+            outcome: if status < 400 {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            },
+        }
+    };
+    Event::now(kind)
 }
 
 #[cfg(test)]

@@ -154,7 +154,7 @@ async fn serve_connection(
             if any {
                 conn.handle_flushed(Instant::now());
             }
-            super::http::record(&mut conn, &metrics, peer);
+            super::http::record(&mut conn, &metrics, peer, &ctx.shared.recorder);
             if conn.is_closed() {
                 return Ok(());
             }
@@ -230,7 +230,7 @@ async fn serve_connection(
     }
     .await;
     // Every exit records what was answered, also a response that went out with a close.
-    super::http::record(&mut conn, &metrics, peer);
+    super::http::record(&mut conn, &metrics, peer, &ctx.shared.recorder);
     conn.abort(&mut *ctx.store.borrow_mut());
     result
 }

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) boot_conns: Arc<http::ConnCap>,
     /// Open connections on the web service port.
     pub(crate) web_conns: Arc<http::ConnCap>,
+    /// Where the boot services record each leg (records nothing with the database off).
+    pub(crate) recorder: crate::db::Recorder,
 }
 
 /// What one event loop owns.
@@ -79,6 +81,7 @@ pub struct ServerHandle {
     pub metrics: Arc<Metrics>,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     stop: Stop,
+    db: Option<Arc<crate::db::Database>>,
     /// This process's claim on its ports, released when the process ends.
     #[cfg(unix)]
     _instance: Option<zpxe_platform::instance_lock::InstanceLock>,
@@ -94,12 +97,24 @@ impl ServerHandle {
         self.stop.drain();
     }
 
+    /// Waits for every loop, then writes what the loops recorded and stops the writer.
     pub fn join(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
         for t in self.threads {
-            t.join()
-                .map_err(|_| anyhow::anyhow!("an event loop panicked"))??;
+            let r = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("an event loop panicked"))
+                .and_then(|r| r);
+            if result.is_ok() {
+                result = r;
+            }
         }
-        Ok(())
+        // After the loops: their last events are queued by now, and a loop that failed
+        // still leaves what it recorded committed.
+        if let Some(db) = &self.db {
+            db.close();
+        }
+        result
     }
 }
 
@@ -120,9 +135,14 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         (Some(cert), Some(key)) => Some(https::load_config(cert.get_ref(), key.get_ref())?),
         _ => None,
     };
+    let db = open_database(&config)?;
+    let recorder = db
+        .as_ref()
+        .map_or_else(crate::db::Recorder::disabled, |d| d.recorder());
     let shared = Arc::new(Shared {
         tls,
-        web: crate::web::WebService::new(Arc::clone(&metrics)),
+        web: crate::web::WebService::new(Arc::clone(&metrics)).with_database(db.clone()),
+        recorder,
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
         boot_conns: http::ConnCap::new(config.http.max_connections),
@@ -195,9 +215,46 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         metrics,
         threads: handles,
         stop,
+        db,
         #[cfg(unix)]
         _instance: instance,
     })
+}
+
+/// Opens `[database]` when enabled. Failing to is fatal: a server told to record boots that
+/// cannot would lose them silently.
+fn open_database(config: &Config) -> anyhow::Result<Option<Arc<crate::db::Database>>> {
+    let c = &config.database;
+    if !c.enabled {
+        return Ok(None);
+    }
+    match crate::db::Database::open(c) {
+        Ok(db) => {
+            tracing::info!(kind = db.kind(), url = %redact(c.url.get_ref()), "database open");
+            Ok(Some(Arc::new(db)))
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot open the database {}: {e:#}; set database.url to a place zpxe can write \
+             (or --database-url), or turn recording off with database.enabled = false \
+             (or --no-database)",
+            redact(c.url.get_ref())
+        )),
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match crate::db::DbUrl::parse(url) {
+        Ok(crate::db::DbUrl::Sqlite(path)) => path.display().to_string(),
+        _ => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let creds = &url[s + 3..at];
+                let user = creds.split(':').next().unwrap_or_default();
+                format!("{}{user}@{}", &url[..s + 3], &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        },
+    }
 }
 
 /// Claims every port `setup` and `setup_web` bind (see `zpxe_platform::instance_lock`): a

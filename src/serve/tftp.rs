@@ -137,6 +137,9 @@ pub(crate) struct TftpService {
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
     transfers: RefCell<HashMap<TransferId, Transfer>>,
+    /// Each running transfer's file and start, for its timeline event at the end (the end
+    /// event names neither). Only filled when the database records.
+    recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant)>>,
     ports: RefCell<PortPool>,
     transfer_ip: IpAddr,
     bind_warnings: RefCell<Throttle>,
@@ -166,6 +169,7 @@ impl TftpService {
             ctx: Rc::clone(ctx),
             listener: Rc::new(listener),
             transfers: RefCell::default(),
+            recording: RefCell::default(),
             ports: RefCell::new(PortPool::new(range)),
             transfer_ip: addr.ip(),
             bind_warnings: RefCell::new(Throttle::new(BIND_WARN_PERIOD)),
@@ -430,6 +434,15 @@ impl TftpService {
                 } => {
                     metrics.tftp_started();
                     tracing::info!(%id, %remote, file, size, blksize, windowsize, "TFTP transfer started");
+                    let recorder = &self.ctx.shared.recorder;
+                    if recorder.enabled() {
+                        let name = crate::db::Name::new(&file);
+                        self.recording
+                            .borrow_mut()
+                            .insert(id, (name, Instant::now()));
+                        let kind = crate::db::EventKind::TftpStart { file: name };
+                        recorder.record(crate::db::Event::now(kind).ip(remote.ip()));
+                    }
                 }
                 TftpEvent::TransferEnded {
                     id,
@@ -451,6 +464,12 @@ impl TftpService {
                             tracing::info!(%id, %remote, outcome = ?other, "TFTP transfer ended");
                         }
                     }
+                    if let Some((file, started)) = self.recording.borrow_mut().remove(&id) {
+                        let kind =
+                            crate::db::tftp_end_event(file.as_str(), &outcome, started.elapsed());
+                        let event = crate::db::Event::now(kind).ip(remote.ip());
+                        self.ctx.shared.recorder.record(event);
+                    }
                 }
                 TftpEvent::Refused {
                     remote,
@@ -460,6 +479,14 @@ impl TftpService {
                 } => {
                     metrics.tftp_refused();
                     tracing::info!(%remote, file, reason = %reason, "TFTP request refused");
+                    let recorder = &self.ctx.shared.recorder;
+                    if recorder.enabled() {
+                        let kind = crate::db::EventKind::Error {
+                            leg: crate::db::Leg::Tftp,
+                            detail: crate::db::Detail::new(&reason),
+                        };
+                        recorder.record(crate::db::Event::now(kind).ip(remote.ip()));
+                    }
                 }
                 other => tracing::debug!(event = ?other, "TFTP event"),
             }

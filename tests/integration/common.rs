@@ -82,6 +82,10 @@ pub struct Server {
     pub pxe: SocketAddr,
     log: mpsc::Receiver<String>,
     pub lines: Vec<String>,
+    /// The SQLite file this server records boots in (its own, in a temporary directory,
+    /// unless the test chose `--database-url` or `--no-database`).
+    pub db_path: PathBuf,
+    _db_dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -146,6 +150,10 @@ impl Server {
     ) -> Server {
         let [tftp, dhcp, pxe, http, web] = ports;
         let mut root_arg = root.as_os_str().to_owned();
+        // Never the system's /var/lib/zpxe: each server records in a database of its own.
+        let db_dir = tempfile::tempdir().expect("database dir");
+        let db_path = db_dir.path().join("zpxe.db");
+        let mut db_url = format!("sqlite://{}", db_path.display());
         let mut cmd = match program {
             Program::InNamespace(ns) => {
                 let mut c = Command::new(require("ip"));
@@ -159,6 +167,7 @@ impl Server {
                     .env("WINEPREFIX", prefix)
                     .env("WINEDEBUG", "-all");
                 root_arg = wine_path(root).into();
+                db_url = format!("sqlite:///{}", wine_path(&db_path));
                 c
             }
         };
@@ -175,8 +184,14 @@ impl Server {
             .args(["--http-port", &http.to_string()])
             .args(["--web-port", &web.to_string()])
             .args(["--dhcp-port", &dhcp.to_string()])
-            .args(["--pxe-port", &pxe.to_string()])
-            .args(extra)
+            .args(["--pxe-port", &pxe.to_string()]);
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--database-url") || *a == "--no-database")
+        {
+            cmd.args(["--database-url", &db_url]);
+        }
+        cmd.args(extra)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -215,6 +230,8 @@ impl Server {
             pxe: addr(pxe),
             log: rx,
             lines: Vec::new(),
+            db_path,
+            _db_dir: db_dir,
         };
         server.wait_for_log("zpxe ready", ready_within);
         server
