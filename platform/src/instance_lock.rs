@@ -334,7 +334,7 @@ mod tests {
     fn claim(proto: Proto, addr: &str, port: u16) -> Claim {
         Claim {
             proto,
-            addr: addr.parse().unwrap(),
+            addr: addr.parse().expect("address"),
             port,
             device: None,
         }
@@ -350,9 +350,9 @@ mod tests {
 
     #[test]
     fn same_port_twice_conflicts_and_names_the_holder() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
         let c = [claim(Proto::Tcp, "0.0.0.0", 8050)];
-        let first = acquire_in(dir.path(), "t-", &c).unwrap();
+        let first = acquire_in(dir.path(), "t-", &c).expect("lock");
         let msg = conflict(acquire_in(dir.path(), "t-", &c));
         assert_eq!(
             msg,
@@ -362,19 +362,19 @@ mod tests {
             )
         );
         drop(first);
-        acquire_in(dir.path(), "t-", &c).unwrap();
+        acquire_in(dir.path(), "t-", &c).expect("lock");
     }
 
     #[test]
     fn wildcard_conflicts_with_a_specific_address_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
         let any = [claim(Proto::Udp, "0.0.0.0", 69)];
         let one = [claim(Proto::Udp, "10.0.0.1", 69)];
-        let held = acquire_in(dir.path(), "", &one).unwrap();
+        let held = acquire_in(dir.path(), "", &one).expect("lock");
         let msg = conflict(acquire_in(dir.path(), "", &any));
         assert!(msg.contains("listening on 10.0.0.1"), "{msg}");
         drop(held);
-        let held = acquire_in(dir.path(), "", &any).unwrap();
+        let held = acquire_in(dir.path(), "", &any).expect("lock");
         let msg = conflict(acquire_in(dir.path(), "", &one));
         assert!(
             msg.starts_with("port 69/udp on 10.0.0.1 is already"),
@@ -386,28 +386,29 @@ mod tests {
 
     #[test]
     fn distinct_addresses_protocols_families_and_namespaces_coexist() {
-        let dir = tempfile::tempdir().unwrap();
-        let _a = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "10.0.0.1", 80)]).unwrap();
-        let _b = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "10.0.0.2", 80)]).unwrap();
-        let _c = acquire_in(dir.path(), "", &[claim(Proto::Udp, "0.0.0.0", 80)]).unwrap();
-        let _d = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "::", 80)]).unwrap();
-        let _e = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "10.0.0.1", 8080)]).unwrap();
-        let _f = acquire_in(dir.path(), "other-", &[claim(Proto::Tcp, "0.0.0.0", 80)]).unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
+        let _a = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "10.0.0.1", 80)]).expect("lock");
+        let _b = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "10.0.0.2", 80)]).expect("lock");
+        let _c = acquire_in(dir.path(), "", &[claim(Proto::Udp, "0.0.0.0", 80)]).expect("lock");
+        let _d = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "::", 80)]).expect("lock");
+        let _e = acquire_in(dir.path(), "", &[claim(Proto::Tcp, "10.0.0.1", 8080)]).expect("lock");
+        let _f =
+            acquire_in(dir.path(), "other-", &[claim(Proto::Tcp, "0.0.0.0", 80)]).expect("lock");
         // Port 0 is the kernel's choice, never a conflict.
         let z = [claim(Proto::Tcp, "0.0.0.0", 0)];
-        let _g = acquire_in(dir.path(), "", &z).unwrap();
-        let _h = acquire_in(dir.path(), "", &z).unwrap();
+        let _g = acquire_in(dir.path(), "", &z).expect("lock");
+        let _h = acquire_in(dir.path(), "", &z).expect("lock");
     }
 
     #[test]
     fn one_process_may_claim_a_wildcard_and_its_own_specific_address() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
         let both = [
             claim(Proto::Tcp, "127.0.0.1", 8050),
             claim(Proto::Tcp, "0.0.0.0", 8050),
             claim(Proto::Tcp, "0.0.0.0", 8050),
         ];
-        let _held = acquire_in(dir.path(), "", &both).unwrap();
+        let _held = acquire_in(dir.path(), "", &both).expect("lock");
         conflict(acquire_in(
             dir.path(),
             "",
@@ -417,13 +418,13 @@ mod tests {
 
     #[test]
     fn devices_split_a_wildcard_port() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tmp");
         let on = |dev: &str| Claim {
             device: Some(dev.to_owned()),
             ..claim(Proto::Udp, "0.0.0.0", 67)
         };
-        let _a = acquire_in(dir.path(), "", &[on("eth0")]).unwrap();
-        let _b = acquire_in(dir.path(), "", &[on("eth1")]).unwrap();
+        let _a = acquire_in(dir.path(), "", &[on("eth0")]).expect("lock");
+        let _b = acquire_in(dir.path(), "", &[on("eth1")]).expect("lock");
         let msg = conflict(acquire_in(dir.path(), "", &[on("eth0")]));
         assert!(msg.starts_with("port 67/udp on 0.0.0.0 (eth0)"), "{msg}");
         let msg = conflict(acquire_in(
