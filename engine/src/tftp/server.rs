@@ -153,6 +153,12 @@ struct Control {
 /// grow memory).
 const MAX_CONTROL: usize = 1024;
 
+/// ERROR replies sent per second at most. Every stray datagram (an ACK for no transfer, a
+/// malformed packet, a request for a missing file) is answered with an ERROR (RFC 1350 section
+/// 7), so without a cap a spoofed flood is reflected one for one at whatever address it forged.
+/// Past the cap the rest of that second's errors are not sent: a real client retransmits.
+pub(crate) const ERRORS_PER_SECOND: u32 = 256;
+
 /// The TFTP server.
 #[derive(Debug)]
 pub struct TftpServer {
@@ -177,6 +183,9 @@ pub struct TftpServer {
     next_id: u64,
     /// False once the server drains: new read requests get no answer.
     accepting: bool,
+    /// ERROR replies left in the current one-second window, and when that window began.
+    error_budget: u32,
+    error_window: Option<Instant>,
 }
 
 impl TftpServer {
@@ -195,6 +204,8 @@ impl TftpServer {
             events: VecDeque::new(),
             next_id: 0,
             accepting: true,
+            error_budget: ERRORS_PER_SECOND,
+            error_window: None,
         }
     }
 
@@ -254,6 +265,13 @@ impl TftpServer {
         data: &[u8],
         images: &mut dyn ImageCatalog,
     ) {
+        if self
+            .error_window
+            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1))
+        {
+            self.error_window = Some(now);
+            self.error_budget = ERRORS_PER_SECOND;
+        }
         // Which transfer, if any, this datagram belongs to.
         let owner = match local {
             Local::Transfer(id) => Some(id),
@@ -356,9 +374,10 @@ impl TftpServer {
     }
 
     fn reply_error(&mut self, local: Local, meta: &DatagramMeta, code: ErrorCode, message: &str) {
-        if self.control.len() >= MAX_CONTROL {
+        if self.control.len() >= MAX_CONTROL || self.error_budget == 0 {
             return;
         }
+        self.error_budget -= 1;
         self.control.push_back(Control {
             local,
             to: meta.remote,

@@ -1502,3 +1502,31 @@ fn a_symlink_out_of_the_root_answers_file_not_found() {
         assert_eq!(reason, Some(error.to_string()), "{name}");
     }
 }
+
+#[test]
+fn stray_datagrams_get_at_most_a_bounded_number_of_errors_a_second() {
+    let mut server = TftpServer::new(loopback_config());
+    let mut images = MemoryCatalog::new();
+    let t0 = Instant::now();
+    let mut ack = [0u8; 8];
+    let n = Emit::ack(&mut ack, 1, None).expect("emit");
+    let mut buf = [0u8; 1024];
+    let mut answered = |server: &mut TftpServer, at: Instant, count: u16| {
+        let mut errors = 0;
+        for i in 0..count {
+            // Each from its own (forged) source: an ACK for a transfer that does not exist.
+            let meta = DatagramMeta::from_remote(from((i % 250) as u8, 1000 + i));
+            server.handle_datagram(at, Local::Listener, meta, &ack[..n], &mut images);
+            while server.poll_transmit(at, 64, &mut buf).is_some() {
+                errors += 1;
+            }
+        }
+        errors
+    };
+    // A flood of 10,000 stray ACKs within one second gets the cap, not 10,000 answers.
+    let first = answered(&mut server, t0, 10_000);
+    assert_eq!(first, super::server::ERRORS_PER_SECOND);
+    // The next second has a fresh budget, so a real client's mistake is still answered.
+    let later = answered(&mut server, t0 + Duration::from_millis(1_001), 1);
+    assert_eq!(later, 1);
+}
