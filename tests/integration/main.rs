@@ -14,6 +14,7 @@ mod http_hostile;
 mod instance;
 mod loadgen;
 mod netns;
+mod reporting;
 #[cfg(unix)]
 mod rewrite;
 mod tftp;
