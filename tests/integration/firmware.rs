@@ -1218,7 +1218,7 @@ fn pxe_only_beside_a_dhcp_server_on_the_same_host_boots_through_4011() {
         Command::new(require("ip"))
             .args(["netns", "exec", &lab.server_ns])
             .arg(zpxe_bin())
-            .args(["serve", "--config"])
+            .args(["serve", "--no-database", "--config"])
             .arg(&config)
             .args(["--listen", "0.0.0.0", "--http-port", "8050"]),
         Duration::from_secs(20),

@@ -12,7 +12,7 @@ fn second(server: &Server, root: &std::path::Path, ip: &str) -> (bool, String) {
     cmd.arg("serve")
         .arg("--root")
         .arg(root)
-        .args(["--listen", ip, "--no-web", "--no-dhcp"])
+        .args(["--listen", ip, "--no-web", "--no-dhcp", "--no-database"])
         .args(["--tftp-port", &server.tftp.port().to_string()])
         .args(["--http-port", &server.http.port().to_string()])
         .env("NO_COLOR", "1");
@@ -62,7 +62,13 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         .arg("serve")
         .arg("--root")
         .arg(root.path())
-        .args(["--listen", "127.0.0.1", "--no-web", "--no-dhcp"])
+        .args([
+            "--listen",
+            "127.0.0.1",
+            "--no-web",
+            "--no-dhcp",
+            "--no-database",
+        ])
         .args(["--tftp-port", &crate::common::free_udp_port().to_string()])
         .args(["--http-port", &crate::common::free_tcp_port().to_string()])
         .env_remove("NO_COLOR")
