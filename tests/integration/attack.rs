@@ -581,6 +581,7 @@ fn what_a_spoofer_gets_back_is_bounded() {
             let victim = spoofed_socket(5005, 43005);
             let req = rrq("ipxe.efi", &[("blksize", "1468"), ("windowsize", "64")]);
             victim.send_to(&req, server.tftp).expect("send");
+            victim.set_nonblocking(false).expect("blocking");
             victim.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut buf = vec![0u8; 65536];
             let (n, from) = victim.recv_from(&mut buf).expect("OACK");
