@@ -340,7 +340,7 @@ impl TftpService {
                 let mut store = self.ctx.store.borrow_mut();
                 self.engine
                     .borrow_mut()
-                    .evict_unacknowledged(id, &mut *store)?
+                    .evict_unacknowledged(std::time::Instant::now(), id, &mut *store)?
             };
             let taken = self.transfers.borrow_mut().remove(&victim);
             if let Some(mut t) = taken {

@@ -159,6 +159,12 @@ const MAX_CONTROL: usize = 1024;
 /// Past the cap the rest of that second's errors are not sent: a real client retransmits.
 pub(crate) const ERRORS_PER_SECOND: u32 = 256;
 
+/// How long a transfer must have waited for its first ACK before it may be evicted to make
+/// room. A real client answers within a round trip (milliseconds); without this a spoofer
+/// sending RRQs faster than the table holds would evict real clients mid-handshake, since
+/// they too are unacknowledged for that round trip.
+const EVICT_AFTER: Duration = Duration::from_secs(1);
+
 /// The TFTP server.
 #[derive(Debug)]
 pub struct TftpServer {
@@ -453,14 +459,22 @@ impl TftpServer {
         // At a cap, only a transfer that never got an ACK can make room; without one, refuse
         // before touching the file system.
         let full = self.transfers.len() >= self.config.max_transfers;
-        if full && self.unacked.is_empty() {
+        let oldest_evictable = self
+            .unacked
+            .first()
+            .copied()
+            .filter(|&id| self.evictable(id, now));
+        if full && oldest_evictable.is_none() {
             let msg = "server busy, try again";
             self.refuse(&meta, req.filename, ErrorCode::NotDefined, msg, msg);
             return;
         }
         let crowded = self.per_client.get(&client).copied().unwrap_or(0)
             >= self.config.max_transfers_per_client;
-        if crowded && self.oldest_unacked_of(client).is_none() {
+        let client_evictable = self
+            .oldest_unacked_of(client)
+            .filter(|&id| self.evictable(id, now));
+        if crowded && client_evictable.is_none() {
             let msg = "too many transfers from this address, try again";
             self.refuse(&meta, req.filename, ErrorCode::NotDefined, msg, msg);
             return;
@@ -476,12 +490,14 @@ impl TftpServer {
         // The file exists: now make room, oldest unacknowledged transfer first. A spoofed flood
         // fills the table with transfers that never get an ACK; a real client's request then
         // replaces the oldest of them instead of being refused.
-        if full && let Some(&victim) = self.unacked.first() {
+        if full && let Some(victim) = oldest_evictable {
             self.evict(victim, images);
         }
         if self.per_client.get(&client).copied().unwrap_or(0)
             >= self.config.max_transfers_per_client
-            && let Some(victim) = self.oldest_unacked_of(client)
+            && let Some(victim) = self
+                .oldest_unacked_of(client)
+                .filter(|&id| self.evictable(id, now))
         {
             self.evict(victim, images);
         }
@@ -526,6 +542,7 @@ impl TftpServer {
             sent_max: 0,
             heard: false,
             expires: now + first_ack,
+            born: now,
             probing: false,
             deadline: now,
             timer_at: None,
@@ -582,6 +599,13 @@ impl TftpServer {
             .map(|&(_, id)| id)
     }
 
+    /// Whether transfer `id` has waited long enough for its first ACK to be evicted.
+    fn evictable(&self, id: TransferId, now: Instant) -> bool {
+        self.transfers
+            .get(&id)
+            .is_some_and(|t| now.saturating_duration_since(t.born) >= EVICT_AFTER)
+    }
+
     /// Ends a transfer that never got an ACK to make room, without a word to its peer (which
     /// never showed it receives; a real client whose answer was lost retransmits its RRQ).
     fn evict(&mut self, id: TransferId, images: &mut dyn ImageCatalog) {
@@ -597,10 +621,16 @@ impl TftpServer {
     /// `except`. Returns the evicted transfer.
     pub fn evict_unacknowledged(
         &mut self,
+        now: Instant,
         except: TransferId,
         images: &mut dyn ImageCatalog,
     ) -> Option<TransferId> {
-        let victim = self.unacked.iter().copied().find(|&id| id != except)?;
+        let victim = self
+            .unacked
+            .iter()
+            .copied()
+            .find(|&id| id != except)
+            .filter(|&id| self.evictable(id, now))?;
         self.evict(victim, images);
         Some(victim)
     }

@@ -702,6 +702,14 @@ fn at_a_cap_the_oldest_transfer_without_an_ack_makes_room() {
     let b = m.rrq_from(from(1, 2), "f").expect("b");
     let c = m.rrq_from(from(2, 5), "f").expect("c");
     m.drain();
+    // Only a transfer that has waited a while for its first ACK may be evicted: a real
+    // client's handshake takes a round trip, and a flood must not evict it in that time.
+    assert_eq!(m.rrq_from(from(3, 5), "f"), None, "young transfers stay");
+    assert_eq!(
+        m.drain().into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
+        vec![Sent::Error(ErrorCode::NotDefined)]
+    );
+    m.now += Duration::from_millis(1_100);
     // A request for a missing file makes no room: it is refused for what it is.
     assert_eq!(m.rrq_from(from(4, 5), "missing"), None);
     assert_eq!(
@@ -751,6 +759,7 @@ fn at_the_per_client_cap_only_that_address_loses_a_transfer() {
     let other = m.rrq_from(from(9, 1), "f").expect("other");
     let x = m.rrq_acked(from(1, 1));
     let y = m.rrq_from(from(1, 2), "f").expect("y");
+    m.now += Duration::from_millis(1_100);
     let z = m.rrq_from(from(1, 3), "f").expect("z starts in y's place");
     assert!(!m.server.is_active(y));
     for id in [other, x, z] {

@@ -71,6 +71,8 @@ pub(crate) struct Transfer {
     pub(crate) heard: bool,
     /// When a transfer that was never `heard` ends.
     pub(crate) expires: Instant,
+    /// When the RRQ that started it arrived.
+    pub(crate) born: Instant,
     /// A retransmission timeout fired and no ACK came since: windows are one block.
     pub(crate) probing: bool,
     pub(crate) deadline: Instant,
