@@ -338,9 +338,11 @@ impl TftpService {
         for _ in 0..MAX_EVICTIONS_PER_SOCKET {
             let victim = {
                 let mut store = self.ctx.store.borrow_mut();
-                self.engine
-                    .borrow_mut()
-                    .evict_unacknowledged(std::time::Instant::now(), id, &mut *store)?
+                self.engine.borrow_mut().evict_unacknowledged(
+                    std::time::Instant::now(),
+                    id,
+                    &mut *store,
+                )?
             };
             let taken = self.transfers.borrow_mut().remove(&victim);
             if let Some(mut t) = taken {
