@@ -46,6 +46,7 @@ pub(crate) fn loadgen(
         &limit_s.to_string(),
     ])
     .args(["--clients", &clients.to_string()])
+    .args(["--server", &server.tftp.ip().to_string()])
     .args(["--dhcp-port", &server.dhcp.port().to_string()])
     .args(["--pxe-port", &server.pxe.port().to_string()])
     .args(["--tftp-port", &server.tftp.port().to_string()])
