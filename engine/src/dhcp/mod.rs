@@ -11,11 +11,13 @@ mod fixtures;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod ids;
+pub mod leases;
 pub mod options;
 pub mod policy;
 #[cfg(test)]
 mod prop_tests;
 pub mod proxy;
+pub mod server;
 pub mod template;
 pub mod wire;
 
@@ -26,4 +28,5 @@ pub use policy::{
     BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
 };
 pub use proxy::{DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig};
+pub use server::{DhcpServer, DhcpServerConfig, ServerEvent};
 pub use wire::{BootOp, DhcpRepr, Packet, WireError};

@@ -361,7 +361,11 @@ fn pxe_vendor_reply(request: &DhcpRepr) -> PxeVendorOptions {
     }
 }
 
-fn client_facts(meta: &DatagramMeta, request: &DhcpRepr, http_client: bool) -> ClientFacts {
+pub(super) fn client_facts(
+    meta: &DatagramMeta,
+    request: &DhcpRepr,
+    http_client: bool,
+) -> ClientFacts {
     let options = &request.options;
     let arch = options.client_arch.first().copied().or_else(|| {
         options

@@ -1,0 +1,1842 @@
+//! The DHCP server (`dhcp.mode = "server"`): zpxe as the only DHCP server of an isolated
+//! imaging network. It hands out addresses from pools per subnet (RFC 2131) and puts the PXE,
+//! iPXE or HTTP Boot answer of the boot policy in the same OFFER and ACK, so no 4011 exchange
+//! is needed (4011 is still answered by the proxy responder beside it).
+//!
+//! Durability: an ACK depends on a lease, so it is held until the caller says the lease is
+//! written. Each REQUEST that binds produces a [`Commit`] (`poll_commit`); its reply leaves
+//! `poll_transmit` only after `committed(seq, true)`. A crash before that loses an ACK the
+//! client never saw, never a lease it holds. RELEASE and DECLINE produce commits without a reply.
+//!
+//! Bad input gets no reply and an [`ServerEvent::Ignored`] with its reason.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::ids::{ClientUuid, MacAddr};
+use super::leases::{AllocError, ClientKey, LeaseRecord, LeaseTable, MAX_POOL_ADDRESSES, Pool};
+use super::options::{DISCOVERY_USE_BOOT_FILE, DhcpOptions, MessageType, PxeVendorOptions};
+use super::policy::{BootKind, BootPolicy, BootTarget, Ipv4Cidr};
+use super::wire::{BootOp, CLIENT_PORT, DhcpRepr, SERVER_PORT, WireError};
+use crate::net::{DatagramMeta, Payload, Transmit};
+
+const MAX_QUEUED_REPLIES: usize = 256;
+const MAX_QUEUED_EVENTS: usize = 1024;
+/// Commits handed out and not yet confirmed, with their held replies. A writer that falls
+/// behind makes REQUESTs wait (ignored, counted; clients retransmit), never memory grow.
+const MAX_PENDING_COMMITS: usize = 1024;
+const MAX_FILE_FIELD: usize = 127;
+const PXE_CLIENT: &[u8] = b"PXEClient";
+const HTTP_CLIENT: &[u8] = b"HTTPClient";
+
+/// Option codes this machine writes that `DhcpOptions` keeps in `other`.
+mod code {
+    pub(super) const DNS: u8 = 6;
+    pub(super) const BROADCAST_ADDRESS: u8 = 28;
+    pub(super) const RENEWAL_TIME: u8 = 58;
+    pub(super) const REBINDING_TIME: u8 = 59;
+}
+
+/// `[[dhcp.pool]]`: one subnet's addresses and options.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The subnet, e.g. "10.0.0.0/24": clients on it (directly, or through a relay whose giaddr
+    /// is in it) get addresses from `range`.
+    pub subnet: Ipv4Cidr,
+    /// First and last address handed out, inclusive.
+    pub range: [Ipv4Addr; 2],
+    /// Option 3.
+    #[serde(default)]
+    pub router: Vec<Ipv4Addr>,
+    /// Option 6.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Lease time for this pool; `dhcp.lease-time-secs` when absent.
+    #[serde(default)]
+    pub lease_time_secs: Option<u32>,
+}
+
+/// `[[dhcp.reservation]]`: a fixed address for one MAC.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Reservation {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+}
+
+/// Runtime settings of the server (assembled by the binary from its configuration).
+#[derive(Debug, Clone)]
+pub struct DhcpServerConfig {
+    pub policy: BootPolicy,
+    pub http_port: u16,
+    /// Address to name as the server when the platform cannot tell the arrival address.
+    pub server_ip: Option<Ipv4Addr>,
+    /// This server's DHCP port; clients are answered on the one above it unless it is 67.
+    pub dhcp_port: u16,
+    pub pools: Vec<PoolConfig>,
+    pub reservations: Vec<Reservation>,
+    pub lease_time: Duration,
+    /// How long an offered address is held for its client.
+    pub offer_hold: Duration,
+    /// How long a declined address is kept out of the pool.
+    pub decline_hold: Duration,
+}
+
+impl Default for DhcpServerConfig {
+    fn default() -> Self {
+        Self {
+            policy: BootPolicy::default(),
+            http_port: 80,
+            server_ip: None,
+            dhcp_port: SERVER_PORT,
+            pools: Vec::new(),
+            reservations: Vec::new(),
+            lease_time: Duration::from_secs(3600),
+            offer_hold: Duration::from_secs(10),
+            decline_hold: Duration::from_secs(600),
+        }
+    }
+}
+
+impl DhcpServerConfig {
+    /// Every problem with the pools and reservations, as messages naming the key.
+    pub fn check(
+        pools: &[PoolConfig],
+        reservations: &[Reservation],
+        lease_secs: u32,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        if pools.is_empty() {
+            problems.push(
+                "dhcp.mode = \"server\" needs at least one [[dhcp.pool]] (subnet and range)"
+                    .to_owned(),
+            );
+        }
+        if lease_secs < 60 {
+            problems.push(format!(
+                "dhcp.lease-time-secs = {lease_secs}: at least 60 seconds"
+            ));
+        }
+        let mut total: u64 = 0;
+        for (i, p) in pools.iter().enumerate() {
+            let [first, last] = p.range;
+            let name = format!("dhcp.pool[{i}] ({})", cidr_text(p.subnet));
+            if !p.subnet.contains(first) || !p.subnet.contains(last) {
+                problems.push(format!(
+                    "{name}: range {first}-{last} is not inside the subnet"
+                ));
+            }
+            if u32::from(first) > u32::from(last) {
+                problems.push(format!("{name}: range starts at {first}, after {last}"));
+            }
+            total += u64::from(u32::from(last).saturating_sub(u32::from(first))) + 1;
+            if p.lease_time_secs.is_some_and(|s| s < 60) {
+                problems.push(format!("{name}: lease-time-secs must be at least 60"));
+            }
+            for q in &pools[..i] {
+                if q.subnet.contains(p.subnet.network) || p.subnet.contains(q.subnet.network) {
+                    problems.push(format!(
+                        "{name} overlaps the pool for {}: each subnet has one pool",
+                        cidr_text(q.subnet)
+                    ));
+                }
+            }
+        }
+        if total > MAX_POOL_ADDRESSES {
+            problems.push(format!(
+                "the pools hold {total} addresses; at most {MAX_POOL_ADDRESSES}"
+            ));
+        }
+        for (i, r) in reservations.iter().enumerate() {
+            if !pools.iter().any(|p| p.subnet.contains(r.ip)) {
+                problems.push(format!(
+                    "dhcp.reservation[{i}]: {} is in no pool's subnet",
+                    r.ip
+                ));
+            }
+            if reservations[..i].iter().any(|o| o.mac == r.mac) {
+                problems.push(format!(
+                    "dhcp.reservation[{i}]: {} is reserved twice",
+                    r.mac
+                ));
+            }
+            if reservations[..i].iter().any(|o| o.ip == r.ip) {
+                problems.push(format!(
+                    "dhcp.reservation[{i}]: {} is reserved for two machines",
+                    r.ip
+                ));
+            }
+        }
+        problems
+    }
+}
+
+fn cidr_text(c: Ipv4Cidr) -> String {
+    format!("{}/{}", c.network, c.prefix_len)
+}
+
+fn mask_of(prefix_len: u8) -> Ipv4Addr {
+    Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0),
+    )
+}
+
+/// What happened to a request, for logs, metrics and the boot timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    Offered {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        relay: Option<Ipv4Addr>,
+        boot: Option<BootInfo>,
+    },
+    Acked {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        relay: Option<Ipv4Addr>,
+        lease_secs: u32,
+        boot: Option<BootInfo>,
+    },
+    /// An INFORM answered: options, no address.
+    Informed {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+        relay: Option<Ipv4Addr>,
+    },
+    Nak {
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        reason: NakReason,
+    },
+    Released {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
+    Declined {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
+    Ignored {
+        reason: ServerIgnore,
+        mac: Option<MacAddr>,
+    },
+}
+
+/// The boot answer that went with an offer or ack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootInfo {
+    pub uuid: Option<ClientUuid>,
+    pub arch: Option<u16>,
+    pub boot_file: String,
+    pub ipxe: bool,
+}
+
+/// Why a REQUEST got a NAK.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NakReason {
+    #[error("the requested address is not on the client's network")]
+    WrongNetwork,
+    #[error("the requested address is leased to another client")]
+    InUse,
+    #[error("the client's lease is for another address")]
+    NotItsLease,
+    #[error("a REQUEST without an address")]
+    NoAddress,
+}
+
+/// Why a datagram got no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerIgnore {
+    #[error("malformed: {0}")]
+    Malformed(WireError),
+    #[error("not a BOOTREQUEST")]
+    NotBootRequest,
+    #[error("message type {0:?} is not answered by a DHCP server")]
+    UnexpectedMessage(Option<MessageType>),
+    #[error("message for another server")]
+    NotForUs,
+    #[error("no local IPv4 address to name as the server")]
+    NoServerAddress,
+    #[error("no pool for the client's subnet")]
+    NoPool,
+    #[error("the pool has no free address")]
+    PoolExhausted,
+    #[error("INIT-REBOOT from a client this server has no lease for")]
+    UnknownClient,
+    #[error("RELEASE or DECLINE of an address the client does not hold")]
+    NotHolder,
+    #[error("lease writes are backed up")]
+    CommitBacklog,
+    #[error("reply queue full")]
+    QueueFull,
+}
+
+/// Lease changes to write down, in one transaction, before `committed(seq, true)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    pub seq: u64,
+    pub records: Vec<LeaseRecord>,
+}
+
+#[derive(Debug)]
+struct QueuedReply {
+    destination: SocketAddr,
+    source_ip: Option<IpAddr>,
+    ifindex: Option<u32>,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    reply: Option<QueuedReply>,
+    event: ServerEvent,
+}
+
+/// The server. Feed it datagrams from the DHCP port; poll commits, replies and events.
+#[derive(Debug)]
+pub struct DhcpServer {
+    config: DhcpServerConfig,
+    table: LeaseTable,
+    replies: VecDeque<QueuedReply>,
+    events: VecDeque<ServerEvent>,
+    commits: VecDeque<Commit>,
+    held: VecDeque<Held>,
+    next_seq: u64,
+}
+
+/// What one request resolved to.
+enum Outcome {
+    Reply(QueuedReply, ServerEvent),
+    /// A reply (or none) that waits for `records` to be written.
+    Durable(Option<QueuedReply>, ServerEvent, Vec<LeaseRecord>),
+    Ignore(ServerIgnore),
+}
+
+impl DhcpServer {
+    pub fn new(config: DhcpServerConfig) -> Self {
+        let mut server_ips: Vec<Ipv4Addr> = config.server_ip.into_iter().collect();
+        server_ips.extend(config.pools.iter().flat_map(|p| p.router.iter().copied()));
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| {
+                let mut excluded: Vec<Ipv4Addr> = p.router.iter().chain(&p.dns).copied().collect();
+                excluded.extend(server_ips.iter().copied());
+                Pool::new(p.subnet, p.range[0], p.range[1], excluded)
+            })
+            .collect();
+        let reservations: Vec<(MacAddr, Ipv4Addr)> =
+            config.reservations.iter().map(|r| (r.mac, r.ip)).collect();
+        Self {
+            table: LeaseTable::new(pools, &reservations),
+            config,
+            replies: VecDeque::new(),
+            events: VecDeque::new(),
+            commits: VecDeque::new(),
+            held: VecDeque::new(),
+            next_seq: 1,
+        }
+    }
+
+    pub fn config(&self) -> &DhcpServerConfig {
+        &self.config
+    }
+
+    pub fn table(&self) -> &LeaseTable {
+        &self.table
+    }
+
+    /// Restores the stored leases (at start, before the first datagram). Returns how many were
+    /// taken; leases outside every pool are left out.
+    pub fn restore(&mut self, now: Instant, records: &[LeaseRecord]) -> usize {
+        records
+            .iter()
+            .filter(|r| self.table.restore(r, now))
+            .count()
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, meta: DatagramMeta, data: &[u8]) {
+        let request = match DhcpRepr::parse_bytes(data) {
+            Ok(request) => request,
+            Err(error) => return self.ignore(ServerIgnore::Malformed(error), None),
+        };
+        let mac = Some(request.client_mac);
+        match self.answer(now, &meta, &request) {
+            Outcome::Reply(reply, event) => {
+                if self.replies.len() >= MAX_QUEUED_REPLIES {
+                    return self.ignore(ServerIgnore::QueueFull, mac);
+                }
+                self.replies.push_back(reply);
+                self.push_event(event);
+            }
+            Outcome::Durable(reply, event, records) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.commits.push_back(Commit { seq, records });
+                self.held.push_back(Held { seq, reply, event });
+            }
+            Outcome::Ignore(reason) => self.ignore(reason, mac),
+        }
+    }
+
+    /// The next batch of lease changes to write.
+    pub fn poll_commit(&mut self) -> Option<Commit> {
+        self.commits.pop_front()
+    }
+
+    /// Commits handed out or waiting and not yet confirmed.
+    pub fn pending_commits(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The writer's answer for commit `seq`: its reply is released when written, dropped when
+    /// not (the client retransmits; its lease stays in memory, so the retry binds it again and
+    /// writes it again).
+    pub fn committed(&mut self, seq: u64, written: bool) {
+        let Some(pos) = self.held.iter().position(|h| h.seq == seq) else {
+            return;
+        };
+        let Some(held) = self.held.remove(pos) else {
+            return;
+        };
+        if !written {
+            return;
+        }
+        if let Some(reply) = held.reply {
+            if self.replies.len() >= MAX_QUEUED_REPLIES {
+                let mac = event_mac(&held.event);
+                return self.ignore(ServerIgnore::QueueFull, mac);
+            }
+            self.replies.push_back(reply);
+        }
+        self.push_event(held.event);
+    }
+
+    /// The next reply, written to the front of `buf`; always sent from the DHCP port.
+    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(reply) = self.replies.pop_front() {
+            let Some(out) = buf.get_mut(..reply.bytes.len()) else {
+                continue;
+            };
+            out.copy_from_slice(&reply.bytes);
+            return Some(Transmit {
+                destination: reply.destination,
+                source_ip: reply.source_ip,
+                ifindex: reply.ifindex,
+                payload: Payload::Bytes {
+                    len: reply.bytes.len(),
+                },
+            });
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    fn ignore(&mut self, reason: ServerIgnore, mac: Option<MacAddr>) {
+        self.push_event(ServerEvent::Ignored { reason, mac });
+    }
+
+    fn push_event(&mut self, event: ServerEvent) {
+        if self.events.len() < MAX_QUEUED_EVENTS {
+            self.events.push_back(event);
+        }
+    }
+
+    fn server_address(&self, meta: &DatagramMeta) -> Option<Ipv4Addr> {
+        match meta.local_ip {
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Some(ip),
+            _ => self.config.server_ip,
+        }
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.1
+    //# the address is selected based on the subnet from which
+    //# the message was received (if 'giaddr' is 0) or on the address of
+    //# the relay agent that forwarded the message ('giaddr' when not 0).
+    fn pool_for(&self, request: &DhcpRepr, server: Ipv4Addr) -> Option<usize> {
+        let on = if request.giaddr.is_unspecified() {
+            server
+        } else {
+            request.giaddr
+        };
+        self.table.pool_of_subnet(on)
+    }
+
+    fn answer(&mut self, now: Instant, meta: &DatagramMeta, request: &DhcpRepr) -> Outcome {
+        if request.op != BootOp::Request {
+            return Outcome::Ignore(ServerIgnore::NotBootRequest);
+        }
+        let Some(server) = self.server_address(meta) else {
+            return Outcome::Ignore(ServerIgnore::NoServerAddress);
+        };
+        let kind = request.options.message_type;
+        // Only DISCOVER and REQUEST change state before a reply, so the backlog check is theirs.
+        let durable = matches!(
+            kind,
+            Some(MessageType::Request | MessageType::Release | MessageType::Decline)
+        );
+        if durable && self.held.len() >= MAX_PENDING_COMMITS {
+            return Outcome::Ignore(ServerIgnore::CommitBacklog);
+        }
+        match kind {
+            Some(MessageType::Discover) => self.discover(now, meta, request, server),
+            Some(MessageType::Request) => self.request(now, meta, request, server),
+            Some(MessageType::Release) => self.release(now, request, server),
+            Some(MessageType::Decline) => self.decline(now, request, server),
+            Some(MessageType::Inform) => self.inform(meta, request, server),
+            other => Outcome::Ignore(ServerIgnore::UnexpectedMessage(other)),
+        }
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.1
+    //# When a server receives a DHCPDISCOVER message from a client, the
+    //# server chooses a network address for the requesting client.
+    fn discover(
+        &mut self,
+        now: Instant,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+    ) -> Outcome {
+        let Some(pool) = self.pool_for(request, server) else {
+            return Outcome::Ignore(ServerIgnore::NoPool);
+        };
+        let client = ClientKey::from_request(request);
+        let mac = request.client_mac;
+        let ip = match self
+            .table
+            .choose(pool, &client, mac, request.options.requested_ip, now)
+        {
+            Ok(ip) => ip,
+            Err(AllocError::Exhausted) => return Outcome::Ignore(ServerIgnore::PoolExhausted),
+        };
+        let until = now + self.config.offer_hold;
+        self.table.offer(ip, &client, mac, until, now);
+        let (reply, boot, _) =
+            self.lease_reply(meta, request, server, pool, MessageType::Offer, ip);
+        Outcome::Reply(
+            reply,
+            ServerEvent::Offered {
+                mac,
+                ip,
+                relay: relay_of(request),
+                boot,
+            },
+        )
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
+    //# A DHCPREQUEST message may come from a client responding to a
+    //# DHCPOFFER message from a server, from a client verifying a
+    //# previously allocated IP address or from a client extending the
+    //# lease on a network address.
+    fn request(
+        &mut self,
+        now: Instant,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+    ) -> Outcome {
+        let client = ClientKey::from_request(request);
+        let mac = request.client_mac;
+        let requested = request.options.requested_ip;
+        let Some(pool) = self.pool_for(request, server) else {
+            return Outcome::Ignore(ServerIgnore::NoPool);
+        };
+        let ip = match (request.options.server_id, requested) {
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
+            //# If the DHCPREQUEST message contains a 'server identifier'
+            //# option, the message is in response to a DHCPOFFER message.
+            //# Otherwise, the message is a request to verify or extend an
+            //# existing lease.
+            (Some(id), _) if id != server => {
+                //= https://www.rfc-editor.org/rfc/rfc2131#section-3.1
+                //# Those servers not selected by the DHCPREQUEST message use the
+                //# message as notification that the client has declined that server's
+                //# offer.
+                self.table.withdraw_offer(&client);
+                return Outcome::Ignore(ServerIgnore::NotForUs);
+            }
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
+            //# DHCPREQUEST generated during SELECTING state:
+            //#
+            //# Client inserts the address of the selected server in 'server
+            //# identifier', 'ciaddr' MUST be zero, 'requested IP address' MUST be
+            //# filled in with the yiaddr value from the chosen DHCPOFFER.
+            (Some(_), Some(ip)) => {
+                if !self.table.available(pool, ip, &client, mac, now) {
+                    let reason = if self.table.belongs(pool, ip, mac) {
+                        NakReason::InUse
+                    } else {
+                        NakReason::WrongNetwork
+                    };
+                    return self.nak(meta, request, server, reason);
+                }
+                ip
+            }
+            (Some(_), None) => return self.nak(meta, request, server, NakReason::NoAddress),
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
+            //# DHCPREQUEST generated during INIT-REBOOT state:
+            //#
+            //# 'server identifier' MUST NOT be filled in, 'requested IP address'
+            //# option MUST be filled in with client's notion of its previously
+            //# assigned address. 'ciaddr' MUST be zero.
+            (None, Some(ip)) if request.ciaddr.is_unspecified() => {
+                //# If the client's notion of its address is not correct for the
+                //# subnet, the server MUST reply with a DHCPNAK
+                let on_network = self
+                    .table
+                    .pools()
+                    .get(pool)
+                    .is_some_and(|p| p.subnet.contains(ip));
+                if !on_network {
+                    return self.nak(meta, request, server, NakReason::WrongNetwork);
+                }
+                match self.table.address_of(&client) {
+                    Some(known) if known == ip => {
+                        if !self.table.available(pool, ip, &client, mac, now) {
+                            return self.nak(meta, request, server, NakReason::InUse);
+                        }
+                        ip
+                    }
+                    Some(_) => return self.nak(meta, request, server, NakReason::NotItsLease),
+                    //# If the DHCP server has no record of this client, then it
+                    //# MUST remain silent
+                    None => return Outcome::Ignore(ServerIgnore::UnknownClient),
+                }
+            }
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
+            //# DHCPREQUEST generated during RENEWING state:
+            //#
+            //# 'server identifier' MUST NOT be filled in, 'requested IP address'
+            //# option MUST NOT be filled in, 'ciaddr' MUST be filled in with
+            //# client's IP address.
+            //
+            // REBINDING is the same message broadcast; both extend the lease the client holds.
+            // Being the only server of the network, zpxe also takes back a free address of its
+            // pool that it has no record of (a client whose lease outlived the table).
+            (None, _) if !request.ciaddr.is_unspecified() => {
+                let ip = request.ciaddr;
+                if !self.table.available(pool, ip, &client, mac, now) {
+                    let reason = if self.table.belongs(pool, ip, mac) {
+                        NakReason::InUse
+                    } else {
+                        NakReason::WrongNetwork
+                    };
+                    return self.nak(meta, request, server, reason);
+                }
+                ip
+            }
+            (None, _) => return self.nak(meta, request, server, NakReason::NoAddress),
+        };
+        let lease = self.lease_time(pool);
+        let records = self.table.bind(ip, &client, mac, now + lease, now);
+        let (reply, boot, lease_secs) =
+            self.lease_reply(meta, request, server, pool, MessageType::Ack, ip);
+        Outcome::Durable(
+            Some(reply),
+            ServerEvent::Acked {
+                mac,
+                ip,
+                relay: relay_of(request),
+                lease_secs,
+                boot,
+            },
+            records,
+        )
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.4
+    //# Upon receipt of a DHCPRELEASE message, the server marks the network
+    //# address as not allocated.
+    fn release(&mut self, now: Instant, request: &DhcpRepr, server: Ipv4Addr) -> Outcome {
+        if request.options.server_id.is_some_and(|id| id != server) {
+            return Outcome::Ignore(ServerIgnore::NotForUs);
+        }
+        let client = ClientKey::from_request(request);
+        let ip = request.ciaddr;
+        match self.table.release(ip, &client, now) {
+            Some(record) => Outcome::Durable(
+                None,
+                ServerEvent::Released {
+                    mac: request.client_mac,
+                    ip,
+                },
+                vec![record],
+            ),
+            None => Outcome::Ignore(ServerIgnore::NotHolder),
+        }
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.3
+    //# If the server receives a DHCPDECLINE message, the client has
+    //# discovered through some other means that the suggested network
+    //# address is already in use.  The server MUST mark the network address
+    //# as not available and SHOULD notify the local system administrator of
+    //# a possible configuration problem.
+    fn decline(&mut self, now: Instant, request: &DhcpRepr, server: Ipv4Addr) -> Outcome {
+        if request.options.server_id.is_some_and(|id| id != server) {
+            return Outcome::Ignore(ServerIgnore::NotForUs);
+        }
+        let Some(ip) = request.options.requested_ip else {
+            return Outcome::Ignore(ServerIgnore::NotHolder);
+        };
+        let client = ClientKey::from_request(request);
+        let until = now + self.config.decline_hold;
+        match self.table.decline(ip, &client, until, now) {
+            Some(record) => Outcome::Durable(
+                None,
+                ServerEvent::Declined {
+                    mac: request.client_mac,
+                    ip,
+                },
+                vec![record],
+            ),
+            None => Outcome::Ignore(ServerIgnore::NotHolder),
+        }
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.5
+    //# The server responds to a DHCPINFORM message by sending a DHCPACK
+    //# message directly to the address given in the 'ciaddr' field of the
+    //# DHCPINFORM message.  The server MUST NOT send a lease expiration time
+    //# to the client and SHOULD NOT fill in 'yiaddr'.
+    fn inform(&mut self, meta: &DatagramMeta, request: &DhcpRepr, server: Ipv4Addr) -> Outcome {
+        let Some(pool) = self.pool_for(request, server) else {
+            return Outcome::Ignore(ServerIgnore::NoPool);
+        };
+        let ip = request.ciaddr;
+        if ip.is_unspecified() {
+            return Outcome::Ignore(ServerIgnore::UnexpectedMessage(Some(MessageType::Inform)));
+        }
+        let (mut reply, _, _) = self.lease_reply(
+            meta,
+            request,
+            server,
+            pool,
+            MessageType::Ack,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        reply.destination = if request.giaddr.is_unspecified() {
+            SocketAddr::V4(SocketAddrV4::new(ip, self.client_port()))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(request.giaddr, self.config.dhcp_port))
+        };
+        Outcome::Reply(
+            reply,
+            ServerEvent::Informed {
+                mac: request.client_mac,
+                ip,
+                relay: relay_of(request),
+            },
+        )
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
+    //# If the server receives a DHCPREQUEST message with an invalid
+    //# 'requested IP address', the server SHOULD respond to the client with
+    //# a DHCPNAK message
+    fn nak(
+        &self,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+        reason: NakReason,
+    ) -> Outcome {
+        let relayed = !request.giaddr.is_unspecified();
+        let reply = DhcpRepr {
+            op: BootOp::Reply,
+            hops: 0,
+            xid: request.xid,
+            secs: 0,
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
+            //# If 'giaddr' is non-zero, the server
+            //# sends the DHCPNAK to the relay agent with the broadcast bit set
+            broadcast: relayed,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: request.giaddr,
+            client_mac: request.client_mac,
+            server_name: Vec::new(),
+            boot_file: Vec::new(),
+            options: DhcpOptions {
+                message_type: Some(MessageType::Nak),
+                server_id: Some(server),
+                client_id: request.options.client_id.clone(),
+                ..Default::default()
+            },
+        };
+        //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
+        //# In all cases, when 'giaddr' is zero, the server broadcasts any DHCPNAK
+        //# messages to 0xffffffff.
+        let destination = if relayed {
+            SocketAddr::V4(SocketAddrV4::new(request.giaddr, self.config.dhcp_port))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, self.client_port()))
+        };
+        Outcome::Reply(
+            QueuedReply {
+                destination,
+                source_ip: meta.local_ip,
+                ifindex: meta.ifindex,
+                bytes: reply.to_bytes(),
+            },
+            ServerEvent::Nak {
+                mac: request.client_mac,
+                requested: request
+                    .options
+                    .requested_ip
+                    .or(Some(request.ciaddr).filter(|ip| !ip.is_unspecified())),
+                reason,
+            },
+        )
+    }
+
+    fn client_port(&self) -> u16 {
+        if self.config.dhcp_port == SERVER_PORT {
+            CLIENT_PORT
+        } else {
+            self.config.dhcp_port.wrapping_add(1)
+        }
+    }
+
+    fn lease_time(&self, pool: usize) -> Duration {
+        self.config
+            .pools
+            .get(pool)
+            .and_then(|p| p.lease_time_secs)
+            .map_or(self.config.lease_time, |s| {
+                Duration::from_secs(u64::from(s))
+            })
+    }
+
+    /// An OFFER or ACK for `ip` (unspecified for INFORM): the lease, the network's options and
+    /// the boot answer.
+    fn lease_reply(
+        &self,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+        pool: usize,
+        kind: MessageType,
+        ip: Ipv4Addr,
+    ) -> (QueuedReply, Option<BootInfo>, u32) {
+        let pool_cfg = self.config.pools.get(pool);
+        let lease_secs = u32::try_from(self.lease_time(pool).as_secs()).unwrap_or(u32::MAX);
+        let mut options = DhcpOptions {
+            message_type: Some(kind),
+            server_id: Some(server),
+            ..Default::default()
+        };
+        if let Some(p) = pool_cfg {
+            let mask = mask_of(p.subnet.prefix_len);
+            options.subnet_mask = Some(mask);
+            options.routers = p.router.clone();
+            if !p.dns.is_empty() {
+                let dns: Vec<u8> = p.dns.iter().flat_map(|d| d.octets()).collect();
+                options.other.insert(code::DNS, dns);
+            }
+            let broadcast = u32::from(p.subnet.network) | !u32::from(mask);
+            options
+                .other
+                .insert(code::BROADCAST_ADDRESS, broadcast.to_be_bytes().to_vec());
+        }
+        if !ip.is_unspecified() {
+            //= https://www.rfc-editor.org/rfc/rfc2131#section-4.4.5
+            //# T1
+            //# defaults to (0.5 * duration_of_lease).  T2 defaults to (0.875 *
+            //# duration_of_lease).
+            options.lease_time = Some(lease_secs);
+            let t1 = lease_secs / 2;
+            let t2 = u32::try_from(u64::from(lease_secs) * 7 / 8).unwrap_or(u32::MAX);
+            options
+                .other
+                .insert(code::RENEWAL_TIME, t1.to_be_bytes().to_vec());
+            options
+                .other
+                .insert(code::REBINDING_TIME, t2.to_be_bytes().to_vec());
+        }
+        let (siaddr, file_field, boot) = self.boot_options(meta, request, server, &mut options);
+        let relayed = !request.giaddr.is_unspecified();
+        let reply = DhcpRepr {
+            op: BootOp::Reply,
+            hops: 0,
+            xid: request.xid,
+            secs: 0,
+            broadcast: request.broadcast,
+            ciaddr: request.ciaddr,
+            yiaddr: ip,
+            siaddr,
+            giaddr: request.giaddr,
+            client_mac: request.client_mac,
+            server_name: Vec::new(),
+            boot_file: file_field,
+            options,
+        };
+        //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
+        //# If the 'giaddr' field in a DHCP message from a client is non-zero,
+        //# the server sends any return messages to the 'DHCP server' port on the
+        //# BOOTP relay agent whose address appears in 'giaddr'. If the 'giaddr'
+        //# field is zero and the 'ciaddr' field is nonzero, then the server
+        //# unicasts DHCPOFFER and DHCPACK messages to the address in 'ciaddr'.
+        //# If 'giaddr' is zero and 'ciaddr' is zero, and the broadcast bit is
+        //# set, then the server broadcasts DHCPOFFER and DHCPACK messages to
+        //# 0xffffffff. If the broadcast bit is not set and 'giaddr' is zero and
+        //# 'ciaddr' is zero, then the server unicasts DHCPOFFER and DHCPACK
+        //# messages to the client's hardware address and 'yiaddr' address.
+        //
+        // Unicasting to an address the client has not configured needs an ARP entry for it,
+        // which takes raw sockets or a privileged ioctl; zpxe broadcasts instead, which every
+        // client accepts (the flag only asks for a broadcast, it never forbids one).
+        let destination = if relayed {
+            SocketAddr::V4(SocketAddrV4::new(request.giaddr, self.config.dhcp_port))
+        } else if !request.ciaddr.is_unspecified() {
+            SocketAddr::V4(SocketAddrV4::new(request.ciaddr, self.client_port()))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, self.client_port()))
+        };
+        (
+            QueuedReply {
+                destination,
+                source_ip: meta.local_ip,
+                ifindex: meta.ifindex,
+                bytes: reply.to_bytes(),
+            },
+            boot,
+            lease_secs,
+        )
+    }
+
+    /// The boot policy's answer for a PXE, iPXE or HTTP Boot client, as proxy mode gives it:
+    /// siaddr, the `file` field, and options 60, 43 and 67 added to `options`. Other clients
+    /// (an installed OS renewing its lease) and clients the policy has nothing for get an
+    /// address without boot options.
+    fn boot_options(
+        &self,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+        options: &mut DhcpOptions,
+    ) -> (Ipv4Addr, Vec<u8>, Option<BootInfo>) {
+        let none = (Ipv4Addr::UNSPECIFIED, Vec::new(), None);
+        let vendor_class = request.options.vendor_class.as_deref().unwrap_or_default();
+        let http_client = vendor_class.starts_with(HTTP_CLIENT);
+        if !vendor_class.starts_with(PXE_CLIENT) && !http_client {
+            return none;
+        }
+        let facts = super::proxy::client_facts(meta, request, http_client);
+        let Ok(target) = self
+            .config
+            .policy
+            .decide(&facts, server, self.config.http_port)
+        else {
+            return none;
+        };
+        let BootTarget {
+            next_server,
+            boot_file,
+            kind,
+        } = target;
+        let bytes = boot_file.clone().into_bytes();
+        let file_field = if kind == BootKind::HttpBoot || bytes.len() > MAX_FILE_FIELD {
+            options.bootfile_name = Some(bytes.clone());
+            if bytes.len() > MAX_FILE_FIELD {
+                Vec::new()
+            } else {
+                bytes
+            }
+        } else {
+            bytes
+        };
+        options.client_uuid = request.options.client_uuid;
+        if http_client {
+            // UEFI 2.10 section 24.7.2: the HTTP Boot client takes the offer only with option
+            // 60 "HTTPClient"; the URI comes in `file` or option 67.
+            options.vendor_class = Some(HTTP_CLIENT.to_vec());
+        } else {
+            options.vendor_class = Some(PXE_CLIENT.to_vec());
+            options.vendor_specific = Some(
+                PxeVendorOptions {
+                    discovery_control: Some(DISCOVERY_USE_BOOT_FILE),
+                    ..Default::default()
+                }
+                .to_bytes(),
+            );
+        }
+        let info = BootInfo {
+            uuid: facts.uuid,
+            arch: facts.arch,
+            boot_file,
+            ipxe: facts.ipxe,
+        };
+        (next_server, file_field, Some(info))
+    }
+}
+
+fn relay_of(request: &DhcpRepr) -> Option<Ipv4Addr> {
+    Some(request.giaddr).filter(|ip| !ip.is_unspecified())
+}
+
+fn event_mac(event: &ServerEvent) -> Option<MacAddr> {
+    match event {
+        ServerEvent::Offered { mac, .. }
+        | ServerEvent::Acked { mac, .. }
+        | ServerEvent::Informed { mac, .. }
+        | ServerEvent::Nak { mac, .. }
+        | ServerEvent::Released { mac, .. }
+        | ServerEvent::Declined { mac, .. } => Some(*mac),
+        ServerEvent::Ignored { mac, .. } => *mac,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::fixtures;
+    use crate::dhcp::leases::LeaseState;
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const RELAY: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
+
+    fn cidr(text: &str) -> Ipv4Cidr {
+        text.parse().unwrap()
+    }
+
+    fn pool(subnet: &str, first: [u8; 4], last: [u8; 4]) -> PoolConfig {
+        PoolConfig {
+            subnet: cidr(subnet),
+            range: [Ipv4Addr::from(first), Ipv4Addr::from(last)],
+            router: vec![],
+            dns: vec![],
+            lease_time_secs: None,
+        }
+    }
+
+    fn config() -> DhcpServerConfig {
+        let mut direct = pool("10.0.0.0/24", [10, 0, 0, 100], [10, 0, 0, 199]);
+        direct.router = vec![LOCAL];
+        direct.dns = vec![Ipv4Addr::new(10, 0, 0, 53)];
+        let relayed = pool("10.20.0.0/24", [10, 20, 0, 10], [10, 20, 0, 19]);
+        DhcpServerConfig {
+            http_port: 8080,
+            pools: vec![direct, relayed],
+            lease_time: Duration::from_secs(600),
+            ..Default::default()
+        }
+    }
+
+    fn meta(remote: &str) -> DatagramMeta {
+        DatagramMeta {
+            remote: remote.parse().unwrap(),
+            local_ip: Some(IpAddr::V4(LOCAL)),
+            ifindex: Some(3),
+        }
+    }
+
+    fn mac(n: u32) -> MacAddr {
+        let b = n.to_be_bytes();
+        MacAddr([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    /// A plain (non-PXE) client message, as udhcpc sends it.
+    fn msg(kind: MessageType, mac: MacAddr) -> DhcpRepr {
+        DhcpRepr {
+            op: BootOp::Request,
+            hops: 0,
+            xid: 0x1234_5678,
+            secs: 0,
+            broadcast: false,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            client_mac: mac,
+            server_name: Vec::new(),
+            boot_file: Vec::new(),
+            options: DhcpOptions {
+                message_type: Some(kind),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn selecting(mac: MacAddr, ip: Ipv4Addr, server: Ipv4Addr) -> DhcpRepr {
+        let mut r = msg(MessageType::Request, mac);
+        r.options.server_id = Some(server);
+        r.options.requested_ip = Some(ip);
+        r
+    }
+
+    struct Out {
+        transmits: Vec<(Transmit, DhcpRepr)>,
+        events: Vec<ServerEvent>,
+    }
+
+    /// Feeds one message at `now`, confirms every commit as written, and collects what left.
+    fn feed(server: &mut DhcpServer, now: Instant, meta: DatagramMeta, req: &DhcpRepr) -> Out {
+        server.handle_datagram(now, meta, &req.to_bytes());
+        while let Some(c) = server.poll_commit() {
+            server.committed(c.seq, true);
+        }
+        drain(server, now)
+    }
+
+    fn drain(server: &mut DhcpServer, now: Instant) -> Out {
+        let mut transmits = Vec::new();
+        let mut buf = [0u8; 1500];
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            let Payload::Bytes { len } = t.payload else {
+                panic!("bytes")
+            };
+            transmits.push((t, DhcpRepr::parse_bytes(&buf[..len]).unwrap()));
+        }
+        let mut events = Vec::new();
+        while let Some(e) = server.poll_event() {
+            events.push(e);
+        }
+        Out { transmits, events }
+    }
+
+    fn one(out: &Out) -> (&Transmit, &DhcpRepr) {
+        assert_eq!(out.transmits.len(), 1, "events: {:?}", out.events);
+        (&out.transmits[0].0, &out.transmits[0].1)
+    }
+
+    fn ignored(out: &Out) -> ServerIgnore {
+        assert!(out.transmits.is_empty());
+        match out.events.as_slice() {
+            [ServerEvent::Ignored { reason, .. }] => reason.clone(),
+            other => panic!("expected one Ignored, got {other:?}"),
+        }
+    }
+
+    /// DISCOVER then REQUEST: the leased address.
+    fn lease(server: &mut DhcpServer, now: Instant, m: MacAddr) -> Ipv4Addr {
+        let offer = feed(
+            server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, m),
+        );
+        let ip = one(&offer).1.yiaddr;
+        let ack = feed(server, now, meta("0.0.0.0:68"), &selecting(m, ip, LOCAL));
+        let (_, reply) = one(&ack);
+        assert_eq!(reply.options.message_type, Some(MessageType::Ack));
+        assert_eq!(reply.yiaddr, ip);
+        ip
+    }
+
+    fn opt32(reply: &DhcpRepr, code: u8) -> Option<u32> {
+        let v = reply.options.other.get(&code)?;
+        Some(u32::from_be_bytes(v.as_slice().try_into().ok()?))
+    }
+
+    #[test]
+    fn discover_gets_an_offer_with_the_lease_and_network_options() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1)),
+        );
+        let (t, offer) = one(&out);
+        assert_eq!(t.destination, "255.255.255.255:68".parse().unwrap());
+        assert_eq!(t.source_ip, Some(IpAddr::V4(LOCAL)));
+        assert_eq!(offer.options.message_type, Some(MessageType::Offer));
+        assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(offer.options.server_id, Some(LOCAL));
+        assert_eq!(offer.options.lease_time, Some(600));
+        assert_eq!(opt32(offer, code::RENEWAL_TIME), Some(300));
+        assert_eq!(opt32(offer, code::REBINDING_TIME), Some(525));
+        assert_eq!(
+            offer.options.subnet_mask,
+            Some(Ipv4Addr::new(255, 255, 255, 0))
+        );
+        assert_eq!(offer.options.routers, vec![LOCAL]);
+        assert_eq!(
+            offer.options.other.get(&code::DNS),
+            Some(&vec![10, 0, 0, 53])
+        );
+        assert_eq!(offer.options.vendor_class, None, "not a PXE client");
+        assert_eq!(offer.boot_file, b"");
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Offered { ip, relay: None, boot: None, .. }] if *ip == offer.yiaddr
+        ));
+        // The same client asking again is offered the same address; another gets the next.
+        let again = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1)),
+        );
+        assert_eq!(one(&again).1.yiaddr, offer.yiaddr);
+        let other = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(2)),
+        );
+        assert_eq!(one(&other).1.yiaddr, Ipv4Addr::new(10, 0, 0, 101));
+    }
+
+    #[test]
+    fn the_ack_waits_for_its_lease_to_be_written() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let offer = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1)),
+        );
+        let ip = one(&offer).1.yiaddr;
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(1), ip, LOCAL).to_bytes(),
+        );
+        let commit = server.poll_commit().expect("a lease to write");
+        assert_eq!(commit.records.len(), 1);
+        assert_eq!(commit.records[0].ip, ip);
+        assert_eq!(commit.records[0].state, LeaseState::Bound);
+        assert_eq!(commit.records[0].remaining, Duration::from_secs(600));
+        let mut buf = [0u8; 1500];
+        assert!(
+            server.poll_transmit(now, &mut buf).is_none(),
+            "no ACK before the write"
+        );
+        assert_eq!(server.poll_event(), None);
+        server.committed(commit.seq, true);
+        let out = drain(&mut server, now);
+        let (t, ack) = one(&out);
+        assert_eq!(t.destination, "255.255.255.255:68".parse().unwrap());
+        assert_eq!(ack.options.message_type, Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr, ip);
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Acked {
+                lease_secs: 600,
+                ..
+            }]
+        ));
+
+        // A failed write drops the ACK; the retransmitted REQUEST writes and gets it.
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(1), ip, LOCAL).to_bytes(),
+        );
+        let commit = server.poll_commit().unwrap();
+        server.committed(commit.seq, false);
+        assert!(drain(&mut server, now).transmits.is_empty());
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(1), ip, LOCAL),
+        );
+        assert_eq!(one(&out).1.options.message_type, Some(MessageType::Ack));
+    }
+
+    #[test]
+    fn a_request_for_another_server_withdraws_the_offer() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let offer = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1)),
+        );
+        let ip = one(&offer).1.yiaddr;
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(1), ip, Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        assert_eq!(ignored(&out), ServerIgnore::NotForUs);
+        assert!(
+            server.table().slot(ip).is_none(),
+            "the offer is released at once"
+        );
+    }
+
+    #[test]
+    fn requests_for_addresses_the_client_cannot_have_get_a_nak() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let ip1 = lease(&mut server, now, mac(1));
+
+        // SELECTING an address leased to someone else.
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(2), ip1, LOCAL),
+        );
+        let (t, nak) = one(&out);
+        assert_eq!(t.destination, "255.255.255.255:68".parse().unwrap());
+        assert_eq!(nak.options.message_type, Some(MessageType::Nak));
+        assert_eq!(nak.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(nak.options.lease_time, None);
+        assert_eq!(nak.options.server_id, Some(LOCAL));
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Nak {
+                reason: NakReason::InUse,
+                ..
+            }]
+        ));
+
+        // INIT-REBOOT on the wrong network.
+        let mut reboot = msg(MessageType::Request, mac(1));
+        reboot.options.requested_ip = Some(Ipv4Addr::new(192, 168, 1, 5));
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &reboot);
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Nak {
+                reason: NakReason::WrongNetwork,
+                ..
+            }]
+        ));
+
+        // INIT-REBOOT with an address that is not its lease.
+        reboot.options.requested_ip = Some(Ipv4Addr::new(10, 0, 0, 150));
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &reboot);
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Nak {
+                reason: NakReason::NotItsLease,
+                ..
+            }]
+        ));
+
+        // INIT-REBOOT from a client the server has no record of: silence.
+        let mut stranger = msg(MessageType::Request, mac(9));
+        stranger.options.requested_ip = Some(Ipv4Addr::new(10, 0, 0, 150));
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &stranger);
+        assert_eq!(ignored(&out), ServerIgnore::UnknownClient);
+
+        // INIT-REBOOT with its own address: ACK.
+        reboot.options.requested_ip = Some(ip1);
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &reboot);
+        assert_eq!(one(&out).1.options.message_type, Some(MessageType::Ack));
+
+        // RENEWING someone else's address.
+        let mut renew = msg(MessageType::Request, mac(3));
+        renew.ciaddr = ip1;
+        let out = feed(&mut server, now, meta(&format!("{ip1}:68")), &renew);
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Nak {
+                reason: NakReason::InUse,
+                ..
+            }]
+        ));
+
+        // SELECTING outside the pool.
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(4), Ipv4Addr::new(10, 0, 0, 5), LOCAL),
+        );
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Nak {
+                reason: NakReason::WrongNetwork,
+                ..
+            }]
+        ));
+
+        // A NAK to a relayed client goes to the relay with the broadcast bit.
+        let mut relayed = selecting(mac(5), Ipv4Addr::new(10, 0, 0, 120), LOCAL);
+        relayed.giaddr = RELAY;
+        let out = feed(&mut server, now, meta("10.20.0.1:67"), &relayed);
+        let (t, nak) = one(&out);
+        assert_eq!(t.destination, "10.20.0.1:67".parse().unwrap());
+        assert!(nak.broadcast);
+        assert_eq!(nak.options.message_type, Some(MessageType::Nak));
+    }
+
+    #[test]
+    fn renewing_extends_the_lease_and_answers_unicast() {
+        let mut server = DhcpServer::new(config());
+        let t0 = Instant::now();
+        let ip = lease(&mut server, t0, mac(1));
+        let t1 = t0 + Duration::from_secs(300);
+        let mut renew = msg(MessageType::Request, mac(1));
+        renew.ciaddr = ip;
+        server.handle_datagram(t1, meta(&format!("{ip}:68")), &renew.to_bytes());
+        let commit = server.poll_commit().unwrap();
+        assert_eq!(commit.records[0].remaining, Duration::from_secs(600));
+        server.committed(commit.seq, true);
+        let out = drain(&mut server, t1);
+        let (t, ack) = one(&out);
+        assert_eq!(t.destination, SocketAddr::V4(SocketAddrV4::new(ip, 68)));
+        assert_eq!(ack.yiaddr, ip);
+        assert_eq!(ack.ciaddr, ip);
+        // Still held 500 s after the first lease would have ended at 600 s.
+        let t2 = t0 + Duration::from_secs(800);
+        assert!(server.table().holds(ip, &ClientKey::from_mac(mac(1)), t2));
+        // REBINDING (broadcast, same fields) after the lease ran out, nobody else took it: ACK.
+        let t3 = t0 + Duration::from_secs(2000);
+        let out = feed(&mut server, t3, meta("0.0.0.0:68"), &renew);
+        assert_eq!(one(&out).1.options.message_type, Some(MessageType::Ack));
+    }
+
+    #[test]
+    fn release_frees_the_address_and_decline_keeps_it_out() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let ip1 = lease(&mut server, now, mac(1));
+        // A RELEASE forged by another client changes nothing.
+        let mut forged = msg(MessageType::Release, mac(2));
+        forged.ciaddr = ip1;
+        forged.options.server_id = Some(LOCAL);
+        assert_eq!(
+            ignored(&feed(&mut server, now, meta("10.0.0.9:68"), &forged)),
+            ServerIgnore::NotHolder
+        );
+        assert!(server.table().holds(ip1, &ClientKey::from_mac(mac(1)), now));
+
+        let mut release = msg(MessageType::Release, mac(1));
+        release.ciaddr = ip1;
+        release.options.server_id = Some(LOCAL);
+        server.handle_datagram(now, meta(&format!("{ip1}:68")), &release.to_bytes());
+        let commit = server.poll_commit().expect("the release is written");
+        assert_eq!(commit.records[0].state, LeaseState::Released);
+        server.committed(commit.seq, true);
+        let out = drain(&mut server, now);
+        assert!(out.transmits.is_empty(), "RELEASE has no reply");
+        assert!(matches!(out.events.as_slice(), [ServerEvent::Released { ip, .. }] if *ip == ip1));
+        assert!(!server.table().holds(ip1, &ClientKey::from_mac(mac(1)), now));
+        // The client comes back: its previous address.
+        assert_eq!(lease(&mut server, now, mac(1)), ip1);
+
+        // DECLINE: the address is out of the pool for decline_hold, then back.
+        let mut decline = msg(MessageType::Decline, mac(1));
+        decline.options.requested_ip = Some(ip1);
+        decline.options.server_id = Some(LOCAL);
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &decline);
+        assert!(out.transmits.is_empty());
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Declined { .. }]
+        ));
+        let next = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1)),
+        );
+        assert_ne!(
+            one(&next).1.yiaddr,
+            ip1,
+            "a declined address is not offered again"
+        );
+        let mut ask = msg(MessageType::Discover, mac(7));
+        ask.options.requested_ip = Some(ip1);
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &ask);
+        assert_ne!(one(&out).1.yiaddr, ip1);
+        // mac(7) would get its own offered address back first (RFC 2131 4.3.1): a newcomer.
+        let later = now + Duration::from_secs(601);
+        let mut ask = msg(MessageType::Discover, mac(8));
+        ask.options.requested_ip = Some(ip1);
+        let out = feed(&mut server, later, meta("0.0.0.0:68"), &ask);
+        assert_eq!(one(&out).1.yiaddr, ip1, "free again after the hold");
+    }
+
+    #[test]
+    fn inform_gets_options_without_a_lease() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let mut inform = msg(MessageType::Inform, mac(1));
+        inform.ciaddr = Ipv4Addr::new(10, 0, 0, 7);
+        let out = feed(&mut server, now, meta("10.0.0.7:68"), &inform);
+        let (t, ack) = one(&out);
+        assert_eq!(t.destination, "10.0.0.7:68".parse().unwrap());
+        assert_eq!(ack.options.message_type, Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(ack.options.lease_time, None);
+        assert_eq!(opt32(ack, code::RENEWAL_TIME), None);
+        assert_eq!(
+            ack.options.subnet_mask,
+            Some(Ipv4Addr::new(255, 255, 255, 0))
+        );
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Informed { .. }]
+        ));
+        assert_eq!(server.table().sizes(), (0, 0), "INFORM allocates nothing");
+    }
+
+    #[test]
+    fn exhausted_pool_answers_nothing_until_offers_expire() {
+        let mut cfg = config();
+        cfg.pools[0].range = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 102)];
+        let mut server = DhcpServer::new(cfg);
+        let now = Instant::now();
+        let mut seen = Vec::new();
+        for n in 0..3 {
+            let out = feed(
+                &mut server,
+                now,
+                meta("0.0.0.0:68"),
+                &msg(MessageType::Discover, mac(n)),
+            );
+            seen.push(one(&out).1.yiaddr);
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3);
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(3)),
+        );
+        assert_eq!(ignored(&out), ServerIgnore::PoolExhausted);
+        // Offers are held for offer_hold (10 s); then the address goes to whoever asks.
+        let later = now + Duration::from_secs(11);
+        let out = feed(
+            &mut server,
+            later,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(3)),
+        );
+        assert!(seen.contains(&one(&out).1.yiaddr));
+    }
+
+    #[test]
+    fn expired_leases_are_reused_only_when_nothing_fresher_is_left() {
+        let mut cfg = config();
+        cfg.pools[0].range = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101)];
+        let mut server = DhcpServer::new(cfg);
+        let now = Instant::now();
+        let a = lease(&mut server, now, mac(1));
+        let b = lease(&mut server, now, mac(2));
+        assert_ne!(a, b);
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(3)),
+        );
+        assert_eq!(ignored(&out), ServerIgnore::PoolExhausted);
+        // After 600 s both leases expired: a newcomer gets one of them, and the old client
+        // coming back gets whatever is still free, never a duplicate.
+        let later = now + Duration::from_secs(601);
+        let c = lease(&mut server, later, mac(3));
+        assert!(c == a || c == b);
+        let again = lease(&mut server, later, mac(1));
+        assert_ne!(again, c);
+        let out = feed(
+            &mut server,
+            later,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(2)),
+        );
+        assert_eq!(ignored(&out), ServerIgnore::PoolExhausted);
+    }
+
+    #[test]
+    fn the_relay_address_selects_the_pool_and_gets_the_reply() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let mut discover = msg(MessageType::Discover, mac(1));
+        discover.giaddr = RELAY;
+        discover.hops = 1;
+        let out = feed(&mut server, now, meta("10.20.0.1:67"), &discover);
+        let (t, offer) = one(&out);
+        assert_eq!(t.destination, "10.20.0.1:67".parse().unwrap());
+        assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 20, 0, 10));
+        assert_eq!(offer.giaddr, RELAY);
+        assert_eq!(
+            offer.options.subnet_mask,
+            Some(Ipv4Addr::new(255, 255, 255, 0))
+        );
+        assert!(
+            matches!(out.events.as_slice(), [ServerEvent::Offered { relay: Some(r), .. }] if *r == RELAY)
+        );
+        let mut request = selecting(mac(1), offer.yiaddr, LOCAL);
+        request.giaddr = RELAY;
+        let out = feed(&mut server, now, meta("10.20.0.1:67"), &request);
+        let (t, ack) = one(&out);
+        assert_eq!(t.destination, "10.20.0.1:67".parse().unwrap());
+        assert_eq!(ack.options.message_type, Some(MessageType::Ack));
+        // A relay on a subnet without a pool.
+        discover.giaddr = Ipv4Addr::new(172, 16, 0, 1);
+        let out = feed(&mut server, now, meta("172.16.0.1:67"), &discover);
+        assert_eq!(ignored(&out), ServerIgnore::NoPool);
+    }
+
+    #[test]
+    fn pxe_clients_get_their_boot_file_in_the_offer() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        server.handle_datagram(now, meta("0.0.0.0:68"), &fixtures::EDK2_DISCOVER.bytes());
+        let out = drain(&mut server, now);
+        let (t, offer) = one(&out);
+        assert_eq!(t.destination, "255.255.255.255:68".parse().unwrap());
+        assert!(offer.broadcast, "EDK2 sets the broadcast flag");
+        assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(offer.siaddr, LOCAL);
+        assert_eq!(offer.boot_file, b"ipxe.efi");
+        assert_eq!(
+            offer.options.vendor_class.as_deref(),
+            Some(&b"PXEClient"[..])
+        );
+        let pxe =
+            PxeVendorOptions::parse(offer.options.vendor_specific.as_deref().unwrap()).unwrap();
+        assert_eq!(pxe.discovery_control, Some(DISCOVERY_USE_BOOT_FILE));
+        assert_eq!(offer.options.lease_time, Some(600));
+        assert!(matches!(
+            out.events.as_slice(),
+            [ServerEvent::Offered {
+                boot: Some(BootInfo {
+                    arch: Some(7),
+                    ipxe: false,
+                    ..
+                }),
+                ..
+            }]
+        ));
+        // iPXE on the same machine gets the same address and the script.
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_EFI_DISCOVER.bytes(),
+        );
+        let out = drain(&mut server, now);
+        let (_, offer) = one(&out);
+        assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 0, 0, 100));
+        assert!(
+            String::from_utf8_lossy(&offer.boot_file).starts_with("http://10.0.0.1:8080/boot.ipxe")
+        );
+    }
+
+    #[test]
+    fn random_macs_cannot_grow_the_table_past_the_pool() {
+        let mut cfg = config();
+        cfg.pools[0].range = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 149)];
+        let mut server = DhcpServer::new(cfg);
+        let start = Instant::now();
+        for n in 0..20_000u32 {
+            let now = start + Duration::from_millis(u64::from(n));
+            let m = mac(n.wrapping_mul(2_654_435_761));
+            let _ = feed(
+                &mut server,
+                now,
+                meta("0.0.0.0:68"),
+                &msg(MessageType::Discover, m),
+            );
+            // Some also ask for the address they were offered.
+            if n % 3 == 0 {
+                let ip = Ipv4Addr::new(10, 0, 0, 100 + (n % 50) as u8);
+                let _ = feed(
+                    &mut server,
+                    now,
+                    meta("0.0.0.0:68"),
+                    &selecting(m, ip, LOCAL),
+                );
+            }
+            let (slots, clients) = server.table().sizes();
+            assert!(
+                slots <= 50 && clients <= 50,
+                "{slots} slots, {clients} clients after {n}"
+            );
+            assert_eq!(server.pending_commits(), 0);
+        }
+    }
+
+    #[test]
+    fn restored_leases_keep_their_owner() {
+        let now = Instant::now();
+        let mut first = DhcpServer::new(config());
+        let ip1 = lease(&mut first, now, mac(1));
+        let ip2 = lease(&mut first, now, mac(2));
+        let mut records = Vec::new();
+        // What a restart reads back: the written commits.
+        for (ip, m) in [(ip1, mac(1)), (ip2, mac(2))] {
+            records.push(LeaseRecord {
+                ip,
+                state: LeaseState::Bound,
+                client: Some(ClientKey::from_mac(m)),
+                mac: m,
+                remaining: Duration::from_secs(500),
+            });
+        }
+        records.push(LeaseRecord {
+            ip: Ipv4Addr::new(192, 168, 9, 9),
+            state: LeaseState::Bound,
+            client: Some(ClientKey::from_mac(mac(5))),
+            mac: mac(5),
+            remaining: Duration::from_secs(500),
+        });
+        let later = now + Duration::from_secs(5);
+        let mut second = DhcpServer::new(config());
+        assert_eq!(
+            second.restore(later, &records),
+            2,
+            "the address in no pool is left out"
+        );
+        // A newcomer gets neither address, even asking for one.
+        let mut ask = msg(MessageType::Discover, mac(3));
+        ask.options.requested_ip = Some(ip1);
+        let out = feed(&mut second, later, meta("0.0.0.0:68"), &ask);
+        let got = one(&out).1.yiaddr;
+        assert!(got != ip1 && got != ip2);
+        assert_eq!(lease(&mut second, later, mac(2)), ip2);
+        assert_eq!(lease(&mut second, later, mac(1)), ip1);
+    }
+
+    #[test]
+    fn reservations_win_and_are_kept_from_others() {
+        let mut cfg = config();
+        let fixed = Ipv4Addr::new(10, 0, 0, 50);
+        let in_range = Ipv4Addr::new(10, 0, 0, 100);
+        cfg.reservations = vec![
+            Reservation {
+                mac: mac(1),
+                ip: fixed,
+            },
+            Reservation {
+                mac: mac(2),
+                ip: in_range,
+            },
+        ];
+        let mut server = DhcpServer::new(cfg);
+        let now = Instant::now();
+        assert_eq!(lease(&mut server, now, mac(1)), fixed);
+        let other = lease(&mut server, now, mac(3));
+        assert_ne!(
+            other, in_range,
+            "a reserved address is not in the dynamic pool"
+        );
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(4), in_range, LOCAL),
+        );
+        assert!(matches!(out.events.as_slice(), [ServerEvent::Nak { .. }]));
+        assert_eq!(lease(&mut server, now, mac(2)), in_range);
+    }
+
+    #[test]
+    fn bad_input_gets_no_reply_and_a_reason() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        server.handle_datagram(now, meta("0.0.0.0:68"), &[1, 2, 3]);
+        assert!(matches!(
+            drain(&mut server, now).events.as_slice(),
+            [ServerEvent::Ignored {
+                reason: ServerIgnore::Malformed(_),
+                mac: None
+            }]
+        ));
+        let mut reply = msg(MessageType::Discover, mac(1));
+        reply.op = BootOp::Reply;
+        assert_eq!(
+            ignored(&feed(&mut server, now, meta("0.0.0.0:68"), &reply)),
+            ServerIgnore::NotBootRequest
+        );
+        let offer = msg(MessageType::Offer, mac(1));
+        assert!(matches!(
+            ignored(&feed(&mut server, now, meta("0.0.0.0:68"), &offer)),
+            ServerIgnore::UnexpectedMessage(Some(MessageType::Offer))
+        ));
+        let mut untyped = msg(MessageType::Discover, mac(1));
+        untyped.options.message_type = None;
+        assert!(matches!(
+            ignored(&feed(&mut server, now, meta("0.0.0.0:68"), &untyped)),
+            ServerIgnore::UnexpectedMessage(None)
+        ));
+        let unknown_iface = DatagramMeta {
+            remote: "0.0.0.0:68".parse().unwrap(),
+            local_ip: None,
+            ifindex: None,
+        };
+        assert_eq!(
+            ignored(&feed(
+                &mut server,
+                now,
+                unknown_iface,
+                &msg(MessageType::Discover, mac(1))
+            )),
+            ServerIgnore::NoServerAddress
+        );
+    }
+
+    #[test]
+    fn a_stalled_writer_bounds_the_held_replies() {
+        let mut cfg = config();
+        cfg.pools[0] = pool("10.0.0.0/16", [10, 0, 1, 0], [10, 0, 15, 255]);
+        let mut server = DhcpServer::new(cfg);
+        let now = Instant::now();
+        let mut backlog = 0;
+        for n in 0..(MAX_PENDING_COMMITS as u32 + 50) {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 1, 1)) + n);
+            let mut renew = msg(MessageType::Request, mac(n));
+            renew.ciaddr = ip;
+            server.handle_datagram(now, meta(&format!("{ip}:68")), &renew.to_bytes());
+            while let Some(ServerEvent::Ignored { reason, .. }) = server.poll_event() {
+                if reason == ServerIgnore::CommitBacklog {
+                    backlog += 1;
+                }
+            }
+        }
+        assert_eq!(server.pending_commits(), MAX_PENDING_COMMITS);
+        assert!(backlog >= 50, "{backlog}");
+    }
+
+    #[test]
+    fn config_check_names_each_problem() {
+        let good = config();
+        assert!(DhcpServerConfig::check(&good.pools, &[], 600).is_empty());
+        assert!(!DhcpServerConfig::check(&[], &[], 600).is_empty());
+        let mut outside = pool("10.0.0.0/24", [10, 0, 0, 10], [10, 0, 1, 10]);
+        let p = DhcpServerConfig::check(std::slice::from_ref(&outside), &[], 600);
+        assert!(p[0].contains("not inside the subnet"), "{p:?}");
+        outside.range = [Ipv4Addr::new(10, 0, 0, 20), Ipv4Addr::new(10, 0, 0, 10)];
+        let p = DhcpServerConfig::check(std::slice::from_ref(&outside), &[], 600);
+        assert!(p[0].contains("after"), "{p:?}");
+        let overlap = [
+            pool("10.0.0.0/16", [10, 0, 0, 10], [10, 0, 0, 20]),
+            good.pools[0].clone(),
+        ];
+        assert!(DhcpServerConfig::check(&overlap, &[], 600)[0].contains("overlaps"));
+        assert!(DhcpServerConfig::check(&good.pools, &[], 10)[0].contains("at least 60"));
+        let huge = [pool("10.0.0.0/8", [10, 0, 0, 1], [10, 255, 255, 254])];
+        assert!(DhcpServerConfig::check(&huge, &[], 600)[0].contains("at most"));
+        let r = [
+            Reservation {
+                mac: mac(1),
+                ip: Ipv4Addr::new(192, 168, 0, 1),
+            },
+            Reservation {
+                mac: mac(1),
+                ip: Ipv4Addr::new(10, 0, 0, 5),
+            },
+        ];
+        let p = DhcpServerConfig::check(&good.pools, &r, 600);
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+}
