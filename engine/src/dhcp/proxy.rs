@@ -128,12 +128,21 @@ struct QueuedReply {
     bytes: Vec<u8>,
 }
 
+/// Per-client decisions kept outside the static policy (the binary's machine registry). Called
+/// on the data path for every answered request: implementations must answer from memory,
+/// without locks that writers hold or any I/O.
+pub trait ClientOverrides: std::fmt::Debug + Send + Sync {
+    /// A loader that replaces the policy's for a client not yet running iPXE.
+    fn loader(&self, facts: &ClientFacts) -> Option<String>;
+}
+
 /// The responder. Feed it datagrams from the 67 and 4011 sockets; poll replies and events.
 #[derive(Debug)]
 pub struct ProxyDhcp {
     config: ProxyDhcpConfig,
     replies: VecDeque<QueuedReply>,
     events: VecDeque<DhcpEvent>,
+    overrides: Option<std::sync::Arc<dyn ClientOverrides>>,
 }
 
 impl ProxyDhcp {
@@ -142,7 +151,13 @@ impl ProxyDhcp {
             config,
             replies: VecDeque::new(),
             events: VecDeque::new(),
+            overrides: None,
         }
+    }
+
+    /// Consults `overrides` for each client the policy answers (see [`ClientOverrides`]).
+    pub fn set_overrides(&mut self, overrides: std::sync::Arc<dyn ClientOverrides>) {
+        self.overrides = Some(overrides);
     }
 
     pub fn config(&self) -> &ProxyDhcpConfig {
@@ -241,11 +256,19 @@ impl ProxyDhcp {
         };
 
         let facts = client_facts(meta, request, http_client);
-        let target = self
+        let mut target = self
             .config
             .policy
             .decide(&facts, server, self.config.http_port)
             .map_err(IgnoreReason::Policy)?;
+        // Like a rule's loader: only clients that take a loader over TFTP (iPXE gets its
+        // script, or it would load itself again; HTTP boot clients get a URL).
+        if target.kind == BootKind::Loader
+            && let Some(loader) = self.overrides.as_ref().and_then(|o| o.loader(&facts))
+            && !loader.is_empty()
+        {
+            target.boot_file = loader;
+        }
 
         let mut options = DhcpOptions {
             message_type: Some(reply_type),
@@ -625,6 +648,52 @@ mod tests {
             MessageType::Ack,
             &script,
         );
+    }
+
+    /// A registry-like override: one loader for one MAC.
+    #[derive(Debug)]
+    struct OneMachine(MacAddr, &'static str);
+
+    impl ClientOverrides for OneMachine {
+        fn loader(&self, facts: &ClientFacts) -> Option<String> {
+            (facts.mac == self.0).then(|| self.1.to_owned())
+        }
+    }
+
+    #[test]
+    fn overrides_replace_the_loader_and_never_the_script() {
+        let mut proxy = proxy();
+        proxy.set_overrides(std::sync::Arc::new(OneMachine(
+            MacAddr(fixtures::MAC),
+            "custom/loader.efi",
+        )));
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Pxe,
+            meta("10.0.0.50:4011"),
+            &fixtures::EDK2_REQUEST_4011.bytes(),
+        )
+        .unwrap();
+        assert_eq!(reply.boot_file, b"custom/loader.efi");
+        // iPXE gets its script: the loader again would loop.
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_EFI_DISCOVER.bytes(),
+        )
+        .unwrap();
+        assert_eq!(reply.boot_file, SCRIPT_EFI.as_bytes());
+        // Other machines keep the policy's loader.
+        proxy.set_overrides(std::sync::Arc::new(OneMachine(MacAddr([2; 6]), "x.efi")));
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Pxe,
+            meta("10.0.0.50:4011"),
+            &fixtures::EDK2_REQUEST_4011.bytes(),
+        )
+        .unwrap();
+        assert_eq!(reply.boot_file, b"ipxe.efi");
     }
 
     #[test]
