@@ -28,6 +28,8 @@ packages=(
   python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
   openssl         # a throwaway certificate for the HTTPS test (http.rs)
   postgresql      # the shared inventory backend, run by tests/integration/db.rs as user postgres
+  systemd         # systemd-analyze verify and systemctl on the installed unit (tests/deb.sh)
+  dpkg-dev        # dpkg-shlibdeps: the .deb's Depends (cargo-deb, tests/deb.sh)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -63,6 +65,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy "${windows_crates[@]}" --all-targets --target "$windows" -- -D warnings
 cargo check --workspace --target "$windows"
 cargo build --workspace --release --bins
+# The Debian package from the binary just built: cargo-deb (pinned, installed when missing), its
+# contents, dpkg -i, `zpxe check` and `systemd-analyze verify` on what it installed, then
+# dpkg -r and --purge, leaving nothing behind (tests/deb.sh).
+tests/deb.sh
 cargo build --target "$windows" -p zpxe --bin zpxe
 ZPXE_BIN="$PWD/target/release/zpxe" ZPXE_LOADGEN_BIN="$PWD/target/release/zpxe-loadgen" \
   ZPXE_WIN_BIN="$PWD/target/$windows/debug/zpxe.exe" \
