@@ -163,14 +163,66 @@ impl Default for ServicesSection {
 }
 
 /// `[dhcp]`: how zpxe answers PXE clients.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct DhcpSection {
     pub mode: DhcpMode,
+    /// Server mode: one `[[dhcp.pool]]` per subnet (subnet, range, router, dns).
+    pub pool: Vec<zpxe_engine::dhcp::server::PoolConfig>,
+    /// Server mode: `[[dhcp.reservation]]`, a fixed address per MAC.
+    pub reservation: Vec<zpxe_engine::dhcp::server::Reservation>,
+    /// Server mode: lease time where a pool gives none (T1 is half of it, T2 seven eighths).
+    pub lease_time_secs: u32,
+    /// Server mode: how long an offered address is held for its client.
+    pub offer_hold_secs: u32,
+    /// Server mode: how long an address a client declined (found in use) stays out of the pool.
+    pub decline_hold_secs: u32,
 }
 
-/// `dhcp.mode`. Addresses always come from the site's DHCP server so far; a `server` mode (zpxe
-/// handing out addresses itself) is reserved and refused with a message until it exists.
+impl Default for DhcpSection {
+    fn default() -> Self {
+        Self {
+            mode: DhcpMode::default(),
+            pool: Vec::new(),
+            reservation: Vec::new(),
+            lease_time_secs: 3600,
+            offer_hold_secs: 10,
+            decline_hold_secs: 600,
+        }
+    }
+}
+
+impl DhcpSection {
+    /// Server mode's settings: the pools and reservations must be sound; in other modes they
+    /// must be absent, so a config meant for server mode never runs as a proxy by mistake.
+    fn check(&self) -> Vec<String> {
+        if self.mode != DhcpMode::Server {
+            if !self.pool.is_empty() || !self.reservation.is_empty() {
+                return vec![
+                    "[[dhcp.pool]] and [[dhcp.reservation]] are for dhcp.mode = \"server\"; \
+                     in proxy and pxe-only modes the site's DHCP server hands out addresses"
+                        .to_owned(),
+                ];
+            }
+            return Vec::new();
+        }
+        let mut problems = zpxe_engine::dhcp::server::DhcpServerConfig::check(
+            &self.pool,
+            &self.reservation,
+            self.lease_time_secs,
+        );
+        if self.offer_hold_secs == 0 || self.offer_hold_secs > 300 {
+            problems.push(format!(
+                "dhcp.offer-hold-secs = {}: between 1 and 300",
+                self.offer_hold_secs
+            ));
+        }
+        problems
+    }
+}
+
+/// `dhcp.mode`: proxy beside the site's DHCP server, 4011 only beside one on this host, or the
+/// only DHCP server of the network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum DhcpMode {
@@ -181,13 +233,16 @@ pub enum DhcpMode {
     /// "PXEClient" so PXE clients ask this host's 4011 for their boot file (Windows DHCP beside
     /// WDS works this way).
     PxeOnly,
+    /// zpxe is the only DHCP server (an isolated imaging network): it hands out addresses from
+    /// `[[dhcp.pool]]` and puts the boot answer in the same reply; 4011 is answered too.
+    Server,
 }
 
 impl DhcpMode {
     /// Whether zpxe binds the DHCP port (67) in this mode.
     pub fn binds_dhcp_port(self) -> bool {
         match self {
-            DhcpMode::Proxy => true,
+            DhcpMode::Proxy | DhcpMode::Server => true,
             DhcpMode::PxeOnly => false,
         }
     }
@@ -199,14 +254,10 @@ impl TryFrom<String> for DhcpMode {
         match text.as_str() {
             "proxy" => Ok(DhcpMode::Proxy),
             "pxe-only" => Ok(DhcpMode::PxeOnly),
-            "server" => Err(
-                "dhcp.mode = \"server\" (zpxe as the only DHCP server, handing out \
-                             addresses) is not implemented yet: use \"proxy\" beside the site's \
-                             DHCP server, or \"pxe-only\" when that server runs on this host"
-                    .to_owned(),
-            ),
+            "server" => Ok(DhcpMode::Server),
             other => Err(format!(
-                "dhcp.mode {other:?} is not a mode: expected \"proxy\" or \"pxe-only\""
+                "dhcp.mode {other:?} is not a mode: expected \"proxy\", \"pxe-only\" or \
+                 \"server\""
             )),
         }
     }
@@ -445,6 +496,11 @@ impl Config {
                 }
             }
         }
+        for e in self.dhcp.check() {
+            let span =
+                find_key(text, "dhcp.pool", "subnet").or_else(|| find_key(text, "dhcp", "mode"));
+            at(span.unwrap_or(0..0), e);
+        }
         out
     }
 
@@ -610,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn dhcp_mode_proxy_by_default_pxe_only_and_server_refused() {
+    fn dhcp_mode_proxy_by_default_pxe_only_and_server() {
         let base = "[server]\nroot = \"/tmp\"\n";
         let c = Config::parse(Path::new("x"), base).expect("valid");
         assert_eq!(c.dhcp.mode, DhcpMode::Proxy);
@@ -626,12 +682,37 @@ mod tests {
         let shared = format!("{base}[dhcp]\nmode = \"pxe-only\"\n[ports]\ndhcp = 69\n");
         assert!(problems(&shared).is_empty(), "{:?}", problems(&shared));
 
+        // Server mode needs a pool.
         let p = problems(&format!("{base}[dhcp]\nmode = \"server\"\n"));
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("zpxe.toml:4:8: "), "{p:?}");
-        assert!(p[0].contains("not implemented yet"), "{p:?}");
+        assert!(p[0].starts_with("zpxe.toml:4:1: "), "{p:?}");
+        assert!(p[0].contains("at least one [[dhcp.pool]]"), "{p:?}");
+        let server = format!(
+            "{base}[dhcp]\nmode = \"server\"\nlease-time-secs = 120\n\
+             [[dhcp.pool]]\nsubnet = \"10.0.0.0/24\"\nrange = [\"10.0.0.100\", \"10.0.0.199\"]\n\
+             router = [\"10.0.0.1\"]\ndns = [\"10.0.0.53\"]\n\
+             [[dhcp.reservation]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.0.0.20\"\n"
+        );
+        assert!(problems(&server).is_empty(), "{:?}", problems(&server));
+        let c = Config::parse(Path::new("x"), &server).expect("valid");
+        assert_eq!(c.dhcp.mode, DhcpMode::Server);
+        assert!(c.dhcp.mode.binds_dhcp_port());
+        assert_eq!(c.dhcp.pool.len(), 1);
+        assert_eq!(c.dhcp.lease_time_secs, 120);
+        assert_eq!(
+            c.dhcp.reservation[0].ip,
+            std::net::Ipv4Addr::new(10, 0, 0, 20)
+        );
+        let p = problems(&server.replace("10.0.0.199", "10.0.1.199"));
+        assert!(p[0].contains("not inside the subnet"), "{p:?}");
+        // Pools outside server mode are refused rather than ignored.
+        let p = problems(&server.replace("mode = \"server\"", "mode = \"proxy\""));
+        assert!(p[0].contains("are for dhcp.mode = \"server\""), "{p:?}");
         let p = problems(&format!("{base}[dhcp]\nmode = \"relay\"\n"));
-        assert!(p[0].contains("\"proxy\" or \"pxe-only\""), "{p:?}");
+        assert!(
+            p[0].contains("\"proxy\", \"pxe-only\" or \"server\""),
+            "{p:?}"
+        );
         assert!(!problems(&format!("{base}[dhcp]\nmood = \"proxy\"\n")).is_empty());
     }
 

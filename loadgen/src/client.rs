@@ -345,6 +345,11 @@ async fn dhcp_phase(
                     a.next_server, a.boot_file, a.via_4011
                 ));
             }
+            // An address server (zpxe's server mode) acked an address: reported so a storm
+            // can be checked for duplicates.
+            if let Some(ip) = m.leased() {
+                rec.answers.push(format!("{phase}: leased {ip}"));
+            }
             return outcome.map_err(|e| fail(phase, e.to_string()));
         }
         let wait = m.poll_timeout().map_or(Duration::from_secs(1), |d| {

@@ -20,6 +20,7 @@
 //! as bound parameters; the only SQL assembled at run time is from fixed fragments and
 //! parameter numbers.
 
+pub mod leases;
 mod postgres;
 mod sqlite;
 
@@ -2367,6 +2368,7 @@ mod tests {
         boot_once,
         hostile_text,
         two_recorders,
+        leases_persist,
     );
 
     #[test]

@@ -16,7 +16,10 @@ use anyhow::{Context, Result, bail};
 use super::{Backend, Row, Sql, Value};
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (2, include_str!("migrations/postgres/0002_leases.sql")),
+];
 
 /// The advisory lock that serializes migrations between servers starting at once ("zpxe" in
 /// ASCII).

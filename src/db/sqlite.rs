@@ -16,7 +16,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::{Backend, Row, Sql, Value};
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_leases.sql")),
+];
 
 /// How long a writer waits for another's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

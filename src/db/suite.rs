@@ -144,19 +144,22 @@ const BOOT_KINDS: [&str; 9] = [
 /// Migrating twice (and opening twice) applies each migration once.
 pub fn migrations_idempotent(url: &str) {
     let mut a = connect(url).expect("first open");
-    assert_eq!(a.migrate().expect("again"), 1);
+    assert_eq!(a.migrate().expect("again"), 2);
     let mut b = connect(url).expect("second open");
-    assert_eq!(b.migrate().expect("again"), 1);
-    let mut rows = 0;
+    assert_eq!(b.migrate().expect("again"), 2);
+    let mut versions = Vec::new();
     b.read(&mut |sql| {
-        sql.query("SELECT version FROM schema_version", &[], &mut |r| {
-            assert_eq!(r.int(0)?, Some(1));
-            rows += 1;
-            Ok(())
-        })
+        sql.query(
+            "SELECT version FROM schema_version ORDER BY version",
+            &[],
+            &mut |r| {
+                versions.push(r.int(0)?);
+                Ok(())
+            },
+        )
     })
     .expect("schema_version");
-    assert_eq!(rows, 1, "each migration recorded once");
+    assert_eq!(versions, [Some(1), Some(2)], "each migration recorded once");
     b.check().expect("check");
 }
 
@@ -752,4 +755,57 @@ pub fn two_recorders(url: &str) {
         a.stats().lost.load(Relaxed) + b.stats().lost.load(Relaxed),
         0
     );
+}
+
+/// The DHCP server's leases: written in one transaction per batch, reported written, read back
+/// with the time left; a second write of an address replaces the first (one row per address).
+pub fn leases_persist(url: &str) {
+    use zpxe_engine::dhcp::leases::{ClientKey, LeaseRecord, LeaseState};
+
+    let mac = |n: u8| MacAddr([2, 0, 0, 0, 0, n]);
+    let lease = |ip: [u8; 4], n: u8, state: LeaseState, secs: u64| LeaseRecord {
+        ip: Ipv4Addr::from(ip),
+        state,
+        client: Some(ClientKey::from_mac(mac(n))),
+        mac: mac(n),
+        remaining: Duration::from_secs(secs),
+    };
+    let mut store = super::leases::LeaseStore::spawn(connect(url).expect("open")).expect("spawn");
+    assert!(store.submit(1, &[lease([10, 0, 0, 100], 1, LeaseState::Bound, 600)]));
+    assert!(store.submit(
+        2,
+        &[
+            lease([10, 0, 0, 101], 2, LeaseState::Bound, 600),
+            lease([10, 0, 0, 102], 3, LeaseState::Declined, 60),
+        ]
+    ));
+    // The client of .101 gives it back.
+    assert!(store.submit(3, &[lease([10, 0, 0, 101], 2, LeaseState::Released, 0)]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut done = Vec::new();
+    while done.len() < 3 && Instant::now() < deadline {
+        done.extend(store.take_done());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done.sort_unstable();
+    assert_eq!(done, [(1, true), (2, true), (3, true)]);
+    store.close();
+
+    let mut b = connect(url).expect("reopen");
+    let mut got = super::leases::load(b.as_mut()).expect("load");
+    got.sort_by_key(|r| r.ip);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].ip, Ipv4Addr::new(10, 0, 0, 100));
+    assert_eq!(got[0].state, LeaseState::Bound);
+    assert_eq!(got[0].mac, mac(1));
+    assert_eq!(got[0].client, Some(ClientKey::from_mac(mac(1))));
+    assert!(
+        got[0].remaining > Duration::from_secs(590) && got[0].remaining <= Duration::from_secs(600),
+        "{:?}",
+        got[0].remaining
+    );
+    assert_eq!(got[1].state, LeaseState::Released);
+    assert_eq!(got[1].remaining, Duration::ZERO);
+    assert_eq!(got[2].state, LeaseState::Declined);
+    assert_eq!(got[2].client, Some(ClientKey::from_mac(mac(3))));
 }

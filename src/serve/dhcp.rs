@@ -53,7 +53,7 @@ impl DhcpService {
             None => None,
         };
         let pxe = UdpEndpoint::bind(pxe_addr, &options).map_err(|e| (pxe_addr, e))?;
-        if dhcp.is_none() {
+        if dhcp.is_none() && ctx.shared.config.dhcp.mode == crate::config::DhcpMode::PxeOnly {
             tracing::info!(
                 pxe = %pxe.local_addr(),
                 "pxe-only: answering PXE clients on the PXE port only; the DHCP server on this \

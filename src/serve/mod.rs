@@ -20,6 +20,7 @@ pub(crate) use drain::Drain;
 pub use drain::Stop;
 
 mod dhcp;
+mod dhcp_server;
 mod drain;
 mod http;
 mod https;
@@ -432,6 +433,8 @@ fn setup(
         ..Bound::default()
     };
     let http_config = Arc::new(config.http.clone());
+    // Server mode's one engine and lease writer, shared by every address and device.
+    let mut dhcp_server: Option<Rc<dhcp_server::Core>> = None;
     for ip in config.listen_addrs() {
         if config.services.tftp {
             let addr = SocketAddr::new(ip, config.ports.tftp);
@@ -491,8 +494,20 @@ fn setup(
                 config.server.interfaces.iter().cloned().map(Some).collect()
             };
             for device in devices {
+                // Server mode: 67 is the DHCP server machine's, the proxy keeps 4011.
+                if config.dhcp.mode == crate::config::DhcpMode::Server {
+                    let core = match &dhcp_server {
+                        Some(core) => Rc::clone(core),
+                        None => dhcp_server.insert(dhcp_server::Core::open(&ctx)?).clone(),
+                    };
+                    let addr = SocketAddr::new(ip, config.ports.dhcp);
+                    let local = core.bind(addr, device.clone()).map_err(|e| {
+                        BindError::explain("DHCP server", "dhcp-port", addr, e)
+                    })?;
+                    bound.dhcp.push(local);
+                }
                 // pxe-only: 67 belongs to the DHCP server on this host.
-                let dhcp_addr = (config.dhcp.mode.binds_dhcp_port())
+                let dhcp_addr = (config.dhcp.mode == crate::config::DhcpMode::Proxy)
                     .then(|| SocketAddr::new(ip, config.ports.dhcp));
                 let pxe_addr = SocketAddr::new(ip, config.ports.pxe);
                 let svc = dhcp::DhcpService::bind(&ctx, dhcp_addr, pxe_addr, device).map_err(

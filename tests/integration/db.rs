@@ -139,8 +139,9 @@ impl Drop for Postgres {
 fn postgres_backend_behaviour() {
     let pg = Postgres::start();
     type Case = (&'static str, fn(&str));
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         ("migrations_idempotent", suite::migrations_idempotent),
+        ("leases_persist", suite::leases_persist),
         ("batching", suite::batching),
         ("drop_and_count", suite::drop_and_count),
         ("grouping_and_queries", suite::grouping_and_queries),

@@ -7,6 +7,7 @@ mod attack;
 mod common;
 mod db;
 mod dhcp_netns;
+mod dhcp_server;
 mod drain;
 mod firmware;
 mod http;

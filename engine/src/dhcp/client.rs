@@ -99,11 +99,28 @@ pub enum DhcpClientError {
     /// The first item of the offer's PXE menu is type 0: boot from local media.
     #[error("the PXE menu's first item is local boot")]
     LocalBootItem,
+    /// An address server's offer was taken, and no ACK came for its REQUEST.
+    #[error("no ACK for the REQUEST of the offered address after all retries")]
+    NoLeaseAck,
+    /// The address server refused the REQUEST.
+    #[error("the address server answered the REQUEST with a NAK")]
+    Nak,
 }
+
+/// What the client does once its address is acked: boot the offer's file, or ask a boot server.
+type NextStep = Result<Option<(Ipv4Addr, Option<PxeBootItem>)>, DhcpClientError>;
 
 #[derive(Debug)]
 enum Phase {
     Discovering,
+    /// An address server's offer (zpxe's server mode): REQUEST it on the DHCP port, as
+    /// firmware does, before booting.
+    Selecting {
+        offer: BootAnswer,
+        address: Ipv4Addr,
+        server_id: Ipv4Addr,
+        next: NextStep,
+    },
     /// Asking the boot server; `offer` is what the proxy offer said.
     Requesting {
         offer: BootAnswer,
@@ -125,6 +142,8 @@ pub struct DhcpClient {
     deadline: Instant,
     send_pending: bool,
     retransmits: u32,
+    /// The address an address server acked.
+    leased: Option<Ipv4Addr>,
 }
 
 impl DhcpClient {
@@ -142,7 +161,13 @@ impl DhcpClient {
             deadline,
             send_pending: true,
             retransmits: 0,
+            leased: None,
         }
+    }
+
+    /// The address an address server (zpxe's server mode) acked, if one did.
+    pub fn leased(&self) -> Option<Ipv4Addr> {
+        self.leased
     }
 
     /// Messages sent again after a timeout, over every phase.
@@ -176,6 +201,7 @@ impl DhcpClient {
         if self.attempt >= self.config.retries {
             let error = match self.phase {
                 Phase::Discovering => DhcpClientError::NoOffer,
+                Phase::Selecting { .. } => DhcpClientError::NoLeaseAck,
                 _ => DhcpClientError::NoAck,
             };
             self.phase = Phase::Done(Err(error));
@@ -211,6 +237,20 @@ impl DhcpClient {
                     self.config.relay.map(IpAddr::V4),
                 )
             }
+            Phase::Selecting { .. } => {
+                let destination = match self.config.relay {
+                    Some(_) => self.config.server,
+                    None => SocketAddr::V4(SocketAddrV4::new(
+                        Ipv4Addr::BROADCAST,
+                        self.config.server.port(),
+                    )),
+                };
+                (
+                    self.request_lease(now),
+                    destination,
+                    self.config.relay.map(IpAddr::V4),
+                )
+            }
             Phase::Requesting { boot_server, .. } => {
                 let destination =
                     SocketAddr::V4(SocketAddrV4::new(*boot_server, self.config.pxe_port));
@@ -242,21 +282,39 @@ impl DhcpClient {
                     return;
                 }
                 let offer = answer_from(&reply, None, false);
-                match self.next_step(&reply, &offer) {
-                    Ok(Some((boot_server, boot_item))) => {
-                        self.phase = Phase::Requesting {
-                            offer,
-                            boot_server,
-                            boot_item,
-                        };
-                        self.xid = self.rng.random();
-                        self.attempt = 0;
-                        self.deadline = later(now, self.config.timeout);
-                        self.send_pending = true;
-                    }
-                    Ok(None) => self.finish(Ok(offer)),
-                    Err(e) => self.finish(Err(e)),
+                let next = self.next_step(&reply, &offer);
+                if !reply.yiaddr.is_unspecified()
+                    && let Some(server_id) = reply.options.server_id
+                {
+                    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.4.1
+                    //# The client broadcasts a DHCPREQUEST message that MUST include the
+                    //# 'server identifier' option to indicate which server it has selected
+                    self.phase = Phase::Selecting {
+                        offer,
+                        address: reply.yiaddr,
+                        server_id,
+                        next,
+                    };
+                    self.attempt = 0;
+                    self.deadline = later(now, self.config.timeout);
+                    self.send_pending = true;
+                    return;
                 }
+                self.take_step(now, offer, next);
+            }
+            Phase::Selecting { address, .. } => {
+                match reply.options.message_type {
+                    Some(MessageType::Ack) if reply.yiaddr == *address => {}
+                    Some(MessageType::Nak) => return self.finish(Err(DhcpClientError::Nak)),
+                    _ => return,
+                }
+                self.leased = Some(*address);
+                let Phase::Selecting { offer, next, .. } =
+                    std::mem::replace(&mut self.phase, Phase::Discovering)
+                else {
+                    return;
+                };
+                self.take_step(now, offer, next);
             }
             Phase::Requesting { offer, .. } => {
                 if reply.options.message_type != Some(MessageType::Ack) {
@@ -323,6 +381,24 @@ impl DhcpClient {
                     .unwrap_or(proxy);
                 Ok(Some((server, None)))
             }
+        }
+    }
+
+    fn take_step(&mut self, now: Instant, offer: BootAnswer, next: NextStep) {
+        match next {
+            Ok(Some((boot_server, boot_item))) => {
+                self.phase = Phase::Requesting {
+                    offer,
+                    boot_server,
+                    boot_item,
+                };
+                self.xid = self.rng.random();
+                self.attempt = 0;
+                self.deadline = later(now, self.config.timeout);
+                self.send_pending = true;
+            }
+            Ok(None) => self.finish(Ok(offer)),
+            Err(e) => self.finish(Err(e)),
         }
     }
 
@@ -393,6 +469,22 @@ impl DhcpClient {
         }
     }
 
+    /// The REQUEST for an offered address (SELECTING): same xid as the DISCOVER, the chosen
+    /// server's identifier and the address.
+    fn request_lease(&self, now: Instant) -> DhcpRepr {
+        let mut request = self.discover(now);
+        let mut options = self.base_options(MessageType::Request);
+        if let Phase::Selecting {
+            address, server_id, ..
+        } = self.phase
+        {
+            options.server_id = Some(server_id);
+            options.requested_ip = Some(address);
+        }
+        request.options = options;
+        request
+    }
+
     fn request_4011(&self, now: Instant) -> DhcpRepr {
         let mut options = self.base_options(MessageType::Request);
         if let Phase::Requesting {
@@ -412,7 +504,10 @@ impl DhcpClient {
             xid: self.xid,
             secs: self.elapsed_secs(now),
             broadcast: false,
-            ciaddr: self.config.client_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ciaddr: self
+                .leased
+                .or(self.config.client_ip)
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
             yiaddr: Ipv4Addr::UNSPECIFIED,
             siaddr: Ipv4Addr::UNSPECIFIED,
             giaddr: Ipv4Addr::UNSPECIFIED,

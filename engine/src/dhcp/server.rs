@@ -27,6 +27,8 @@ const MAX_QUEUED_EVENTS: usize = 1024;
 /// behind makes REQUESTs wait (ignored, counted; clients retransmit), never memory grow.
 const MAX_PENDING_COMMITS: usize = 1024;
 const MAX_FILE_FIELD: usize = 127;
+/// Shorter leases only make sense in tests (renewal at T1 = 5 s).
+const MIN_LEASE_SECS: u32 = 10;
 const PXE_CLIENT: &[u8] = b"PXEClient";
 const HTTP_CLIENT: &[u8] = b"HTTPClient";
 
@@ -114,9 +116,9 @@ impl DhcpServerConfig {
                     .to_owned(),
             );
         }
-        if lease_secs < 60 {
+        if lease_secs < MIN_LEASE_SECS {
             problems.push(format!(
-                "dhcp.lease-time-secs = {lease_secs}: at least 60 seconds"
+                "dhcp.lease-time-secs = {lease_secs}: at least {MIN_LEASE_SECS} seconds"
             ));
         }
         let mut total: u64 = 0;
@@ -132,8 +134,10 @@ impl DhcpServerConfig {
                 problems.push(format!("{name}: range starts at {first}, after {last}"));
             }
             total += u64::from(u32::from(last).saturating_sub(u32::from(first))) + 1;
-            if p.lease_time_secs.is_some_and(|s| s < 60) {
-                problems.push(format!("{name}: lease-time-secs must be at least 60"));
+            if p.lease_time_secs.is_some_and(|s| s < MIN_LEASE_SECS) {
+                problems.push(format!(
+                    "{name}: lease-time-secs must be at least {MIN_LEASE_SECS}"
+                ));
             }
             for q in &pools[..i] {
                 if q.subnet.contains(p.subnet.network) || p.subnet.contains(q.subnet.network) {
@@ -1823,7 +1827,7 @@ mod tests {
             good.pools[0].clone(),
         ];
         assert!(DhcpServerConfig::check(&overlap, &[], 600)[0].contains("overlaps"));
-        assert!(DhcpServerConfig::check(&good.pools, &[], 10)[0].contains("at least 60"));
+        assert!(DhcpServerConfig::check(&good.pools, &[], 9)[0].contains("at least 10"));
         let huge = [pool("10.0.0.0/8", [10, 0, 0, 1], [10, 255, 255, 254])];
         assert!(DhcpServerConfig::check(&huge, &[], 600)[0].contains("at most"));
         let r = [
@@ -1838,5 +1842,53 @@ mod tests {
         ];
         let p = DhcpServerConfig::check(&good.pools, &r, 600);
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+    /// The load generator's firmware client against the server: it takes the offered address,
+    /// REQUESTs it, and boots the file from the same replies (no 4011 exchange).
+    #[test]
+    fn the_firmware_client_leases_and_boots_without_4011() {
+        use crate::dhcp::client::{DhcpClient, DhcpClientConfig};
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let mut leased = Vec::new();
+        for n in 0..20u32 {
+            let mut client = DhcpClient::new(
+                now,
+                DhcpClientConfig {
+                    mac: mac(n),
+                    rng_seed: u64::from(n),
+                    server: "255.255.255.255:67".parse().unwrap(),
+                    ..Default::default()
+                },
+            );
+            let mut buf = [0u8; 1500];
+            for _ in 0..4 {
+                let Some(t) = client.poll_transmit(now, &mut buf) else {
+                    break;
+                };
+                let Payload::Bytes { len } = t.payload else {
+                    panic!("bytes")
+                };
+                assert_eq!(t.destination, "255.255.255.255:67".parse().unwrap());
+                let out = feed(
+                    &mut server,
+                    now,
+                    meta("0.0.0.0:68"),
+                    &DhcpRepr::parse_bytes(&buf[..len]).unwrap(),
+                );
+                for (_, reply) in &out.transmits {
+                    client.handle_datagram(now, "10.0.0.1:67".parse().unwrap(), &reply.to_bytes());
+                }
+            }
+            let answer = client.outcome().expect("done").expect("booted");
+            assert_eq!(answer.boot_file, "ipxe.efi");
+            assert!(!answer.via_4011);
+            leased.push(client.leased().expect("an address"));
+        }
+        let mut unique = leased.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), leased.len(), "{leased:?}");
+        assert_eq!(server.table().bound_count(now), 20);
     }
 }

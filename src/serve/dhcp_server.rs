@@ -1,0 +1,321 @@
+//! The DHCP server service (`dhcp.mode = "server"`): the engine's `DhcpServer` on UDP 67, its
+//! leases in the database (src/db/leases.rs). 4011 stays with the proxy responder
+//! (src/serve/dhcp.rs), for clients that ask a boot server there anyway.
+//!
+//! One engine per process, on loop 0, shared by the sockets of every listen address and
+//! device, so two interfaces can never hand out one address twice. Stored leases are loaded
+//! before the first socket is bound.
+//!
+//! An ACK leaves only once its lease is written: the receive task hands the engine's commit
+//! to the lease writer (`LeaseStore::submit`, never blocking) and goes on; the completion task
+//! wakes when the writer reports it and sends the replies the engine then releases.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use zpxe_engine::Payload;
+use zpxe_engine::dhcp::server::{DhcpServerConfig, ServerEvent};
+use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, DhcpServer};
+use zpxe_platform::runtime::spawn;
+use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+
+use super::ThreadCtx;
+use crate::config::Config;
+use crate::db::leases::LeaseStore;
+use crate::metrics::Metrics;
+
+const BUF: usize = 4096;
+
+/// The engine, the lease writer and the sockets, shared by every socket's receive task.
+pub(crate) struct Core {
+    engine: RefCell<DhcpServer>,
+    store: LeaseStore,
+    ctx: Rc<ThreadCtx>,
+    /// Sockets by the interface index requests arrived on, to answer from the same one.
+    by_ifindex: RefCell<HashMap<u32, Rc<UdpEndpoint>>>,
+    sockets: RefCell<Vec<Rc<UdpEndpoint>>>,
+}
+
+/// The server's settings from the configuration.
+pub(crate) fn server_config(config: &Config) -> DhcpServerConfig {
+    let proxy = super::proxy_config(config);
+    let d = &config.dhcp;
+    DhcpServerConfig {
+        policy: proxy.policy,
+        http_port: proxy.http_port,
+        server_ip: proxy.server_ip,
+        dhcp_port: config.ports.dhcp,
+        pools: d.pool.clone(),
+        reservations: d.reservation.clone(),
+        lease_time: Duration::from_secs(u64::from(d.lease_time_secs)),
+        offer_hold: Duration::from_secs(u64::from(d.offer_hold_secs)),
+        decline_hold: Duration::from_secs(u64::from(d.decline_hold_secs)),
+    }
+}
+
+impl Core {
+    /// Opens the lease table, loads the stored leases and starts the lease writer. Blocking:
+    /// runs while the loop sets up, before it serves.
+    pub(crate) fn open(ctx: &Rc<ThreadCtx>) -> anyhow::Result<Rc<Self>> {
+        let config = &ctx.shared.config;
+        if !config.database.enabled {
+            anyhow::bail!(
+                "dhcp.mode = \"server\" keeps its leases in the database, and the database is \
+                 off (database.enabled = false or --no-database): turn it on, or run zpxe as a \
+                 proxy beside another DHCP server"
+            );
+        }
+        let url = config.database.url.get_ref();
+        let mut backend = crate::db::connect(url)
+            .map_err(|e| anyhow::anyhow!("opening the lease table: {e:#}"))?;
+        let stored = crate::db::leases::load(backend.as_mut())
+            .map_err(|e| anyhow::anyhow!("reading the stored leases: {e:#}"))?;
+        let mut engine = DhcpServer::new(server_config(config));
+        let now = Instant::now();
+        let restored = engine.restore(now, &stored);
+        let live = engine.table().bound_count(now);
+        tracing::info!(
+            stored = stored.len(),
+            restored,
+            live,
+            pools = config.dhcp.pool.len(),
+            "DHCP server: leases loaded"
+        );
+        let store = LeaseStore::spawn(backend)?;
+        let core = Rc::new(Self {
+            engine: RefCell::new(engine),
+            store,
+            ctx: Rc::clone(ctx),
+            by_ifindex: RefCell::new(HashMap::new()),
+            sockets: RefCell::new(Vec::new()),
+        });
+        let me = Rc::clone(&core);
+        spawn(async move { me.completions().await }).detach();
+        Ok(core)
+    }
+
+    /// Binds the DHCP port at `addr` (on `device` when given) and starts its receive task.
+    pub(crate) fn bind(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        device: Option<String>,
+    ) -> io::Result<SocketAddr> {
+        let options = UdpOptions {
+            pktinfo: true,
+            broadcast: true,
+            device,
+            recv_buffer: Some(4 << 20),
+            send_buffer: Some(1 << 20),
+            ..UdpOptions::default()
+        };
+        let socket = Rc::new(UdpEndpoint::bind(addr, &options)?);
+        let local = socket.local_addr();
+        self.sockets.borrow_mut().push(Rc::clone(&socket));
+        let me = Rc::clone(self);
+        spawn(async move { me.recv_loop(socket).await }).detach();
+        tracing::info!(dhcp = %local, "DHCP server: handing out addresses");
+        Ok(local)
+    }
+
+    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>) {
+        let mut buf = Vec::with_capacity(BUF);
+        let mut out = vec![0u8; BUF];
+        loop {
+            let (res, b) = socket.recv(buf).await;
+            buf = b;
+            match res {
+                // Draining: quiet, so clients turn to the server that takes over.
+                Ok(_) if self.ctx.drain.fired() => {}
+                Ok(r) => {
+                    Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
+                    if let Some(i) = r.meta.ifindex {
+                        let mut map = self.by_ifindex.borrow_mut();
+                        // Bounded by the host's interfaces (the index comes from the kernel).
+                        if !map.contains_key(&i) {
+                            map.insert(i, Rc::clone(&socket));
+                        }
+                    }
+                    self.engine
+                        .borrow_mut()
+                        .handle_datagram(Instant::now(), r.meta, &buf[..r.len]);
+                    self.flush(&mut out).await;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
+            }
+        }
+    }
+
+    /// Waits for the lease writer's reports and sends the replies they release.
+    async fn completions(self: Rc<Self>) {
+        let mut out = vec![0u8; BUF];
+        loop {
+            self.store.wait(super::STOP_POLL).await;
+            let done = self.store.take_done();
+            if !done.is_empty() {
+                {
+                    let mut engine = self.engine.borrow_mut();
+                    for (seq, written) in done {
+                        engine.committed(seq, written);
+                    }
+                }
+                self.flush(&mut out).await;
+            }
+            if self.ctx.shared.stop.stopped() {
+                return;
+            }
+        }
+    }
+
+    /// Hands commits to the writer, sends the replies ready, logs and records the events.
+    async fn flush(&self, buf: &mut [u8]) {
+        loop {
+            let commit = self.engine.borrow_mut().poll_commit();
+            let Some(commit) = commit else { break };
+            if !self.store.submit(commit.seq, &commit.records) {
+                tracing::warn!("the lease writer is backed up: a REQUEST goes unanswered");
+                self.engine.borrow_mut().committed(commit.seq, false);
+            }
+        }
+        loop {
+            let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
+            let Some(t) = polled else { break };
+            let Payload::Bytes { len } = t.payload else {
+                tracing::error!("unexpected payload from the DHCP server engine");
+                continue;
+            };
+            let socket = t
+                .ifindex
+                .and_then(|i| self.by_ifindex.borrow().get(&i).cloned())
+                .or_else(|| self.sockets.borrow().first().cloned());
+            let Some(socket) = socket else { break };
+            let route = Route {
+                destination: t.destination,
+                source_ip: t.source_ip,
+                ifindex: t.ifindex,
+            };
+            let (res, _) = socket.send(route, buf[..len].to_vec()).await;
+            match res {
+                Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
+                Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
+            }
+        }
+        loop {
+            let ev = self.engine.borrow_mut().poll_event();
+            let Some(ev) = ev else { break };
+            log_event(&ev, &self.ctx.shared.metrics);
+            let recorder = &self.ctx.shared.recorder;
+            if recorder.enabled()
+                && let Some((e, ip)) = timeline_event(&ev)
+                && let Some(e) = crate::db::dhcp_event(&e, ip)
+            {
+                recorder.record(e);
+            }
+        }
+    }
+}
+
+/// Offers with a boot answer and every ACK join the client's boot timeline, with the address
+/// it was given (the one its TFTP and HTTP legs come from).
+fn timeline_event(ev: &ServerEvent) -> Option<(DhcpEvent, Option<IpAddr>)> {
+    match ev {
+        ServerEvent::Offered {
+            mac,
+            relay,
+            boot: Some(boot),
+            ..
+        } => Some((
+            DhcpEvent::Offered {
+                mac: *mac,
+                uuid: boot.uuid,
+                arch: boot.arch,
+                boot_file: boot.boot_file.clone(),
+                relay: *relay,
+                ipxe: boot.ipxe,
+            },
+            None,
+        )),
+        ServerEvent::Acked {
+            mac,
+            ip,
+            relay,
+            boot,
+            ..
+        } => Some((
+            DhcpEvent::Acked {
+                mac: *mac,
+                uuid: boot.as_ref().and_then(|b| b.uuid),
+                arch: boot.as_ref().and_then(|b| b.arch),
+                boot_file: boot
+                    .as_ref()
+                    .map(|b| b.boot_file.clone())
+                    .unwrap_or_default(),
+                relay: *relay,
+                ipxe: boot.as_ref().is_some_and(|b| b.ipxe),
+                port: DhcpPort::Dhcp,
+            },
+            Some(IpAddr::V4(*ip)),
+        )),
+        _ => None,
+    }
+}
+
+fn log_event(ev: &ServerEvent, metrics: &Metrics) {
+    let file = |b: &Option<zpxe_engine::dhcp::server::BootInfo>| {
+        b.as_ref()
+            .map_or_else(|| "-".to_owned(), |b| b.boot_file.clone())
+    };
+    match ev {
+        ServerEvent::Offered {
+            mac,
+            ip,
+            relay,
+            boot,
+        } => tracing::info!(
+            %mac,
+            %ip,
+            relay = relay.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            boot_file = file(boot),
+            "DHCP offer"
+        ),
+        ServerEvent::Acked {
+            mac,
+            ip,
+            relay,
+            lease_secs,
+            boot,
+        } => tracing::info!(
+            %mac,
+            %ip,
+            relay = relay.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            lease_secs,
+            boot_file = file(boot),
+            "DHCP ack"
+        ),
+        ServerEvent::Nak {
+            mac,
+            requested,
+            reason,
+        } => tracing::info!(
+            %mac,
+            requested = requested.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            %reason,
+            "DHCP nak"
+        ),
+        ServerEvent::Released { mac, ip } => tracing::info!(%mac, %ip, "DHCP release"),
+        ServerEvent::Declined { mac, ip } => {
+            tracing::warn!(%mac, %ip, "DHCP decline: the client found the address in use")
+        }
+        ServerEvent::Informed { mac, ip, .. } => tracing::debug!(%mac, %ip, "DHCP inform"),
+        ServerEvent::Ignored { reason, mac } => {
+            Metrics::add(&metrics.dhcp_ignored_total, 1);
+            let mac = mac.map_or_else(|| "-".to_owned(), |m| m.to_string());
+            tracing::debug!(%mac, %reason, "DHCP request ignored");
+        }
+        other => tracing::debug!(event = ?other, "DHCP"),
+    }
+}
