@@ -32,6 +32,8 @@ pub struct Config {
     pub firewall: FirewallSection,
     /// Boot timelines and the machine registry (src/db).
     pub database: crate::db::DatabaseConfig,
+    /// Who may use the web service: bearer token, allowed networks (src/web/access.rs).
+    pub web: crate::web::WebConfig,
 }
 
 /// `[firewall]`: whether zpxe manages its Windows Firewall rules.
@@ -469,6 +471,9 @@ impl Config {
                 };
                 at(span, e);
             }
+        }
+        for (span, e) in self.web.check() {
+            at(span, e);
         }
         let udp = [
             (

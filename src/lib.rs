@@ -6,6 +6,7 @@ pub mod db;
 pub mod demo;
 pub mod demo_images;
 pub mod firewall;
+pub mod machines_cli;
 pub mod metrics;
 pub mod serve;
 pub mod web;

@@ -22,6 +22,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The machine registry of a running zpxe (its API): list, add, rm, import FILE.csv.
+    Machines(zpxe::machines_cli::MachinesArgs),
     /// Serve a generated image set on loopback and boot a storm of simulated clients through it.
     Demo(zpxe::demo::DemoArgs),
     /// The boot-storm simulator (same as `zpxe-loadgen`; `zpxe loadgen --help`).
@@ -193,6 +195,7 @@ fn main() -> ExitCode {
         },
         Command::Demo(args) => zpxe::demo::run(args).context("demo"),
         Command::Firewall { command } => zpxe::firewall::run(command),
+        Command::Machines(args) => return zpxe::machines_cli::main(args),
         Command::Loadgen { .. } => Ok(()),
         #[cfg(windows)]
         Command::Service { .. } => Ok(()),

@@ -35,6 +35,10 @@ use zpxe_engine::path::decode_query_component;
 use crate::db::{self, Cidr, ClientQuery, Database, Event, EventKind, Recorder};
 use crate::metrics::Metrics;
 
+pub mod access;
+pub mod machines;
+pub use access::{Access, WebConfig};
+
 /// The most clients the inventory keeps; past it, the least recently seen one is dropped.
 pub const MAX_CLIENTS: usize = 65_536;
 /// Clients in an `/api/clients` page when the query names no `limit`.
@@ -499,6 +503,10 @@ pub struct WebService {
     /// The database the v1 API reads, when recording is on.
     pub db: Option<Arc<Database>>,
     recorder: Recorder,
+    /// Who may read, and the token for changes (src/web/access.rs).
+    access: Arc<Access>,
+    /// The menu's entry ids, which machine records may name.
+    menu_entries: Option<Arc<BTreeSet<String>>>,
 }
 
 #[derive(Serialize)]
@@ -519,7 +527,20 @@ impl WebService {
             started: SystemTime::now(),
             db: None,
             recorder: Recorder::disabled(),
+            access: Arc::new(Access::open()),
+            menu_entries: None,
         }
+    }
+
+    /// Access rules, and the menu entry ids machine records may name.
+    pub fn with_access(mut self, access: Access, menu_entries: Option<BTreeSet<String>>) -> Self {
+        self.access = Arc::new(access);
+        self.menu_entries = menu_entries.map(Arc::new);
+        self
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// Reports also go to `db`, which the v1 API reads.
@@ -540,6 +561,13 @@ impl WebService {
         now: SystemTime,
     ) -> WebReply {
         let peer = peer_ip.and_then(|p| p.parse::<IpAddr>().ok());
+        // Clients being booted report from wherever they are (relayed networks too).
+        if path != "/report" && !self.access.allows(peer) {
+            return self.access.forbidden_peer(peer);
+        }
+        if path == "/api/v1/machines" || path.starts_with("/api/v1/machines/") {
+            return self.machines_read(path, query);
+        }
         match path {
             "/" | "/index.html" => WebReply::new(200, "text/html; charset=utf-8", STATUS_PAGE),
             "/report" => self.report(query, peer, now, Instant::now()),

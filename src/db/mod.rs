@@ -758,11 +758,9 @@ impl FromStr for Cidr {
             _ => return Err(bad()),
         };
         let bits = u128::from_be_bytes(key);
-        let host = if len == 0 {
-            u128::MAX
-        } else {
-            u128::MAX >> len
-        };
+        // A /32 (/128) has no host bits: a plain `>> 128` would overflow (and in release
+        // shift by 0, matching every address).
+        let host = u128::MAX.checked_shr(len).unwrap_or(0);
         Ok(Self {
             lo: (bits & !host).to_be_bytes(),
             hi: (bits | host).to_be_bytes(),
@@ -2280,6 +2278,20 @@ impl Database {
     pub fn put_machine(&self, rec: &MachineRecord) -> Result<()> {
         rec.validate().map_err(|e| anyhow!(e))?;
         self.write(|sql| put_record(sql, rec))?;
+        self.republish()
+    }
+
+    /// Stores every record in one transaction (all or none), then publishes the registry.
+    pub fn put_machines(&self, recs: &[MachineRecord]) -> Result<()> {
+        for (i, r) in recs.iter().enumerate() {
+            r.validate().map_err(|e| anyhow!("record {i}: {e}"))?;
+        }
+        self.write(|sql| {
+            for (i, r) in recs.iter().enumerate() {
+                put_record(sql, r).with_context(|| format!("record {i}"))?;
+            }
+            Ok(())
+        })?;
         self.republish()
     }
 

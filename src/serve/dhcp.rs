@@ -61,8 +61,14 @@ impl DhcpService {
             );
         }
         let config = super::proxy_config(&ctx.shared.config);
+        let mut engine = ProxyDhcp::new(config);
+        if let Some(registry) = &ctx.shared.registry {
+            engine.set_overrides(std::sync::Arc::new(super::registry::RegistryOverrides(
+                std::sync::Arc::clone(registry),
+            )));
+        }
         Ok(Rc::new(Self {
-            engine: RefCell::new(ProxyDhcp::new(config)),
+            engine: RefCell::new(engine),
             ctx: Rc::clone(ctx),
             dhcp: dhcp.map(Rc::new),
             pxe: Rc::new(pxe),

@@ -133,11 +133,11 @@ impl Core {
                 Ok(r) => {
                     Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
                     if let Some(i) = r.meta.ifindex {
-                        let mut map = self.by_ifindex.borrow_mut();
                         // Bounded by the host's interfaces (the index comes from the kernel).
-                        if !map.contains_key(&i) {
-                            map.insert(i, Rc::clone(&socket));
-                        }
+                        self.by_ifindex
+                            .borrow_mut()
+                            .entry(i)
+                            .or_insert_with(|| Rc::clone(&socket));
                     }
                     self.engine
                         .borrow_mut()

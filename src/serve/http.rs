@@ -40,6 +40,8 @@ pub(crate) struct BootSite {
     pub(crate) web_port: Option<u16>,
     /// Scripts served over HTTPS point at HTTPS URLs.
     pub(crate) https: bool,
+    /// Registered machines' entries, variables and boot-once (src/serve/registry.rs).
+    pub(crate) registry: Option<Arc<crate::db::Registry>>,
 }
 
 impl Handler for BootSite {
@@ -58,6 +60,13 @@ impl Handler for BootSite {
             && let Some((host, _)) = host
         {
             scripts.base_url = Some(format!("https://{host}"));
+        }
+        if let Some(reply) = self
+            .registry
+            .as_ref()
+            .and_then(|r| super::registry::script(r, &scripts, req, images))
+        {
+            return reply;
         }
         scripts.respond(req, images)
     }
@@ -113,8 +122,17 @@ pub(crate) fn start(
         let (ctx, config) = (Rc::clone(&conn_ctx), Arc::clone(&config));
         // The web service's own requests are not a boot's legs.
         let records = matches!(site, Site::Boot(_));
+        let web = match &site {
+            Site::Web(web) => Some(web.clone()),
+            Site::Boot(_) => None,
+        };
         spawn(async move {
-            serve_connection(ctx, conn, peer, handler, config, records).await;
+            match web {
+                Some(web) => web_connection(ctx, conn, peer, handler, config, web).await,
+                None => {
+                    serve_connection(ctx, conn, peer, handler, config, records, Vec::new()).await
+                }
+            }
             drop(slot);
         })
         .detach();
@@ -227,6 +245,33 @@ enum Sent {
     Drop,
 }
 
+/// A web port connection: state-changing requests (`PUT`, `POST`, `DELETE`, with bodies) go to
+/// the web service's own reader (src/web/machines.rs), one per connection; the rest to the
+/// engine's machine, which serves `GET` and `HEAD`.
+async fn web_connection(
+    ctx: Rc<ThreadCtx>,
+    mut tcp: TcpConn,
+    peer: SocketAddr,
+    handler: Box<dyn Handler>,
+    config: Arc<HttpConfig>,
+    web: WebService,
+) {
+    let first = {
+        let read = std::pin::pin!(tcp.read(Vec::with_capacity(READ_BUF)));
+        let wait = std::pin::pin!(sleep(Duration::from_millis(config.header_timeout_ms)));
+        match select(read, wait).await {
+            Either::Left(((Ok(n), b), _)) if n > 0 => b.get(..n).unwrap_or_default().to_vec(),
+            _ => return,
+        }
+    };
+    if crate::web::machines::is_write_request(&first) {
+        let _busy = ctx.drain.busy();
+        crate::web::machines::serve_write(&web, &mut tcp, peer, first).await;
+        return;
+    }
+    serve_connection(ctx, tcp, peer, handler, config, false, first).await;
+}
+
 async fn serve_connection(
     ctx: Rc<ThreadCtx>,
     mut tcp: TcpConn,
@@ -234,6 +279,7 @@ async fn serve_connection(
     mut handler: Box<dyn Handler>,
     config: Arc<HttpConfig>,
     records: bool,
+    first: Vec<u8>,
 ) {
     let mut conn = HttpConnection::new(Instant::now(), config);
     let metrics = Arc::clone(&ctx.shared.metrics);
@@ -244,7 +290,7 @@ async fn serve_connection(
         &disabled
     };
     let _busy = ctx.drain.busy();
-    serve_requests(&ctx, &mut tcp, peer, &mut *handler, &mut conn, recorder).await;
+    serve_requests(&ctx, &mut tcp, peer, &mut *handler, &mut conn, recorder, first).await;
     // Every exit records what was answered, also a response that went out with a close.
     record(&mut conn, &metrics, peer, recorder);
     conn.abort(&mut *ctx.store.borrow_mut());
@@ -257,8 +303,10 @@ async fn serve_requests(
     handler: &mut dyn Handler,
     conn: &mut HttpConnection,
     recorder: &crate::db::Recorder,
+    first: Vec<u8>,
 ) {
-    let mut pending: Vec<u8> = Vec::new();
+    // Bytes read before the engine's machine took the connection (the web port's peek).
+    let mut pending: Vec<u8> = first;
     let mut rbuf = Vec::with_capacity(READ_BUF);
     let mut wbuf = vec![0u8; WRITE_BUF];
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;

@@ -24,6 +24,7 @@ mod dhcp_server;
 mod drain;
 mod http;
 mod https;
+mod registry;
 mod tftp;
 
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) web_conns: Arc<http::ConnCap>,
     /// Where the boot services record each leg (records nothing with the database off).
     pub(crate) recorder: crate::db::Recorder,
+    /// Registered machines (src/serve/registry.rs); none with the database off.
+    pub(crate) registry: Option<Arc<crate::db::Registry>>,
 }
 
 /// What one event loop owns.
@@ -140,10 +143,22 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     let recorder = db
         .as_ref()
         .map_or_else(crate::db::Recorder::disabled, |d| d.recorder());
+    let access = crate::web::Access::from_config(&config.web, &config.listen_addrs())?;
+    if config.services.web {
+        tracing::info!(
+            allow = ?access.allow_list(),
+            token = access.has_token(),
+            "web service: read-only routes open to web.allow, changes need the bearer token"
+        );
+    }
+    let entries = config.menu.entries.iter().map(|e| e.id.clone()).collect();
     let shared = Arc::new(Shared {
         tls,
-        web: crate::web::WebService::new(Arc::clone(&metrics)).with_database(db.clone()),
+        web: crate::web::WebService::new(Arc::clone(&metrics))
+            .with_database(db.clone())
+            .with_access(access, Some(entries)),
         recorder,
+        registry: db.as_ref().map(|d| d.registry()),
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
         boot_conns: http::ConnCap::new(config.http.max_connections),
@@ -456,6 +471,7 @@ fn setup(
                 },
                 web_port: config.services.web.then_some(config.ports.web),
                 https: false,
+                registry: shared.registry.clone(),
             };
             if let Some(tls) = &shared.tls {
                 let addr = SocketAddr::new(ip, config.tls.port);

@@ -7,6 +7,7 @@ mod attack;
 mod common;
 mod db;
 mod dhcp_netns;
+#[cfg(unix)]
 mod dhcp_server;
 mod drain;
 mod firmware;

@@ -1,0 +1,462 @@
+//! The web service's security and the machine registry API (issues 14 and 16): records added
+//! through `/api/v1/machines` change the machine's next proxyDHCP answer and iPXE script,
+//! changes need the bearer token, reads need `web.allow`, records survive a restart, boot-once
+//! machines get `exit` once deployed, and `zpxe machines import` names the bad CSV lines.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MacAddr, MessageType};
+
+use crate::common::{Server, require, run, zpxe_bin};
+
+const TOKEN: &str = "correct-horse-battery-staple";
+
+/// One HTTP request: status, head and body.
+fn http(
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A token file only its owner reads, and a configuration naming it (plus `extra` TOML).
+fn config(dir: &Path, token: bool, extra: &str) -> String {
+    let mut text = String::new();
+    if token {
+        let f = dir.join("token");
+        std::fs::write(&f, format!("{TOKEN}\n")).expect("token");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        text.push_str(&format!(
+            "[web]\ntoken-file = {:?}\n",
+            f.display().to_string()
+        ));
+    }
+    text.push_str(extra);
+    text.push_str(
+        "\n[[menu.entries]]\nid = \"local\"\nlabel = \"Local disk\"\nkind = { type = \"exit\" }\n\
+         [[menu.entries]]\nid = \"shell\"\nlabel = \"Shell\"\nkind = { type = \"shell\" }\n",
+    );
+    let path = dir.join("zpxe.toml");
+    std::fs::write(&path, text).expect("config");
+    path.display().to_string()
+}
+
+/// The boot file of the 4011 ACK zpxe sends an x64 UEFI PXE ROM with `mac`.
+fn pxe_boot_file(server: &Server, mac: MacAddr, xid: u32) -> String {
+    let request = DhcpRepr {
+        op: BootOp::Request,
+        hops: 0,
+        xid,
+        secs: 0,
+        broadcast: false,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr: Ipv4Addr::UNSPECIFIED,
+        client_mac: mac,
+        server_name: Vec::new(),
+        boot_file: Vec::new(),
+        options: DhcpOptions {
+            message_type: Some(MessageType::Request),
+            vendor_class: Some(b"PXEClient:Arch:00007:UNDI:003016".to_vec()),
+            client_arch: vec![7],
+            ..DhcpOptions::default()
+        },
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    socket
+        .send_to(&request.to_bytes(), server.pxe)
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf).expect("no 4011 answer");
+    let reply = DhcpRepr::parse_bytes(&buf[..n]).expect("parse reply");
+    assert_eq!(reply.xid, xid);
+    String::from_utf8(reply.boot_file).expect("utf8")
+}
+
+fn mac(last: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0x00, 0xaa, 0x00, last])
+}
+
+#[test]
+fn a_machine_added_through_the_api_gets_its_loader_at_its_next_boot() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    let server = Server::start(dir.path(), &["--config", &cfg]);
+    let m = mac(1);
+    assert_eq!(pxe_boot_file(&server, m, 1), "ipxe.efi");
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &format!("/api/v1/machines/{m}"),
+        Some(TOKEN),
+        Some(&json!({"name": "pc1", "loader": "custom/loader.efi", "variables": {"site": "lab"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(pxe_boot_file(&server, m, 2), "custom/loader.efi");
+    // Another machine keeps the policy's loader.
+    assert_eq!(pxe_boot_file(&server, mac(2), 3), "ipxe.efi");
+    // Its script sets its variables.
+    let (status, _, script) = http(
+        server.http,
+        "GET",
+        &format!("/boot.ipxe?mac={m}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(script.starts_with("#!ipxe\nset site lab\n"), "{script}");
+    // Deleted: the policy's loader again.
+    let (status, _, body) = http(
+        server.web,
+        "DELETE",
+        &format!("/api/v1/machines/{m}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pxe_boot_file(&server, m, 4), "ipxe.efi");
+}
+
+#[test]
+fn changes_need_the_bearer_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    let server = Server::start(dir.path(), &["--config", &cfg]);
+    let path = format!("/api/v1/machines/{}", mac(3));
+    let rec = json!({"name": "pc3"});
+    for token in [None, Some("wrong"), Some("correct-horse-battery-stapl")] {
+        let (status, head, body) = http(server.web, "PUT", &path, token, Some(&rec));
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+    }
+    let (status, _, body) = http(server.web, "DELETE", &path, Some("wrong"), None);
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = http(server.web, "GET", "/api/v1/machines", None, None);
+    assert_eq!(status, 200, "reads need no token: {body}");
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["total"], 0, "nothing stored by the refused requests");
+    // Invalid fields: 400 with the reason.
+    for (bad, why) in [
+        (json!({"loader": "../../etc/shadow"}), "loader"),
+        (json!({"entry": "nope"}), "not an id"),
+        (json!({"variables": {"x": "${net0/ip}"}}), "variable x"),
+        (json!({"colour": "red"}), "unknown field"),
+    ] {
+        let (status, _, body) = http(server.web, "PUT", &path, Some(TOKEN), Some(&bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        "/api/v1/machines/not-a-mac",
+        Some(TOKEN),
+        Some(&rec),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _, body) = http(server.web, "PUT", &path, Some(TOKEN), Some(&rec));
+    assert_eq!(status, 201, "{body}");
+
+    // No token configured: changes are refused with how to configure one.
+    let dir2 = tempfile::tempdir().expect("dir");
+    let cfg2 = config(dir2.path(), false, "");
+    let open = Server::start(dir2.path(), &["--config", &cfg2]);
+    let (status, _, body) = http(open.web, "PUT", &path, Some(TOKEN), Some(&rec));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("token-sha256") && body.contains("token-file"),
+        "{body}"
+    );
+}
+
+#[test]
+fn records_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    let url = format!("sqlite://{}", dir.path().join("kept.db").display());
+    let db_arg = format!("--database-url={url}");
+    let m = mac(4);
+    {
+        let mut server = Server::start(dir.path(), &["--config", &cfg, &db_arg]);
+        let (status, _, body) = http(
+            server.web,
+            "PUT",
+            &format!("/api/v1/machines/{m}"),
+            Some(TOKEN),
+            Some(&json!({"name": "kept", "group": "lab", "loader": "kept.efi"})),
+        );
+        assert_eq!(status, 201, "{body}");
+        server.stop();
+    }
+    let server = Server::start(dir.path(), &["--config", &cfg, &db_arg]);
+    let (status, _, body) = http(
+        server.web,
+        "GET",
+        &format!("/api/v1/machines/{m}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let rec: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (rec["name"].as_str(), rec["group"].as_str()),
+        (Some("kept"), Some("lab"))
+    );
+    assert_eq!(pxe_boot_file(&server, m, 5), "kept.efi");
+}
+
+#[test]
+fn boot_once_gives_exit_on_the_second_boot() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    let server = Server::start(dir.path(), &["--config", &cfg]);
+    let m = mac(5);
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &format!("/api/v1/machines/{m}"),
+        Some(TOKEN),
+        Some(&json!({"entry": "shell", "boot-once": true})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let script_path = format!("/boot.ipxe?mac={m}&arch=x86_64");
+    let (_, _, first) = http(server.http, "GET", &script_path, None, None);
+    assert!(
+        first.contains("shell\n") && !first.contains("menu "),
+        "the first boot runs its entry: {first}"
+    );
+    // The script reports the final stage: the deployment is done.
+    let (status, _, body) = http(
+        server.web,
+        "GET",
+        &format!("/report?mac={m}&stage=loaded"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let (_, _, s) = http(server.http, "GET", &script_path, None, None);
+        if s.contains("already deployed") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        second
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        ["exit"],
+        "{second}"
+    );
+    let (_, _, rec) = http(
+        server.web,
+        "GET",
+        &format!("/api/v1/machines/{m}"),
+        None,
+        None,
+    );
+    assert!(rec.contains("\"deployed\""), "{rec}");
+    // Re-armed through the API: the entry again.
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &format!("/api/v1/machines/{m}"),
+        Some(TOKEN),
+        Some(&json!({"entry": "shell", "boot-once": true, "state": "pending"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, _, third) = http(server.http, "GET", &script_path, None, None);
+    assert!(!third.contains("already deployed"), "{third}");
+}
+
+/// `curl --interface SRC`: the status of a request from another loopback address.
+fn curl_from(src: &str, method: &str, url: &str) -> (u16, String) {
+    let out = Command::new(require("curl"))
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--interface",
+            src,
+        ])
+        .args(["-X", method, url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn a_client_outside_web_allow_is_refused_while_loopback_is_served() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "allow = [\"127.0.0.1/32\"]\n");
+    let server = Server::start_on("0.0.0.0", dir.path(), &["--config", &cfg]);
+    let port = server.web.port();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    for path in ["/api/v1/machines", "/api/status", "/metrics", "/"] {
+        let (status, body) = curl_from("127.0.0.1", "GET", &url(path));
+        assert_eq!(status, 200, "{path} from 127.0.0.1: {body}");
+        let (status, body) = curl_from("127.0.0.2", "GET", &url(path));
+        assert_eq!(status, 403, "{path} from 127.0.0.2: {body}");
+        assert!(body.contains("web.allow"), "{body}");
+    }
+    let (status, _) = curl_from(
+        "127.0.0.2",
+        "DELETE",
+        &url("/api/v1/machines/52:54:00:aa:00:09"),
+    );
+    assert_eq!(status, 403, "changes from outside web.allow");
+    // Clients being booted still report, from any network.
+    let (status, body) = curl_from(
+        "127.0.0.2",
+        "GET",
+        &url("/report?mac=52:54:00:aa:00:09&stage=script"),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn machines(server: &Server, token_file: &Path, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(zpxe_bin());
+    cmd.arg("machines")
+        .args(["--url", &format!("http://{}", server.web)])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .env_remove("ZPXE_TOKEN");
+    run(&mut cmd, Duration::from_secs(20))
+}
+
+#[test]
+fn machines_import_names_the_bad_line_and_imports_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    let server = Server::start(dir.path(), &["--config", &cfg]);
+    let token: PathBuf = dir.path().join("token");
+    let csv = dir.path().join("machines.csv");
+    let csv_arg = csv.display().to_string();
+    let count = || {
+        let (_, _, body) = http(server.web, "GET", "/api/v1/machines", None, None);
+        serde_json::from_str::<Value>(&body).expect("json")["total"].clone()
+    };
+    // Line 3 has a bad MAC: found before anything is sent.
+    std::fs::write(
+        &csv,
+        "mac,name,group,loader,boot-once,variables\n\
+         52:54:00:bb:00:01,pc1,lab,,false,os=w11\n\
+         52:54:00:bb:00:0g,pc2,lab,,false,\n\
+         52:54:00:bb:00:03,pc3,lab,x.efi,true,\n",
+    )
+    .expect("csv");
+    let (ok, out) = machines(&server, &token, &["import", &csv_arg]);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("{csv_arg}:3: mac")), "{out}");
+    assert!(out.contains("nothing was imported"), "{out}");
+    assert_eq!(count(), 0);
+    // Line 4 names an entry the menu lacks: the server refuses it, reported by line.
+    std::fs::write(
+        &csv,
+        "mac,name,entry\n52:54:00:bb:00:01,pc1,local\n52:54:00:bb:00:02,pc2,shell\n52:54:00:bb:00:03,pc3,nope\n",
+    )
+    .expect("csv");
+    let (ok, out) = machines(&server, &token, &["import", &csv_arg]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("{csv_arg}:4: entry \"nope\"")),
+        "{out}"
+    );
+    assert_eq!(count(), 0, "all or nothing");
+    // Fixed: all three.
+    std::fs::write(
+        &csv,
+        "mac,name,entry\n52:54:00:bb:00:01,pc1,local\n52:54:00:bb:00:02,pc2,shell\n52:54:00:bb:00:03,pc3,\n",
+    )
+    .expect("csv");
+    let (ok, out) = machines(&server, &token, &["import", &csv_arg]);
+    assert!(ok, "{out}");
+    assert_eq!(count(), 3);
+    let (ok, out) = machines(&server, &token, &["list"]);
+    assert!(
+        ok && out.contains("pc2") && out.contains("3 machines"),
+        "{out}"
+    );
+    let (ok, out) = machines(&server, &token, &["rm", "52:54:00:bb:00:02"]);
+    assert!(ok, "{out}");
+    let (ok, out) = machines(
+        &server,
+        &token,
+        &[
+            "add",
+            "52:54:00:bb:00:09",
+            "--name",
+            "pc9",
+            "--loader",
+            "l.efi",
+            "--var",
+            "a=b",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(count(), 3);
+    // Without the token the CLI says how to give it.
+    let mut cmd = Command::new(zpxe_bin());
+    cmd.args([
+        "machines",
+        "--url",
+        &format!("http://{}", server.web),
+        "rm",
+        "52:54:00:bb:00:01",
+    ])
+    .env_remove("ZPXE_TOKEN");
+    let (ok, out) = run(&mut cmd, Duration::from_secs(20));
+    assert!(!ok && out.contains("ZPXE_TOKEN"), "{out}");
+}
