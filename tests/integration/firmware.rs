@@ -94,6 +94,10 @@ enum Net {
     /// "PXEClient" to PXE clients; zpxe runs with `dhcp.mode = "pxe-only"` and answers on 4011
     /// only (the Windows DHCP + WDS set-up).
     SameHost,
+    /// No other DHCPv4 server: zpxe runs with `dhcp.mode = "server"` and hands out the
+    /// addresses itself (dnsmasq only sends IPv6 router advertisements, so iPXE does not wait
+    /// for a router).
+    Server,
 }
 
 /// Fails the test when a file a package provides is missing.
@@ -239,6 +243,25 @@ impl Lab {
             "br0",
         ]);
         ip(&["-n", &s, "link", "set", "br0", "up"]);
+        if net == Net::Server {
+            ip(&[
+                "-n",
+                &s,
+                "addr",
+                "add",
+                "fd00:90::1/64",
+                "dev",
+                "br0",
+                "nodad",
+            ]);
+            let mut ra = lab.dnsmasq_cmd(&s, "br0");
+            ra.args(["--enable-ra", "--dhcp-range=fd00:90::,ra-only"]);
+            lab.start_dnsmasq("dnsmasq", ra);
+            ip(&["-n", &s, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+            ip(&["-n", &s, "link", "set", "tap0", "master", "br0", "up"]);
+            lab.capture(&s, "br0");
+            return lab;
+        }
         if net == Net::SameHost {
             // dnsmasq beside zpxe on br0: addresses, option 60 "PXEClient" to PXE clients (so
             // they ask this host's 4011), and router advertisements. No pxe-service lines, so
@@ -1318,5 +1341,82 @@ fn boot_fails_clearly_when_zpxe_stops_mid_boot() {
         !lines.iter().any(|l| l.contains("path=\"/payload.bin\"")),
         "zpxe served the payload although it was stopped first:\n{}",
         lines.join("\n")
+    );
+}
+
+/// `[dhcp] mode = "server"` for the firmware tests: a pool on the bridge's subnet.
+const SERVER_MODE: &str = "\n[dhcp]\nmode = \"server\"\nlease-time-secs = 600\n\
+    [[dhcp.pool]]\nsubnet = \"10.90.0.0/24\"\nrange = [\"10.90.0.100\", \"10.90.0.150\"]\n\
+    router = [\"10.90.0.1\"]\n";
+
+/// zpxe as the only DHCP server: SeaBIOS's iPXE ROM gets its address and the script URL from
+/// zpxe's own offer and ack, and boots.
+#[test]
+fn server_mode_bios_seabios_gets_its_address_from_zpxe_and_boots() {
+    let mut lab = Lab::new("srvbios", Net::Server);
+    let mut server = lab.start_zpxe_with(SERVER_MODE);
+    let mac = "52:54:00:90:00:50";
+    let uuid = "a1b2c3d4-0050-4000-8000-000000000050";
+    let http = http_steps(SERVER_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::SeaBiosIpxeRom,
+        mac,
+        uuid,
+        &[
+            &[
+                "DHCP ack",
+                &format!("mac={mac}"),
+                "ip=10.90.0.1",
+                "lease_secs=600",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
+    );
+    let log = server.drain_log().join("\n");
+    assert!(!log.contains("proxyDHCP offer"), "{log}");
+}
+
+/// zpxe as the only DHCP server: OVMF's EDK2 PXE leases an address from zpxe, takes the loader
+/// from the same offer (no 4011), and snponly.efi (iPXE) gets the same address with the script.
+#[test]
+fn server_mode_uefi_edk2_gets_its_address_from_zpxe_and_boots() {
+    let mut lab = Lab::new("srvefi", Net::Server);
+    let mut server = lab.start_zpxe_with(SERVER_MODE);
+    let mac = "52:54:00:90:00:51";
+    let uuid = "a1b2c3d4-0051-4000-8000-000000000051";
+    let size = std::fs::metadata("/usr/lib/ipxe/snponly.efi")
+        .expect("snponly.efi")
+        .len();
+    let http = http_steps(SERVER_NET);
+    lab.expect_boot(
+        &mut server,
+        Firmware::OvmfEdk2Pxe,
+        mac,
+        uuid,
+        &[
+            &[
+                "DHCP ack",
+                &format!("mac={mac}"),
+                "ip=10.90.0.1",
+                "boot_file=\"snponly.efi\"",
+            ],
+            &["TFTP transfer complete", &format!("bytes={size}")],
+            &[
+                "DHCP ack",
+                &format!("mac={mac}"),
+                "ip=10.90.0.1",
+                "boot_file=\"http://10.90.0.1:8050/boot.ipxe?",
+            ],
+            &[&http[0], &http[1]],
+            &[&http[0], &http[2]],
+        ],
+    );
+    let log = server.drain_log().join("\n");
+    assert!(
+        !log.contains("PXE ack"),
+        "the boot file came with the lease: {log}"
     );
 }
