@@ -75,6 +75,11 @@ impl Core {
         let stored = crate::db::leases::load(backend.as_mut())
             .map_err(|e| anyhow::anyhow!("reading the stored leases: {e:#}"))?;
         let mut engine = DhcpServer::new(server_config(config));
+        if let Some(registry) = &ctx.shared.registry {
+            engine.set_overrides(std::sync::Arc::new(super::registry::RegistryOverrides(
+                std::sync::Arc::clone(registry),
+            )));
+        }
         let now = Instant::now();
         let restored = engine.restore(now, &stored);
         let live = engine.table().bound_count(now);

@@ -314,6 +314,7 @@ pub struct DhcpServer {
     commits: VecDeque<Commit>,
     held: VecDeque<Held>,
     next_seq: u64,
+    overrides: Option<std::sync::Arc<dyn super::proxy::ClientOverrides>>,
 }
 
 /// What one request resolved to.
@@ -347,7 +348,13 @@ impl DhcpServer {
             commits: VecDeque::new(),
             held: VecDeque::new(),
             next_seq: 1,
+            overrides: None,
         }
+    }
+
+    /// Consults `overrides` (the machine registry) for each client's loader, as the proxy does.
+    pub fn set_overrides(&mut self, overrides: std::sync::Arc<dyn super::proxy::ClientOverrides>) {
+        self.overrides = Some(overrides);
     }
 
     pub fn config(&self) -> &DhcpServerConfig {
@@ -950,9 +957,17 @@ impl DhcpServer {
         };
         let BootTarget {
             next_server,
-            boot_file,
+            mut boot_file,
             kind,
         } = target;
+        // As in proxy mode: a registered machine's loader, for clients that take a loader
+        // (never iPXE's script or an HTTP Boot URL).
+        if kind == BootKind::Loader
+            && let Some(loader) = self.overrides.as_ref().and_then(|o| o.loader(&facts))
+            && !loader.is_empty()
+        {
+            boot_file = loader;
+        }
         let bytes = boot_file.clone().into_bytes();
         let file_field = if kind == BootKind::HttpBoot || bytes.len() > MAX_FILE_FIELD {
             options.bootfile_name = Some(bytes.clone());
@@ -1890,5 +1905,30 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), leased.len(), "{leased:?}");
         assert_eq!(server.table().bound_count(now), 20);
+    }
+
+    #[test]
+    fn a_registered_loader_replaces_the_policy_s() {
+        #[derive(Debug)]
+        struct One(MacAddr);
+        impl crate::dhcp::proxy::ClientOverrides for One {
+            fn loader(&self, facts: &crate::dhcp::ClientFacts) -> Option<String> {
+                (facts.mac == self.0).then(|| "custom.efi".to_owned())
+            }
+        }
+        let mut server = DhcpServer::new(config());
+        server.set_overrides(std::sync::Arc::new(One(MacAddr(fixtures::MAC))));
+        let now = Instant::now();
+        server.handle_datagram(now, meta("0.0.0.0:68"), &fixtures::EDK2_DISCOVER.bytes());
+        let out = drain(&mut server, now);
+        assert_eq!(one(&out).1.boot_file, b"custom.efi");
+        // iPXE still gets its script.
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_EFI_DISCOVER.bytes(),
+        );
+        let out = drain(&mut server, now);
+        assert!(one(&out).1.boot_file.starts_with(b"http://"));
     }
 }
