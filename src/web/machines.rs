@@ -233,13 +233,34 @@ impl WebService {
             return (self.access.forbidden_peer(peer), None);
         }
         let machines = path == "/api/v1/machines" || path.starts_with("/api/v1/machines/");
-        if !machines {
+        if !machines && path != "/api/clients" {
             return (WebReply::new(404, "text/plain", "not found\n"), None);
         }
         if let Err(d) = self.access.authorize(authorization) {
             return d.reply();
         }
+        if !machines {
+            return (self.clear_inventory(method, peer), None);
+        }
         (self.machines_write(method, path, body, peer), None)
+    }
+
+    /// `DELETE /api/clients`: forgets the in-memory inventory of reports (the database's
+    /// timelines stay; retention ages them out).
+    fn clear_inventory(&self, method: &str, peer: Option<IpAddr>) -> WebReply {
+        if method != "DELETE" {
+            return WebReply::new(405, "text/plain", "use DELETE on /api/clients\n");
+        }
+        let cleared = {
+            let mut c = self.inventory.lock();
+            let n = c.by_mac.len();
+            c.by_mac.clear();
+            c.by_recency.clear();
+            c.stages.clear();
+            n
+        };
+        tracing::info!(cleared, peer = ?peer, "inventory cleared");
+        WebReply::json(&serde_json::json!({ "cleared": cleared }))
     }
 
     fn machines_write(

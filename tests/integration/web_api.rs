@@ -199,6 +199,20 @@ fn changes_need_the_bearer_token() {
     assert_eq!(status, 400, "{body}");
     let (status, _, body) = http(server.web, "PUT", &path, Some(TOKEN), Some(&rec));
     assert_eq!(status, 201, "{body}");
+    // Clearing the inventory is a change too.
+    let report = format!("/report?mac={}&stage=script", mac(3));
+    assert_eq!(http(server.web, "GET", &report, None, None).0, 200);
+    let clients = || {
+        let (_, _, body) = http(server.web, "GET", "/api/status", None, None);
+        serde_json::from_str::<Value>(&body).expect("json")["clients"].clone()
+    };
+    assert_eq!(clients(), 1);
+    let (status, _, body) = http(server.web, "DELETE", "/api/clients", None, None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(clients(), 1);
+    let (status, _, body) = http(server.web, "DELETE", "/api/clients", Some(TOKEN), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(clients(), 0);
 
     // No token configured: changes are refused with how to configure one.
     let dir2 = tempfile::tempdir().expect("dir");
