@@ -24,6 +24,16 @@ enum Command {
     },
     /// The machine registry of a running zpxe (its API): list, add, rm, import FILE.csv.
     Machines(zpxe::machines_cli::MachinesArgs),
+    /// Reload a running `zpxe serve` (as SIGHUP does) and print its answer: every problem with
+    /// its position when the new configuration is refused, the keys that need a restart.
+    /// Exit status: 0 reloaded, 2 refused (the old configuration keeps serving), 3 reloaded
+    /// but some changed keys need a restart, 1 no answer.
+    Reload {
+        /// The server's control socket (`zpxe serve --control`); default /run/zpxe/control.sock,
+        /// else zpxe/control.sock in the temporary directory.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
     /// Serve a generated image set on loopback and boot a storm of simulated clients through it.
     Demo(zpxe::demo::DemoArgs),
     /// The boot-storm simulator (same as `zpxe-loadgen`; `zpxe loadgen --help`).
@@ -46,7 +56,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
@@ -94,6 +104,10 @@ struct ServeArgs {
     /// Record no boots (database.enabled = false; wins over --database-url).
     #[arg(long)]
     no_database: bool,
+    /// The control socket `zpxe reload` talks to (default: $RUNTIME_DIRECTORY/control.sock,
+    /// else /run/zpxe/control.sock, else zpxe/control.sock in the temporary directory).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {
@@ -182,7 +196,8 @@ fn main() -> ExitCode {
     };
     init_logging(default_level);
     let result = match cli.command {
-        Command::Serve(args) => args.into_config().and_then(serve_until_signalled),
+        Command::Serve(args) => serve(args),
+        Command::Reload { control } => return reload(control),
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -209,9 +224,54 @@ fn main() -> ExitCode {
     }
 }
 
+/// `zpxe serve`, reloadable: a reload reads the file again and applies the same flags.
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.clone().into_config()?;
+    let control = args.control.clone();
+    let source = zpxe::serve::ConfigSource::new(move || args.clone().into_config());
+    serve_until_signalled(config, source, control)
+}
+
+/// `zpxe reload`: asks the server on the control socket and prints its answer.
+#[cfg(unix)]
+fn reload(control: Option<PathBuf>) -> ExitCode {
+    use zpxe::serve::control::{self, Answer};
+    let path = control.unwrap_or_else(control::default_client_path);
+    match control::request(&path) {
+        Ok(Answer::Reloaded(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Answer::RestartNeeded(text)) => {
+            print!("{text}");
+            ExitCode::from(3)
+        }
+        Ok(Answer::Refused(text)) => {
+            eprint!("{text}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("zpxe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Windows has no control socket yet: the service reloads through its own manager.
+#[cfg(not(unix))]
+fn reload(_control: Option<PathBuf>) -> ExitCode {
+    eprintln!("zpxe: `zpxe reload` talks to a Unix socket and is not available on this system");
+    ExitCode::FAILURE
+}
+
 /// `zpxe serve`: runs until SIGTERM or SIGINT, then drains ([`zpxe::serve::Stop::drain`]) for
-/// at most `server.drain-timeout-ms`; a second signal, or the timeout, stops at once.
-fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
+/// at most `server.drain-timeout-ms`; a second signal, or the timeout, stops at once. SIGHUP
+/// and `zpxe reload` (the control socket) reload ([`zpxe::serve::Reloader`]).
+fn serve_until_signalled(
+    config: Config,
+    source: zpxe::serve::ConfigSource,
+    control: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let drain_for = std::time::Duration::from_millis(config.server.drain_timeout_ms);
     // Before any thread starts: the event loops inherit the blocked mask, so only the waiting
     // thread below ever takes the signals.
@@ -219,11 +279,47 @@ fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
         zpxe_platform::signals::Terminations::block().context("blocking SIGTERM and SIGINT")?;
     zpxe::firewall::at_start(&config);
     let stop = zpxe::serve::Stop::new();
-    let handle = zpxe::serve::start(config, stop.clone())?;
+    let handle = zpxe::serve::start_reloadable(config, stop.clone(), Some(source))?;
+    let reloader = handle.reloader();
+    #[cfg(unix)]
+    let _control = {
+        use zpxe::serve::control;
+        let path = control.clone().unwrap_or_else(control::default_server_path);
+        match control::listen(&path, reloader.clone()) {
+            Ok(socket) => Some(socket),
+            // Asked for by name: a socket the admin cannot reach is a failed start.
+            Err(e) if control.is_some() => {
+                handle.stop();
+                let _ = handle.join();
+                anyhow::bail!("control socket {}: {e}", path.display());
+            }
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "no control socket: `zpxe reload` cannot reach this server (SIGHUP still \
+                     reloads; choose a path with --control)"
+                );
+                None
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let _ = control;
     std::thread::Builder::new()
         .name("zpxe-signals".into())
         .spawn(move || {
-            let Ok(first) = signals.wait() else { return };
+            // SIGHUP reloads (the reload logs its outcome) and waits on, also while draining.
+            let next = || loop {
+                match signals.wait() {
+                    Ok("SIGHUP") => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        let _ = reloader.reload();
+                    }
+                    other => return other,
+                }
+            };
+            let Ok(first) = next() else { return };
             tracing::info!(
                 signal = first,
                 timeout_ms = drain_for.as_millis() as u64,
@@ -243,7 +339,7 @@ fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
                         timer.stop();
                     }
                 });
-            if let Ok(second) = signals.wait() {
+            if let Ok(second) = next() {
                 tracing::warn!(signal = second, "second signal: stopping now");
                 stop.stop();
             }

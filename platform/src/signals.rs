@@ -2,7 +2,8 @@
 //!
 //! [`Terminations::block`] blocks both signals in the calling thread before the server starts
 //! its event loops, which inherit the mask; one thread then takes them with `sigwait`. Nothing
-//! runs in signal-handler context.
+//! runs in signal-handler context. SIGHUP (reload) is blocked and taken the same way, so the
+//! caller decides what it means instead of the default action ending the process.
 //!
 //! On Windows the console's Ctrl-C and Ctrl-Break play their part: a console control handler
 //! (run by Windows on a thread of its own) queues the event and [`Terminations::wait`] takes
@@ -11,7 +12,8 @@
 
 use std::io;
 
-/// SIGTERM and SIGINT, blocked for this thread and the threads it starts from now on.
+/// SIGTERM and SIGINT (and SIGHUP on Unix), blocked for this thread and the threads it starts
+/// from now on.
 #[derive(Debug)]
 pub struct Terminations {
     #[cfg(unix)]
@@ -29,6 +31,7 @@ impl Terminations {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
@@ -50,7 +53,7 @@ impl Terminations {
         Ok(Self {})
     }
 
-    /// Waits for the next SIGTERM or SIGINT and names it.
+    /// Waits for the next SIGTERM, SIGINT or SIGHUP and names it.
     #[cfg(unix)]
     pub fn wait(&self) -> io::Result<&'static str> {
         let mut sig: libc::c_int = 0;
@@ -62,6 +65,7 @@ impl Terminations {
         Ok(match sig {
             libc::SIGTERM => "SIGTERM",
             libc::SIGINT => "SIGINT",
+            libc::SIGHUP => "SIGHUP",
             _ => "signal",
         })
     }

@@ -25,6 +25,8 @@ const BUF: usize = 4096;
 
 pub(crate) struct DhcpService {
     engine: RefCell<ProxyDhcp>,
+    /// The reload generation whose policy `engine` answers with.
+    generation: std::cell::Cell<u64>,
     ctx: Rc<ThreadCtx>,
     /// `None` in pxe-only mode.
     dhcp: Option<Rc<UdpEndpoint>>,
@@ -69,6 +71,7 @@ impl DhcpService {
         }
         Ok(Rc::new(Self {
             engine: RefCell::new(engine),
+            generation: std::cell::Cell::new(ctx.shared.reloader.generation()),
             ctx: Rc::clone(ctx),
             dhcp: dhcp.map(Rc::new),
             pxe: Rc::new(pxe),
@@ -108,6 +111,7 @@ impl DhcpService {
                 Ok(r) => {
                     Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
                     let from = r.meta.remote.ip();
+                    self.follow_reload();
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
                         port,
@@ -119,6 +123,17 @@ impl DhcpService {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
             }
+        }
+    }
+
+    /// Takes the policy of a reload for this and later requests: one atomic load per
+    /// datagram, the new settings loaded once per reload.
+    fn follow_reload(&self) {
+        let reloader = &self.ctx.shared.reloader;
+        if reloader.generation() != self.generation.get() {
+            let settings = reloader.settings();
+            self.engine.borrow_mut().set_config(settings.proxy.clone());
+            self.generation.set(settings.generation);
         }
     }
 

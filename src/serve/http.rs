@@ -36,6 +36,8 @@ pub(crate) enum Site {
 #[derive(Clone)]
 pub(crate) struct BootSite {
     pub(crate) scripts: zpxe_engine::http::BootScripts,
+    /// The menu of the last reload, taken by each script request (src/serve/reload.rs).
+    pub(crate) reloader: super::Reloader,
     /// The web service's port, when it runs (then scripts report each boot stage to it).
     pub(crate) web_port: Option<u16>,
     /// Scripts served over HTTPS point at HTTPS URLs.
@@ -52,6 +54,7 @@ impl Handler for BootSite {
         // The parser refused malformed Host values (400), so the split is the grammar's.
         let host = req.header("host").filter(|h| plain_host(h)).zip(req.host());
         let mut scripts = self.scripts.clone();
+        scripts.menu = self.reloader.menu();
         if let (Some(port), Some((_, parts)), None) = (self.web_port, host, &scripts.report_url) {
             scripts.report_url = Some(format!("http://{}:{port}/report", parts.host));
         }

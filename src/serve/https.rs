@@ -51,14 +51,16 @@ pub(crate) fn start(
     server: TcpServer,
     handler: super::http::BootSite,
     config: Arc<HttpConfig>,
-    tls: Arc<rustls::ServerConfig>,
+    reloader: super::Reloader,
     cap: Arc<super::http::ConnCap>,
 ) {
     let conn_ctx = Rc::clone(ctx);
     super::http::accept_until_drained(ctx, server, cap, move |conn, peer, slot| {
         let ctx = Rc::clone(&conn_ctx);
         let h: Box<dyn Handler> = Box::new(handler.clone());
-        let (config, tls) = (Arc::clone(&config), Arc::clone(&tls));
+        // Each connection takes the certificate last loaded: a reload rotates it.
+        let Some(tls) = reloader.tls() else { return };
+        let config = Arc::clone(&config);
         spawn(async move {
             if let Err(e) = serve_connection(ctx, conn, peer, h, config, tls).await {
                 tracing::debug!(%peer, error = %e, "HTTPS connection ended");

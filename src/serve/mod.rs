@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 pub(crate) use drain::Drain;
 pub use drain::Stop;
+#[cfg(unix)]
+pub use reload::control;
+pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader};
 
 mod dhcp;
 mod dhcp_server;
@@ -25,6 +28,7 @@ mod drain;
 mod http;
 mod https;
 mod registry;
+mod reload;
 mod tftp;
 
 /// How often idle loops look at the stop flag, and how often the image store sweeps.
@@ -44,8 +48,11 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// What every event loop shares.
 pub(crate) struct Shared {
+    /// The configuration the server started with; what a reload changes is read from
+    /// `reloader` instead (menu, policy, certificate).
     pub(crate) config: Config,
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// What new requests are served with, and how to reload it.
+    pub(crate) reloader: Reloader,
     pub(crate) web: crate::web::WebService,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
@@ -86,6 +93,7 @@ pub struct ServerHandle {
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
     stop: Stop,
     db: Option<Arc<crate::db::Database>>,
+    reloader: Reloader,
     /// This process's claim on its ports, released when the process ends.
     #[cfg(unix)]
     _instance: Option<zpxe_platform::instance_lock::InstanceLock>,
@@ -99,6 +107,11 @@ impl ServerHandle {
     /// See [`Stop::drain`]; [`ServerHandle::join`] returns when every loop has drained.
     pub fn drain(&self) {
         self.stop.drain();
+    }
+
+    /// Reloads this server (see [`Reloader`]); the handle may be kept and used from any thread.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Waits for every loop, then writes what the loops recorded and stops the writer.
@@ -122,8 +135,18 @@ impl ServerHandle {
     }
 }
 
-/// Starts the event loops, binds every service and returns once all are listening.
+/// Starts the event loops, binds every service and returns once all are listening. A reload
+/// of this server is refused: it has no configuration to read again.
 pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
+    start_reloadable(config, stop, None)
+}
+
+/// [`start`], with where [`Reloader::reload`] reads its new configuration.
+pub fn start_reloadable(
+    config: Config,
+    stop: Stop,
+    source: Option<ConfigSource>,
+) -> anyhow::Result<ServerHandle> {
     // Every loop binds the same ports; where the OS cannot share a port between sockets
     // (Windows), one loop serves everything (`Config::validate` refuses more).
     let threads = match config.server.threads {
@@ -152,8 +175,9 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         );
     }
     let entries = config.menu.entries.iter().map(|e| e.id.clone()).collect();
+    let reloader = Reloader::new(config.clone(), tls, source);
     let shared = Arc::new(Shared {
-        tls,
+        reloader: reloader.clone(),
         web: crate::web::WebService::new(Arc::clone(&metrics))
             .with_database(db.clone())
             .with_access(access, Some(entries)),
@@ -232,6 +256,7 @@ pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
         threads: handles,
         stop,
         db,
+        reloader,
         #[cfg(unix)]
         _instance: instance,
     })
@@ -465,15 +490,16 @@ fn setup(
             bound.http.push(server.local_addr());
             let site = http::BootSite {
                 scripts: BootScripts {
-                    menu: Arc::new(config.menu.clone()),
+                    menu: shared.reloader.menu(),
                     base_url: None,
                     report_url: None,
                 },
+                reloader: shared.reloader.clone(),
                 web_port: config.services.web.then_some(config.ports.web),
                 https: false,
                 registry: shared.registry.clone(),
             };
-            if let Some(tls) = &shared.tls {
+            if shared.reloader.tls().is_some() {
                 let addr = SocketAddr::new(ip, config.tls.port);
                 let server = TcpServer::bind(addr, true)
                     .map_err(|e| BindError::explain("HTTPS", "tls port", addr, e))?;
@@ -487,7 +513,7 @@ fn setup(
                     server,
                     site,
                     Arc::clone(&http_config),
-                    Arc::clone(tls),
+                    shared.reloader.clone(),
                     Arc::clone(&shared.boot_conns),
                 );
             }

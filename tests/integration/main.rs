@@ -16,6 +16,7 @@ mod http_hostile;
 mod instance;
 mod loadgen;
 mod netns;
+mod reload;
 mod reporting;
 #[cfg(unix)]
 mod rewrite;

@@ -160,6 +160,12 @@ impl ProxyDhcp {
         self.overrides = Some(overrides);
     }
 
+    /// Answers with `config` from the next request on (a live reload); replies already queued
+    /// leave as they were made.
+    pub fn set_config(&mut self, config: ProxyDhcpConfig) {
+        self.config = config;
+    }
+
     pub fn config(&self) -> &ProxyDhcpConfig {
         &self.config
     }
