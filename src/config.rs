@@ -32,6 +32,11 @@ pub struct Config {
     pub firewall: FirewallSection,
     /// Boot timelines and the machine registry (src/db).
     pub database: crate::db::DatabaseConfig,
+    /// Log format (src/logging.rs).
+    pub log: crate::logging::LogSection,
+    /// The files this configuration was read from, for positions in problems.
+    #[serde(skip)]
+    pub sources: Sources,
     /// Who may use the web service: bearer token, allowed networks (src/web/access.rs).
     pub web: crate::web::WebConfig,
 }
@@ -347,30 +352,37 @@ impl Config {
     }
 
     /// Parses `text` without the checks that depend on the machine (paths, ports): for callers
-    /// that override values first and validate after.
+    /// that override values first and validate after. No `conf.d` includes.
     pub fn parse_unchecked(file: &Path, text: &str) -> Result<Self, Problems> {
-        toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            Problems(vec![Problem {
-                file: file.to_owned(),
-                line,
-                column,
-                message: e.message().trim().to_owned(),
-            }])
-        })
+        parse_files(vec![(file.to_owned(), text.to_owned())])
     }
 
-    /// Reads a configuration file: the parsed configuration (not yet validated) and its text.
+    /// Reads a configuration file and the `conf.d/*.toml` beside it (see [`include_files`]):
+    /// the parsed configuration (not yet validated) and the main file's text.
     pub fn read(file: &Path) -> Result<(Self, String), Problems> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            Problems(vec![Problem {
-                file: file.to_owned(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read the configuration: {e}"),
-            }])
-        })?;
-        Ok((Self::parse_unchecked(file, &text)?, text))
+        let mut files = Vec::new();
+        let mut problems = Vec::new();
+        for path in std::iter::once(Ok(file.to_owned())).chain(include_files(file)) {
+            let read = path.and_then(|path| match std::fs::read_to_string(&path) {
+                Ok(text) => Ok((path, text)),
+                Err(e) => Err(Problem {
+                    file: path,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read the configuration: {e}"),
+                }),
+            });
+            match read {
+                Ok(f) => files.push(f),
+                Err(p) => problems.push(p),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        let config = parse_files(files)?;
+        let text = config.sources.main_text().to_owned();
+        Ok((config, text))
     }
 
     /// Reads, parses and validates a configuration file.
@@ -385,17 +397,18 @@ impl Config {
     }
 
     /// Checks what the types alone cannot: that paths exist, addresses parse, ports differ.
+    /// Positions come from the files the configuration was read from; `file` and `text` name
+    /// the source when it was built otherwise (defaults and flags).
     pub fn validate(&self, file: &Path, text: &str) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let mut at = |span: Range<usize>, message: String| {
-            let (line, column) = line_col(text, span.start);
-            out.push(Problem {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            });
+        let single;
+        let sources = if self.sources.is_empty() {
+            single = Sources::single(file, text);
+            &single
+        } else {
+            &self.sources
         };
+        let mut out = Vec::new();
+        let mut at = |span: Range<usize>, message: String| out.push(sources.problem(span, message));
         let root = &self.server.root;
         if self.services.tftp || self.services.http {
             match std::fs::metadata(root.get_ref()) {
@@ -448,7 +461,7 @@ impl Config {
             (None, None) => {}
         }
         if self.server.threads > 1 && !zpxe_platform::LOOPS_SHARE_PORTS {
-            let span = find_key(text, "server", "threads").unwrap_or(0..0);
+            let span = sources.key("server.threads").unwrap_or(0..0);
             at(
                 span,
                 format!(
@@ -459,7 +472,7 @@ impl Config {
             );
         }
         if let Err(e) = self.menu.check() {
-            let span = find_section(text, "menu").unwrap_or(0..0);
+            let span = sources.value("menu").unwrap_or(0..0);
             at(span, format!("menu: {e}"));
         }
         if self.database.enabled {
@@ -467,7 +480,7 @@ impl Config {
                 let span = if e.starts_with("database url") {
                     self.database.url.span()
                 } else {
-                    find_section(text, "database").unwrap_or(0..0)
+                    sources.value("database").unwrap_or(0..0)
                 };
                 at(span, e);
             }
@@ -492,7 +505,7 @@ impl Config {
             for (i, (a, on_a, pa)) in set.iter().enumerate() {
                 for (b, on_b, pb) in &set[i + 1..] {
                     if *on_a && *on_b && pa == pb {
-                        let span = find_key(text, "ports", b).unwrap_or(0..0);
+                        let span = sources.key(&format!("ports.{b}")).unwrap_or(0..0);
                         at(
                             span,
                             format!("ports.{a} and ports.{b} are both {pa}: give each its own"),
@@ -502,10 +515,10 @@ impl Config {
             }
         }
         for e in self.dhcp.check() {
-            let span =
-                find_key(text, "dhcp.pool", "subnet").or_else(|| find_key(text, "dhcp", "mode"));
+            let span = sources.key("dhcp.pool").or_else(|| sources.key("dhcp.mode"));
             at(span.unwrap_or(0..0), e);
         }
+        self.check_more(sources, &mut out);
         out
     }
 
@@ -542,36 +555,800 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The span of the first `[section]` or `[[section.x]]` header.
-fn find_section(text: &str, section: &str) -> Option<Range<usize>> {
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        let name = t.trim_matches(['[', ']']).trim();
-        if t.starts_with('[') && (name == section || name.starts_with(&format!("{section}."))) {
-            let start = offset + (line.len() - line.trim_start().len());
-            return Some(start..start + t.len());
-        }
-        offset += line.len();
+/// The configuration file `serve`, `check` and `explain` read when given none:
+/// /etc/zpxe/zpxe.toml, or %ProgramData%\zpxe\zpxe.toml on Windows.
+pub fn default_path() -> PathBuf {
+    #[cfg(windows)]
+    {
+        crate::winservice::data_dir().join("zpxe.toml")
     }
-    None
+    #[cfg(not(windows))]
+    {
+        PathBuf::from("/etc/zpxe/zpxe.toml")
+    }
 }
 
-/// The span of `key = ...` inside `[section]`, for problems the types cannot locate.
-fn find_key(text: &str, section: &str, key: &str) -> Option<Range<usize>> {
-    let mut in_section = false;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_section = t.trim_matches(['[', ']']).trim() == section;
-        } else if in_section && t.split('=').next().map(str::trim) == Some(key) {
-            let start = offset + (line.len() - line.trim_start().len());
-            return Some(start..start + key.len());
+/// The files `file` includes: `conf.d/*.toml` in its directory, sorted by name (byte order),
+/// hidden files left out. None when there is no such directory.
+///
+/// How they combine with the main file, in that order: tables are merged key by key; arrays
+/// of tables (`[[boot.rule]]`, `[[menu.entries]]`, `[[menu.rules]]`, ...) are appended, so an
+/// include adds rules after the main file's; any other key set in two files is an error that
+/// names both places.
+pub fn include_files(file: &Path) -> Vec<Result<PathBuf, Problem>> {
+    let dir = file.parent().unwrap_or(Path::new(".")).join("conf.d");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            return vec![Err(Problem {
+                file: dir,
+                line: 0,
+                column: 0,
+                message: format!("cannot read the include directory: {e}"),
+            })];
         }
-        offset += line.len();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(Ok).collect()
+}
+
+/// Where a configuration came from: each file's text at a base offset in one virtual buffer
+/// (file after file), so that every span, whichever file it is in, names one place; and the
+/// span of every key in the merged document, by dotted path (`ports.http`, `boot.rule[2]`).
+#[derive(Debug, Clone, Default)]
+pub struct Sources(std::sync::Arc<SourcesInner>);
+
+#[derive(Debug, Default)]
+struct SourcesInner {
+    files: Vec<SourceFile>,
+    /// Dotted path -> (key span, value span).
+    keys: std::collections::HashMap<String, (Range<usize>, Range<usize>)>,
+}
+
+#[derive(Debug)]
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+    base: usize,
+}
+
+impl Sources {
+    /// One file, no index of keys (for configurations built from defaults and flags).
+    pub fn single(file: &Path, text: &str) -> Self {
+        Self(std::sync::Arc::new(SourcesInner {
+            files: vec![SourceFile {
+                path: file.to_owned(),
+                text: text.to_owned(),
+                base: 0,
+            }],
+            keys: Default::default(),
+        }))
     }
-    None
+
+    pub fn is_empty(&self) -> bool {
+        self.0.files.is_empty()
+    }
+
+    /// The main file's text (empty when there is none).
+    pub fn main_text(&self) -> &str {
+        self.0.files.first().map_or("", |f| f.text.as_str())
+    }
+
+    /// The files read, main file first.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.0.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// File, 1-based line and column of a virtual offset.
+    pub fn locate(&self, offset: usize) -> (PathBuf, usize, usize) {
+        let file = self
+            .0
+            .files
+            .iter()
+            .rev()
+            .find(|f| f.base <= offset)
+            .or(self.0.files.first());
+        match file {
+            Some(f) => {
+                let (line, column) = line_col(&f.text, offset - f.base.min(offset));
+                (f.path.clone(), line, column)
+            }
+            None => (PathBuf::from("command line"), 1, 1),
+        }
+    }
+
+    /// `file:line:column` of a span's start.
+    pub fn position(&self, span: &Range<usize>) -> String {
+        let (file, line, column) = self.locate(span.start);
+        format!("{}:{line}:{column}", file.display())
+    }
+
+    pub fn problem(&self, span: Range<usize>, message: String) -> Problem {
+        let (file, line, column) = self.locate(span.start);
+        Problem {
+            file,
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// The span of the key at a dotted path (`ports.http`, `menu`, `boot.rule[1]`), wherever
+    /// and however it was written (table header, dotted key, inline table).
+    pub fn key(&self, path: &str) -> Option<Range<usize>> {
+        self.0.keys.get(path).map(|(k, _)| k.clone())
+    }
+
+    /// The span of the value at a dotted path.
+    pub fn value(&self, path: &str) -> Option<Range<usize>> {
+        self.0.keys.get(path).map(|(_, v)| v.clone())
+    }
+
+    /// `file:line:column` of each element of the array at `path`, in order.
+    pub fn positions_of(&self, path: &str) -> Vec<String> {
+        (0..)
+            .map_while(|i| self.value(&format!("{path}[{i}]")))
+            .map(|span| self.position(&span))
+            .collect()
+    }
+}
+
+type Tree<'i> = toml::de::DeTable<'i>;
+
+/// A problem found before the sources are indexed; `other` is a second place it names.
+struct Pending {
+    span: Range<usize>,
+    message: String,
+    other: Option<Range<usize>>,
+}
+
+impl Pending {
+    fn new(span: Range<usize>, message: String) -> Self {
+        Self {
+            span,
+            message,
+            other: None,
+        }
+    }
+}
+type Node<'i> = toml::Spanned<toml::de::DeValue<'i>>;
+
+/// Parses, merges and deserializes `files` (main file first), reporting every problem found.
+fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
+    let mut inner = SourcesInner::default();
+    let mut base = 0;
+    for (path, text) in files {
+        let len = text.len();
+        inner.files.push(SourceFile { path, text, base });
+        base += len + 1;
+    }
+    let mut spanned: Vec<Pending> = Vec::new();
+    let mut root: Tree<'_> = Tree::new();
+    let mut parsed = Vec::new();
+    for f in &inner.files {
+        let (tree, errors) = toml::de::DeTable::parse_recoverable(&f.text);
+        for e in &errors {
+            let span = e
+                .span()
+                .map_or(f.base..f.base, |s| s.start + f.base..s.end + f.base);
+            spanned.push(Pending::new(span, e.message().trim().to_owned()));
+        }
+        if errors.is_empty() {
+            parsed.push(shift_table(tree.into_inner(), f.base));
+        }
+    }
+    if spanned.is_empty() {
+        for tree in parsed {
+            merge(&mut root, tree, "", &mut spanned);
+        }
+    }
+    let config = if spanned.is_empty() {
+        let whole = toml::Spanned::new(0..base, root.clone());
+        match deserialize_all(whole) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                spanned.extend(errors.into_iter().map(|(s, m)| Pending::new(s, m)));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    index_keys(&root, "", &mut inner.keys);
+    let sources = Sources(std::sync::Arc::new(inner));
+    let problems: Vec<Problem> = spanned
+        .into_iter()
+        .map(|p| {
+            let message = match &p.other {
+                Some(other) => format!("{} {}", p.message, sources.position(other)),
+                None => p.message,
+            };
+            sources.problem(p.span, message)
+        })
+        .collect();
+    match config {
+        Some(mut c) if problems.is_empty() => {
+            c.sources = sources;
+            Ok(c)
+        }
+        _ => Err(Problems(problems)),
+    }
+}
+
+fn shift(node: Node<'_>, by: usize) -> Node<'_> {
+    let span = node.span();
+    let value = match node.into_inner() {
+        toml::de::DeValue::Array(a) => {
+            toml::de::DeValue::Array(a.into_iter().map(|v| shift(v, by)).collect())
+        }
+        toml::de::DeValue::Table(t) => toml::de::DeValue::Table(shift_table(t, by)),
+        other => other,
+    };
+    toml::Spanned::new(span.start + by..span.end + by, value)
+}
+
+fn shift_table(table: Tree<'_>, by: usize) -> Tree<'_> {
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let span = k.span();
+            (
+                toml::Spanned::new(span.start + by..span.end + by, k.into_inner()),
+                shift(v, by),
+            )
+        })
+        .collect()
+}
+
+fn is_array_of_tables(node: &Node<'_>) -> bool {
+    match node.get_ref() {
+        toml::de::DeValue::Array(a) => {
+            !a.is_empty()
+                && a.iter()
+                    .all(|v| matches!(v.get_ref(), toml::de::DeValue::Table(_)))
+        }
+        _ => false,
+    }
+}
+
+/// Merges an include into what came before (see [`include_files`]).
+fn merge<'i>(into: &mut Tree<'i>, from: Tree<'i>, prefix: &str, problems: &mut Vec<Pending>) {
+    for (key, value) in from {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        let Some((old_key, _)) = into.get_key_value(key.get_ref().as_ref()) else {
+            into.insert(key, value);
+            continue;
+        };
+        let old_key_span = old_key.span();
+        let Some(old) = into.get_mut(key.get_ref().as_ref()) else {
+            continue;
+        };
+        if is_array_of_tables(old) && is_array_of_tables(&value) {
+            if let toml::de::DeValue::Array(a) = old.get_mut()
+                && let toml::de::DeValue::Array(b) = value.into_inner()
+            {
+                for item in b {
+                    a.push(item);
+                }
+            }
+            continue;
+        }
+        match (old.get_mut(), value.into_inner()) {
+            (toml::de::DeValue::Table(a), toml::de::DeValue::Table(b)) => {
+                merge(a, b, &path, problems);
+            }
+            _ => problems.push(Pending {
+                span: key.span(),
+                message: format!("{path} is set twice: here and at"),
+                other: Some(old_key_span),
+            }),
+        }
+    }
+}
+
+/// Deserializes the whole document; on failure, each top-level key, each key of a table and
+/// each element of an array of tables is tried alone, so every error is reported, not only
+/// the first serde meets.
+fn deserialize_all(root: toml::Spanned<Tree<'_>>) -> Result<Config, Vec<(Range<usize>, String)>> {
+    use serde::Deserialize as _;
+    let whole = root.span();
+    let first = match Config::deserialize(toml::de::Deserializer::from(root.clone())) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let mut errors = Vec::new();
+    narrow(root.get_ref(), &mut Vec::new(), whole.clone(), &mut errors);
+    if errors.is_empty() {
+        let span = first.span().unwrap_or(whole.start..whole.start);
+        errors.push((span, first.message().trim().to_owned()));
+    }
+    Err(errors)
+}
+
+/// One key of `table` at a time, inside the tables on the way to it (`path`).
+fn narrow<'i>(
+    table: &Tree<'i>,
+    path: &mut Vec<(toml::Spanned<toml::de::DeString<'i>>, Range<usize>)>,
+    whole: Range<usize>,
+    errors: &mut Vec<(Range<usize>, String)>,
+) {
+    for (key, value) in table {
+        let try_alone =
+            |value: Node<'i>, path: &[(toml::Spanned<toml::de::DeString<'i>>, Range<usize>)]| {
+                use serde::Deserialize as _;
+                let mut t = Tree::new();
+                t.insert(key.clone(), value);
+                for (k, span) in path.iter().rev() {
+                    let mut outer = Tree::new();
+                    outer.insert(
+                        k.clone(),
+                        toml::Spanned::new(span.clone(), toml::de::DeValue::Table(t)),
+                    );
+                    t = outer;
+                }
+                let doc = toml::Spanned::new(whole.clone(), t);
+                Config::deserialize(toml::de::Deserializer::from(doc)).err()
+            };
+        let Some(error) = try_alone(value.clone(), path) else {
+            continue;
+        };
+        let before = errors.len();
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) if !inner.is_empty() => {
+                path.push((key.clone(), value.span()));
+                narrow(inner, path, whole.clone(), errors);
+                path.pop();
+            }
+            toml::de::DeValue::Array(items) if is_array_of_tables(value) => {
+                for item in items.iter() {
+                    let mut one = toml::de::DeArray::new();
+                    one.push(item.clone());
+                    let alone = toml::Spanned::new(value.span(), toml::de::DeValue::Array(one));
+                    if let Some(e) = try_alone(alone, path) {
+                        let span = e.span().unwrap_or(item.span());
+                        errors.push((span, e.message().trim().to_owned()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if errors.len() == before {
+            let span = error.span().unwrap_or(key.span());
+            errors.push((span, error.message().trim().to_owned()));
+        }
+    }
+}
+
+fn index_keys(
+    table: &Tree<'_>,
+    prefix: &str,
+    out: &mut std::collections::HashMap<String, (Range<usize>, Range<usize>)>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        out.insert(path.clone(), (key.span(), value.span()));
+        index_value(value, &path, out);
+    }
+}
+
+fn index_value(
+    value: &Node<'_>,
+    path: &str,
+    out: &mut std::collections::HashMap<String, (Range<usize>, Range<usize>)>,
+) {
+    match value.get_ref() {
+        toml::de::DeValue::Table(t) => index_keys(t, path, out),
+        toml::de::DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                out.insert(p.clone(), (item.span(), item.span()));
+                index_value(item, &p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Config {
+    /// Checks beyond single values: ports HTTP and HTTPS would share, TLS files that do not
+    /// load, rules that can never match.
+    fn check_more(&self, sources: &Sources, out: &mut Vec<Problem>) {
+        let mut at = |span: Option<Range<usize>>, message: String| {
+            out.push(sources.problem(span.unwrap_or(0..0), message));
+        };
+        let tls_on = self.tls.cert.is_some() && self.tls.key.is_some();
+        if tls_on && self.services.http {
+            // Both would bind it (SO_REUSEPORT) and the kernel would split the connections.
+            for (name, on, port) in [
+                ("ports.http", true, self.ports.http),
+                ("ports.web", self.services.web, self.ports.web),
+            ] {
+                if on && port == self.tls.port {
+                    at(
+                        sources.key("tls.port").or_else(|| sources.key(name)),
+                        format!(
+                            "tls.port and {name} are both {port}: HTTPS and HTTP cannot share a \
+                             port, give each its own"
+                        ),
+                    );
+                }
+            }
+        }
+        if let (Some(cert), Some(key)) = (&self.tls.cert, &self.tls.key)
+            && std::fs::metadata(cert.get_ref()).is_ok()
+            && std::fs::metadata(key.get_ref()).is_ok()
+        {
+            for (span, e) in check_tls_files(cert, key) {
+                at(Some(span), e);
+            }
+        }
+        for (i, message) in never_matching_boot_rules(&self.boot) {
+            at(
+                sources.value(&format!("boot.rule[{i}]")),
+                format!("boot.rule[{i}] can never match: {message}"),
+            );
+        }
+        for (i, message) in never_matching_menu_rules(&self.menu) {
+            at(
+                sources.value(&format!("menu.rules[{i}]")),
+                format!("menu.rules[{i}] can never match: {message}"),
+            );
+        }
+    }
+
+    /// What may be fine but likely is not: loaders and menu files missing under the root.
+    /// `check` prints them; `serve` logs them.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let sources = if self.sources.is_empty() {
+            Sources::single(Path::new("command line"), "")
+        } else {
+            self.sources.clone()
+        };
+        let mut out = Vec::new();
+        let root = self.server.root.get_ref();
+        if !(self.services.tftp || self.services.http) || !root.is_dir() {
+            return out;
+        }
+        let ci = self.server.case_insensitive;
+        let mut missing = |key: String, file: &str, what: &str| {
+            if let Some(rel) = served_path(file, self.ports.http)
+                && !exists_below(root, &rel, ci)
+            {
+                out.push(sources.problem(
+                    sources.value(&key).unwrap_or(0..0),
+                    format!(
+                        "warning: {key}: {what} {rel} is not under server.root {}",
+                        root.display()
+                    ),
+                ));
+            }
+        };
+        let b = &self.boot;
+        for (key, file) in [
+            ("bios", &b.bios),
+            ("efi32", &b.efi32),
+            ("efi64", &b.efi64),
+            ("arm64", &b.arm64),
+            ("http-boot", &b.http_boot),
+            ("http-boot-arm64", &b.http_boot_arm64),
+        ] {
+            missing(format!("boot.{key}"), file, "loader");
+        }
+        for (i, rule) in b.rule.iter().enumerate() {
+            for (key, file) in [("loader", &rule.loader), ("http-boot", &rule.http_boot)] {
+                if let Some(f) = file {
+                    missing(format!("boot.rule[{i}].{key}"), f, "loader");
+                }
+            }
+        }
+        for (i, entry) in self.menu.entries.iter().enumerate() {
+            use zpxe_engine::http::EntryKind;
+            let files: Vec<(&str, &String)> = match &entry.kind {
+                EntryKind::Winpe {
+                    wimboot,
+                    bcd,
+                    boot_sdi,
+                    boot_wim,
+                } => vec![
+                    ("wimboot", wimboot),
+                    ("bcd", bcd),
+                    ("boot-sdi", boot_sdi),
+                    ("boot-wim", boot_wim),
+                ],
+                EntryKind::Linux { kernel, initrd, .. } => std::iter::once(("kernel", kernel))
+                    .chain(initrd.as_ref().map(|i| ("initrd", i)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (key, f) in files {
+                missing(
+                    format!("menu.entries[{i}].kind.{key}"),
+                    f,
+                    &format!("entry {:?} file", entry.id),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The path below the root a boot file names: a plain TFTP path, or the path of an HTTP URL
+/// on this server (`http://{server}:{http-port}/...`). `None` when it cannot be told (other
+/// hosts, per-client templates, empty).
+fn served_path(file: &str, http_port: u16) -> Option<String> {
+    let path = match file.split_once("://") {
+        Some((_, rest)) => {
+            let (host, path) = rest.split_at(rest.find('/')?);
+            let local = host == "{server}"
+                || host == format!("{{server}}:{http_port}")
+                || host == "{server}:{http-port}";
+            if !local {
+                return None;
+            }
+            path.split('?').next()?
+        }
+        None => file,
+    };
+    let path = path.trim_start_matches('/');
+    (!path.is_empty() && !path.contains('{')).then(|| path.to_owned())
+}
+
+/// Whether `rel` (with `/` or `\` separators) names a file below `root`, matching names
+/// ignoring ASCII case when the server does.
+fn exists_below(root: &Path, rel: &str, case_insensitive: bool) -> bool {
+    let mut dir = root.to_path_buf();
+    for part in rel.split(['/', '\\']).filter(|p| !p.is_empty()) {
+        if part == ".." {
+            return false;
+        }
+        let exact = dir.join(part);
+        if exact.exists() {
+            dir = exact;
+            continue;
+        }
+        if !case_insensitive {
+            return false;
+        }
+        let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(part))
+        });
+        match found {
+            Some(e) => dir = e.path(),
+            None => return false,
+        }
+    }
+    dir.is_file()
+}
+
+/// Loads the certificate chain and key as `serve` does (src/serve/https.rs): an empty file,
+/// PEM without a certificate or key, or a key that does not fit the certificate is a problem.
+fn check_tls_files(cert: &Spanned<PathBuf>, key: &Spanned<PathBuf>) -> Vec<(Range<usize>, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut out = Vec::new();
+    let chain: Result<Vec<_>, _> = CertificateDer::pem_file_iter(cert.get_ref())
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>());
+    let chain = match chain {
+        Ok(c) if c.is_empty() => {
+            out.push((
+                cert.span(),
+                format!(
+                    "tls.cert {}: no PEM certificate in it",
+                    cert.get_ref().display()
+                ),
+            ));
+            None
+        }
+        Ok(c) => Some(c),
+        Err(e) => {
+            out.push((
+                cert.span(),
+                format!("tls.cert {}: {e}", cert.get_ref().display()),
+            ));
+            None
+        }
+    };
+    let private = match PrivateKeyDer::from_pem_file(key.get_ref()) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            out.push((
+                key.span(),
+                format!(
+                    "tls.key {}: no usable PEM private key ({e})",
+                    key.get_ref().display()
+                ),
+            ));
+            None
+        }
+    };
+    if let (Some(chain), Some(private)) = (chain, private) {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let built = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                b.with_no_client_auth()
+                    .with_single_cert(chain, private)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = built {
+            out.push((
+                key.span(),
+                format!("tls: the key does not fit the certificate or is not supported: {e}"),
+            ));
+        }
+    }
+    out
+}
+
+/// `[[boot.rule]]`s no client can reach, with why. Matching is the engine's
+/// ([`zpxe_engine::dhcp::BootPolicy::decide`] on each rule alone): a rule is tried on sample
+/// clients built from its own criteria (and, for criteria it leaves open, several values);
+/// it can never match when an earlier rule matches every sample it matches, or when the
+/// ignore lists refuse every one of them first.
+pub fn never_matching_boot_rules(policy: &zpxe_engine::dhcp::BootPolicy) -> Vec<(usize, String)> {
+    use std::net::Ipv4Addr;
+    use zpxe_engine::dhcp::{BootPolicy, BootRule, ClientFacts, MacAddr, PolicyRefusal};
+    // Quadratic in rules: beyond this, checking would take longer than it is worth.
+    const MAX_RULES: usize = 512;
+    if policy.rule.len() > MAX_RULES {
+        return Vec::new();
+    }
+    let probes: Vec<BootPolicy> = policy
+        .rule
+        .iter()
+        .map(|r| BootPolicy {
+            rule: vec![BootRule {
+                ignore: true,
+                ..r.clone()
+            }],
+            ignore_macs: Vec::new(),
+            ignore_uuids: Vec::new(),
+            ..BootPolicy::default()
+        })
+        .collect();
+    let matches = |i: usize, f: &ClientFacts| {
+        probes[i].decide(f, Ipv4Addr::LOCALHOST, 80) == Err(PolicyRefusal::IgnoredByRule)
+    };
+    let mut out = Vec::new();
+    for (i, rule) in policy.rule.iter().enumerate() {
+        let macs = match rule.mac {
+            Some(m) => vec![m],
+            None => vec![
+                MacAddr([0x02, 0x7a, 0x70, 0x78, 0x65, 0x01]),
+                MacAddr([0x02, 0x7a, 0x70, 0x78, 0x65, 0x02]),
+            ],
+        };
+        let uuids = match rule.uuid {
+            Some(u) => vec![Some(u)],
+            None => vec![None, "7a707865-0000-4000-8000-000000000001".parse().ok()],
+        };
+        let arches = match rule.arch {
+            Some(a) => vec![Some(a)],
+            None => vec![None, Some(0), Some(7), Some(16)],
+        };
+        // (relay, client address)
+        let places: Vec<(Option<Ipv4Addr>, Option<Ipv4Addr>)> = match rule.subnet {
+            Some(net) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(net.prefix_len))
+                    .unwrap_or(0);
+                let first = Ipv4Addr::from(u32::from(net.network) & mask);
+                let last = Ipv4Addr::from(u32::from(net.network) | !mask);
+                vec![(Some(first), None), (None, Some(last))]
+            }
+            None => vec![
+                (None, None),
+                (Some(Ipv4Addr::new(198, 51, 100, 1)), None),
+                (None, Some(Ipv4Addr::new(203, 0, 113, 7))),
+            ],
+        };
+        let mut samples = Vec::new();
+        for mac in &macs {
+            for uuid in &uuids {
+                for arch in &arches {
+                    for (relay, client_ip) in &places {
+                        let f = ClientFacts {
+                            mac: *mac,
+                            uuid: *uuid,
+                            arch: *arch,
+                            ipxe: false,
+                            http_client: false,
+                            relay: *relay,
+                            client_ip: *client_ip,
+                        };
+                        if matches(i, &f) {
+                            samples.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        // Criteria the samples cannot meet (kinds of criteria this check does not know):
+        // nothing to say.
+        if samples.is_empty() {
+            continue;
+        }
+        if let Some(j) = (0..i).find(|&j| samples.iter().all(|f| matches(j, f))) {
+            out.push((
+                i,
+                format!("boot.rule[{j}] before it matches every client it matches"),
+            ));
+            continue;
+        }
+        let ignored = samples.iter().all(|f| {
+            policy.ignore_macs.contains(&f.mac)
+                || f.uuid.is_some_and(|u| policy.ignore_uuids.contains(&u))
+        });
+        if ignored {
+            out.push((
+                i,
+                "every client it matches is on boot.ignore-macs or boot.ignore-uuids".into(),
+            ));
+        }
+    }
+    out
+}
+
+/// `[[menu.rules]]` no client can reach: without any criterion (the engine requires one), or
+/// after a rule whose every criterion it repeats.
+pub fn never_matching_menu_rules(menu: &zpxe_engine::http::BootMenu) -> Vec<(usize, String)> {
+    use zpxe_engine::http::ipxe::{normalize_arch, normalize_mac, normalize_uuid};
+    let norm = |r: &zpxe_engine::http::BootRule| {
+        (
+            r.mac.as_deref().map(normalize_mac),
+            r.uuid.as_deref().map(normalize_uuid),
+            r.arch.as_deref().map(normalize_arch),
+        )
+    };
+    let mut out = Vec::new();
+    for (i, rule) in menu.rules.iter().enumerate() {
+        let (mac, uuid, arch) = norm(rule);
+        if mac.is_none() && uuid.is_none() && arch.is_none() {
+            out.push((i, "it names no mac, uuid or arch".to_owned()));
+            continue;
+        }
+        let covers = |want: &Option<Option<String>>, have: &Option<Option<String>>| match want {
+            None => true,
+            Some(w) => Some(w) == have.as_ref(),
+        };
+        let shadow = menu.rules[..i].iter().position(|earlier| {
+            let (m, u, a) = norm(earlier);
+            (m.is_some() || u.is_some() || a.is_some())
+                && covers(&m, &mac)
+                && covers(&u, &uuid)
+                && covers(&a, &arch)
+        });
+        if let Some(j) = shadow {
+            out.push((
+                i,
+                format!("menu.rules[{j}] before it matches every client it matches"),
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -17,13 +17,15 @@ struct Cli {
 enum Command {
     /// Serve PXE clients.
     Serve(ServeArgs),
-    /// Validate a configuration file and print every problem with its position.
+    /// Validate a configuration file and print every problem with its position, warnings too.
+    /// Exit status 2 when there is a problem.
     Check {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        /// Default: /etc/zpxe/zpxe.toml (%ProgramData%\zpxe\zpxe.toml on Windows).
+        #[arg(short = 'c', long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
-    /// The machine registry of a running zpxe (its API): list, add, rm, import FILE.csv.
-    Machines(zpxe::machines_cli::MachinesArgs),
+    /// Which rule decided and the exact reply zpxe gives a client ("why won't it PXE?").
+    Explain(zpxe::explain::ExplainArgs),
     /// Reload a running `zpxe serve` (as SIGHUP does) and print its answer: every problem with
     /// its position when the new configuration is refused, the keys that need a restart.
     /// Exit status: 0 reloaded, 2 refused (the old configuration keeps serving), 3 reloaded
@@ -34,6 +36,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
+    /// The machine registry of a running zpxe (its API): list, add, rm, import FILE.csv.
+    Machines(zpxe::machines_cli::MachinesArgs),
     /// Serve a generated image set on loopback and boot a storm of simulated clients through it.
     Demo(zpxe::demo::DemoArgs),
     /// The boot-storm simulator (same as `zpxe-loadgen`; `zpxe loadgen --help`).
@@ -58,8 +62,9 @@ enum Command {
 
 #[derive(Debug, Clone, Args)]
 struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, value_name = "FILE")]
+    /// TOML configuration file (default: /etc/zpxe/zpxe.toml, or %ProgramData%\zpxe\zpxe.toml
+    /// on Windows, when it exists), with the `conf.d/*.toml` beside it.
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Directory to serve (overrides server.root).
     #[arg(long, value_name = "DIR")]
@@ -115,7 +120,16 @@ fn parse_range(s: &str) -> Result<PortRange, String> {
 }
 
 impl ServeArgs {
-    fn into_config(self) -> anyhow::Result<Config> {
+    /// No `--config`: the default file, when it exists (else built-in defaults and flags).
+    fn resolve_config(&mut self) {
+        if self.config.is_none() {
+            let default = zpxe::config::default_path();
+            self.config = default.is_file().then_some(default);
+        }
+    }
+
+    fn into_config(mut self) -> anyhow::Result<Config> {
+        self.resolve_config();
         // Flags override the file; the whole result is validated once, after.
         let (mut config, text) = match &self.config {
             Some(file) => Config::read(file).map_err(|p| anyhow::anyhow!("{p}"))?,
@@ -194,20 +208,15 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_logging(default_level);
+    // `serve` logs as its configuration says (`[log]`), once it is read.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(default_level);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Reload { control } => return reload(control),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                Ok(())
-            }
-            Err(problems) => {
-                eprint!("{problems}");
-                return ExitCode::from(2);
-            }
-        },
+        Command::Check { config } => return check(config),
+        Command::Explain(args) => explain(args),
         Command::Demo(args) => zpxe::demo::run(args).context("demo"),
         Command::Firewall { command } => zpxe::firewall::run(command),
         Command::Machines(args) => return zpxe::machines_cli::main(args),
@@ -225,8 +234,13 @@ fn main() -> ExitCode {
 }
 
 /// `zpxe serve`, reloadable: a reload reads the file again and applies the same flags.
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    args.resolve_config();
     let config = args.clone().into_config()?;
+    zpxe::logging::init("info", config.log.format);
+    for w in config.warnings() {
+        tracing::warn!(problem = %w, "configuration");
+    }
     let control = args.control.clone();
     let source = zpxe::serve::ConfigSource::new(move || args.clone().into_config());
     serve_until_signalled(config, source, control)
@@ -351,16 +365,64 @@ fn serve_until_signalled(
 }
 
 fn init_logging(default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only for a person at a terminal: journald and files get plain text.
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    zpxe::logging::init(default_level, zpxe::logging::LogFormat::Text);
+}
+
+/// `zpxe check`: every problem (exit status 2) and every warning, with positions.
+fn check(file: Option<PathBuf>) -> ExitCode {
+    let file = file.unwrap_or_else(zpxe::config::default_path);
+    let config = match Config::read(&file) {
+        Ok((config, _)) => config,
+        Err(problems) => {
+            eprint!("{problems}");
+            return ExitCode::from(2);
+        }
+    };
+    let problems = config.validate(&file, "");
+    let warnings = config.warnings();
+    for p in problems.iter().chain(&warnings) {
+        eprintln!("{p}");
+    }
+    if !problems.is_empty() {
+        return ExitCode::from(2);
+    }
+    let files: Vec<String> = config
+        .sources
+        .files()
+        .map(|f| f.display().to_string())
+        .collect();
+    println!(
+        "{}: ok{}",
+        files.join(", "),
+        match warnings.len() {
+            0 => String::new(),
+            n => format!(" ({n} warning{})", if n == 1 { "" } else { "s" }),
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// `zpxe explain`: the configuration `serve` would read, then the engine's answer.
+fn explain(args: zpxe::explain::ExplainArgs) -> anyhow::Result<()> {
+    let file = args.config.clone().or_else(|| {
+        let d = zpxe::config::default_path();
+        d.is_file().then_some(d)
+    });
+    let config = match &file {
+        Some(f) => Config::load(f).map_err(|p| anyhow::anyhow!("{p}"))?,
+        None => Config::default(),
+    };
+    if args.client.server.is_none() && zpxe::explain::default_server(&config).is_none() {
+        anyhow::bail!(
+            "the reply names the address a request arrives on: give --server ADDR (or set \
+             server.advertise or server.listen)"
+        );
+    }
+    let e = zpxe::explain::explain(&config, &args.client);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{}", zpxe::explain::render_text(&e));
+    }
+    Ok(())
 }

@@ -240,7 +240,30 @@ fn log_event(ev: &DhcpEvent, metrics: &Metrics) {
         ),
         DhcpEvent::Ignored { reason, mac } => {
             Metrics::add(&metrics.dhcp_ignored_total, 1);
-            tracing::debug!(mac = show(&mac.map(|m| m.to_string())), %reason, "DHCP request ignored");
+            // A refusal by policy answers "why won't it PXE?": info, rate-limited per client
+            // (src/logging.rs). Everything else (other DHCP clients, REQUESTs for other
+            // servers) is routine on a segment.
+            let mac_text = show(&mac.map(|m| m.to_string()));
+            let reason_text = crate::explain::reason_text(reason);
+            let refusal = matches!(
+                reason,
+                zpxe_engine::dhcp::IgnoreReason::Policy(_)
+                    | zpxe_engine::dhcp::IgnoreReason::NoServerAddress
+            );
+            match refusal
+                .then(|| crate::logging::allow_refusal("dhcp", mac))
+                .flatten()
+            {
+                Some(held_back) => tracing::info!(
+                    mac = mac_text,
+                    reason = reason_text,
+                    held_back,
+                    "DHCP request refused"
+                ),
+                None => {
+                    tracing::debug!(mac = mac_text, reason = reason_text, "DHCP request ignored")
+                }
+            }
         }
         other => tracing::debug!(event = ?other, "DHCP"),
     }

@@ -535,7 +535,14 @@ pub(super) fn record(
                 ..
             } => {
                 Metrics::add(&metrics.http_requests_total, 1);
-                tracing::info!(%peer, ?method, path, status = status.0, bytes, "HTTP request");
+                tracing::info!(
+                    %peer,
+                    method = method.map_or("-", |m| m.as_str()),
+                    path,
+                    status = status.0,
+                    bytes,
+                    "HTTP request"
+                );
                 if recorder.enabled() && method.is_some() {
                     recorder.record(served_event(&path, status.0, bytes).ip(peer.ip()));
                 }

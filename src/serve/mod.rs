@@ -193,6 +193,17 @@ pub fn start_reloadable(
     let mut handles = Vec::new();
     let web = shared.config.services.web.then_some(Role::Web);
     for role in (0..threads).map(Role::Boot).chain(web) {
+    // `/api/v1/explain` answers with what the DHCP service answers with.
+    let current = shared.reloader.clone();
+    crate::explain::publish(
+        Box::new(move || {
+            let s = current.settings();
+            (Arc::clone(&s.config), s.proxy.clone())
+        }),
+        shared.registry.clone().map(|r| {
+            Arc::new(registry::RegistryOverrides(r)) as Arc<dyn zpxe_engine::dhcp::ClientOverrides>
+        }),
+    );
         let shared = Arc::clone(&shared);
         let tx = tx.clone();
         let name = match role {

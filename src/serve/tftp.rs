@@ -480,7 +480,20 @@ impl TftpService {
                     ..
                 } => {
                     metrics.tftp_refused();
-                    tracing::info!(%remote, file, reason = %reason, "TFTP request refused");
+                    // Rate-limited per client and file (src/logging.rs): a flood of requests
+                    // must not become a flood of lines.
+                    match crate::logging::allow_refusal("tftp", (remote.ip(), &file)) {
+                        Some(held_back) => tracing::info!(
+                            %remote,
+                            file,
+                            reason = %reason,
+                            held_back,
+                            "TFTP request refused"
+                        ),
+                        None => {
+                            tracing::debug!(%remote, file, reason = %reason, "TFTP request refused")
+                        }
+                    }
                     let recorder = &self.ctx.shared.recorder;
                     if recorder.enabled() {
                         let kind = crate::db::EventKind::Error {

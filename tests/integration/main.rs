@@ -4,12 +4,14 @@
 #![allow(unreachable_pub)]
 
 mod attack;
+mod check;
 mod common;
 mod db;
 mod dhcp_netns;
 #[cfg(unix)]
 mod dhcp_server;
 mod drain;
+mod explain;
 mod firmware;
 mod http;
 mod http_hostile;

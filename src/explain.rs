@@ -1,0 +1,1016 @@
+//! `zpxe explain` and `/api/v1/explain`: "why won't this machine PXE?".
+//!
+//! The answer is not worked out beside the server: a request is built from the client's facts
+//! (a DISCOVER on the DHCP port, or a REQUEST on 4011), handed to the engine's own
+//! [`ProxyDhcp`] with the configuration `zpxe serve` gives it, and the reply it writes is
+//! parsed back. What decided is found with the engine too: each `[[boot.rule]]` is tried alone
+//! (as an `ignore` rule) through [`BootPolicy::decide`], and each menu rule alone through
+//! [`BootMenu::rule_for`]. For an iPXE client the script comes from [`BootMenu::generate`],
+//! called as the HTTP service calls it for the URL in the reply.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use zpxe_engine::DatagramMeta;
+use zpxe_engine::Payload;
+use zpxe_engine::dhcp::options::code;
+use zpxe_engine::dhcp::{
+    BootOp, BootPolicy, BootRule, ClientFacts, ClientOverrides, ClientUuid, DhcpEvent, DhcpOptions,
+    DhcpPort, DhcpRepr, IgnoreReason, MacAddr, MessageType, PolicyRefusal, ProxyDhcp,
+    ProxyDhcpConfig, PxeVendorOptions,
+};
+use zpxe_engine::http::ipxe::BootQuery;
+use zpxe_engine::http::{BootMenu, BootRule as MenuRule};
+
+use crate::config::Config;
+
+/// What is known about the client, as `zpxe explain` takes it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The client's MAC address (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    pub mac: MacAddr,
+    /// Option 93: a number (0 BIOS, 6 IA32 UEFI, 7 and 9 x64 UEFI, 11 ARM64 UEFI, 16 x64 UEFI
+    /// HTTP, 19 ARM64 UEFI HTTP) or one of bios, efi32, efi64, efibc, arm64, x64-http,
+    /// arm64-http.
+    #[arg(long, value_parser = parse_arch)]
+    pub arch: Option<u16>,
+    /// Option 97, the machine UUID as dmidecode shows it.
+    #[arg(long)]
+    pub uuid: Option<ClientUuid>,
+    /// The relay agent (giaddr) the request came through.
+    #[arg(long, value_name = "IP")]
+    pub relay: Option<Ipv4Addr>,
+    /// Option 77, e.g. `iPXE` for a client already running iPXE.
+    #[arg(long, value_name = "CLASS")]
+    pub user_class: Option<String>,
+    /// Option 60 (default: `PXEClient:Arch:NNNNN:UNDI:002001`, or `HTTPClient:...` for
+    /// architectures 16 and 19).
+    #[arg(long, value_name = "CLASS")]
+    pub vendor_class: Option<String>,
+    /// The client's own address (ciaddr), once it has one.
+    #[arg(long, value_name = "IP")]
+    pub client_ip: Option<Ipv4Addr>,
+    /// Ask as a REQUEST to the PXE port (4011) instead of a DISCOVER to the DHCP port.
+    #[arg(long)]
+    pub pxe: bool,
+    /// The server address the request arrives on (default: server.advertise, else the first
+    /// server.listen address).
+    #[arg(long, value_name = "IP")]
+    pub server: Option<Ipv4Addr>,
+}
+
+/// `zpxe explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// TOML configuration file (default: the one `zpxe serve` reads).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print JSON (the same as `/api/v1/explain`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_arch(text: &str) -> Result<u16, String> {
+    let named = match text.to_ascii_lowercase().as_str() {
+        "bios" => Some(0),
+        "efi32" | "ia32" => Some(6),
+        "efi64" | "x64" => Some(7),
+        "efibc" => Some(9),
+        "arm64" => Some(11),
+        "x64-http" | "http" => Some(16),
+        "arm64-http" => Some(19),
+        _ => None,
+    };
+    match named {
+        Some(a) => Ok(a),
+        None => text.parse().map_err(|_| {
+            format!(
+                "{text:?} is not an architecture: a number 0-65535 or one of bios, efi32, \
+                 efi64, efibc, arm64, x64-http, arm64-http"
+            )
+        }),
+    }
+}
+
+/// Where in the configuration each `[[boot.rule]]` and `[[menu.rules]]` is (`file:line:col`),
+/// by index; empty when unknown.
+#[derive(Debug, Clone, Default)]
+struct RulePositions {
+    boot: Vec<String>,
+    menu: Vec<String>,
+}
+
+/// The answer, as printed with `--json` and served by `/api/v1/explain`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub facts: Facts,
+    pub request: RequestShown,
+    pub decision: Decision,
+    /// The reply zpxe sends; `None` when it sends none.
+    pub reply: Option<ReplyShown>,
+    /// For a client that gets an iPXE script URL: what that URL serves.
+    pub ipxe: Option<IpxeShown>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Facts {
+    pub mac: String,
+    pub uuid: Option<String>,
+    pub arch: Option<u16>,
+    pub relay: Option<Ipv4Addr>,
+    pub client_ip: Option<Ipv4Addr>,
+    pub user_class: Option<String>,
+    pub vendor_class: String,
+    /// User class `iPXE`: the client gets the script, not a loader.
+    pub ipxe: bool,
+    pub http_client: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RequestShown {
+    pub message: &'static str,
+    pub port: u16,
+    /// The address it arrives on, named in the reply as the server.
+    pub server: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    pub answered: bool,
+    /// Why there is no reply.
+    pub refusal: Option<String>,
+    /// What decided: `boot.ignore-macs`, `boot.ignore-uuids`, `boot.rule[N]` or `boot`.
+    pub by: String,
+    /// The rule that matched first, if any.
+    pub rule: Option<RuleShown>,
+    /// The key the boot file came from, e.g. `boot.efi64` or `boot.rule[2].loader`.
+    pub boot_file_from: Option<String>,
+    /// `boot.next-server`, `boot.rule[N].next-server`, or `arrival address`.
+    pub next_server_from: Option<String>,
+    /// `loader` (TFTP), `ipxe-script` or `http-boot`.
+    pub kind: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleShown {
+    pub index: usize,
+    pub at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReplyShown {
+    pub message: String,
+    pub to: SocketAddr,
+    pub from_port: u16,
+    pub broadcast: bool,
+    /// Option 54.
+    pub server_id: Option<Ipv4Addr>,
+    /// `siaddr`.
+    pub next_server: Ipv4Addr,
+    /// The `file` field.
+    pub file: String,
+    /// Option 67.
+    pub bootfile_name: Option<String>,
+    /// Option 60.
+    pub vendor_class: Option<String>,
+    /// Option 43, hex.
+    pub vendor_specific: Option<String>,
+    /// Option 43 as PXE reads it.
+    pub pxe: Option<PxeShown>,
+    pub giaddr: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PxeShown {
+    pub discovery_control: Option<u8>,
+    /// `server-type.layer` of the boot item echoed.
+    pub boot_item: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IpxeShown {
+    pub url: String,
+    /// Why no script is shown (a URL that is not zpxe's `/boot.ipxe` or `/menu.ipxe`).
+    pub note: Option<String>,
+    /// The `[[menu.rules]]` that picked an entry, if any.
+    pub menu_rule: Option<RuleShown>,
+    /// The entry booted without a menu, or `None` for the menu.
+    pub entry: Option<String>,
+    pub script: Option<String>,
+}
+
+/// The client's facts turned into the request firmware would send.
+fn build_request(c: &ClientArgs) -> (DhcpRepr, String) {
+    let http = matches!(c.arch, Some(16 | 19));
+    let vendor_class = c.vendor_class.clone().unwrap_or_else(|| {
+        // PXE 2.1 section 2.2.5 and UEFI 2.10 section 24.7.2: "PXEClient:Arch:xxxxx:UNDI:yyyzzz"
+        // and its HTTP boot twin.
+        let (class, undi) = if http {
+            ("HTTPClient", "003000")
+        } else {
+            ("PXEClient", "002001")
+        };
+        match c.arch {
+            Some(a) => format!("{class}:Arch:{a:05}:UNDI:{undi}"),
+            None => class.to_owned(),
+        }
+    });
+    let message_type = if c.pxe {
+        MessageType::Request
+    } else {
+        MessageType::Discover
+    };
+    let options = DhcpOptions {
+        message_type: Some(message_type),
+        vendor_class: Some(vendor_class.clone().into_bytes()),
+        client_arch: c.arch.into_iter().collect(),
+        client_uuid: c.uuid,
+        user_class: c.user_class.clone().map(String::into_bytes),
+        client_ndi: Some([1, 3, 16]),
+        parameter_request_list: Some(vec![
+            code::SUBNET_MASK,
+            code::ROUTER,
+            code::VENDOR_SPECIFIC,
+            code::SERVER_ID,
+            code::VENDOR_CLASS,
+            code::TFTP_SERVER_NAME,
+            code::BOOTFILE_NAME,
+            code::CLIENT_ARCH,
+            code::CLIENT_MACHINE_ID,
+        ]),
+        ..Default::default()
+    };
+    let relay = c.relay.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let request = DhcpRepr {
+        op: BootOp::Request,
+        hops: u8::from(c.relay.is_some()),
+        xid: 0x7a70_7865,
+        secs: 0,
+        broadcast: !c.pxe && c.relay.is_none() && c.client_ip.is_none(),
+        ciaddr: c.client_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr: relay,
+        client_mac: c.mac,
+        server_name: Vec::new(),
+        boot_file: Vec::new(),
+        options,
+    };
+    (request, vendor_class)
+}
+
+/// The server address a request would arrive on, when `--server` is not given.
+pub fn default_server(config: &Config) -> Option<Ipv4Addr> {
+    crate::serve::proxy_config(config).server_ip
+}
+
+/// Explains what zpxe, running `config`, answers the client `c`.
+pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
+    explain_with(config, crate::serve::proxy_config(config), None, c)
+}
+
+/// [`explain`] with the responder's settings as a running server holds them (after reloads)
+/// and its machine registry.
+pub fn explain_with(
+    config: &Config,
+    mut proxy_config: ProxyDhcpConfig,
+    overrides: Option<Arc<dyn ClientOverrides>>,
+    c: &ClientArgs,
+) -> Explanation {
+    let positions = &RulePositions {
+        boot: config.sources.positions_of("boot.rule"),
+        menu: config.sources.positions_of("menu.rules"),
+    };
+    let server = c.server.or(proxy_config.server_ip);
+    if c.server.is_some() {
+        proxy_config.server_ip = c.server;
+    }
+    let (request, vendor_class) = build_request(c);
+    let port = if c.pxe { DhcpPort::Pxe } else { DhcpPort::Dhcp };
+    let port_number = match port {
+        DhcpPort::Pxe => config.ports.pxe,
+        _ => config.ports.dhcp,
+    };
+    let remote = match (c.relay, c.client_ip) {
+        // A relay sends from its own address, to the server's DHCP port.
+        (Some(relay), _) => SocketAddr::V4(SocketAddrV4::new(relay, config.ports.dhcp)),
+        (None, Some(ip)) => {
+            let from = if c.pxe { config.ports.pxe } else { 68 };
+            SocketAddr::V4(SocketAddrV4::new(ip, from))
+        }
+        (None, None) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)),
+    };
+    let meta = DatagramMeta {
+        remote,
+        local_ip: server.map(IpAddr::V4),
+        ifindex: None,
+    };
+    let policy = proxy_config.policy.clone();
+    let mut engine = ProxyDhcp::new(proxy_config);
+    if let Some(o) = overrides {
+        engine.set_overrides(o);
+    }
+    engine.handle_datagram(Instant::now(), port, meta, &request.to_bytes());
+    let mut buf = vec![0u8; 4096];
+    let transmit = engine.poll_transmit(Instant::now(), &mut buf);
+    let event = engine.poll_event();
+
+    let ipxe = request
+        .options
+        .user_classes()
+        .iter()
+        .any(|class| *class == b"iPXE");
+    let facts = Facts {
+        mac: c.mac.to_string(),
+        uuid: c.uuid.map(|u| u.to_string()),
+        arch: c.arch,
+        relay: c.relay,
+        client_ip: c.client_ip,
+        user_class: c.user_class.clone(),
+        vendor_class: vendor_class.clone(),
+        ipxe,
+        http_client: vendor_class.starts_with("HTTPClient"),
+    };
+    let request_shown = RequestShown {
+        message: if c.pxe { "REQUEST" } else { "DISCOVER" },
+        port: port_number,
+        server,
+    };
+
+    let rule_index = matching_rule(&policy, &facts_for_rules(c, &facts));
+    let rule = rule_index.map(|index| RuleShown {
+        index,
+        at: positions.boot.get(index).cloned(),
+    });
+    let refusal = match &event {
+        Some(DhcpEvent::Ignored { reason, .. }) => Some(reason.clone()),
+        _ => None,
+    };
+    let by = match &refusal {
+        Some(IgnoreReason::Policy(PolicyRefusal::IgnoredMac)) => "boot.ignore-macs".to_owned(),
+        Some(IgnoreReason::Policy(PolicyRefusal::IgnoredUuid)) => "boot.ignore-uuids".to_owned(),
+        _ => match rule_index {
+            Some(i) => format!("boot.rule[{i}]"),
+            None => "boot".to_owned(),
+        },
+    };
+
+    let reply = transmit.and_then(|(out_port, t)| {
+        let Payload::Bytes { len } = t.payload else {
+            return None;
+        };
+        let parsed = DhcpRepr::parse_bytes(buf.get(..len)?).ok()?;
+        Some(show_reply(&parsed, t.destination, out_port, config))
+    });
+    let kind = reply.as_ref().map(|r| {
+        if facts.ipxe {
+            "ipxe-script"
+        } else if r.vendor_class.as_deref() == Some("HTTPClient") {
+            "http-boot"
+        } else {
+            "loader"
+        }
+    });
+    let matched = rule_index.and_then(|i| policy.rule.get(i));
+    let boot_file_from = kind.map(|k| boot_file_key(k, c.arch, matched, rule_index));
+    let next_server_from =
+        reply.as_ref().map(
+            |_| match (matched.and_then(|r| r.next_server), policy.next_server) {
+                (Some(_), _) => format!("boot.rule[{}].next-server", rule_index.unwrap_or(0)),
+                (None, Some(_)) => "boot.next-server".to_owned(),
+                (None, None) => "arrival address".to_owned(),
+            },
+        );
+    let ipxe_shown = match (&reply, kind) {
+        (Some(r), Some("ipxe-script")) => {
+            let url = r.bootfile_name.clone().unwrap_or_else(|| r.file.clone());
+            Some(explain_script(config, positions, &url))
+        }
+        _ => None,
+    };
+    let decided_loader = reply.as_ref().map(|r| r.file.clone());
+    let by = match (&kind, &decided_loader, &boot_file_from) {
+        // The registry replaced the policy's loader.
+        (Some("loader"), Some(file), Some(_))
+            if expected_loader(&policy, c.arch, matched).is_some_and(|l| l != *file) =>
+        {
+            "machine registry".to_owned()
+        }
+        _ => by,
+    };
+    let boot_file_from = if by == "machine registry" {
+        Some("machine registry (loader override)".to_owned())
+    } else {
+        boot_file_from
+    };
+    Explanation {
+        facts,
+        request: request_shown,
+        decision: Decision {
+            answered: reply.is_some(),
+            refusal: refusal.as_ref().map(reason_text).or_else(|| {
+                reply
+                    .is_none()
+                    .then(|| "the engine wrote no reply".to_owned())
+            }),
+            by,
+            rule,
+            boot_file_from,
+            next_server_from,
+            kind,
+        },
+        reply,
+        ipxe: ipxe_shown,
+    }
+}
+
+/// The facts the rules see (as the responder derives them from the request).
+fn facts_for_rules(c: &ClientArgs, facts: &Facts) -> ClientFacts {
+    ClientFacts {
+        mac: c.mac,
+        uuid: c.uuid,
+        arch: c.arch,
+        ipxe: facts.ipxe,
+        http_client: facts.http_client,
+        relay: c.relay,
+        client_ip: c.client_ip,
+    }
+}
+
+/// The first `[[boot.rule]]` that matches, found by the engine: each rule alone, turned into an
+/// `ignore` rule, refuses the client exactly when it matches.
+fn matching_rule(policy: &BootPolicy, facts: &ClientFacts) -> Option<usize> {
+    policy.rule.iter().position(|rule| {
+        let probe = BootPolicy {
+            rule: vec![BootRule {
+                ignore: true,
+                ..rule.clone()
+            }],
+            ignore_macs: Vec::new(),
+            ignore_uuids: Vec::new(),
+            ..BootPolicy::default()
+        };
+        probe.decide(facts, Ipv4Addr::LOCALHOST, 80) == Err(PolicyRefusal::IgnoredByRule)
+    })
+}
+
+/// The loader the static policy names (before the registry), rendered only when it has no
+/// template: enough to tell whether the registry replaced it.
+fn expected_loader(
+    policy: &BootPolicy,
+    arch: Option<u16>,
+    rule: Option<&BootRule>,
+) -> Option<String> {
+    let file = match rule.and_then(|r| r.loader.clone()) {
+        Some(l) => l,
+        None => match arch {
+            Some(0) => policy.bios.clone(),
+            Some(6) => policy.efi32.clone(),
+            Some(7 | 9) => policy.efi64.clone(),
+            Some(11) => policy.arm64.clone(),
+            _ => return None,
+        },
+    };
+    (!file.contains('{')).then_some(file)
+}
+
+fn boot_file_key(
+    kind: &str,
+    arch: Option<u16>,
+    rule: Option<&BootRule>,
+    index: Option<usize>,
+) -> String {
+    let i = index.unwrap_or(0);
+    match kind {
+        "ipxe-script" if rule.is_some_and(|r| r.ipxe_script_url.is_some()) => {
+            format!("boot.rule[{i}].ipxe-script-url")
+        }
+        "ipxe-script" => "boot.ipxe-script-url".to_owned(),
+        "http-boot" if rule.is_some_and(|r| r.http_boot.is_some()) => {
+            format!("boot.rule[{i}].http-boot")
+        }
+        "http-boot" if arch == Some(19) => "boot.http-boot-arm64".to_owned(),
+        "http-boot" => "boot.http-boot".to_owned(),
+        _ if rule.is_some_and(|r| r.loader.is_some()) => format!("boot.rule[{i}].loader"),
+        _ => match arch {
+            Some(0) => "boot.bios",
+            Some(6) => "boot.efi32",
+            Some(11) => "boot.arm64",
+            _ => "boot.efi64",
+        }
+        .to_owned(),
+    }
+}
+
+fn show_reply(reply: &DhcpRepr, to: SocketAddr, port: DhcpPort, config: &Config) -> ReplyShown {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let pxe = reply
+        .options
+        .vendor_specific
+        .as_deref()
+        .and_then(|raw| PxeVendorOptions::parse(raw).ok())
+        .map(|p| PxeShown {
+            discovery_control: p.discovery_control,
+            boot_item: p
+                .boot_item
+                .map(|i| format!("{}.{}", i.server_type, i.layer)),
+        });
+    ReplyShown {
+        message: message_name(reply.options.message_type),
+        to,
+        from_port: match port {
+            DhcpPort::Pxe => config.ports.pxe,
+            _ => config.ports.dhcp,
+        },
+        broadcast: reply.broadcast,
+        server_id: reply.options.server_id,
+        next_server: reply.siaddr,
+        file: text(&reply.boot_file),
+        bootfile_name: reply.options.bootfile_name.as_deref().map(text),
+        vendor_class: reply.options.vendor_class.as_deref().map(text),
+        vendor_specific: reply.options.vendor_specific.as_deref().map(hex),
+        pxe,
+        giaddr: reply.giaddr,
+    }
+}
+
+/// Why a request got no answer, for people: the engine's reasons without Rust's `Some(..)`.
+pub fn reason_text(reason: &IgnoreReason) -> String {
+    match reason {
+        IgnoreReason::Policy(PolicyRefusal::UnsupportedArch(arch)) => match arch {
+            Some(a) => format!("no boot file configured for client architecture {a}"),
+            None => "the client names no architecture (option 93 or PXEClient:Arch)".to_owned(),
+        },
+        IgnoreReason::UnexpectedMessage(kind) => format!(
+            "message type {} is not answered on this port",
+            message_name(*kind)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Lowercase hex, for option bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `OFFER`, `ACK`, ... as in RFC 2132 section 9.6.
+pub fn message_name(kind: Option<MessageType>) -> String {
+    match kind {
+        Some(MessageType::Discover) => "DISCOVER".into(),
+        Some(MessageType::Offer) => "OFFER".into(),
+        Some(MessageType::Request) => "REQUEST".into(),
+        Some(MessageType::Decline) => "DECLINE".into(),
+        Some(MessageType::Ack) => "ACK".into(),
+        Some(MessageType::Nak) => "NAK".into(),
+        Some(MessageType::Release) => "RELEASE".into(),
+        Some(MessageType::Inform) => "INFORM".into(),
+        Some(MessageType::Unknown(n)) => format!("type {n}"),
+        None => "none".into(),
+        Some(_) => "other".into(),
+    }
+}
+
+/// What the script URL in the reply serves, as the HTTP service builds it (`BootSite` in
+/// src/serve/http.rs): base URL and report URL from the Host the client names (the URL's).
+fn explain_script(config: &Config, positions: &RulePositions, url: &str) -> IpxeShown {
+    let mut shown = IpxeShown {
+        url: url.to_owned(),
+        note: None,
+        menu_rule: None,
+        entry: None,
+        script: None,
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        shown.note = Some("not an http:// URL of zpxe's: the script comes from elsewhere".into());
+        return shown;
+    };
+    let (authority, path_query) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    let menu_only = match path {
+        "/boot.ipxe" => false,
+        "/menu.ipxe" => true,
+        _ => {
+            shown.note = Some(format!(
+                "{path} is not zpxe's /boot.ipxe or /menu.ipxe: the script comes from that file"
+            ));
+            return shown;
+        }
+    };
+    if !config.services.http {
+        shown.note = Some("services.http is off: nothing here serves the script".into());
+        return shown;
+    }
+    let query = BootQuery::parse(query);
+    let menu = &config.menu;
+    if !menu_only && let Some(entry) = menu.rule_for(&query) {
+        shown.entry = Some(entry.id.clone());
+        shown.menu_rule = menu_rule_index(menu, &query).map(|index| RuleShown {
+            index,
+            at: positions.menu.get(index).cloned(),
+        });
+    }
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(h, _)| h);
+    let report = config
+        .services
+        .web
+        .then(|| format!("http://{host}:{}/report", config.ports.web));
+    shown.script = Some(menu.generate(
+        &query,
+        &format!("http://{authority}"),
+        report.as_deref(),
+        menu_only,
+    ));
+    shown
+}
+
+/// The first menu rule that picks an entry for `query`, each tried alone through the engine.
+fn menu_rule_index(menu: &BootMenu, query: &BootQuery) -> Option<usize> {
+    menu.rules.iter().position(|rule: &MenuRule| {
+        let probe = BootMenu {
+            rules: vec![rule.clone()],
+            ..menu.clone()
+        };
+        probe.rule_for(query).is_some()
+    })
+}
+
+/// The explanation as text for a person.
+pub fn render_text(e: &Explanation) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let f = &e.facts;
+    let _ = writeln!(
+        s,
+        "client {} arch {} uuid {} relay {} user-class {} vendor-class {:?}",
+        f.mac,
+        f.arch.map_or("-".into(), |a| a.to_string()),
+        f.uuid.as_deref().unwrap_or("-"),
+        f.relay.map_or("-".into(), |r| r.to_string()),
+        f.user_class.as_deref().unwrap_or("-"),
+        f.vendor_class
+    );
+    let _ = writeln!(
+        s,
+        "request {} to port {} on {}",
+        e.request.message,
+        e.request.port,
+        e.request
+            .server
+            .map_or("(no server address: give --server)".into(), |a| a
+                .to_string())
+    );
+    let d = &e.decision;
+    if let Some(rule) = &d.rule {
+        let _ = writeln!(
+            s,
+            "matched boot.rule[{}]{}",
+            rule.index,
+            rule.at
+                .as_deref()
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(s, "matched no boot rule: the [boot] defaults apply");
+    }
+    match &e.reply {
+        None => {
+            let _ = writeln!(
+                s,
+                "NO REPLY: {} (decided by {})",
+                d.refusal.as_deref().unwrap_or("unknown"),
+                d.by
+            );
+        }
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "reply {} to {} from port {} (broadcast flag {})",
+                r.message, r.to, r.from_port, r.broadcast
+            );
+            let _ = writeln!(s, "  kind          {}", d.kind.unwrap_or("-"));
+            let _ = writeln!(
+                s,
+                "  boot file     {:?} (from {})",
+                r.bootfile_name.as_deref().unwrap_or(&r.file),
+                d.boot_file_from.as_deref().unwrap_or("-")
+            );
+            let _ = writeln!(s, "  file field    {:?}", r.file);
+            if let Some(b) = &r.bootfile_name {
+                let _ = writeln!(s, "  option 67     {b:?}");
+            }
+            let _ = writeln!(
+                s,
+                "  next-server   {} (from {})",
+                r.next_server,
+                d.next_server_from.as_deref().unwrap_or("-")
+            );
+            if let Some(id) = r.server_id {
+                let _ = writeln!(s, "  option 54     {id}");
+            }
+            if let Some(v) = &r.vendor_class {
+                let _ = writeln!(s, "  option 60     {v:?}");
+            }
+            if let Some(v) = &r.vendor_specific {
+                let pxe = r.pxe.as_ref();
+                let _ = writeln!(
+                    s,
+                    "  option 43     {v} (discovery control {}, boot item {})",
+                    pxe.and_then(|p| p.discovery_control)
+                        .map_or("-".into(), |c| format!("{c:#04x}")),
+                    pxe.and_then(|p| p.boot_item.clone())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+    }
+    if let Some(i) = &e.ipxe {
+        let _ = writeln!(s, "iPXE script {}", i.url);
+        if let Some(note) = &i.note {
+            let _ = writeln!(s, "  {note}");
+        }
+        match (&i.entry, &i.menu_rule) {
+            (Some(entry), Some(rule)) => {
+                let _ = writeln!(
+                    s,
+                    "  boots entry {entry:?} directly (menu.rules[{}]{})",
+                    rule.index,
+                    rule.at
+                        .as_deref()
+                        .map(|a| format!(" at {a}"))
+                        .unwrap_or_default()
+                );
+            }
+            _ if i.script.is_some() => {
+                let _ = writeln!(s, "  shows the menu");
+            }
+            _ => {}
+        }
+        if let Some(script) = &i.script {
+            for line in script.lines() {
+                let _ = writeln!(s, "  | {line}");
+            }
+        }
+    }
+    s
+}
+
+/// The configuration in force and the responder's settings, as the DHCP service has them now
+/// (after any reload).
+pub type CurrentSettings = dyn Fn() -> (Arc<Config>, ProxyDhcpConfig) + Send + Sync;
+
+/// What `/api/v1/explain` answers from: the running server's settings and its machine
+/// registry.
+struct Published {
+    current: Box<CurrentSettings>,
+    overrides: Option<Arc<dyn ClientOverrides>>,
+}
+
+static PUBLISHED: RwLock<Option<Arc<Published>>> = RwLock::new(None);
+
+/// Makes a running server the one `/api/v1/explain` explains (one server a process): `current`
+/// gives its settings at the time of each request.
+pub fn publish(current: Box<CurrentSettings>, overrides: Option<Arc<dyn ClientOverrides>>) {
+    let p = Arc::new(Published { current, overrides });
+    match PUBLISHED.write() {
+        Ok(mut slot) => *slot = Some(p),
+        Err(poisoned) => *poisoned.into_inner() = Some(p),
+    }
+}
+
+fn published() -> Option<Arc<Published>> {
+    match PUBLISHED.read() {
+        Ok(slot) => slot.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// `/api/v1/explain?mac=..&arch=..[&uuid&relay&user-class&vendor-class&client-ip&pxe&server]`.
+pub fn web_reply(query: &str) -> crate::web::WebReply {
+    let reply = |status, body: String| crate::web::WebReply {
+        status,
+        content_type: "text/plain",
+        body: body.into_bytes(),
+    };
+    let Some(p) = published() else {
+        return reply(503, "no configuration is being served\n".into());
+    };
+    let args = match client_from_query(query) {
+        Ok(a) => a,
+        Err(e) => return reply(400, format!("{e}\n")),
+    };
+    let (config, proxy) = (p.current)();
+    let explanation = explain_with(&config, proxy, p.overrides.clone(), &args);
+    match serde_json::to_vec_pretty(&explanation) {
+        Ok(body) => crate::web::WebReply {
+            status: 200,
+            content_type: "application/json",
+            body,
+        },
+        Err(e) => reply(500, format!("encoding failed: {e}\n")),
+    }
+}
+
+/// The query's values, by the names of the command's flags.
+pub fn client_from_query(query: &str) -> Result<ClientArgs, String> {
+    let mut c = ClientArgs {
+        mac: MacAddr::default(),
+        arch: None,
+        uuid: None,
+        relay: None,
+        user_class: None,
+        vendor_class: None,
+        client_ip: None,
+        pxe: false,
+        server: None,
+    };
+    let mut mac = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()).take(16) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = (raw.len() <= 256)
+            .then(|| zpxe_engine::path::decode_query_component(raw))
+            .flatten()
+            .ok_or_else(|| format!("bad value for {key}"))?;
+        let bad = |what: &str| format!("bad {key} ({what})");
+        match key {
+            "mac" => mac = Some(value.parse().map_err(|_| bad("aa:bb:cc:dd:ee:ff"))?),
+            "arch" => c.arch = Some(parse_arch(&value)?),
+            "uuid" => c.uuid = Some(value.parse().map_err(|_| bad("a UUID"))?),
+            "relay" => c.relay = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "client-ip" => c.client_ip = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "server" => c.server = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+            "user-class" => c.user_class = Some(printable(&value).ok_or_else(|| bad("text"))?),
+            "vendor-class" => c.vendor_class = Some(printable(&value).ok_or_else(|| bad("text"))?),
+            "pxe" => c.pxe = matches!(value.as_str(), "" | "1" | "true"),
+            _ => return Err(format!("unknown parameter {key:?}")),
+        }
+    }
+    c.mac = mac.ok_or("mac is required")?;
+    Ok(c)
+}
+
+fn printable(s: &str) -> Option<String> {
+    (s.len() <= 128 && s.bytes().all(|b| (0x20..0x7f).contains(&b))).then(|| s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(std::path::Path::new("t.toml"), text).expect("config")
+    }
+
+    fn args(query: &str) -> ClientArgs {
+        client_from_query(query).expect("query")
+    }
+
+    const BASE: &str = "[server]\nroot = \"/tmp\"\nlisten = [\"10.0.0.1\"]\n";
+
+    #[test]
+    fn defaults_by_architecture() {
+        let c = config(BASE);
+        for (arch, file, kind) in [
+            ("0", "undionly.kpxe", "loader"),
+            ("7", "ipxe.efi", "loader"),
+            ("9", "ipxe.efi", "loader"),
+            ("11", "ipxe-arm64.efi", "loader"),
+            ("16", "http://10.0.0.1:8050/ipxe.efi", "http-boot"),
+        ] {
+            let e = explain(&c, &args(&format!("mac=52:54:00:00:00:01&arch={arch}")));
+            let r = e.reply.as_ref().expect("reply");
+            assert_eq!(
+                r.bootfile_name.as_deref().unwrap_or(&r.file),
+                file,
+                "{arch}"
+            );
+            assert_eq!(e.decision.kind, Some(kind));
+            assert_eq!(r.next_server, Ipv4Addr::new(10, 0, 0, 1));
+            assert_eq!(e.decision.by, "boot");
+            assert_eq!(r.message, "OFFER");
+        }
+        let e = explain(&c, &args("mac=52:54:00:00:00:01&arch=10"));
+        assert!(e.reply.is_none());
+        assert_eq!(
+            e.decision.refusal.as_deref(),
+            Some("no boot file configured for client architecture 10")
+        );
+    }
+
+    #[test]
+    fn rules_and_ignore_lists_are_named() {
+        let text = format!(
+            "{BASE}[boot]\nignore-macs = [\"52:54:00:00:00:99\"]\n\
+             [[boot.rule]]\nmac = \"52:54:00:00:00:02\"\nloader = \"special.efi\"\n\
+             [[boot.rule]]\nsubnet = \"10.20.0.0/16\"\nnext-server = \"10.0.0.9\"\n\
+             [[boot.rule]]\narch = 0\nignore = true\n"
+        );
+        let c = config(&text);
+        // Positions come from where the configuration was read.
+        let e = explain(&c, &args("mac=52:54:00:00:00:02&arch=7"));
+        assert_eq!(e.reply.as_ref().expect("reply").file, "special.efi");
+        assert_eq!(e.decision.by, "boot.rule[0]");
+        assert_eq!(
+            e.decision.rule.as_ref().and_then(|r| r.at.as_deref()),
+            Some("t.toml:6:1")
+        );
+        assert_eq!(
+            e.decision.boot_file_from.as_deref(),
+            Some("boot.rule[0].loader")
+        );
+
+        let e = explain(&c, &args("mac=52:54:00:00:00:03&arch=7&relay=10.20.1.1"));
+        let r = e.reply.as_ref().expect("reply");
+        assert_eq!(r.next_server, Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(r.to, "10.20.1.1:67".parse().expect("addr"));
+        assert_eq!(e.decision.by, "boot.rule[1]");
+        assert_eq!(
+            e.decision.next_server_from.as_deref(),
+            Some("boot.rule[1].next-server")
+        );
+
+        let e = explain(&c, &args("mac=52:54:00:00:00:03&arch=0"));
+        assert!(e.reply.is_none());
+        assert_eq!(e.decision.by, "boot.rule[2]");
+        assert_eq!(
+            e.decision.refusal.as_deref(),
+            Some("a boot rule says ignore")
+        );
+
+        let e = explain(&c, &args("mac=52:54:00:00:00:99&arch=0"));
+        assert_eq!(e.decision.by, "boot.ignore-macs");
+    }
+
+    #[test]
+    fn ipxe_gets_the_script_with_its_menu_rule() {
+        let text = format!(
+            "{BASE}[menu]\n[[menu.entries]]\nid = \"local\"\nlabel = \"Local\"\n\
+             kind = {{ type = \"exit\" }}\n[[menu.rules]]\nmac = \"52:54:00:00:00:05\"\n\
+             entry = \"local\"\n"
+        );
+        let c = config(&text);
+        let e = explain(&c, &args("mac=52:54:00:00:00:05&arch=7&user-class=iPXE"));
+        assert_eq!(e.decision.kind, Some("ipxe-script"));
+        let i = e.ipxe.expect("ipxe");
+        assert_eq!(
+            i.url,
+            "http://10.0.0.1:8050/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A05&uuid=&arch=7"
+        );
+        assert_eq!(i.entry.as_deref(), Some("local"));
+        assert_eq!(i.menu_rule.map(|r| r.index), Some(0));
+        let script = i.script.expect("script");
+        assert!(script.contains("exit\n"), "{script}");
+        assert!(script.contains("http://10.0.0.1:8051/report"), "{script}");
+    }
+
+    #[test]
+    fn pxe_request_and_http_client_options() {
+        let c = config(BASE);
+        let e = explain(
+            &c,
+            &args("mac=52:54:00:00:00:01&arch=7&pxe=1&client-ip=10.0.0.50"),
+        );
+        let r = e.reply.expect("reply");
+        assert_eq!(r.message, "ACK");
+        assert_eq!(r.to, "10.0.0.50:4011".parse().expect("addr"));
+        assert_eq!(r.vendor_class.as_deref(), Some("PXEClient"));
+        assert_eq!(r.pxe.and_then(|p| p.discovery_control), Some(8));
+
+        let e = explain(&c, &args("mac=52:54:00:00:00:01&arch=19"));
+        let r = e.reply.expect("reply");
+        assert_eq!(r.vendor_class.as_deref(), Some("HTTPClient"));
+        assert_eq!(r.vendor_specific, None);
+        assert_eq!(
+            r.bootfile_name.as_deref(),
+            Some("http://10.0.0.1:8050/ipxe-arm64.efi")
+        );
+        let e = explain(
+            &c,
+            &args("mac=52:54:00:00:00:01&arch=7&vendor-class=MSFT%205.0"),
+        );
+        assert_eq!(e.decision.refusal.as_deref(), Some("not a PXE client"));
+    }
+
+    #[test]
+    fn queries_are_checked() {
+        assert!(client_from_query("arch=7").is_err());
+        assert!(client_from_query("mac=zz&arch=7").is_err());
+        assert!(client_from_query("mac=52:54:00:00:00:01&arch=x").is_err());
+        assert!(client_from_query("mac=52:54:00:00:00:01&bogus=1").is_err());
+        assert!(client_from_query("mac=52:54:00:00:00:01&user-class=%0a").is_err());
+        let a = args("mac=52-54-00-00-00-01&arch=efi64&relay=10.1.2.3&server=10.0.0.2");
+        assert_eq!(
+            (a.arch, a.relay),
+            (Some(7), Some(Ipv4Addr::new(10, 1, 2, 3)))
+        );
+    }
+}
