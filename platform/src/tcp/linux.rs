@@ -55,8 +55,8 @@ impl TcpConn {
         let sock = self.stream.as_raw_fd();
         let from_mapping = image.writers_excluded();
         // Verified bytes not yet taken by the socket: `copy[taken..filled]`, which are the
-        // body's bytes from `at`.
-        let mut copy = Vec::new();
+        // body's bytes from `at`. The connection's buffer, put back when this body ends.
+        let mut copy = std::mem::take(&mut self.copy);
         let (mut taken, mut filled) = (0, 0);
         let mut head_sent = 0;
         let mut at = range.start;
@@ -65,7 +65,7 @@ impl TcpConn {
             let res = if head_sent < head.len() {
                 // MSG_MORE: the head waits for the body's first bytes, one segment not two.
                 let more = if at < range.end { libc::MSG_MORE } else { 0 };
-                sys_send(sock, &head[head_sent..], more).map(|n| head_sent += n)
+                sys_send(sock, &head[head_sent..], more).inspect(|&n| head_sent += n)
             } else {
                 let want = (range.end - at).min(SEND_STEP as u64) as usize;
                 let sent = if from_mapping {
@@ -76,8 +76,8 @@ impl TcpConn {
                     sys_send(sock, slice, 0)
                 } else {
                     if taken == filled {
-                        if copy.is_empty() {
-                            copy = vec![0; COPY_CHUNK];
+                        if copy.len() < COPY_CHUNK {
+                            copy.resize(COPY_CHUNK, 0);
                         }
                         let len = want.min(COPY_CHUNK);
                         filled = image
@@ -91,13 +91,14 @@ impl TcpConn {
                     }
                     sys_send(sock, &copy[taken..filled], 0).inspect(|&n| taken += n)
                 };
-                sent.map(|n| {
+                sent.inspect(|&n| {
                     at += n as u64;
                     since_turn += n;
                 })
             };
             match res {
-                Ok(()) => {}
+                // What the socket took (head or body) is progress for the stall watch.
+                Ok(n) => self.taken.set(self.taken.get() + n as u64),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     since_turn = 0;
                     self.writable()
@@ -113,6 +114,7 @@ impl TcpConn {
                 YieldNow(false).await;
             }
         }
+        self.copy = copy;
         Ok(range.len())
     }
 

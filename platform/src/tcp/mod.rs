@@ -9,15 +9,18 @@
 #[cfg_attr(not(any(target_os = "linux", windows)), path = "none.rs")]
 mod kernel;
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
+use futures_util::future::{Either, select};
 use socket2::{Domain, Protocol, Socket, Type};
 use zpxe_engine::ByteRange;
 
@@ -109,6 +112,23 @@ pub struct TcpConn {
     /// Bodies are handed to the kernel from the file (see [`body_path`]); false where the
     /// system has no such path, or once a file system refused it: bodies go from the mapping.
     kernel_bodies: bool,
+    /// The buffer body bytes are read and verified into where they must be copied out first:
+    /// one per connection, taken on its first such body and kept for the next.
+    copy: Vec<u8>,
+    /// See [`TcpConn::set_send_timeout`].
+    send_timeout: Option<Duration>,
+    /// Bytes the socket has taken, counted as each write or `send` returns (the stall watch's
+    /// view of progress made inside a send call).
+    taken: Rc<Cell<u64>>,
+}
+
+/// The error of a send that stalled for the connection's send timeout (see
+/// [`TcpConn::set_send_timeout`]): [`io::ErrorKind::TimedOut`], this message.
+pub const STALLED: &str = "the peer took no bytes for the send timeout";
+
+/// Whether a send failed because the peer stopped taking bytes ([`TcpConn::set_send_timeout`]).
+pub fn is_stalled(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
 }
 
 impl TcpConn {
@@ -117,7 +137,29 @@ impl TcpConn {
         Self {
             stream,
             kernel_bodies,
+            copy: Vec::new(),
+            send_timeout: None,
+            taken: Rc::new(Cell::new(0)),
         }
+    }
+
+    /// Every write on this connection fails with [`io::ErrorKind::TimedOut`] once the socket
+    /// has taken no byte, and the peer acknowledged none of those queued, for `timeout` (a
+    /// client that stopped reading). Progress is seen as it happens, not per call: a client
+    /// that reads slowly keeps its connection however big the write, and one that reads nothing
+    /// loses it `timeout` after its buffers filled. `None` (the default): writes wait forever.
+    pub fn set_send_timeout(&mut self, timeout: Option<Duration>) {
+        self.send_timeout = timeout;
+    }
+
+    /// What the stall guard of one write watches, if the connection has a send timeout.
+    fn watch(&self) -> Option<Watch> {
+        self.send_timeout.map(|timeout| Watch {
+            timeout,
+            taken: Rc::clone(&self.taken),
+            queue: QueueProbe::of(&self.stream),
+            last: None,
+        })
     }
 
     /// Connects (used by clients: the load generator and tests).
@@ -147,17 +189,42 @@ impl TcpConn {
         (r, buf)
     }
 
-    /// Writes all of `buf`.
+    /// Writes all of `buf`. After a stall (see [`TcpConn::set_send_timeout`]) the buffer is
+    /// lost with the write, and an empty one comes back.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let BufResult(r, buf) = self.stream.write_all(buf).await;
-        (r, buf)
+        let len = buf.len() as u64;
+        let watch = self.watch();
+        let taken = Rc::clone(&self.taken);
+        let write = async {
+            let BufResult(r, buf) = self.stream.write_all(buf).await;
+            if r.is_ok() {
+                taken.set(taken.get() + len);
+            }
+            (r, buf)
+        };
+        match unless_stalled(watch, write).await {
+            Ok(done) => done,
+            Err(e) => (Err(e), Vec::new()),
+        }
     }
 
-    /// Writes the first `len` bytes of `buf` and hands the buffer back whole.
+    /// Writes the first `len` bytes of `buf` and hands the buffer back whole (empty after a
+    /// stall, as [`TcpConn::write_all`]).
     pub async fn write_prefix(&mut self, buf: Vec<u8>, len: usize) -> (io::Result<()>, Vec<u8>) {
         let len = len.min(buf.len());
-        let BufResult(r, slice) = self.stream.write_all(buf.slice(..len)).await;
-        (r, slice.into_inner())
+        let watch = self.watch();
+        let taken = Rc::clone(&self.taken);
+        let write = async {
+            let BufResult(r, slice) = self.stream.write_all(buf.slice(..len)).await;
+            if r.is_ok() {
+                taken.set(taken.get() + len as u64);
+            }
+            (r, slice.into_inner())
+        };
+        match unless_stalled(watch, write).await {
+            Ok(done) => done,
+            Err(e) => (Err(e), Vec::new()),
+        }
     }
 
     /// Writes `range` of `image` (see [`TcpConn::send_head_and_image`]).
@@ -186,7 +253,23 @@ impl TcpConn {
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, SendError> {
-        let res = if self.kernel_bodies {
+        let watch = self.watch();
+        let res = unless_stalled(watch, self.head_and_image(head, image, range))
+            .await
+            .unwrap_or_else(|e| Err(SendError::Io(e)));
+        if let Err(SendError::Image(_)) = res {
+            let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        }
+        res
+    }
+
+    async fn head_and_image(
+        &mut self,
+        head: Vec<u8>,
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, SendError> {
+        if self.kernel_bodies {
             match self.kernel_head_and_image(head, image, range).await {
                 Ok(n) => Ok(n),
                 Err(KernelSend::Failed(e)) => Err(e),
@@ -197,11 +280,7 @@ impl TcpConn {
             }
         } else {
             self.write_head_and_image(head, image, range).await
-        };
-        if let Err(SendError::Image(_)) = res {
-            let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
         }
-        res
     }
 
     /// The generic path: the head and the first chunk of the body in one vectored write, so a
@@ -252,6 +331,7 @@ impl TcpConn {
                 }
             };
             written.map_err(SendError::of_mapped_send)?;
+            self.taken.set(self.taken.get() + (end - at));
             at = end;
         }
         Ok(range.len())
@@ -265,7 +345,9 @@ impl TcpConn {
         image: &Rc<Version>,
         range: ByteRange,
     ) -> Result<u64, SendError> {
-        let mut buf = head;
+        let mut buf = std::mem::take(&mut self.copy);
+        buf.clear();
+        buf.extend_from_slice(&head);
         let mut at = range.start;
         while at < range.end || !buf.is_empty() {
             let from = buf.len();
@@ -277,18 +359,109 @@ impl TcpConn {
                 return Err(SendError::Image(VersionBroken::Modified));
             }
             buf.truncate(from + n);
+            let sent = buf.len() as u64;
             let BufResult(r, b) = self.stream.write_all(buf).await;
             r?;
+            self.taken.set(self.taken.get() + sent);
             buf = b;
             buf.clear();
             at += n as u64;
         }
+        self.copy = buf;
         Ok(range.len())
     }
 
     /// Half-closes the write side so the peer sees EOF after the last byte.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
+    }
+}
+
+/// What one write's stall guard watches: the bytes the socket took, and on Linux the bytes
+/// queued in it unacknowledged (a peer that reads lets the queue drain, which a full socket
+/// shows as no write room until a third of it is free).
+struct Watch {
+    timeout: Duration,
+    taken: Rc<Cell<u64>>,
+    queue: QueueProbe,
+    /// What was seen when the last wait began.
+    last: Option<(u64, Option<u32>)>,
+}
+
+impl Watch {
+    /// Whether anything moved since the last call (the first call only looks).
+    fn moved(&mut self) -> bool {
+        let now = (self.taken.get(), self.queue.queued());
+        self.last.replace(now).is_none_or(|last| last != now)
+    }
+}
+
+/// Reads how many bytes sit in a socket's send queue, sent or not, not yet acknowledged.
+#[derive(Clone, Copy)]
+struct QueueProbe {
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::RawFd,
+}
+
+impl QueueProbe {
+    fn of(stream: &TcpStream) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            Self {
+                fd: stream.as_raw_fd(),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = stream;
+            Self {}
+        }
+    }
+
+    /// `SIOCOUTQ`; `None` where the system has no such count (then only completed writes
+    /// show progress).
+    fn queued(self) -> Option<u32> {
+        #[cfg(target_os = "linux")]
+        {
+            let mut n: libc::c_int = 0;
+            // SAFETY: `fd` is the socket of the connection whose write this probe guards, open
+            // for as long as that write (which borrows the connection) runs; `n` is a valid
+            // `int` for the kernel to fill.
+            let r = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut n) };
+            (r == 0).then(|| u32::try_from(n).unwrap_or(0))
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+}
+
+/// Runs `op` until it completes, or fails it with [`STALLED`] once a whole `watch.timeout`
+/// passed without the socket taking or the peer acknowledging a byte. A write that completes
+/// at once (the usual case) sets no timer; a long one sets one per timeout that passes.
+async fn unless_stalled<T>(
+    watch: Option<Watch>,
+    op: impl std::future::Future<Output = T>,
+) -> io::Result<T> {
+    let mut op = std::pin::pin!(op);
+    let Some(mut watch) = watch else {
+        return Ok(op.await);
+    };
+    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+    if let Poll::Ready(out) = first {
+        return Ok(out);
+    }
+    watch.moved();
+    loop {
+        let timer = std::pin::pin!(crate::runtime::sleep(watch.timeout));
+        match select(op.as_mut(), timer).await {
+            Either::Left((out, _)) => return Ok(out),
+            Either::Right(((), _)) => {
+                if !watch.moved() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, STALLED));
+                }
+            }
+        }
     }
 }
 
@@ -511,6 +684,49 @@ mod tests {
                     got[at..].iter().filter(|&&b| b == 0xEE).count()
                 );
             }
+        }
+    }
+
+    /// A peer that takes nothing fails the send at the send timeout (its buffers full), with
+    /// the stall's error, on the kernel path and the generic one.
+    #[test]
+    fn a_send_to_a_peer_that_reads_nothing_fails_at_the_send_timeout() {
+        use std::time::{Duration, Instant};
+        let img = TestImage::new(&vec![5u8; 64 << 20], true, NameFlavor::Http);
+        for kernel in [true, false] {
+            let version = Rc::clone(&img.version);
+            let ev = EventLoop::new().expect("loop");
+            let (res, waited) = ev.block_on(async move {
+                let server =
+                    TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+                let addr = server.local_addr();
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                let peer = std::thread::spawn(move || {
+                    let c = std::net::TcpStream::connect(addr).expect("connect");
+                    // Reads nothing until the sender gave up.
+                    let _ = rx.recv_timeout(Duration::from_secs(20));
+                    drop(c);
+                });
+                let (mut conn, _) = server.accept().await.expect("accept");
+                conn.kernel_bodies = kernel;
+                conn.set_send_timeout(Some(Duration::from_millis(300)));
+                let t = Instant::now();
+                let res = conn
+                    .send_head_and_image(Vec::new(), &version, ByteRange::new(0, 64 << 20))
+                    .await;
+                let waited = t.elapsed();
+                let _ = tx.send(());
+                peer.join().expect("peer");
+                (res, waited)
+            });
+            match res {
+                Err(SendError::Io(e)) => assert!(is_stalled(&e), "kernel={kernel}: {e}"),
+                other => panic!("kernel={kernel}: {other:?}"),
+            }
+            assert!(
+                waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+                "kernel={kernel}: gave up after {waited:?}"
+            );
         }
     }
 

@@ -66,7 +66,10 @@ impl TcpConn {
             let compio::BufResult(res, op) = compio::runtime::submit(op).await;
             match res {
                 // A short completion (the peer went away mid-call) is not a whole body.
-                Ok(n) if n as u64 == head_len + u64::from(op.len) => at = end,
+                Ok(n) if n as u64 == head_len + u64::from(op.len) => {
+                    self.taken.set(self.taken.get() + n as u64);
+                    at = end;
+                }
                 Ok(_) => {
                     return Err(KernelSend::Failed(SendError::Io(
                         io::ErrorKind::WriteZero.into(),
