@@ -1,6 +1,7 @@
 //! HTTP services: the boot port (files and generated iPXE scripts) and the web service port,
 //! both the engine's `HttpConnection` over a TCP connection, with bodies sent from the mapping.
 
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use zpxe_engine::http::{
 };
 use zpxe_engine::{ByteRange, ImageCatalog};
 use zpxe_platform::runtime::{sleep, spawn};
-use zpxe_platform::tcp::{TcpConn, TcpServer};
+use zpxe_platform::store::Version;
+use zpxe_platform::tcp::{TcpConn, TcpServer, is_stalled};
+use zpxe_platform::udp::SendError;
 
 use super::ThreadCtx;
 use crate::metrics::Metrics;
@@ -238,16 +241,6 @@ pub(crate) fn accept_until_drained(
     .detach();
 }
 
-/// What a connection does after sending what it had ready.
-enum Sent {
-    /// Read the next request.
-    Open,
-    /// The connection said `Close`: end the stream after what was sent.
-    Close,
-    /// The socket failed or stopped taking bytes: drop it.
-    Drop,
-}
-
 /// A web port connection: state-changing requests (`PUT`, `POST`, `DELETE`, with bodies) go to
 /// the web service's own reader (src/web/machines.rs), one per connection; the rest to the
 /// engine's machine, which serves `GET` and `HEAD`.
@@ -275,25 +268,122 @@ async fn web_connection(
     serve_connection(ctx, tcp, peer, handler, config, false, first).await;
 }
 
+/// A plain HTTP connection (`first`: bytes already read from it).
 async fn serve_connection(
     ctx: Rc<ThreadCtx>,
-    mut tcp: TcpConn,
+    tcp: TcpConn,
     peer: SocketAddr,
-    mut handler: Box<dyn Handler>,
+    handler: Box<dyn Handler>,
     config: Arc<HttpConfig>,
     records: bool,
     first: Vec<u8>,
 ) {
+    let recorder = if records {
+        ctx.shared.recorder.clone()
+    } else {
+        crate::db::Recorder::disabled()
+    };
+    let transport = Transport::Plain(tcp);
+    serve(ctx, transport, peer, handler, config, &recorder, first).await;
+}
+
+/// What carries a connection's bytes: the TCP connection itself, or TLS over it. Both serve
+/// the same loop ([`serve`]): the same timeouts, logs, metrics, records and drain.
+pub(super) enum Transport {
+    Plain(TcpConn),
+    Tls(Box<super::https::Tls>),
+}
+
+impl Transport {
+    fn tcp(&mut self) -> &mut TcpConn {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => tls.tcp(),
+        }
+    }
+
+    /// Hands what arrived (`raw`, as read from the socket) to `plain` as request bytes.
+    /// Returns whether the peer ended its side (a TLS `close_notify`; plain TCP's end is a
+    /// read of 0).
+    async fn absorb(&mut self, raw: &[u8], plain: &mut Vec<u8>) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => {
+                plain.extend_from_slice(raw);
+                Ok(false)
+            }
+            Transport::Tls(tls) => tls.absorb(raw, plain).await,
+        }
+    }
+
+    /// Writes `bytes` (handing the buffer back for reuse).
+    async fn write(&mut self, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        match self {
+            Transport::Plain(tcp) => {
+                let (res, buf) = tcp.write_all(bytes).await;
+                res.map(|()| buf)
+            }
+            Transport::Tls(tls) => tls.write(&bytes).await.map(|()| bytes),
+        }
+    }
+
+    /// Writes `head`, then `range` of `image`.
+    async fn send_body(
+        &mut self,
+        head: Vec<u8>,
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, SendError> {
+        match self {
+            Transport::Plain(tcp) => tcp.send_head_and_image(head, image, range).await,
+            Transport::Tls(tls) => tls.send_body(&head, image, range).await,
+        }
+    }
+
+    /// Ends the stream after what was sent (TLS says goodbye first).
+    async fn close(&mut self) {
+        if let Transport::Tls(tls) = self {
+            let _ = tls.close_notify().await;
+        }
+        let _ = self.tcp().shutdown().await;
+    }
+}
+
+/// What a connection does after sending what it had ready.
+enum Sent {
+    /// Read the next request.
+    Open,
+    /// The connection said `Close`: end the stream after what was sent.
+    Close,
+    /// The socket failed or stopped taking bytes: drop it.
+    Drop,
+}
+
+/// Serves one connection until it closes, times out, fails, or the loop drains.
+pub(super) async fn serve(
+    ctx: Rc<ThreadCtx>,
+    mut transport: Transport,
+    peer: SocketAddr,
+    mut handler: Box<dyn Handler>,
+    config: Arc<HttpConfig>,
+    recorder: &crate::db::Recorder,
+    first: Vec<u8>,
+) {
+    // Every write gives up once the client has taken nothing for the send timeout.
+    let send_timeout = Duration::from_millis(config.send_timeout_ms);
+    transport.tcp().set_send_timeout(Some(send_timeout));
     let mut conn = HttpConnection::new(Instant::now(), config);
     let metrics = Arc::clone(&ctx.shared.metrics);
-    let disabled = crate::db::Recorder::disabled();
-    let recorder = if records {
-        &ctx.shared.recorder
-    } else {
-        &disabled
-    };
     let _busy = ctx.drain.busy();
-    serve_requests(&ctx, &mut tcp, peer, &mut *handler, &mut conn, recorder, first).await;
+    serve_requests(
+        &ctx,
+        &mut transport,
+        peer,
+        &mut *handler,
+        &mut conn,
+        recorder,
+        first,
+    )
+    .await;
     // Every exit records what was answered, also a response that went out with a close.
     record(&mut conn, &metrics, peer, recorder);
     conn.abort(&mut *ctx.store.borrow_mut());
@@ -301,25 +391,26 @@ async fn serve_connection(
 
 async fn serve_requests(
     ctx: &ThreadCtx,
-    tcp: &mut TcpConn,
+    transport: &mut Transport,
     peer: SocketAddr,
     handler: &mut dyn Handler,
     conn: &mut HttpConnection,
     recorder: &crate::db::Recorder,
     first: Vec<u8>,
 ) {
-    // Bytes read before the engine's machine took the connection (the web port's peek).
+    // Request bytes not yet taken by the machine (also those read before it took the
+    // connection: the web port's peek).
     let mut pending: Vec<u8> = first;
     let mut rbuf = Vec::with_capacity(READ_BUF);
-    let mut wbuf = vec![0u8; WRITE_BUF];
+    let mut out = Outbox::new();
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
     let mut armed: Option<Instant> = None;
     let metrics = &ctx.shared.metrics;
     loop {
-        match send_ready(ctx, tcp, peer, conn, &mut wbuf).await {
+        match send_ready(ctx, transport, peer, conn, &mut out).await {
             Sent::Open => {}
             Sent::Close => {
-                let _ = tcp.shutdown().await;
+                transport.close().await;
                 return;
             }
             Sent::Drop => return,
@@ -331,7 +422,7 @@ async fn serve_requests(
         // Draining: the response in flight is out; close instead of reading another request
         // (a pipelined one the client sent is left for it to send again elsewhere).
         if ctx.drain.fired() {
-            let _ = tcp.shutdown().await;
+            transport.close().await;
             return;
         }
         // Offer what is already read before reading more.
@@ -362,35 +453,39 @@ async fn serve_requests(
             armed = Some(deadline);
         }
         let Some(t) = timer.as_mut() else { continue };
-        let read = std::pin::pin!(tcp.read(std::mem::take(&mut rbuf)));
-        let timer_or_drain = select(t.as_mut(), ctx.drain.wait());
-        match select(read, timer_or_drain).await {
-            Either::Right((Either::Right(_), _)) => {
-                // Draining while idle or mid-request: the check above closes the connection.
-                rbuf = Vec::with_capacity(READ_BUF);
-                continue;
+        let got = {
+            let read = std::pin::pin!(transport.tcp().read(std::mem::take(&mut rbuf)));
+            let timer_or_drain = select(t.as_mut(), ctx.drain.wait());
+            match select(read, timer_or_drain).await {
+                Either::Left(((res, b), _)) => Some((res, b)),
+                Either::Right((Either::Right(_), _)) => {
+                    // Draining while idle or mid-request: the check above closes the
+                    // connection.
+                    rbuf = Vec::with_capacity(READ_BUF);
+                    continue;
+                }
+                Either::Right((Either::Left(_), _)) => None,
             }
-            Either::Left(((res, b), _)) => {
+        };
+        match got {
+            Some((res, b)) => {
                 rbuf = b;
                 match res {
                     Ok(0) | Err(_) => conn.handle_eof(Instant::now()),
                     Ok(n) => {
-                        let got = rbuf.get(..n).unwrap_or_default();
-                        let consumed = {
-                            let mut store = ctx.store.borrow_mut();
-                            conn.handle_input(
-                                Instant::now(),
-                                got,
-                                SystemTime::now(),
-                                handler,
-                                &mut *store,
-                            )
-                        };
-                        pending.extend_from_slice(got.get(consumed..).unwrap_or_default());
+                        let raw = rbuf.get(..n).unwrap_or_default();
+                        match transport.absorb(raw, &mut pending).await {
+                            Ok(false) => {}
+                            Ok(true) => conn.handle_eof(Instant::now()),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "HTTPS connection ended");
+                                return;
+                            }
+                        }
                     }
                 }
             }
-            Either::Right((Either::Left(_), _)) => {
+            None => {
                 rbuf = Vec::with_capacity(READ_BUF);
                 timer = None;
                 armed = None;
@@ -400,37 +495,52 @@ async fn serve_requests(
     }
 }
 
+/// A connection's output buffers, kept across responses.
+struct Outbox {
+    /// What the machine writes each `Output::Bytes` into.
+    wbuf: Vec<u8>,
+    /// Response heads and generated bodies gathered for one write.
+    head: Vec<u8>,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            wbuf: vec![0u8; WRITE_BUF],
+            head: Vec::new(),
+        }
+    }
+}
+
 /// Generated bytes (response heads, scripts, web replies) gather up to this much before they
-/// are written: one write for a head and small body, and send progress every so often for a
-/// big generated body.
+/// are written: one write for a head and small body.
 const FLUSH_AT: usize = 64 * 1024;
 
-/// Image bodies go to the socket in steps of this many bytes, each step that completes being
-/// send progress: a client must take at least this much per `http.send-timeout-ms`. The
-/// platform's `sendfile` path moves at most as much per call, so steps add no system calls.
+/// Image bodies go to the transport in steps of this many bytes: the bytes-sent metric moves
+/// per step, and the engine hears of the progress. (Whether the client still reads is the
+/// socket's send timeout's business, which sees every byte it takes.)
 const BODY_STEP: u64 = 1 << 20;
 
-/// Sends everything the connection has ready, each write raced against its send deadline.
-/// Response heads (and generated bodies) gather and go out with the next image body in one
-/// vectored write, or on their own when nothing follows.
+/// Sends everything the connection has ready. Response heads (and generated bodies) gather and
+/// go out with the next image body in one write, or on their own when nothing follows.
 async fn send_ready(
     ctx: &ThreadCtx,
-    tcp: &mut TcpConn,
+    transport: &mut Transport,
     peer: SocketAddr,
     conn: &mut HttpConnection,
-    wbuf: &mut [u8],
+    out: &mut Outbox,
 ) -> Sent {
     let metrics = &ctx.shared.metrics;
-    let mut head: Vec<u8> = Vec::new();
     let mut close = false;
     let mut any = false;
-    while let Some(out) = conn.poll_output(wbuf) {
+    while let Some(next) = conn.poll_output(&mut out.wbuf) {
         any = true;
-        match out {
+        match next {
             Output::Bytes { len } => {
-                head.extend_from_slice(wbuf.get(..len).unwrap_or_default());
-                if head.len() >= FLUSH_AT {
-                    if let Err(sent) = write(tcp, conn, std::mem::take(&mut head)).await {
+                out.head
+                    .extend_from_slice(out.wbuf.get(..len).unwrap_or_default());
+                if out.head.len() >= FLUSH_AT {
+                    if let Err(sent) = write(transport, conn, peer, &mut out.head).await {
                         return sent;
                     }
                     conn.handle_send_progress(Instant::now());
@@ -444,16 +554,15 @@ async fn send_ready(
                 let mut at = range.start;
                 loop {
                     let step = ByteRange::new(at, range.end.min(at.saturating_add(BODY_STEP)));
-                    let deadline = send_deadline(conn);
-                    let send = tcp.send_head_and_image(std::mem::take(&mut head), &version, step);
-                    match before_deadline(deadline, send).await {
-                        Some(Ok(n)) => Metrics::add(&metrics.http_bytes_sent_total, n),
-                        Some(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "HTTP body ended early");
+                    let head = std::mem::take(&mut out.head);
+                    match transport.send_body(head, &version, step).await {
+                        Ok(n) => Metrics::add(&metrics.http_bytes_sent_total, n),
+                        Err(SendError::Io(e)) if is_stalled(&e) => {
+                            conn.handle_timeout(Instant::now());
                             return Sent::Drop;
                         }
-                        None => {
-                            conn.handle_timeout(Instant::now());
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "HTTP body ended early");
                             return Sent::Drop;
                         }
                     }
@@ -469,8 +578,8 @@ async fn send_ready(
             _ => {}
         }
     }
-    if !head.is_empty()
-        && let Err(sent) = write(tcp, conn, head).await
+    if !out.head.is_empty()
+        && let Err(sent) = write(transport, conn, peer, &mut out.head).await
     {
         return sent;
     }
@@ -480,40 +589,26 @@ async fn send_ready(
     if close { Sent::Close } else { Sent::Open }
 }
 
-/// Writes `bytes` before the connection's send deadline.
-async fn write(tcp: &mut TcpConn, conn: &mut HttpConnection, bytes: Vec<u8>) -> Result<(), Sent> {
-    match before_deadline(send_deadline(conn), tcp.write_all(bytes)).await {
-        Some((Ok(()), _)) => Ok(()),
-        Some((Err(_), _)) => Err(Sent::Drop),
-        None => {
+/// Writes and empties `bytes`; a stall is the connection's send timeout.
+async fn write(
+    transport: &mut Transport,
+    conn: &mut HttpConnection,
+    peer: SocketAddr,
+    bytes: &mut Vec<u8>,
+) -> Result<(), Sent> {
+    match transport.write(std::mem::take(bytes)).await {
+        Ok(mut buf) => {
+            buf.clear();
+            *bytes = buf;
+            Ok(())
+        }
+        Err(e) if is_stalled(&e) => {
             conn.handle_timeout(Instant::now());
             Err(Sent::Drop)
         }
-    }
-}
-
-/// When the socket must have taken the bytes about to be written: the connection's deadline,
-/// or, where it runs no timer (closed, a TLS goodbye still to write), a send timeout from now.
-pub(super) fn send_deadline(conn: &HttpConnection) -> Instant {
-    conn.poll_timeout()
-        .unwrap_or_else(|| Instant::now() + Duration::from_millis(conn.config().send_timeout_ms))
-}
-
-/// Runs `send` until it completes, or `None` once `deadline` has passed (the send is dropped
-/// unfinished, and the connection with it).
-pub(super) async fn before_deadline<T>(
-    deadline: Instant,
-    send: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let mut send = std::pin::pin!(send);
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        let timer = std::pin::pin!(sleep(deadline - now));
-        if let Either::Left((out, _)) = select(send.as_mut(), timer).await {
-            return Some(out);
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP write failed");
+            Err(Sent::Drop)
         }
     }
 }

@@ -1,25 +1,27 @@
 //! HTTPS for the boot service: rustls's sans-IO server connection between the TCP connection
-//! and the engine's `HttpConnection`. Bodies are encrypted, so they are copied once, with
-//! positional reads from the image (never by touching the mapping: see the image store).
+//! and the engine's `HttpConnection`, as the TLS [`Transport`] of the HTTP connection loop
+//! (src/serve/http.rs), which plain HTTP shares. Bodies are encrypted, so they are copied once,
+//! with positional reads from the image (never by touching the mapping: see the image store).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
-use futures_util::future::{Either, select};
 use rustls::ServerConnection;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use zpxe_engine::http::{Handler, HttpConfig, HttpConnection, Output};
-use zpxe_platform::runtime::{sleep, spawn};
+use zpxe_engine::ByteRange;
+use zpxe_engine::http::{Handler, HttpConfig};
+use zpxe_platform::runtime::spawn;
 use zpxe_platform::tcp::{TcpConn, TcpServer};
+use zpxe_platform::udp::SendError;
+use zpxe_platform::{Version, VersionBroken};
 
 use super::ThreadCtx;
-use crate::metrics::Metrics;
+use super::http::Transport;
 
 const READ_BUF: usize = 16 * 1024;
 /// Plaintext per TLS write of a body: a few records at a time.
@@ -71,168 +73,159 @@ pub(crate) fn start(
     });
 }
 
-/// Writes whatever TLS records rustls has ready, each write before the connection's send
-/// deadline (a handshake's before its first-request deadline; a goodbye's within a send
-/// timeout).
-async fn flush(
-    tls: &mut ServerConnection,
-    tcp: &mut TcpConn,
-    conn: &mut HttpConnection,
-) -> anyhow::Result<()> {
-    while tls.wants_write() {
-        let mut out = Vec::with_capacity(READ_BUF);
-        tls.write_tls(&mut out)?;
-        let deadline = super::http::send_deadline(conn);
-        match super::http::before_deadline(deadline, tcp.write_all(out)).await {
-            Some((res, _)) => res?,
-            None => {
-                conn.handle_timeout(Instant::now());
-                anyhow::bail!("the client stopped taking bytes");
-            }
-        }
-        conn.handle_send_progress(Instant::now());
-    }
-    Ok(())
-}
-
+/// Serves one TLS connection with the same loop as plain HTTP (`super::http::serve`). Fails
+/// only when no TLS session can be set up for it.
 async fn serve_connection(
     ctx: Rc<ThreadCtx>,
-    mut tcp: TcpConn,
+    tcp: TcpConn,
     peer: SocketAddr,
-    mut handler: Box<dyn Handler>,
+    handler: Box<dyn Handler>,
     config: Arc<HttpConfig>,
     tls_config: Arc<rustls::ServerConfig>,
 ) -> anyhow::Result<()> {
-    let mut tls = ServerConnection::new(tls_config)?;
-    let mut conn = HttpConnection::new(Instant::now(), config);
-    let metrics = Arc::clone(&ctx.shared.metrics);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut rbuf = Vec::with_capacity(READ_BUF);
-    let mut wbuf = vec![0u8; READ_BUF];
-    let mut chunk = vec![0u8; BODY_CHUNK];
-    let _busy = ctx.drain.busy();
-    let result = async {
-        loop {
-            let mut close = false;
-            let mut any = false;
-            while let Some(out) = conn.poll_output(&mut wbuf) {
-                any = true;
-                match out {
-                    Output::Bytes { len } => {
-                        tls.writer()
-                            .write_all(wbuf.get(..len).unwrap_or_default())?;
-                        flush(&mut tls, &mut tcp, &mut conn).await?;
-                    }
-                    Output::Body { image, range } => {
-                        let version = ctx
-                            .store
-                            .borrow()
-                            .version(image)
-                            .context("image released mid-response")?;
-                        let mut at = range.start;
-                        while at < range.end {
-                            let want = (range.end - at).min(BODY_CHUNK as u64) as usize;
-                            let buf = chunk.get_mut(..want).unwrap_or_default();
-                            let n = version.read_at(buf, at)?;
-                            anyhow::ensure!(n > 0, "file shrank under the response");
-                            tls.writer().write_all(buf.get(..n).unwrap_or_default())?;
-                            flush(&mut tls, &mut tcp, &mut conn).await?;
-                            at += n as u64;
-                        }
-                        Metrics::add(&metrics.http_bytes_sent_total, range.len());
-                        conn.body_done(Instant::now(), &mut *ctx.store.borrow_mut());
-                    }
-                    Output::Close => close = true,
-                    _ => {}
-                }
-            }
-            if close {
-                // Still unflushed: the goodbye goes within the responses' send deadline.
-                tls.send_close_notify();
-                flush(&mut tls, &mut tcp, &mut conn).await?;
-                let _ = tcp.shutdown().await;
-                return Ok(());
-            }
-            if any {
-                conn.handle_flushed(Instant::now());
-            }
-            super::http::record(&mut conn, &metrics, peer, &ctx.shared.recorder);
-            if conn.is_closed() {
-                return Ok(());
-            }
-            // Draining: the response in flight is out; say goodbye instead of reading more.
-            if ctx.drain.fired() {
-                tls.send_close_notify();
-                flush(&mut tls, &mut tcp, &mut conn).await?;
-                let _ = tcp.shutdown().await;
-                return Ok(());
-            }
-            if !pending.is_empty() && conn.wants_input() {
-                let n = conn.handle_input(
-                    Instant::now(),
-                    &pending,
-                    SystemTime::now(),
-                    &mut *handler,
-                    &mut *ctx.store.borrow_mut(),
-                );
-                pending.drain(..n.min(pending.len()));
-                continue;
-            }
-            let deadline = conn.poll_timeout();
-            let wait = deadline.map_or(std::time::Duration::from_secs(3600), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            let got = {
-                let read = std::pin::pin!(tcp.read(std::mem::take(&mut rbuf)));
-                let timer = std::pin::pin!(sleep(wait));
-                match select(read, select(timer, ctx.drain.wait())).await {
-                    Either::Left(((res, b), _)) => Some((res, b)),
-                    // Draining: the loop top closes the connection.
-                    Either::Right((Either::Right(_), _)) => continue,
-                    Either::Right((Either::Left(_), _)) => None,
-                }
-            };
-            match got {
-                Some((res, b)) => {
-                    rbuf = b;
-                    let n = res?;
-                    if n == 0 {
-                        conn.handle_eof(Instant::now());
-                        continue;
-                    }
-                    let mut input = rbuf.get(..n).unwrap_or_default();
-                    while !input.is_empty() {
-                        tls.read_tls(&mut input)?;
-                        if let Err(e) = tls.process_new_packets() {
-                            // Tell the client why before hanging up.
-                            let _ = flush(&mut tls, &mut tcp, &mut conn).await;
-                            return Err(e.into());
-                        }
-                    }
-                    let mut plain = [0u8; READ_BUF];
-                    loop {
-                        match tls.reader().read(&mut plain) {
-                            Ok(0) => {
-                                conn.handle_eof(Instant::now());
-                                break;
-                            }
-                            Ok(k) => pending.extend_from_slice(plain.get(..k).unwrap_or_default()),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    flush(&mut tls, &mut tcp, &mut conn).await?;
-                }
-                None => {
-                    rbuf = Vec::with_capacity(READ_BUF);
-                    conn.handle_timeout(Instant::now());
-                }
+    let tls = Tls::new(tcp, tls_config)?;
+    let recorder = ctx.shared.recorder.clone();
+    let transport = Transport::Tls(Box::new(tls));
+    super::http::serve(ctx, transport, peer, handler, config, &recorder, Vec::new()).await;
+    Ok(())
+}
+
+/// rustls's sans-IO server session over a TCP connection, with its buffers kept across
+/// writes.
+pub(super) struct Tls {
+    tcp: TcpConn,
+    session: ServerConnection,
+    /// TLS records on their way to the socket.
+    records: Vec<u8>,
+    /// Plaintext of a body, a chunk at a time.
+    chunk: Vec<u8>,
+}
+
+impl Tls {
+    fn new(tcp: TcpConn, config: Arc<rustls::ServerConfig>) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            tcp,
+            session: ServerConnection::new(config)?,
+            records: Vec::new(),
+            chunk: Vec::new(),
+        })
+    }
+
+    pub(super) fn tcp(&mut self) -> &mut TcpConn {
+        &mut self.tcp
+    }
+
+    /// Writes whatever TLS records rustls has ready (each write under the connection's send
+    /// timeout).
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            let mut out = std::mem::take(&mut self.records);
+            out.clear();
+            self.session.write_tls(&mut out)?;
+            let (res, buf) = self.tcp.write_all(out).await;
+            self.records = buf;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts `raw` (as read from the socket) into `plain` and answers what the handshake
+    /// asks. Returns whether the client said goodbye.
+    pub(super) async fn absorb(&mut self, raw: &[u8], plain: &mut Vec<u8>) -> io::Result<bool> {
+        let mut input = raw;
+        while !input.is_empty() {
+            self.session.read_tls(&mut input)?;
+            if let Err(e) = self.session.process_new_packets() {
+                // Tell the client why before hanging up.
+                let _ = self.flush().await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         }
+        let mut eof = false;
+        loop {
+            let at = plain.len();
+            plain.resize(at + READ_BUF, 0);
+            let res = self
+                .session
+                .reader()
+                .read(plain.get_mut(at..).unwrap_or_default());
+            match res {
+                Ok(0) => eof = true,
+                Ok(k) => {
+                    plain.truncate(at + k);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    plain.truncate(at);
+                    return Err(e);
+                }
+            }
+            plain.truncate(at);
+            break;
+        }
+        self.flush().await?;
+        Ok(eof)
     }
-    .await;
-    // Every exit records what was answered, also a response that went out with a close.
-    super::http::record(&mut conn, &metrics, peer, &ctx.shared.recorder);
-    conn.abort(&mut *ctx.store.borrow_mut());
-    result
+
+    /// Encrypts and writes `bytes`.
+    pub(super) async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.encrypt(bytes).await?;
+        self.flush().await
+    }
+
+    /// Hands `bytes` to the session, writing out records whenever its buffer (rustls's
+    /// buffer limit, 64 KiB by default) is full.
+    async fn encrypt(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = self.session.writer().write(bytes)?;
+            bytes = bytes.get(n..).unwrap_or_default();
+            if !bytes.is_empty() {
+                if n == 0 && !self.session.wants_write() {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts and writes `head`, then `range` of `image`. Bodies are encrypted, so they are
+    /// copied once, with positional reads that are checked against the version after each
+    /// read ([`Version::read_at`]; never by touching the mapping: see the image store).
+    pub(super) async fn send_body(
+        &mut self,
+        head: &[u8],
+        image: &Rc<Version>,
+        range: ByteRange,
+    ) -> Result<u64, SendError> {
+        self.encrypt(head).await?;
+        if self.chunk.len() < BODY_CHUNK {
+            self.chunk.resize(BODY_CHUNK, 0);
+        }
+        let mut at = range.start;
+        while at < range.end {
+            let want = (range.end - at).min(BODY_CHUNK as u64) as usize;
+            let buf = self.chunk.get_mut(..want).unwrap_or_default();
+            let n = image.read_at(buf, at)?;
+            if n == 0 {
+                return Err(SendError::Image(VersionBroken::Modified));
+            }
+            at += n as u64;
+            // The chunk moves out of the buffer it was read into, and back.
+            let chunk = std::mem::take(&mut self.chunk);
+            let sent = self.encrypt(chunk.get(..n).unwrap_or_default()).await;
+            self.chunk = chunk;
+            sent?;
+            self.flush().await?;
+        }
+        self.flush().await?;
+        Ok(range.len())
+    }
+
+    /// Says goodbye (`close_notify`).
+    pub(super) async fn close_notify(&mut self) -> io::Result<()> {
+        self.session.send_close_notify();
+        self.flush().await
+    }
 }

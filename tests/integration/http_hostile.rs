@@ -299,3 +299,46 @@ fn silent_connections_are_closed_at_the_header_timeout_on_both_ports() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     drop(silent);
 }
+
+/// The other side of the send timeout: a client that reads slowly but steadily (about 1 MiB/s,
+/// 32 KiB at a time) is never dropped, even when the socket takes less than one of the server's
+/// body steps per send timeout. Before, progress was seen only when a 1 MiB step completed (and
+/// the socket reports room only once a third of its buffer drained), so at a 400 ms send timeout
+/// this client was cut mid-file.
+#[test]
+fn a_slow_but_reading_client_gets_the_whole_file() {
+    let root = tempfile::tempdir().expect("tmp");
+    let len = 8 << 20;
+    let data = pattern_file(&root.path().join("big.bin"), len, 7);
+    let config = write_config(root.path(), "send-timeout-ms = 400\n");
+    let server = Server::start(root.path(), &["--config", &config, "--threads", "1"]);
+    let mut c = TcpStream::connect(server.http).expect("connect");
+    c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut got = Vec::with_capacity(len + 512);
+    let mut buf = [0u8; 32 << 10];
+    let end = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break "EOF".to_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e.to_string(),
+        }
+        // 1 MiB/s: each read waits until the bytes so far are due.
+        let due = Duration::from_secs_f64(got.len() as f64 / f64::from(1 << 20));
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
+        assert!(started.elapsed() < Duration::from_secs(25), "reader stuck");
+    };
+    let body = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| &got[at + 4..])
+        .unwrap_or_default();
+    assert!(
+        body.len() == len && body == data.as_slice(),
+        "{} of {len} body bytes, then {end}",
+        body.len()
+    );
+}
