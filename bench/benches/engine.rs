@@ -15,7 +15,7 @@ use zpxe_engine::dhcp::{
 use zpxe_engine::http::range;
 use zpxe_engine::http::request::{HeadLimits, Request};
 use zpxe_engine::path::{NameFlavor, sanitize};
-use zpxe_engine::tftp::wire::{Emit, OP_RRQ};
+use zpxe_engine::tftp::wire::{ErrorCode, Request as TftpRequest, TftpRepr};
 use zpxe_engine::tftp::{Local, TftpServer, TftpServerConfig};
 use zpxe_engine::{DatagramMeta, MemoryCatalog, Payload};
 
@@ -141,7 +141,12 @@ impl TftpRig {
             ("blksize", "1468".to_owned()),
             ("windowsize", windowsize.to_string()),
         ];
-        let len = Emit::request(&mut rrq, OP_RRQ, "ipxe.efi", "octet", &options).unwrap();
+        let request = TftpRepr::Rrq(TftpRequest {
+            filename: "ipxe.efi",
+            mode: "octet",
+            options: options.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+        });
+        let len = request.emit(&mut rrq).unwrap();
         rrq.truncate(len);
         Self {
             server: TftpServer::new(TftpServerConfig {
@@ -172,7 +177,7 @@ impl TftpRig {
     /// ACK `block` in, every DATA run of the next window out. Returns datagrams polled.
     fn ack(&mut self, now: Instant, local: Local, block: u16) -> usize {
         let mut ack = [0u8; 4];
-        Emit::ack(&mut ack, block, None).unwrap();
+        TftpRepr::Ack { block, extra: None }.emit(&mut ack).unwrap();
         self.server
             .handle_datagram(now, local, meta(self.client), &ack, &mut self.catalog);
         let mut sent = 0;
@@ -190,11 +195,11 @@ fn tftp(c: &mut Criterion) {
     group.bench_function("RRQ -> OACK (edk2 options), then client ERROR 8", |b| {
         let mut rig = TftpRig::new(1 << 20, 4);
         let mut abort = [0u8; 64];
-        let n = Emit::error(
-            &mut abort,
-            zpxe_engine::tftp::wire::ErrorCode::OptionRefused,
-            "",
-        )
+        let n = TftpRepr::Error {
+            code: ErrorCode::OptionRefused,
+            message: "",
+        }
+        .emit(&mut abort)
         .unwrap();
         b.iter(|| {
             let now = Instant::now();

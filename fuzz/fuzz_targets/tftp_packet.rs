@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use zpxe_engine::tftp::options::{self, Limits, MAX_BLKSIZE, MIN_BLKSIZE};
-use zpxe_engine::tftp::wire::{Emit, OP_RRQ, OP_WRQ, Packet};
+use zpxe_engine::tftp::wire::{Packet, TftpRepr};
 
 /// Options as parsing returns them from emitted bytes: trailing empty pairs are padding.
 fn normalized<'a>(options: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -19,10 +19,6 @@ fn normalized<'a>(options: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         v.pop();
     }
     v
-}
-
-fn owned<'a>(options: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
-    options.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
 const LIMITS: [Limits; 3] = [
@@ -47,44 +43,45 @@ const LIMITS: [Limits; 3] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(packet) = Packet::parse(data) else {
+    // The checked view agrees with the parsed form on the fixed fields.
+    let Ok(view) = Packet::new_checked(data) else {
+        assert!(TftpRepr::parse_bytes(data).is_err());
         return;
     };
-    let mut buf = vec![0u8; data.len() + 8];
-    let n = match &packet {
-        Packet::Rrq(r) | Packet::Wrq(r) => {
-            let op = if matches!(packet, Packet::Rrq(_)) {
-                OP_RRQ
-            } else {
-                OP_WRQ
-            };
-            Emit::request(&mut buf, op, r.filename, r.mode, &owned(&r.options))
+    let Ok(packet) = TftpRepr::parse(&view) else {
+        return;
+    };
+    match &packet {
+        TftpRepr::Data { block, .. } | TftpRepr::Ack { block, .. } => {
+            assert_eq!(view.block(), *block)
         }
-        Packet::Data { block, data } => Emit::data(&mut buf, *block, data),
-        Packet::Ack { block, extra } => Emit::ack(&mut buf, *block, *extra),
-        Packet::Error { code, message } => Emit::error(&mut buf, *code, message),
-        Packet::Oack { options } => Emit::oack(&mut buf, &owned(options)),
+        TftpRepr::Error { code, .. } => assert_eq!(view.error_code(), *code),
+        _ => {}
     }
-    .expect("a parsed packet fits in its own length plus a terminator");
-    let again = Packet::parse(&buf[..n]).expect("an emitted packet parses");
+    let mut buf = vec![0u8; data.len() + 8];
+    let n = packet
+        .emit(&mut buf)
+        .expect("a parsed packet fits in its own length plus a terminator");
+    assert_eq!(n, packet.buffer_len(), "emit wrote other than buffer_len()");
+    let again = TftpRepr::parse_bytes(&buf[..n]).expect("an emitted packet parses");
     let expected = match &packet {
-        Packet::Rrq(r) | Packet::Wrq(r) => {
+        TftpRepr::Rrq(r) | TftpRepr::Wrq(r) => {
             let mut r = r.clone();
             r.options = normalized(&r.options);
-            if matches!(packet, Packet::Rrq(_)) {
-                Packet::Rrq(r)
+            if matches!(packet, TftpRepr::Rrq(_)) {
+                TftpRepr::Rrq(r)
             } else {
-                Packet::Wrq(r)
+                TftpRepr::Wrq(r)
             }
         }
-        Packet::Oack { options } => Packet::Oack {
+        TftpRepr::Oack { options } => TftpRepr::Oack {
             options: normalized(options),
         },
         other => other.clone(),
     };
     assert_eq!(again, expected, "parse -> emit -> parse changed the packet");
 
-    let (Packet::Rrq(req) | Packet::Wrq(req)) = &packet else {
+    let (TftpRepr::Rrq(req) | TftpRepr::Wrq(req)) = &packet else {
         return;
     };
     for (i, limits) in LIMITS.into_iter().enumerate() {
@@ -121,6 +118,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // The OACK itself must fit in the smallest block a client accepts a reply in.
         let mut oack = [0u8; 512];
-        assert!(Emit::oack(&mut oack, &n.oack).is_ok());
+        let options = n.oack.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert!(TftpRepr::Oack { options }.emit(&mut oack).is_ok());
     }
 });

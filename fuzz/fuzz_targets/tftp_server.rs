@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use zpxe_engine::image::MemoryCatalog;
 use zpxe_engine::net::{DatagramMeta, Payload};
-use zpxe_engine::tftp::{Local, TftpEvent, TftpServer, TftpServerConfig, TransferId};
+use zpxe_engine::tftp::{Local, ServerAbort, TftpEvent, TftpServer, TftpServerConfig, TransferId};
 use zpxe_fuzz::Script;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -120,7 +120,9 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 if let Some(&id) = started.get(usize::from(tag >> 3)) {
-                    server.abort_transfer(id, "no port", &mut images);
+                    let reason =
+                        [ServerAbort::OutOfPorts, ServerAbort::FileChanged][usize::from(tag >> 7)];
+                    server.abort_transfer(id, reason, &mut images);
                 }
             }
             6 => server.stop_accepting(),

@@ -40,7 +40,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use zpxe_engine::dhcp::{ClientUuid, DhcpEvent, DhcpPort, MacAddr};
-use zpxe_engine::tftp::TransferOutcome;
+use zpxe_engine::tftp::{Abort, ClientAbort, TransferOutcome};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -462,9 +462,13 @@ pub fn tftp_end_event(file: &str, outcome: &TransferOutcome, took: Duration) -> 
         //= https://www.rfc-editor.org/rfc/rfc2347#section-5
         //# the client ... may send an ERROR packet (error code 8) and terminate.
         // EDK2 does exactly that after reading `tsize` from the OACK: a size probe.
-        TransferOutcome::ClientError { code: 8, .. } => (0, 0, Outcome::Probe),
-        TransferOutcome::ClientError { .. } => (0, 0, Outcome::Aborted),
-        TransferOutcome::TimedOut { retransmits } => (0, *retransmits, Outcome::Failed),
+        o if o.is_probe() => (0, 0, Outcome::Probe),
+        TransferOutcome::Aborted(Abort::Client(ClientAbort::Error { .. })) => {
+            (0, 0, Outcome::Aborted)
+        }
+        TransferOutcome::Aborted(Abort::Client(ClientAbort::TimedOut { retransmits })) => {
+            (0, *retransmits, Outcome::Failed)
+        }
         _ => (0, 0, Outcome::Failed),
     };
     EventKind::TftpEnd {
@@ -2492,10 +2496,10 @@ mod tests {
         };
         assert!(dhcp_event(&ignored, None).is_none());
 
-        let probe = TransferOutcome::ClientError {
+        let probe = TransferOutcome::Aborted(Abort::Client(ClientAbort::Error {
             code: 8,
             message: "tsize".into(),
-        };
+        }));
         let k = tftp_end_event("ipxe.efi", &probe, Duration::from_millis(3));
         assert!(
             matches!(
@@ -2525,7 +2529,8 @@ mod tests {
             ),
             "{k:?}"
         );
-        let lost = TransferOutcome::TimedOut { retransmits: 5 };
+        let lost =
+            TransferOutcome::Aborted(Abort::Client(ClientAbort::TimedOut { retransmits: 5 }));
         let k = tftp_end_event("x", &lost, Duration::ZERO);
         assert!(
             matches!(

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use zpxe_engine::tftp::{Local, TftpEvent, TftpServer, TransferId, TransferOutcome};
+use zpxe_engine::tftp::{Local, ServerAbort, TftpEvent, TftpServer, TransferId, TransferOutcome};
 use zpxe_engine::{Payload, Transmit};
 use zpxe_platform::runtime::{JoinHandle, sleep, spawn};
 use zpxe_platform::udp::{Route, SegmentRun, SendError, UdpEndpoint, UdpOptions};
@@ -26,13 +26,105 @@ const OUT_BUF: usize = 2048;
 /// At most one "no socket for a TFTP transfer" line this often (a spoofed flood once wrote
 /// one per request); the ones held back are counted in the next.
 const BIND_WARN_PERIOD: Duration = Duration::from_secs(10);
-/// Transfers evicted, at most, to free one socket (an evicted transfer may not have one yet).
-const MAX_EVICTIONS_PER_SOCKET: usize = 8;
+/// Ports of the range tried, at most, for one new transfer socket before it shares one: a port
+/// freed a moment ago may still be bound until its socket's receive is cancelled, and a bind
+/// that fails is a system call the event loop waits for.
+const MAX_BIND_TRIES: usize = 8;
 
-struct Transfer {
-    socket: Rc<UdpEndpoint>,
+/// A bound transfer socket and the transfers it serves.
+struct Socket {
+    endpoint: Rc<UdpEndpoint>,
     recv_task: Option<JoinHandle<()>>,
     port: Option<u16>,
+    /// Its transfers by client address and port: one, unless no port was left and transfers
+    /// share it.
+    peers: HashMap<SocketAddr, TransferId>,
+    /// Its place in `Sockets::keys`.
+    slot: usize,
+}
+
+/// The transfer sockets of one loop.
+#[derive(Default)]
+struct Sockets {
+    by_key: HashMap<u64, Socket>,
+    /// Every key, for a pick at random.
+    keys: Vec<u64>,
+    /// The socket of each transfer that has one.
+    of: HashMap<TransferId, u64>,
+    next_key: u64,
+}
+
+impl Sockets {
+    fn endpoint_of(&self, id: TransferId) -> Option<Rc<UdpEndpoint>> {
+        let key = self.of.get(&id)?;
+        self.by_key.get(key).map(|s| Rc::clone(&s.endpoint))
+    }
+
+    /// Which transfer a datagram from `from` on socket `key` is for: its own, or (a stranger)
+    /// any transfer of the socket, whose answer is the ERROR for an unknown transfer ID.
+    fn local_for(&self, key: u64, from: SocketAddr) -> Option<Local> {
+        let socket = self.by_key.get(&key)?;
+        socket
+            .peers
+            .get(&from)
+            .or_else(|| socket.peers.values().next())
+            .map(|&id| Local::Transfer(id))
+    }
+
+    fn add(&mut self, endpoint: Rc<UdpEndpoint>, port: Option<u16>) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        let socket = Socket {
+            endpoint,
+            recv_task: None,
+            port,
+            peers: HashMap::new(),
+            slot: self.keys.len(),
+        };
+        self.keys.push(key);
+        self.by_key.insert(key, socket);
+        key
+    }
+
+    fn join(&mut self, key: u64, id: TransferId, remote: SocketAddr) {
+        if let Some(socket) = self.by_key.get_mut(&key) {
+            // A transfer of the same peer that already ended (its end not handled yet) is
+            // replaced: the engine runs one transfer per client address and port.
+            if let Some(old) = socket.peers.insert(remote, id) {
+                self.of.remove(&old);
+            }
+            self.of.insert(id, key);
+        }
+    }
+
+    /// The socket of `at`-th key, modulo the count (a pick at random for a random `at`).
+    fn pick(&self, at: u64) -> Option<u64> {
+        let n = self.keys.len() as u64;
+        (n > 0).then(|| self.keys[(at % n) as usize])
+    }
+
+    /// Transfer `id` of `remote` ended: it leaves its socket, which closes when it was the
+    /// last. Returns the closed socket's port.
+    fn leave(&mut self, id: TransferId, remote: SocketAddr) -> Option<Option<u16>> {
+        let key = self.of.remove(&id)?;
+        let socket = self.by_key.get_mut(&key)?;
+        if socket.peers.get(&remote) == Some(&id) {
+            socket.peers.remove(&remote);
+        }
+        if !socket.peers.is_empty() {
+            return None;
+        }
+        let mut socket = self.by_key.remove(&key)?;
+        // Its receive task ends here, which closes the socket.
+        drop(socket.recv_task.take());
+        self.keys.swap_remove(socket.slot);
+        if let Some(&moved) = self.keys.get(socket.slot)
+            && let Some(m) = self.by_key.get_mut(&moved)
+        {
+            m.slot = socket.slot;
+        }
+        Some(socket.port)
+    }
 }
 
 /// Hands out transfer ports from the configured range, or ephemeral ones (which the kernel
@@ -57,15 +149,18 @@ impl PortPool {
         }
     }
 
-    /// A port of the range at random (the first free one from a random place).
+    /// A port of the range at random (the first free one from a random place), trying at
+    /// most `MAX_BIND_TRIES` of them; none at all when every port is handed out.
     fn bind(&mut self, ip: IpAddr, options: &UdpOptions) -> io::Result<(UdpEndpoint, Option<u16>)> {
         let Some(range) = self.range else {
             return UdpEndpoint::bind(SocketAddr::new(ip, 0), options).map(|s| (s, None));
         };
-        for port in self.order(range) {
-            if self.in_use.contains(&port) {
-                continue;
-            }
+        let free = range.count().saturating_sub(self.in_use.len());
+        let candidates = self.order(range).filter(|p| !self.in_use.contains(p));
+        for port in candidates
+            .take(MAX_BIND_TRIES.min(free))
+            .collect::<Vec<_>>()
+        {
             match UdpEndpoint::bind(SocketAddr::new(ip, port), options) {
                 Ok(s) => {
                     self.in_use.insert(port);
@@ -78,17 +173,22 @@ impl PortPool {
         Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
-                "every port of the TFTP range {}-{} is busy",
+                "no free port found in the TFTP range {}-{}",
                 range.lo, range.hi
             ),
         ))
     }
 
+    /// A number no one outside can predict.
+    fn draw(&mut self) -> u64 {
+        self.draws += 1;
+        self.random.hash_one(self.draws)
+    }
+
     /// Every port of `range`, starting at a random one.
     fn order(&mut self, range: PortRange) -> impl Iterator<Item = u16> + use<> {
         let count = range.count();
-        self.draws += 1;
-        let start = (self.random.hash_one(self.draws) % count as u64) as usize;
+        let start = (self.draw() % count as u64) as usize;
         // The offset is below `count`, so `lo` plus it is a port of the range.
         (0..count).map(move |i| range.lo + ((start + i) % count) as u16)
     }
@@ -136,10 +236,13 @@ pub(crate) struct TftpService {
     engine: RefCell<TftpServer>,
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
-    transfers: RefCell<HashMap<TransferId, Transfer>>,
+    sockets: RefCell<Sockets>,
     /// Each running transfer's file and start, for its timeline event at the end (the end
     /// event names neither). Only filled when the database records.
     recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant)>>,
+    /// Each running transfer's file, size and last progress report, for the live view
+    /// (src/web/live.rs). Only filled when the web service runs.
+    progress: RefCell<HashMap<TransferId, (crate::db::Name, u64, Instant)>>,
     ports: RefCell<PortPool>,
     transfer_ip: IpAddr,
     bind_warnings: RefCell<Throttle>,
@@ -168,8 +271,9 @@ impl TftpService {
             engine: RefCell::new(engine),
             ctx: Rc::clone(ctx),
             listener: Rc::new(listener),
-            transfers: RefCell::default(),
+            sockets: RefCell::default(),
             recording: RefCell::default(),
+            progress: RefCell::default(),
             ports: RefCell::new(PortPool::new(range)),
             transfer_ip: addr.ip(),
             bind_warnings: RefCell::new(Throttle::new(BIND_WARN_PERIOD)),
@@ -184,12 +288,13 @@ impl TftpService {
     pub(crate) fn start(self: &Rc<Self>) {
         let me = Rc::clone(self);
         let listener = Rc::clone(&self.listener);
-        spawn(async move { me.recv_loop(listener, Local::Listener).await }).detach();
+        spawn(async move { me.recv_loop(listener, None).await }).detach();
         let me = Rc::clone(self);
         spawn(async move { me.drive().await }).detach();
     }
 
-    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, local: Local) {
+    /// Receives on the listener (`key` None) or on transfer socket `key`.
+    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, key: Option<u64>) {
         let mut buf = Vec::with_capacity(RECV_BUF);
         let mut out = vec![0u8; OUT_BUF];
         loop {
@@ -197,6 +302,14 @@ impl TftpService {
             buf = b;
             match res {
                 Ok(r) => {
+                    let local = match key {
+                        None => Local::Listener,
+                        Some(key) => match self.sockets.borrow().local_for(key, r.meta.remote) {
+                            Some(local) => local,
+                            // Its last transfer just ended.
+                            None => continue,
+                        },
+                    };
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
                         local,
@@ -212,7 +325,7 @@ impl TftpService {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "TFTP receive failed");
-                    if matches!(local, Local::Transfer(_)) {
+                    if key.is_some() {
                         return;
                     }
                 }
@@ -278,13 +391,15 @@ impl TftpService {
         }
     }
 
-    fn socket_for(self: &Rc<Self>, local: Local) -> Option<Rc<UdpEndpoint>> {
+    /// The socket a transfer's datagram to `remote` leaves from. A transfer gets one when it
+    /// first sends: a port of its own, or, when none is left, a share of another transfer's.
+    fn socket_for(self: &Rc<Self>, local: Local, remote: SocketAddr) -> Option<Rc<UdpEndpoint>> {
         let id = match local {
             Local::Listener => return Some(Rc::clone(&self.listener)),
             Local::Transfer(id) => id,
         };
-        if let Some(t) = self.transfers.borrow().get(&id) {
-            return Some(Rc::clone(&t.socket));
+        if let Some(endpoint) = self.sockets.borrow().endpoint_of(id) {
+            return Some(endpoint);
         }
         if !self.engine.borrow().is_active(id) {
             // A last ERROR for a transfer that already ended: its socket is gone.
@@ -295,68 +410,55 @@ impl TftpService {
             ..UdpOptions::default()
         };
         let bound = self.ports.borrow_mut().bind(self.transfer_ip, &options);
-        let (socket, port) = match bound {
+        match bound {
             Ok((socket, port)) => {
                 if !self.ctx.shared.config.server.udp_gso {
                     socket.disable_gso();
                 }
-                (Rc::new(socket), port)
-            }
-            Err(e) => match self.socket_of_unacknowledged(id) {
-                Some(taken) => taken,
-                None => {
-                    if let Some(held) = self.bind_warnings.borrow_mut().admit(Instant::now()) {
-                        tracing::warn!(%id, error = %e, held_back = held, "no socket for a TFTP transfer");
-                    }
-                    let mut store = self.ctx.store.borrow_mut();
-                    self.engine.borrow_mut().abort_transfer(
-                        id,
-                        "server out of transfer ports",
-                        &mut *store,
-                    );
-                    return None;
+                let endpoint = Rc::new(socket);
+                let key = self.sockets.borrow_mut().add(Rc::clone(&endpoint), port);
+                let me = Rc::clone(self);
+                let task = spawn(me.recv_loop(Rc::clone(&endpoint), Some(key)));
+                let mut sockets = self.sockets.borrow_mut();
+                if let Some(s) = sockets.by_key.get_mut(&key) {
+                    s.recv_task = Some(task);
                 }
-            },
-        };
-        let me = Rc::clone(self);
-        let task = spawn(me.recv_loop(Rc::clone(&socket), local));
-        self.transfers.borrow_mut().insert(
-            id,
-            Transfer {
-                socket: Rc::clone(&socket),
-                recv_task: Some(task),
-                port,
-            },
-        );
-        Some(socket)
-    }
-
-    /// Out of ports (a spoofed flood holds them): the oldest transfer that never got its first
-    /// ACK ends, and its socket serves `id` instead. Closing it and binding its port again
-    /// could fail, since the socket closes only once its pending receive is cancelled.
-    fn socket_of_unacknowledged(&self, id: TransferId) -> Option<(Rc<UdpEndpoint>, Option<u16>)> {
-        for _ in 0..MAX_EVICTIONS_PER_SOCKET {
-            let victim = {
+                sockets.join(key, id, remote);
+                Some(endpoint)
+            }
+            Err(e) => {
+                //= https://www.rfc-editor.org/rfc/rfc1350#section-4
+                //# In order to create a connection, each end of the connection chooses a TID
+                //# for itself, to be used for the duration of that connection.
+                //
+                // A connection is the pair of TIDs: a port already serving other clients'
+                // transfers still makes a new pair with this client's. So when no port is left
+                // (a spoofed flood holds them all, each waiting for a first ACK that never
+                // comes), the transfer shares the socket of another at random, and datagrams
+                // are told apart by the client's address and port, as in single-port mode. An
+                // unacknowledged transfer then holds a table entry, not a port: a flood shuts
+                // no one out, and no loop of failing binds stalls the event loop.
+                let at = self.ports.borrow_mut().draw();
+                let mut sockets = self.sockets.borrow_mut();
+                if let Some(key) = sockets.pick(at) {
+                    sockets.join(key, id, remote);
+                    return sockets.endpoint_of(id);
+                }
+                drop(sockets);
+                if let Some(held) = self.bind_warnings.borrow_mut().admit(Instant::now()) {
+                    tracing::warn!(%id, error = %e, held_back = held, "no socket for a TFTP transfer");
+                }
                 let mut store = self.ctx.store.borrow_mut();
-                self.engine.borrow_mut().evict_unacknowledged(
-                    std::time::Instant::now(),
-                    id,
-                    &mut *store,
-                )?
-            };
-            let taken = self.transfers.borrow_mut().remove(&victim);
-            if let Some(mut t) = taken {
-                // Its receive task ends here; a datagram it already took for the evicted
-                // transfer is lost, as that transfer is.
-                drop(t.recv_task.take());
-                return Some((t.socket, t.port));
+                self.engine
+                    .borrow_mut()
+                    .abort_transfer(id, ServerAbort::OutOfPorts, &mut *store);
+                None
             }
         }
-        None
     }
 
     async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
-        let Some(socket) = self.socket_for(local) else {
+        let Some(socket) = self.socket_for(local, t.destination) else {
             return;
         };
         let route = Route {
@@ -394,18 +496,24 @@ impl TftpService {
                     None => Err(SendError::Image(zpxe_platform::VersionBroken::Gone)),
                 };
                 match result {
-                    Ok(n) => self
-                        .ctx
-                        .shared
-                        .metrics
-                        .tftp_datagrams(n as u64, range.len()),
+                    Ok(n) => {
+                        self.ctx
+                            .shared
+                            .metrics
+                            .tftp_datagrams(n as u64, range.len());
+                        if let (Local::Transfer(id), Some(live)) =
+                            (local, self.ctx.shared.recorder.live())
+                        {
+                            self.report_progress(live, id, t.destination, range.end);
+                        }
+                    }
                     Err(SendError::Image(e)) => {
                         if let Local::Transfer(id) = local {
                             tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
                             let mut store = self.ctx.store.borrow_mut();
                             self.engine.borrow_mut().abort_transfer(
                                 id,
-                                "file changed on the server",
+                                ServerAbort::FileChanged,
                                 &mut *store,
                             );
                         }
@@ -416,6 +524,26 @@ impl TftpService {
                 }
             }
             _ => tracing::error!("unexpected payload from the TFTP engine"),
+        }
+    }
+
+    /// The live view's progress of transfer `id`, sent up to `at`: at most every
+    /// `PROGRESS_EVERY`, and at the end of the file (one `try_send`).
+    fn report_progress(
+        &self,
+        live: &crate::web::live::Tap,
+        id: TransferId,
+        remote: SocketAddr,
+        at: u64,
+    ) {
+        let mut progress = self.progress.borrow_mut();
+        let Some((file, size, last)) = progress.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        if at >= *size || now.saturating_duration_since(*last) >= crate::web::live::PROGRESS_EVERY {
+            *last = now;
+            live.progress(crate::db::Leg::Tftp, remote, file.as_str(), at, Some(*size));
         }
     }
 
@@ -437,6 +565,13 @@ impl TftpService {
                     metrics.tftp_started();
                     tracing::info!(%id, %remote, file, size, blksize, windowsize, "TFTP transfer started");
                     let recorder = &self.ctx.shared.recorder;
+                    if let Some(live) = recorder.live() {
+                        let name = crate::db::Name::new(&file);
+                        live.progress(crate::db::Leg::Tftp, remote, &file, 0, Some(size));
+                        self.progress
+                            .borrow_mut()
+                            .insert(id, (name, size, Instant::now()));
+                    }
                     if recorder.enabled() {
                         let name = crate::db::Name::new(&file);
                         self.recording
@@ -452,14 +587,23 @@ impl TftpService {
                     outcome,
                     ..
                 } => {
-                    if let Some(mut t) = self.transfers.borrow_mut().remove(&id) {
-                        drop(t.recv_task.take());
-                        self.ports.borrow_mut().release(t.port);
+                    self.progress.borrow_mut().remove(&id);
+                    let closed = self.sockets.borrow_mut().leave(id, remote);
+                    if let Some(port) = closed {
+                        self.ports.borrow_mut().release(port);
                     }
                     match &outcome {
                         TransferOutcome::Completed { bytes, .. } => {
                             metrics.tftp_completed();
                             tracing::info!(%id, %remote, bytes, "TFTP transfer complete");
+                        }
+                        o if o.is_probe() => {
+                            metrics.tftp_failed();
+                            tracing::info!(%id, %remote, "TFTP size probe done (client ERROR 8 after the OACK)");
+                        }
+                        TransferOutcome::Aborted(reason) => {
+                            metrics.tftp_failed();
+                            tracing::info!(%id, %remote, %reason, "TFTP transfer ended");
                         }
                         other => {
                             metrics.tftp_failed();

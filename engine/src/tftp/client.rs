@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::options::{DEFAULT_BLKSIZE, MSFT_WINDOW_REQUEST};
 use super::transfer::Rollover;
-use super::wire::{Emit, ErrorCode, OP_RRQ, Packet};
+use super::wire::{ErrorCode, Request, TftpRepr};
 use crate::net::{Payload, Transmit};
 
 /// One download's settings.
@@ -262,7 +262,12 @@ impl TftpClient {
                 if self.config.msftwindow {
                     opts.push(("msftwindow", MSFT_WINDOW_REQUEST.into()));
                 }
-                match Emit::request(buf, OP_RRQ, &self.config.file, "octet", &opts) {
+                let request = TftpRepr::Rrq(Request {
+                    filename: &self.config.file,
+                    mode: "octet",
+                    options: opts.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+                });
+                match request.emit(buf) {
                     Ok(n) => (n, self.server),
                     Err(_) => {
                         self.finish(Err(ClientError::RequestTooLarge));
@@ -275,7 +280,8 @@ impl TftpClient {
                     .msftwindow
                     .then(|| self.windowsize.min(u16::from(u8::MAX)) as u8);
                 let wire = self.config.rollover.wire(block);
-                (Emit::ack(buf, wire, extra).ok()?, to)
+                let ack = TftpRepr::Ack { block: wire, extra };
+                (ack.emit(buf).ok()?, to)
             }
             Owed::Error(code, dest) => {
                 let msg = if code == ErrorCode::OptionRefused {
@@ -283,7 +289,8 @@ impl TftpClient {
                 } else {
                     "unknown transfer ID"
                 };
-                (Emit::error(buf, code, msg).ok()?, dest)
+                let error = TftpRepr::Error { code, message: msg };
+                (error.emit(buf).ok()?, dest)
             }
         };
         let _ = now;
@@ -317,10 +324,10 @@ impl TftpClient {
             None if from.ip() != self.server.ip() => return None,
             _ => {}
         }
-        let packet = Packet::parse(data).ok()?;
+        let packet = TftpRepr::parse_bytes(data).ok()?;
         self.stats.datagrams += 1;
         match packet {
-            Packet::Oack { options } if self.state == State::Requesting => {
+            TftpRepr::Oack { options } if self.state == State::Requesting => {
                 self.tid = Some(from);
                 if let Err(e) = self.accept_oack(&options) {
                     self.finish(Err(e));
@@ -345,7 +352,7 @@ impl TftpClient {
                 self.deadline = now + self.config.timeout;
                 None
             }
-            Packet::Data {
+            TftpRepr::Data {
                 block,
                 data: payload,
             } => {
@@ -356,7 +363,7 @@ impl TftpClient {
                 }
                 self.handle_data(now, block, payload.len(), data.len())
             }
-            Packet::Error { code, message } => {
+            TftpRepr::Error { code, message } => {
                 self.finish(Err(ClientError::Server {
                     code: code.code(),
                     message: message.to_owned(),

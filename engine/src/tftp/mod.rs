@@ -14,8 +14,8 @@ pub mod wire;
 pub use client::{
     ClientConfig, ClientDone, ClientError, ClientProfile, ClientStats, Delivered, TftpClient,
 };
-pub use server::{Local, TftpEvent, TftpServer, TftpServerConfig, TransferId, TransferOutcome};
-pub use transfer::Rollover;
+pub use server::{Local, TftpEvent, TftpServer, TftpServerConfig, TransferId};
+pub use transfer::{Abort, ClientAbort, Rollover, ServerAbort, TransferOutcome};
 
 #[cfg(test)]
 mod prop_tests;

@@ -11,10 +11,10 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::options::{self, Limits, MAX_BLKSIZE, MIN_BLKSIZE};
-use super::wire::{Emit, ErrorCode, OP_RRQ, OP_WRQ, Packet, Request};
+use super::wire::{Emit, ErrorCode, OP_RRQ, OP_WRQ, Request, TftpRepr};
 use super::{
-    ClientConfig, ClientProfile, Local, TftpClient, TftpEvent, TftpServer, TftpServerConfig,
-    TransferId, TransferOutcome,
+    Abort, ClientAbort, ClientConfig, ClientProfile, Local, TftpClient, TftpEvent, TftpServer,
+    TftpServerConfig, TransferId, TransferOutcome,
 };
 use crate::image::MemoryCatalog;
 use crate::net::{DatagramMeta, Payload};
@@ -96,25 +96,25 @@ proptest! {
             Shape::Request(op, file, mode, opts) => {
                 let n = Emit::request(&mut buf, *op, file, mode, &owned(opts)).expect("fits");
                 let req = Request { filename: file, mode, options: borrowed(opts) };
-                (n, if *op == OP_RRQ { Packet::Rrq(req) } else { Packet::Wrq(req) })
+                (n, if *op == OP_RRQ { TftpRepr::Rrq(req) } else { TftpRepr::Wrq(req) })
             }
             Shape::Data(block, data) => {
-                (Emit::data(&mut buf, *block, data).expect("fits"), Packet::Data { block: *block, data })
+                (Emit::data(&mut buf, *block, data).expect("fits"), TftpRepr::Data { block: *block, data })
             }
             Shape::Ack(block, extra) => (
                 Emit::ack(&mut buf, *block, *extra).expect("fits"),
-                Packet::Ack { block: *block, extra: *extra },
+                TftpRepr::Ack { block: *block, extra: *extra },
             ),
             Shape::Error(code, message) => (
                 Emit::error(&mut buf, ErrorCode::from_code(*code), message).expect("fits"),
-                Packet::Error { code: ErrorCode::from_code(*code), message },
+                TftpRepr::Error { code: ErrorCode::from_code(*code), message },
             ),
             Shape::Oack(opts) => (
                 Emit::oack(&mut buf, &owned(opts)).expect("fits"),
-                Packet::Oack { options: borrowed(opts) },
+                TftpRepr::Oack { options: borrowed(opts) },
             ),
         };
-        prop_assert_eq!(Packet::parse(&buf[..n]), Ok(expected));
+        prop_assert_eq!(TftpRepr::parse_bytes(&buf[..n]), Ok(expected));
         // Too small a buffer is an error, never a panic or a short packet.
         if n > 0 {
             let short = match &shape {
@@ -285,7 +285,14 @@ fn events(
             TftpEvent::TransferStarted { windowsize, .. } => *window = Some(windowsize),
             TftpEvent::TransferEnded { outcome, .. } => {
                 *done = Some(now);
-                let aborted = matches!(outcome, TransferOutcome::Aborted(_));
+                // The server gave up, or took the transfer for superseded (a client's time-out
+                // or ERROR is the client's business).
+                let aborted = matches!(
+                    outcome,
+                    TransferOutcome::Aborted(
+                        Abort::Server(_) | Abort::Client(ClientAbort::Superseded)
+                    )
+                );
                 prop_assert!(!aborted, "server aborted: {:?}", outcome);
             }
             TftpEvent::Refused { reason, .. } => {
@@ -385,7 +392,7 @@ fn download(c: &Case) -> Result<Run, TestCaseError> {
                     got.extend_from_slice(&d.bytes[del.range]);
                 }
             } else {
-                if let Ok(Packet::Ack { block, .. }) = Packet::parse(&d.bytes) {
+                if let Ok(TftpRepr::Ack { block, .. }) = TftpRepr::parse_bytes(&d.bytes) {
                     acked_heard = acked_heard.max(u64::from(block));
                 }
                 let meta = DatagramMeta {

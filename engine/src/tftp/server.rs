@@ -9,8 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::options::{self, Limits};
-use super::transfer::{Owed, Phase, Rollover, Transfer};
-use super::wire::{DATA_HEADER_LEN, Emit, ErrorCode, OP_WRQ, Packet};
+pub use super::transfer::{Abort, ClientAbort, ServerAbort, TransferOutcome};
+use super::transfer::{AckStep, Next, Rollover, Start, TimeoutStep, Transfer};
+use super::wire::{ErrorCode, OP_WRQ, Packet, TftpRepr};
 use crate::image::{ImageCatalog, OpenError};
 use crate::net::{DatagramMeta, Payload, Transmit};
 use crate::path::NameFlavor;
@@ -93,25 +94,6 @@ pub enum Local {
     Listener,
     /// The socket of one transfer (per-transfer-port mode).
     Transfer(TransferId),
-}
-
-/// How a transfer ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TransferOutcome {
-    Completed {
-        bytes: u64,
-        retransmits: u64,
-    },
-    /// The client sent an ERROR (EDK2 aborts its size probe with ERROR 8).
-    ClientError {
-        code: u16,
-        message: String,
-    },
-    TimedOut {
-        retransmits: u64,
-    },
-    Aborted(String),
 }
 
 /// What happened, for logs and metrics.
@@ -284,7 +266,7 @@ impl TftpServer {
             Local::Listener if self.config.single_port => self.by_remote.get(&meta.remote).copied(),
             Local::Listener => None,
         };
-        let packet = match Packet::parse(data) {
+        let packet = match Packet::new_checked(data).and_then(|p| TftpRepr::parse(&p)) {
             Ok(p) => p,
             Err(e) => {
                 // Too short to be anything: stay silent. Otherwise say what is wrong.
@@ -300,7 +282,7 @@ impl TftpServer {
             }
         };
         match packet {
-            Packet::Rrq(req) => {
+            TftpRepr::Rrq(req) => {
                 if let Local::Transfer(id) = local {
                     // An RRQ to a transfer's port is not how TFTP works.
                     self.stranger_or(
@@ -313,7 +295,7 @@ impl TftpServer {
                 }
                 self.handle_rrq(now, meta, req, images);
             }
-            Packet::Wrq(req) => {
+            TftpRepr::Wrq(req) => {
                 //= https://www.rfc-editor.org/rfc/rfc1350#section-7
                 //# Error Codes ... 2 Access violation.
                 let _ = (OP_WRQ, req.mode);
@@ -324,7 +306,7 @@ impl TftpServer {
                 });
                 self.reply_error(local, &meta, ErrorCode::AccessViolation, "read-only server");
             }
-            Packet::Ack { block, extra } => match owner {
+            TftpRepr::Ack { block, extra } => match owner {
                 Some(id) if self.owns(id, &meta) => self.handle_ack(now, id, block, extra, images),
                 Some(id) => self.stranger_or(
                     id,
@@ -334,21 +316,21 @@ impl TftpServer {
                 ),
                 None => self.reply_error(local, &meta, ErrorCode::UnknownTransferId, "no transfer"),
             },
-            Packet::Error { code, message } => {
+            TftpRepr::Error { code, message } => {
                 if let Some(id) = owner
                     && self.owns(id, &meta)
                 {
                     //= https://www.rfc-editor.org/rfc/rfc2347#section-5
                     //# the client ... may send an ERROR packet (error code 8) and terminate.
-                    let outcome = TransferOutcome::ClientError {
+                    let outcome = TransferOutcome::Aborted(Abort::Client(ClientAbort::Error {
                         code: code.code(),
                         message: message.chars().take(200).collect(),
-                    };
+                    }));
                     self.end(id, outcome, images);
                 }
                 // An ERROR is never answered with an ERROR.
             }
-            Packet::Data { .. } | Packet::Oack { .. } => match owner {
+            TftpRepr::Data { .. } | TftpRepr::Oack { .. } => match owner {
                 Some(id) if !self.owns(id, &meta) => self.stranger_or(
                     id,
                     &meta,
@@ -426,16 +408,9 @@ impl TftpServer {
             // again from the same transfer) or the network delayed or duplicated the RRQ (the
             // transfer is under way: ignore it). Never start a second transfer, never kill this one.
             if t.file == req.filename {
-                // One answer per request, and only the first one's: the OACK, or block 1 when
-                // there is no OACK (the window is then one block). Never a whole window, and the
-                // transfer's life is not extended, so repeated RRQs from a spoofed source get
-                // back about what they sent.
-                if !t.heard {
-                    t.owed = match t.phase {
-                        Phase::Negotiating => Owed::Oack,
-                        Phase::Sending => Owed::Window,
-                    };
-                    t.next = 1;
+                // One answer per request, and only the first one's (see
+                // `Transfer::on_repeated_request`).
+                if t.on_repeated_request() {
                     self.enqueue(id);
                 }
                 return;
@@ -443,7 +418,7 @@ impl TftpServer {
             // Same client port, new request: the old transfer is over.
             self.end(
                 id,
-                TransferOutcome::Aborted("superseded by a new request".into()),
+                TransferOutcome::Aborted(Abort::Client(ClientAbort::Superseded)),
                 images,
             );
         }
@@ -501,57 +476,23 @@ impl TftpServer {
         {
             self.evict(victim, images);
         }
-        let n = options::negotiate(&req.options, info.len, self.limits(meta.remote.is_ipv6()));
+        let negotiated =
+            options::negotiate(&req.options, info.len, self.limits(meta.remote.is_ipv6()));
         self.next_id += 1;
         let id = TransferId(self.next_id);
-        let has_oack = !n.oack.is_empty();
-        let timeout = n
-            .timeout
-            .unwrap_or(Duration::from_millis(self.config.timeout_ms.max(1)));
-        // A client's retransmissions in the handshake come its own timeout apart: the
-        // negotiated one, or one the server does not know (`first_ack_timeout_ms` covers it).
-        let first_ack = Duration::from_millis(self.config.first_ack_timeout_ms).max(
-            n.timeout
-                .map_or(Duration::ZERO, |t| t * 2 + Duration::from_secs(1)),
-        );
-        let t = Transfer {
+        let start = Start {
             remote: meta.remote,
             local_ip: meta.local_ip,
             ifindex: meta.ifindex,
             file: req.filename.to_owned(),
             image: info.id,
             len: info.len,
-            blksize: n.blksize,
-            windowsize: n.windowsize,
-            msftwindow: n.msftwindow,
-            timeout,
+            negotiated,
+            default_timeout: Duration::from_millis(self.config.timeout_ms.max(1)),
+            first_ack_timeout: Duration::from_millis(self.config.first_ack_timeout_ms),
             rollover: self.config.rollover,
-            oack: n.oack,
-            //= https://www.rfc-editor.org/rfc/rfc2347#section-4
-            //# If the transfer was initiated with a Read Request, then an ACK (with the data
-            //# block number set to 0) is sent by the client to confirm the values in the
-            //# server's OACK packet.
-            phase: if has_oack {
-                Phase::Negotiating
-            } else {
-                Phase::Sending
-            },
-            owed: if has_oack { Owed::Oack } else { Owed::Window },
-            acked: 0,
-            next: 1,
-            sent_max: 0,
-            heard: false,
-            expires: now + first_ack,
-            born: now,
-            probing: false,
-            deadline: now,
-            timer_at: None,
-            fast_resent: None,
-            queued: false,
-            tries: 0,
-            retransmits: 0,
-            bytes_sent: 0,
         };
+        let t = Transfer::new(start, now);
         self.events.push_back(TftpEvent::TransferStarted {
             id,
             remote: meta.remote,
@@ -611,28 +552,9 @@ impl TftpServer {
     fn evict(&mut self, id: TransferId, images: &mut dyn ImageCatalog) {
         self.end(
             id,
-            TransferOutcome::Aborted("evicted before its first ACK: server at capacity".into()),
+            TransferOutcome::Aborted(Abort::Server(ServerAbort::Evicted)),
             images,
         );
-    }
-
-    /// Under pressure the platform cannot relieve otherwise (no transfer port left): ends the
-    /// oldest transfer other than `except` that never got an ACK, so its port can serve
-    /// `except`. Returns the evicted transfer.
-    pub fn evict_unacknowledged(
-        &mut self,
-        now: Instant,
-        except: TransferId,
-        images: &mut dyn ImageCatalog,
-    ) -> Option<TransferId> {
-        let victim = self
-            .unacked
-            .iter()
-            .copied()
-            .find(|&id| id != except)
-            .filter(|&id| self.evictable(id, now))?;
-        self.evict(victim, images);
-        Some(victim)
     }
 
     fn handle_ack(
@@ -646,64 +568,23 @@ impl TftpServer {
         let Some(t) = self.transfers.get_mut(&id) else {
             return;
         };
-        let Some(block) = t.resolve_ack(wire) else {
-            return;
-        };
-        if !t.heard {
-            // Without an OACK, ACK 0 acknowledges nothing we sent.
-            if t.phase == Phase::Sending && block == 0 {
-                return;
-            }
-            t.heard = true;
+        let was_heard = t.heard;
+        let step = t.on_ack(now, wire, extra, self.config.max_windowsize);
+        if t.heard && !was_heard {
             self.unacked.remove(&id);
             self.unacked_by_ip.remove(&(t.remote.ip(), id));
         }
-        if t.msftwindow
-            && let Some(w) = extra
-        {
-            t.windowsize = u16::from(w).clamp(1, self.config.max_windowsize.max(1));
-        }
-        if t.phase == Phase::Negotiating {
-            t.phase = Phase::Sending;
-            t.acked = 0;
-        } else if block < t.acked {
-            return;
-        } else if block == t.acked {
-            //= https://www.rfc-editor.org/rfc/rfc7440#section-4
-            //# the receiver ... sends an ACK for the last packet received in sequence
-            //
-            // The same ACK again, while blocks after it are out, means the block after it was
-            // lost: resend from there, once per position. Every further copy of that ACK is
-            // ignored, so duplicated ACKs never breed duplicate windows (RFC 1350's Sorcerer's
-            // Apprentice); the timeout covers the rest.
-            if t.sent_max <= t.acked || t.fast_resent == Some(block) {
-                return;
+        match step {
+            AckStep::Ignore => {}
+            AckStep::Complete => {
+                let outcome = TransferOutcome::Completed {
+                    bytes: t.len,
+                    retransmits: t.retransmits,
+                };
+                self.end(id, outcome, images);
             }
-            t.fast_resent = Some(block);
-            t.probing = false;
-            t.retransmits += t.window_end().saturating_sub(t.acked);
-        } else {
-            t.acked = block;
+            AckStep::Send => self.enqueue(id),
         }
-        // The client answered: whole windows again.
-        t.probing = false;
-        if t.acked >= t.total_blocks() {
-            let outcome = TransferOutcome::Completed {
-                bytes: t.len,
-                retransmits: t.retransmits,
-            };
-            self.end(id, outcome, images);
-            return;
-        }
-        //= https://www.rfc-editor.org/rfc/rfc7440#section-4
-        //# If the sender receives an ACK for a block that is not the last one of the window,
-        //# it ... starts a new window beginning with the block that follows the acknowledged
-        //# one.
-        t.next = t.acked + 1;
-        t.tries = 0;
-        t.owed = Owed::Window;
-        t.deadline = now + t.timeout;
-        self.enqueue(id);
     }
 
     fn enqueue(&mut self, id: TransferId) {
@@ -713,19 +594,6 @@ impl TftpServer {
             t.queued = true;
             self.ready.push_back(id);
         }
-    }
-
-    /// The transfer waits for its client until `now + timeout`; one that never heard from its
-    /// client, until it expires (sending again does not extend its life).
-    fn arm(
-        timers: &mut BinaryHeap<Reverse<(Instant, TransferId)>>,
-        id: TransferId,
-        t: &mut Transfer,
-        now: Instant,
-    ) {
-        t.owed = Owed::Nothing;
-        t.deadline = if t.heard { now + t.timeout } else { t.expires };
-        Self::ensure_timer(timers, id, t);
     }
 
     /// Makes sure the heap has an entry for `t` no later than its deadline.
@@ -742,11 +610,16 @@ impl TftpServer {
 
     /// Ends a transfer the platform cannot serve (no port, image gone): tells the client with
     /// an ERROR when it can, then ends it.
-    pub fn abort_transfer(&mut self, id: TransferId, reason: &str, images: &mut dyn ImageCatalog) {
+    pub fn abort_transfer(
+        &mut self,
+        id: TransferId,
+        reason: ServerAbort,
+        images: &mut dyn ImageCatalog,
+    ) {
         self.end_with_error(
             id,
-            reason,
-            TransferOutcome::Aborted(reason.to_owned()),
+            &reason.to_string(),
+            TransferOutcome::Aborted(Abort::Server(reason)),
             images,
         );
     }
@@ -812,58 +685,17 @@ impl TftpServer {
             if t.timer_at == Some(at) {
                 t.timer_at = None;
             }
-            // Sending: the window it owes arms a new deadline when it leaves.
-            if t.owed != Owed::Nothing {
-                continue;
-            }
-            // The transfer moved on since this entry was armed: wait for its real deadline.
-            if t.deadline > now {
-                Self::ensure_timer(&mut self.timers, id, t);
-                continue;
-            }
-            let outcome = TransferOutcome::TimedOut {
-                retransmits: t.retransmits,
-            };
-            if !t.heard {
-                //= https://www.rfc-editor.org/rfc/rfc1350#section-2
-                //# If a packet gets lost in the network, the intended recipient will timeout
-                //# and may retransmit his last packet (which may be data or an
-                //# acknowledgment), thus causing the sender of the lost packet to retransmit
-                //# that lost packet.
-                //
-                // Never acknowledged: the peer's last packet is its RRQ, which a real client
-                // retransmits (answered again, or it starts afresh once this one is gone).
-                // Nothing was resent on a timer, and a spoofed source needs no ERROR either.
-                self.end(id, outcome, images);
-                continue;
-            }
-            if t.tries >= self.config.retries {
+            let retransmits = t.retransmits;
+            let timed_out =
+                || TransferOutcome::Aborted(Abort::Client(ClientAbort::TimedOut { retransmits }));
+            match t.on_timeout(now, self.config.retries) {
+                TimeoutStep::Busy => {}
+                TimeoutStep::Wait => Self::ensure_timer(&mut self.timers, id, t),
+                TimeoutStep::Expire => self.end(id, timed_out(), images),
                 // The client went silent: tell it, if it still listens, and end.
-                self.end_with_error(id, "timed out", outcome, images);
-                continue;
+                TimeoutStep::GiveUp => self.end_with_error(id, "timed out", timed_out(), images),
+                TimeoutStep::Resend => self.enqueue(id),
             }
-            t.tries += 1;
-            //= https://www.rfc-editor.org/rfc/rfc5681#section-3.1
-            //# Furthermore, upon a timeout (as specified in [RFC2988]) cwnd MUST be set to no
-            //# more than the loss window, LW, which equals 1 full-sized segment (regardless of
-            //# the value of IW).
-            //
-            // TFTP's window plays cwnd's part: until the client answers, each timeout resends
-            // the window's first and last blocks only, so a client that acknowledged once and
-            // vanished costs one window and two blocks per retry. One block is not enough: an
-            // RFC 7440 receiver that has nothing of the window takes the first block in order
-            // and then waits for the rest (its own timeout, 4 s for EDK2), and one that has all
-            // of it may drop a repeat of the last block it got; the last block, out of order or
-            // completing the window, makes the first kind answer, and the first block, a
-            // repeat, the second. The first ACK restores whole windows at once, because such a
-            // receiver acknowledges only a full window, so a window grown step by step would
-            // stall it at every step.
-            t.probing = true;
-            t.fast_resent = None;
-            t.owed = Owed::Window;
-            t.next = t.acked + 1;
-            t.retransmits += if t.window_end() > t.acked + 1 { 2 } else { 1 };
-            self.enqueue(id);
         }
     }
 
@@ -891,7 +723,11 @@ impl TftpServer {
         buf: &mut [u8],
     ) -> Option<(Local, Transmit)> {
         if let Some(c) = self.control.pop_front() {
-            let len = Emit::error(buf, c.code, &c.message).ok()?;
+            let error = TftpRepr::Error {
+                code: c.code,
+                message: &c.message,
+            };
+            let len = error.emit(buf).ok()?;
             return Some((
                 c.local,
                 Transmit {
@@ -913,64 +749,33 @@ impl TftpServer {
             } else {
                 Local::Transfer(id)
             };
-            let (destination, source_ip, ifindex) = (t.remote, t.local_ip, t.ifindex);
-            let route = move |payload| Transmit {
-                destination,
-                source_ip,
-                ifindex,
-                payload,
-            };
-            match t.owed {
-                Owed::Nothing => continue,
-                Owed::Oack => {
-                    let len = Emit::oack(buf, &t.oack).ok()?;
-                    Self::arm(&mut self.timers, id, t, now);
-                    return Some((local, route(Payload::Bytes { len })));
+            let destination = t.remote;
+            let (source_ip, ifindex) = (t.local_ip, t.ifindex);
+            match t.poll(now, max_datagrams, buf) {
+                Next::Idle { armed } => {
+                    if armed {
+                        Self::ensure_timer(&mut self.timers, id, t);
+                    }
                 }
-                Owed::Window => {
-                    let end = t.window_end();
-                    let stop = t.stop();
-                    if t.next > end {
-                        Self::arm(&mut self.timers, id, t, now);
-                        continue;
-                    }
-                    let fit = buf.len() / DATA_HEADER_LEN;
-                    let count = (stop - t.next + 1)
-                        .min(max_datagrams.max(1) as u64)
-                        .min(fit as u64)
-                        .min(u64::from(u16::MAX));
-                    if count == 0 {
-                        t.queued = true;
-                        self.ready.push_front(id);
-                        return None;
-                    }
-                    for k in 0..count {
-                        let at = (k as usize) * DATA_HEADER_LEN;
-                        let wire = t.rollover.wire(t.next + k);
-                        Emit::data_header(&mut buf[at..at + DATA_HEADER_LEN], wire).ok()?;
-                    }
-                    let range = t.range_of(t.next, count);
-                    t.next += count;
-                    t.sent_max = t.sent_max.max(t.next - 1);
-                    if t.probing && t.next > t.acked + 1 {
-                        // The probe's second block is the window's last.
-                        t.next = t.next.max(end);
-                    }
-                    t.bytes_sent += range.len();
-                    if t.next > end {
-                        Self::arm(&mut self.timers, id, t, now);
+                Next::NoRoom => {
+                    t.queued = true;
+                    self.ready.push_front(id);
+                    return None;
+                }
+                Next::Send { payload, armed } => {
+                    if armed {
+                        Self::ensure_timer(&mut self.timers, id, t);
                     } else {
                         t.queued = true;
                         self.ready.push_back(id);
                     }
-                    let payload = Payload::Segments {
-                        header_len: DATA_HEADER_LEN as u8,
-                        count: count as u16,
-                        segment: t.blksize,
-                        image: t.image,
-                        range,
+                    let transmit = Transmit {
+                        destination,
+                        source_ip,
+                        ifindex,
+                        payload,
                     };
-                    return Some((local, route(payload)));
+                    return Some((local, transmit));
                 }
             }
         }

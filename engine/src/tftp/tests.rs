@@ -7,7 +7,7 @@ use super::*;
 use crate::image::MemoryCatalog;
 use crate::net::{DatagramMeta, Payload};
 use crate::sim::{Faults, SimNet};
-use crate::tftp::wire::{Emit, ErrorCode, OP_RRQ, OP_WRQ, Packet};
+use crate::tftp::wire::{Emit, ErrorCode, OP_RRQ, OP_WRQ, TftpRepr};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
@@ -284,7 +284,9 @@ fn edk2_probe_then_real_request() {
     assert!(
         matches!(
             h.ended()[..],
-            [TransferOutcome::ClientError { code: 8, .. }]
+            [TransferOutcome::Aborted(Abort::Client(
+                ClientAbort::Error { code: 8, .. }
+            ))]
         ),
         "the probe's ERROR 8 ends the transfer quietly: {:?}",
         h.ended()
@@ -432,11 +434,13 @@ impl Manual {
         let mut out = Vec::new();
         while let Some((local, t)) = self.server.poll_transmit(self.now, 64, &mut self.buf) {
             let sent = match t.payload {
-                Payload::Bytes { len } => match Packet::parse(&self.buf[..len]).expect("parse") {
-                    Packet::Error { code, .. } => Sent::Error(code),
-                    Packet::Oack { .. } => Sent::Oack,
-                    other => panic!("unexpected {other:?}"),
-                },
+                Payload::Bytes { len } => {
+                    match TftpRepr::parse_bytes(&self.buf[..len]).expect("parse") {
+                        TftpRepr::Error { code, .. } => Sent::Error(code),
+                        TftpRepr::Oack { .. } => Sent::Oack,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
                 Payload::Segments { count, .. } => {
                     Sent::Data(u16::from_be_bytes([self.buf[2], self.buf[3]]), count)
                 }
@@ -525,7 +529,9 @@ fn timeout_retransmits_then_gives_up_and_closes_the_image() {
         matches!(
             e,
             TftpEvent::TransferEnded {
-                outcome: TransferOutcome::TimedOut { retransmits: 3 },
+                outcome: TransferOutcome::Aborted(Abort::Client(ClientAbort::TimedOut {
+                    retransmits: 3
+                })),
                 ..
             }
         )
@@ -1309,7 +1315,7 @@ fn the_negotiated_timeout_is_capped_and_bounds_the_first_ack_wait() {
         let Payload::Bytes { len } = t.payload else {
             panic!("OACK expected")
         };
-        let Ok(Packet::Oack { options }) = Packet::parse(&m.buf[..len]) else {
+        let Ok(TftpRepr::Oack { options }) = TftpRepr::parse_bytes(&m.buf[..len]) else {
             panic!("OACK expected")
         };
         let timeout = options
@@ -1417,7 +1423,7 @@ fn a_repeated_option_is_echoed_once_with_the_value_the_blocks_follow() {
     let Payload::Bytes { len } = t.payload else {
         panic!("OACK expected")
     };
-    let Ok(Packet::Oack { options }) = Packet::parse(&m.buf[..len]) else {
+    let Ok(TftpRepr::Oack { options }) = TftpRepr::parse_bytes(&m.buf[..len]) else {
         panic!("OACK expected")
     };
     assert_eq!(options, vec![("blksize", "1468")]);
@@ -1495,10 +1501,10 @@ fn a_symlink_out_of_the_root_answers_file_not_found() {
         let Payload::Bytes { len } = t.payload else {
             panic!("ERROR expected")
         };
-        let Ok(Packet::Error {
+        let Ok(TftpRepr::Error {
             code: got,
             message: said,
-        }) = Packet::parse(&buf[..len])
+        }) = TftpRepr::parse_bytes(&buf[..len])
         else {
             panic!("ERROR expected")
         };
