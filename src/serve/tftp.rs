@@ -31,9 +31,9 @@ const BIND_WARN_PERIOD: Duration = Duration::from_secs(10);
 /// that fails is a system call the event loop waits for.
 const MAX_BIND_TRIES: usize = 8;
 
-/// A bound transfer socket and the transfers it serves.
-struct Socket {
-    endpoint: Rc<UdpEndpoint>,
+/// A bound transfer socket and the transfers it serves (`E`: the socket, `Rc<UdpEndpoint>`).
+struct Socket<E> {
+    endpoint: E,
     recv_task: Option<JoinHandle<()>>,
     port: Option<u16>,
     /// Its transfers by client address and port: one, unless no port was left and transfers
@@ -44,9 +44,8 @@ struct Socket {
 }
 
 /// The transfer sockets of one loop.
-#[derive(Default)]
-struct Sockets {
-    by_key: HashMap<u64, Socket>,
+struct Sockets<E> {
+    by_key: HashMap<u64, Socket<E>>,
     /// Every key, for a pick at random.
     keys: Vec<u64>,
     /// The socket of each transfer that has one.
@@ -54,10 +53,21 @@ struct Sockets {
     next_key: u64,
 }
 
-impl Sockets {
-    fn endpoint_of(&self, id: TransferId) -> Option<Rc<UdpEndpoint>> {
+impl<E> Default for Sockets<E> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            keys: Vec::new(),
+            of: HashMap::new(),
+            next_key: 0,
+        }
+    }
+}
+
+impl<E: Clone> Sockets<E> {
+    fn endpoint_of(&self, id: TransferId) -> Option<E> {
         let key = self.of.get(&id)?;
-        self.by_key.get(key).map(|s| Rc::clone(&s.endpoint))
+        self.by_key.get(key).map(|s| s.endpoint.clone())
     }
 
     /// Which transfer a datagram from `from` on socket `key` is for: its own, or (a stranger)
@@ -71,7 +81,7 @@ impl Sockets {
             .map(|&id| Local::Transfer(id))
     }
 
-    fn add(&mut self, endpoint: Rc<UdpEndpoint>, port: Option<u16>) -> u64 {
+    fn add(&mut self, endpoint: E, port: Option<u16>) -> u64 {
         let key = self.next_key;
         self.next_key += 1;
         let socket = Socket {
@@ -236,7 +246,7 @@ pub(crate) struct TftpService {
     engine: RefCell<TftpServer>,
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
-    sockets: RefCell<Sockets>,
+    sockets: RefCell<Sockets<Rc<UdpEndpoint>>>,
     /// Each running transfer's file and start, for its timeline event at the end (the end
     /// event names neither). Only filled when the database records.
     recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant)>>,
@@ -685,6 +695,46 @@ mod tests {
         assert!(guessable < 5, "{firsts:?}");
         let distinct: HashSet<u16> = firsts.iter().copied().collect();
         assert!(distinct.len() > 40, "{firsts:?}");
+    }
+
+    #[test]
+    fn transfers_share_a_socket_and_it_closes_with_the_last() {
+        let id = TransferId;
+        let peer = |n: u16| SocketAddr::from(([127, 1, 0, 1], n));
+        let mut sockets: Sockets<&str> = Sockets::default();
+        let a = sockets.add("a", Some(30000));
+        let b = sockets.add("b", Some(30001));
+        sockets.join(a, id(1), peer(1));
+        sockets.join(b, id(2), peer(2));
+        // The range is used up: transfers 3 and 4 share b's socket.
+        let shared = sockets.pick(1).expect("a socket to share");
+        assert_eq!(shared, b);
+        sockets.join(b, id(3), peer(3));
+        sockets.join(b, id(4), peer(4));
+        assert_eq!(sockets.endpoint_of(id(3)), Some("b"));
+        // Each datagram goes to the transfer of its source; a stranger's to one of them (its
+        // ERROR leaves from the same socket).
+        assert_eq!(sockets.local_for(b, peer(3)), Some(Local::Transfer(id(3))));
+        assert_eq!(sockets.local_for(b, peer(4)), Some(Local::Transfer(id(4))));
+        assert!(matches!(
+            sockets.local_for(b, peer(9)),
+            Some(Local::Transfer(TransferId(2..=4)))
+        ));
+        // A new transfer of the same peer replaces one that ended unseen.
+        sockets.join(b, id(5), peer(4));
+        assert_eq!(sockets.endpoint_of(id(4)), None);
+        assert_eq!(sockets.local_for(b, peer(4)), Some(Local::Transfer(id(5))));
+        // The socket stays while a transfer uses it; its port comes back with the last.
+        assert_eq!(sockets.leave(id(2), peer(2)), None);
+        assert_eq!(sockets.leave(id(4), peer(4)), None);
+        assert_eq!(sockets.leave(id(3), peer(3)), None);
+        assert_eq!(sockets.leave(id(5), peer(4)), Some(Some(30001)));
+        assert_eq!(sockets.local_for(b, peer(3)), None);
+        // The key list stays consistent after the swap-remove: picks land on a.
+        assert_eq!(sockets.keys, vec![a]);
+        assert_eq!(sockets.pick(7), Some(a));
+        assert_eq!(sockets.leave(id(1), peer(1)), Some(Some(30000)));
+        assert_eq!(sockets.pick(0), None);
     }
 
     #[test]
