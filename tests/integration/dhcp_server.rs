@@ -153,6 +153,13 @@ fn udhcpc_gets_a_lease_and_renews_it() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // SIGUSR2: udhcpc releases its lease (RFC 2131 RELEASE, unicast to the server).
+    let (released, out) = run(
+        Command::new("kill").args(["-USR2", &udhcpc.id().to_string()]),
+        Duration::from_secs(5),
+    );
+    assert!(released, "kill -USR2: {out}");
+    let release = server.wait_for_log("DHCP release", Duration::from_secs(5));
     let _ = udhcpc.kill();
     let _ = udhcpc.wait();
     let log = server.drain_log().join("\n");
@@ -174,6 +181,7 @@ fn udhcpc_gets_a_lease_and_renews_it() {
         .unwrap_or_else(|| panic!("no renewal within 20 s: {lines:?}\nserver:\n{log}"));
     assert_eq!(renew.split(' ').nth(1), Some(leased), "{renew}");
     assert!(log.matches("DHCP ack").count() >= 2, "{log}");
+    assert!(release.contains(&format!("ip={leased}")), "{release}");
 }
 
 #[test]

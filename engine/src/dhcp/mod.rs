@@ -1,8 +1,11 @@
-//! ProxyDHCP/PXE: the wire codec, the boot policy, the responder and a firmware-like client.
+//! DHCP and PXE: the wire codec, the boot policy, the proxyDHCP responder, the DHCP server and
+//! a firmware-like client.
 //!
-//! zpxe never hands out addresses. The site's DHCP server does that; zpxe answers PXE clients
-//! beside it (on port 67, and on 4011 for clients that ask the boot server directly) with the
-//! boot server and file, and hands iPXE a script URL instead of the loader so it does not loop.
+//! In proxy and pxe-only modes zpxe hands out no addresses. The site's DHCP server does that;
+//! zpxe answers PXE clients beside it (on port 67, and on 4011 for clients that ask the boot
+//! server directly) with the boot server and file, and hands iPXE a script URL instead of the
+//! loader so it does not loop. In server mode ([`server`]) zpxe is that DHCP server, and the
+//! same boot answer rides in its OFFER and ACK.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod client;

@@ -1023,6 +1023,8 @@ fn event_mac(event: &ServerEvent) -> Option<MacAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
     use crate::dhcp::fixtures;
     use crate::dhcp::leases::LeaseState;
 
@@ -1930,5 +1932,94 @@ mod tests {
         );
         let out = drain(&mut server, now);
         assert!(one(&out).1.boot_file.starts_with(b"http://"));
+    }
+
+    /// Random DISCOVER, REQUEST (each kind), RELEASE, DECLINE and INFORM from 40 clients
+    /// against a 16-address pool over simulated hours, some commits failing: no address is ever
+    /// leased to two clients at once, every ACK names an address of the pool, and the table
+    /// never outgrows the pool.
+    #[test]
+    fn random_traffic_never_leases_one_address_twice() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        for seed in 0..20u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut cfg = config();
+            cfg.pools[0].range = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 115)];
+            cfg.lease_time = Duration::from_secs(60);
+            let mut server = DhcpServer::new(cfg);
+            let start = Instant::now();
+            let mut now = start;
+            // What each client believes it holds, and until when.
+            let mut held: HashMap<u32, (Ipv4Addr, Instant)> = HashMap::new();
+            for step in 0..3000 {
+                now += Duration::from_millis(rng.random_range(0..2000));
+                let n = rng.random_range(0..40u32);
+                let m = mac(n);
+                let ip_any = Ipv4Addr::new(10, 0, 0, rng.random_range(95..120));
+                let mine = held.get(&n).map(|h| h.0);
+                let req = match rng.random_range(0..7) {
+                    0 | 1 => msg(MessageType::Discover, m),
+                    2 => selecting(m, mine.unwrap_or(ip_any), LOCAL),
+                    3 => {
+                        let mut r = msg(MessageType::Request, m);
+                        r.options.requested_ip = Some(mine.unwrap_or(ip_any));
+                        r
+                    }
+                    4 => {
+                        let mut r = msg(MessageType::Request, m);
+                        r.ciaddr = mine.unwrap_or(ip_any);
+                        r
+                    }
+                    5 => {
+                        let mut r = msg(MessageType::Release, m);
+                        r.ciaddr = mine.unwrap_or(ip_any);
+                        r.options.server_id = Some(LOCAL);
+                        held.remove(&n);
+                        r
+                    }
+                    _ => {
+                        let mut r = msg(MessageType::Decline, m);
+                        r.options.requested_ip = Some(mine.unwrap_or(ip_any));
+                        r.options.server_id = Some(LOCAL);
+                        held.remove(&n);
+                        r
+                    }
+                };
+                server.handle_datagram(now, meta("0.0.0.0:68"), &req.to_bytes());
+                while let Some(c) = server.poll_commit() {
+                    server.committed(c.seq, rng.random_range(0..10) != 0);
+                }
+                let out = drain(&mut server, now);
+                for (_, reply) in &out.transmits {
+                    match reply.options.message_type {
+                        Some(MessageType::Ack) if !reply.yiaddr.is_unspecified() => {
+                            let ip = reply.yiaddr;
+                            assert!(
+                                (100..=115).contains(&ip.octets()[3]),
+                                "seed {seed} step {step}: {ip}"
+                            );
+                            held.insert(n, (ip, now + Duration::from_secs(60)));
+                        }
+                        Some(MessageType::Nak) => {
+                            held.remove(&n);
+                        }
+                        _ => {}
+                    }
+                }
+                held.retain(|_, (_, until)| *until > now);
+                let mut seen = HashMap::new();
+                for (client, (ip, _)) in &held {
+                    if let Some(other) = seen.insert(*ip, *client) {
+                        panic!("seed {seed} step {step}: {ip} held by {other} and {client}");
+                    }
+                }
+                let (slots, clients) = server.table().sizes();
+                assert!(
+                    slots <= 16 && clients <= 16,
+                    "seed {seed}: {slots} {clients}"
+                );
+            }
+        }
     }
 }
