@@ -33,6 +33,8 @@ const BUF: usize = 4096;
 /// The engine, the lease writer and the sockets, shared by every socket's receive task.
 pub(crate) struct Core {
     engine: RefCell<DhcpServer>,
+    /// The reload generation whose boot policy `engine` answers with.
+    generation: std::cell::Cell<u64>,
     store: LeaseStore,
     ctx: Rc<ThreadCtx>,
     /// Sockets by the interface index requests arrived on, to answer from the same one.
@@ -93,6 +95,7 @@ impl Core {
         let store = LeaseStore::spawn(backend)?;
         let core = Rc::new(Self {
             engine: RefCell::new(engine),
+            generation: std::cell::Cell::new(ctx.shared.reloader.generation()),
             store,
             ctx: Rc::clone(ctx),
             by_ifindex: RefCell::new(HashMap::new()),
@@ -144,6 +147,7 @@ impl Core {
                             .entry(i)
                             .or_insert_with(|| Rc::clone(&socket));
                     }
+                    self.follow_reload();
                     self.engine
                         .borrow_mut()
                         .handle_datagram(Instant::now(), r.meta, &buf[..r.len]);
@@ -152,6 +156,20 @@ impl Core {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
             }
+        }
+    }
+
+    /// Takes the boot policy of a reload (`[boot]`, the advertised address) for this and later
+    /// requests, as the proxy does; pools and lease times need a restart.
+    fn follow_reload(&self) {
+        let reloader = &self.ctx.shared.reloader;
+        if reloader.generation() != self.generation.get() {
+            let settings = reloader.settings();
+            let p = &settings.proxy;
+            self.engine
+                .borrow_mut()
+                .set_boot(p.policy.clone(), p.http_port, p.server_ip);
+            self.generation.set(settings.generation);
         }
     }
 

@@ -352,6 +352,14 @@ impl DhcpServer {
         }
     }
 
+    /// Answers with a reloaded boot policy (and HTTP port, advertised address) from the next
+    /// request on; pools and leases are kept.
+    pub fn set_boot(&mut self, policy: BootPolicy, http_port: u16, server_ip: Option<Ipv4Addr>) {
+        self.config.policy = policy;
+        self.config.http_port = http_port;
+        self.config.server_ip = server_ip;
+    }
+
     /// Consults `overrides` (the machine registry) for each client's loader, as the proxy does.
     pub fn set_overrides(&mut self, overrides: std::sync::Arc<dyn super::proxy::ClientOverrides>) {
         self.overrides = Some(overrides);
@@ -2021,5 +2029,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_reloaded_policy_answers_the_next_request() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let policy = BootPolicy {
+            efi64: "reloaded.efi".into(),
+            ..Default::default()
+        };
+        server.set_boot(policy, 8080, None);
+        server.handle_datagram(now, meta("0.0.0.0:68"), &fixtures::EDK2_DISCOVER.bytes());
+        let out = drain(&mut server, now);
+        assert_eq!(one(&out).1.boot_file, b"reloaded.efi");
     }
 }
