@@ -252,14 +252,19 @@ async fn web_connection(
     config: Arc<HttpConfig>,
     web: WebService,
 ) {
-    let first = {
+    let mut first = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(config.header_timeout_ms);
+    // Until the method is whole: a `PUT` split across segments must not reach the engine.
+    while first.is_empty() || crate::web::machines::may_be_write_method(&first) {
         let read = std::pin::pin!(tcp.read(Vec::with_capacity(READ_BUF)));
-        let wait = std::pin::pin!(sleep(Duration::from_millis(config.header_timeout_ms)));
+        let wait = std::pin::pin!(sleep(deadline.saturating_duration_since(Instant::now())));
         match select(read, wait).await {
-            Either::Left(((Ok(n), b), _)) if n > 0 => b.get(..n).unwrap_or_default().to_vec(),
+            Either::Left(((Ok(n), b), _)) if n > 0 => {
+                first.extend_from_slice(b.get(..n).unwrap_or_default());
+            }
             _ => return,
         }
-    };
+    }
     if crate::web::machines::is_write_request(&first) {
         let _busy = ctx.drain.busy();
         crate::web::machines::serve_write(&web, &mut tcp, peer, first).await;

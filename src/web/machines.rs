@@ -375,9 +375,17 @@ pub struct WriteHead {
 /// Whether the first bytes of a connection start a request the engine's machine does not
 /// serve (a method other than `GET` and `HEAD`): those go to [`serve_write`].
 pub fn is_write_request(first: &[u8]) -> bool {
-    [&b"PUT "[..], b"POST ", b"DELETE ", b"PATCH "]
+    WRITE_METHODS.iter().any(|m| first.starts_with(m))
+}
+
+const WRITE_METHODS: [&[u8]; 4] = [b"PUT ", b"POST ", b"DELETE ", b"PATCH "];
+
+/// Whether `first` is a strict beginning of a method [`is_write_request`] takes (`PU`,
+/// `DELE`): read more before deciding.
+pub fn may_be_write_method(first: &[u8]) -> bool {
+    WRITE_METHODS
         .iter()
-        .any(|m| first.starts_with(m))
+        .any(|m| m.len() > first.len() && m.starts_with(first))
 }
 
 /// Parses a complete head (`Ok(None)`: not complete yet). Errors are the 4xx to answer.
@@ -601,6 +609,12 @@ mod tests {
         assert_eq!(parse_write_head(&big).unwrap_err().0, 431);
         assert!(is_write_request(b"DELETE /x"));
         assert!(!is_write_request(b"GET /x"));
+        for partial in [&b"P"[..], b"PU", b"PUT", b"DELE", b"POST"] {
+            assert!(may_be_write_method(partial), "{partial:?}");
+        }
+        for whole in [&b"PUT "[..], b"G", b"GET /", b"DELETE /x", b"X"] {
+            assert!(!may_be_write_method(whole), "{whole:?}");
+        }
     }
 
     #[test]

@@ -174,6 +174,21 @@ fn changes_need_the_bearer_token() {
     }
     let (status, _, body) = http(server.web, "DELETE", &path, Some("wrong"), None);
     assert_eq!(status, 401, "{body}");
+    // A method split across segments still reaches the API (not the engine's 405).
+    let mut s = TcpStream::connect(server.web).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"PU").expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    write!(
+        s,
+        "T {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
     let (status, _, body) = http(server.web, "GET", "/api/v1/machines", None, None);
     assert_eq!(status, 200, "reads need no token: {body}");
     let page: Value = serde_json::from_str(&body).expect("json");
