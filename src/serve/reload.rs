@@ -219,8 +219,10 @@ impl Reloader {
             (Some(_), Some(cert), Some(key)) => {
                 let loaded =
                     // The checks read these files too; this fails only if they changed since.
-                    super::https::load_config(cert.get_ref(), key.get_ref())
-                        .map_err(|e| refuse(vec![format!("tls: {e:#}")]))?;
+                    super::https::load_config(cert.get_ref(), key.get_ref()).map_err(|e| {
+                        let at = new.sources.position(&cert.span());
+                        refuse(vec![format!("{at}: tls: {e:#}")])
+                    })?;
                 effective.tls.cert = Some(cert.clone());
                 effective.tls.key = Some(key.clone());
                 Some(loaded)

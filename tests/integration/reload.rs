@@ -202,6 +202,15 @@ fn a_certificate_rotated_by_sighup_reaches_new_https_connections() {
     ]))
     .expect("utf8");
     assert!(script.starts_with("#!ipxe"), "{script}");
+
+    // A rotation gone wrong (no certificate in the file) is refused with its position, and
+    // new connections keep getting the certificate that works.
+    std::fs::write(&new_cert, "not a certificate\n").expect("broken cert");
+    std::fs::rename(&new_cert, &cert).expect("rotate cert");
+    let (code, out) = reload(Path::new(&control));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains(&format!("{cfg}:2:8: tls.cert")), "{out}");
+    assert_eq!(served_certificate(port), pem(&second).expect("pem"));
 }
 
 #[test]
