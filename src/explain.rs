@@ -195,8 +195,11 @@ pub struct PxeShown {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct IpxeShown {
     pub url: String,
-    /// Why no script is shown (a URL that is not zpxe's `/boot.ipxe` or `/menu.ipxe`).
+    /// Why no script is shown (a URL that is not zpxe's `/boot.ipxe` or `/menu.ipxe`), or who
+    /// changed it.
     pub note: Option<String>,
+    /// What decided the script: `menu`, `menu.rules[N]` or `machine registry`.
+    pub by: Option<String>,
     /// The `[[menu.rules]]` that picked an entry, if any.
     pub menu_rule: Option<RuleShown>,
     /// The entry booted without a menu, or `None` for the menu.
@@ -271,15 +274,16 @@ pub fn default_server(config: &Config) -> Option<Ipv4Addr> {
 
 /// Explains what zpxe, running `config`, answers the client `c`.
 pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
-    explain_with(config, crate::serve::proxy_config(config), None, c)
+    explain_with(config, crate::serve::proxy_config(config), None, None, c)
 }
 
-/// [`explain`] with the responder's settings as a running server holds them (after reloads)
-/// and its machine registry.
+/// [`explain`] with the responder's settings as a running server holds them (after reloads),
+/// its machine registry, and its HTTP service's answer to a script request.
 pub fn explain_with(
     config: &Config,
     mut proxy_config: ProxyDhcpConfig,
     overrides: Option<Arc<dyn ClientOverrides>>,
+    served: Option<&ServedScript>,
     c: &ClientArgs,
 ) -> Explanation {
     let positions = &RulePositions {
@@ -389,7 +393,7 @@ pub fn explain_with(
     let ipxe_shown = match (&reply, kind) {
         (Some(r), Some("ipxe-script")) => {
             let url = r.bootfile_name.clone().unwrap_or_else(|| r.file.clone());
-            Some(explain_script(config, positions, &url))
+            Some(explain_script(config, positions, &url, served))
         }
         _ => None,
     };
@@ -578,10 +582,16 @@ pub fn message_name(kind: Option<MessageType>) -> String {
 
 /// What the script URL in the reply serves, as the HTTP service builds it (`BootSite` in
 /// src/serve/http.rs): base URL and report URL from the Host the client names (the URL's).
-fn explain_script(config: &Config, positions: &RulePositions, url: &str) -> IpxeShown {
+fn explain_script(
+    config: &Config,
+    positions: &RulePositions,
+    url: &str,
+    served: Option<&ServedScript>,
+) -> IpxeShown {
     let mut shown = IpxeShown {
         url: url.to_owned(),
         note: None,
+        by: None,
         menu_rule: None,
         entry: None,
         script: None,
@@ -606,14 +616,19 @@ fn explain_script(config: &Config, positions: &RulePositions, url: &str) -> Ipxe
         shown.note = Some("services.http is off: nothing here serves the script".into());
         return shown;
     }
-    let query = BootQuery::parse(query);
+    let boot_query = BootQuery::parse(query);
     let menu = &config.menu;
-    if !menu_only && let Some(entry) = menu.rule_for(&query) {
+    shown.by = Some("menu".to_owned());
+    if !menu_only && let Some(entry) = menu.rule_for(&boot_query) {
         shown.entry = Some(entry.id.clone());
-        shown.menu_rule = menu_rule_index(menu, &query).map(|index| RuleShown {
+        shown.menu_rule = menu_rule_index(menu, &boot_query).map(|index| RuleShown {
             index,
             at: positions.menu.get(index).cloned(),
         });
+        shown.by = shown
+            .menu_rule
+            .as_ref()
+            .map(|r| format!("menu.rules[{}]", r.index));
     }
     let host = authority
         .rsplit_once(':')
@@ -623,12 +638,28 @@ fn explain_script(config: &Config, positions: &RulePositions, url: &str) -> Ipxe
         .services
         .web
         .then(|| format!("http://{host}:{}/report", config.ports.web));
-    shown.script = Some(menu.generate(
-        &query,
+    let generated = menu.generate(
+        &boot_query,
         &format!("http://{authority}"),
         report.as_deref(),
         menu_only,
-    ));
+    );
+    // A running server: its HTTP handler's own answer, which a registry record may change.
+    let head = format!("GET {path_query} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    match served.and_then(|serve| serve(head.as_bytes())) {
+        Some(script) if script != generated => {
+            shown.by = Some("machine registry".to_owned());
+            shown.note = Some(
+                "a machine registry record decides this client's script (its entry, variables \
+                 or boot-once exit)"
+                    .to_owned(),
+            );
+            shown.entry = None;
+            shown.menu_rule = None;
+            shown.script = Some(script);
+        }
+        _ => shown.script = Some(generated),
+    }
     shown
 }
 
@@ -768,19 +799,32 @@ pub fn render_text(e: &Explanation) -> String {
 /// (after any reload).
 pub type CurrentSettings = dyn Fn() -> (Arc<Config>, ProxyDhcpConfig) + Send + Sync;
 
-/// What `/api/v1/explain` answers from: the running server's settings and its machine
-/// registry.
+/// A running server's HTTP service answering one request head (`GET /boot.ipxe?.. HTTP/1.1`
+/// with its Host): the script it serves, if any.
+pub type ServedScript = dyn Fn(&[u8]) -> Option<String> + Send + Sync;
+
+/// What `/api/v1/explain` answers from: the running server's settings, its machine registry
+/// and its script handler.
 struct Published {
     current: Box<CurrentSettings>,
     overrides: Option<Arc<dyn ClientOverrides>>,
+    script: Box<ServedScript>,
 }
 
 static PUBLISHED: RwLock<Option<Arc<Published>>> = RwLock::new(None);
 
 /// Makes a running server the one `/api/v1/explain` explains (one server a process): `current`
 /// gives its settings at the time of each request.
-pub fn publish(current: Box<CurrentSettings>, overrides: Option<Arc<dyn ClientOverrides>>) {
-    let p = Arc::new(Published { current, overrides });
+pub fn publish(
+    current: Box<CurrentSettings>,
+    overrides: Option<Arc<dyn ClientOverrides>>,
+    script: Box<ServedScript>,
+) {
+    let p = Arc::new(Published {
+        current,
+        overrides,
+        script,
+    });
     match PUBLISHED.write() {
         Ok(mut slot) => *slot = Some(p),
         Err(poisoned) => *poisoned.into_inner() = Some(p),
@@ -809,7 +853,7 @@ pub fn web_reply(query: &str) -> crate::web::WebReply {
         Err(e) => return reply(400, format!("{e}\n")),
     };
     let (config, proxy) = (p.current)();
-    let explanation = explain_with(&config, proxy, p.overrides.clone(), &args);
+    let explanation = explain_with(&config, proxy, p.overrides.clone(), Some(&*p.script), &args);
     match serde_json::to_vec_pretty(&explanation) {
         Ok(body) => crate::web::WebReply {
             status: 200,

@@ -604,6 +604,7 @@ impl WebService {
                 }
                 WebReply::new(200, "text/plain; version=0.0.4", out)
             }
+            "/api/v1/explain" => crate::explain::web_reply(query),
             "/api/v1/clients" => self.api(|db| {
                 let q = parse_client_query(query)?;
                 Ok(WebReply::json(&db.clients(&q).map_err(internal)?))
@@ -625,7 +626,6 @@ impl WebService {
                     let limit =
                         number(&params, "limit")?.map_or(BOOTS_SHOWN, |l| l.clamp(1, MAX_BOOTS));
                     let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-            "/api/v1/explain" => crate::explain::web_reply(query),
                     let boots = db.boots_of(mac, limit).map_err(internal)?;
                     if boots.is_empty() {
                         return Err(WebReply::new(404, "text/plain", "no such client\n"));

@@ -189,12 +189,24 @@ pub fn start_reloadable(
         web_conns: http::ConnCap::new(WEB_MAX_CONNECTIONS),
         config,
     });
-    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
-    let mut handles = Vec::new();
-    let web = shared.config.services.web.then_some(Role::Web);
-    for role in (0..threads).map(Role::Boot).chain(web) {
-    // `/api/v1/explain` answers with what the DHCP service answers with.
+    // `/api/v1/explain` answers with what the DHCP service answers with, and shows the script
+    // the HTTP service's own handler writes (registry records included).
     let current = shared.reloader.clone();
+    let site = http::BootSite {
+        scripts: BootScripts {
+            menu: shared.reloader.menu(),
+            base_url: None,
+            report_url: None,
+        },
+        reloader: shared.reloader.clone(),
+        web_port: shared
+            .config
+            .services
+            .web
+            .then_some(shared.config.ports.web),
+        https: false,
+        registry: shared.registry.clone(),
+    };
     crate::explain::publish(
         Box::new(move || {
             let s = current.settings();
@@ -203,7 +215,21 @@ pub fn start_reloadable(
         shared.registry.clone().map(|r| {
             Arc::new(registry::RegistryOverrides(r)) as Arc<dyn zpxe_engine::dhcp::ClientOverrides>
         }),
+        Box::new(move |head: &[u8]| {
+            use zpxe_engine::http::Handler as _;
+            let limits = zpxe_engine::http::request::HeadLimits::default();
+            let (req, _) = zpxe_engine::http::Request::parse(head, &limits).ok()??;
+            let mut images = zpxe_engine::MemoryCatalog::default();
+            match site.clone().respond(&req, &mut images) {
+                zpxe_engine::http::Reply::Generated { body, .. } => String::from_utf8(body).ok(),
+                _ => None,
+            }
+        }),
     );
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
+    let mut handles = Vec::new();
+    let web = shared.config.services.web.then_some(Role::Web);
+    for role in (0..threads).map(Role::Boot).chain(web) {
         let shared = Arc::clone(&shared);
         let tx = tx.clone();
         let name = match role {

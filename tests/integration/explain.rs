@@ -49,6 +49,7 @@ entry = "local"
 "#;
 
 /// One row: the facts, as `zpxe explain` flags, and how the request is sent.
+#[derive(Clone, Copy)]
 struct Case {
     name: &'static str,
     mac: [u8; 6],
@@ -446,8 +447,12 @@ fn refusals_are_logged_at_info_once_per_client_in_json() {
     )
     .expect("config");
     let mut server = Server::start(&root, &["--config", config.to_str().expect("utf-8")]);
-    let ignored = &CASES[9];
-    let arch10 = &CASES[8];
+    // A relay address of this test's own: tests run side by side.
+    let relayed = |c: &Case| Case {
+        relay: Some(Ipv4Addr::new(127, 0, 0, 5)),
+        ..*c
+    };
+    let (ignored, arch10) = (&relayed(&CASES[9]), &relayed(&CASES[8]));
     // Firmware retries: five tries each.
     for i in 0..5 {
         assert!(exchange_quick(&server, ignored, 0x2000 + i).is_none());
@@ -508,4 +513,83 @@ fn exchange_quick(server: &Server, case: &Case, xid: u32) -> Option<DhcpRepr> {
     let mut buf = [0u8; 1500];
     let (n, _) = socket.recv_from(&mut buf).ok()?;
     DhcpRepr::parse_bytes(&buf[..n]).ok()
+}
+
+/// A machine registry record (set through the API) decides: `/api/v1/explain` names it, and
+/// its loader and script are the ones the server really gives.
+#[test]
+fn a_registry_record_decides_and_api_explain_says_so() {
+    const TOKEN: &str = "explain-test-token-0123456789";
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("root");
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let config = dir.path().join("zpxe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[web]\ntoken-file = {:?}\n{CONFIG}",
+            token.display().to_string()
+        ),
+    )
+    .expect("config");
+    let server = Server::start(&root, &["--config", config.to_str().expect("utf-8")]);
+    let mac = [0x52, 0x54, 0, 0, 0x4e, 0x01];
+    let body = r#"{"name": "pc1", "loader": "custom/loader.efi", "entry": "local", "variables": {"site": "lab"}}"#;
+    let mut s = TcpStream::connect(server.web).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "PUT /api/v1/machines/{} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        mac_text(mac),
+        server.web,
+        body.len()
+    )
+    .expect("PUT");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    assert!(raw.starts_with("HTTP/1.1 201"), "{raw}");
+
+    let pxe = Case {
+        name: "registered UEFI x64",
+        mac,
+        arch: Some(7),
+        relay: Some(Ipv4Addr::new(127, 0, 0, 6)),
+        user_class: None,
+        uuid: None,
+        answered: true,
+    };
+    let (reply, _) = exchange(&server, &pxe, 0x4000).expect("reply");
+    assert_eq!(reply.boot_file, b"custom/loader.efi");
+    let query = format!("mac={}&arch=7&relay=127.0.0.6", mac_text(mac));
+    let (status, body) = http_get(server.web, &format!("/api/v1/explain?{query}"));
+    assert_eq!(status, 200, "{body}");
+    let e: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(e["reply"]["file"], "custom/loader.efi", "{e:#}");
+    assert_eq!(e["decision"]["by"], "machine registry", "{e:#}");
+
+    // iPXE: the record's entry and variables, as the HTTP service serves them.
+    let (status, body) = http_get(
+        server.web,
+        &format!("/api/v1/explain?{query}&user-class=iPXE"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let e: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(e["ipxe"]["by"], "machine registry", "{e:#}");
+    let url = e["ipxe"]["url"].as_str().expect("url");
+    let path = url
+        .strip_prefix(&format!("http://{}", server.http))
+        .expect("zpxe's URL");
+    let (status, script) = http_get(server.http, path);
+    assert_eq!(status, 200);
+    assert!(script.starts_with("#!ipxe\nset site lab\n"), "{script}");
+    assert_eq!(e["ipxe"]["script"], Value::String(script));
 }
