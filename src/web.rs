@@ -13,7 +13,10 @@
 //! - `/api/v1/clients/{mac}` that machine's last boots, each with its timeline, JSON;
 //! - `/api/v1/boots?since=..&limit=..` boots with an event since then, oldest first, JSON;
 //! - `/metrics` Prometheus text format (with the database writer's counters);
-//! - `/` the status page, which polls `/api/status` and `/api/clients`.
+//! - `/api/v1/status` services, I/O driver, uptime, active transfers with progress and rate,
+//!   machines booting, counts by stage and per leg, recent errors, the throughput graph, JSON;
+//! - `/api/v1/events` Server-Sent Events of every leg as it happens (see [`live`]);
+//! - `/` the live page (`/app.js`, `/app.css`: no inline script, a strict CSP).
 //!
 //! Nothing a client sends grows without bound: the inventory keeps [`MAX_CLIENTS`] entries
 //! (the least recently seen goes first), every stored value has a length limit and a charset,
@@ -38,6 +41,9 @@ use crate::metrics::Metrics;
 pub mod access;
 pub mod machines;
 pub use access::{Access, WebConfig};
+
+pub mod live;
+mod page;
 
 /// The most clients the inventory keeps; past it, the least recently seen one is dropped.
 pub const MAX_CLIENTS: usize = 65_536;
@@ -507,6 +513,8 @@ pub struct WebService {
     access: Arc<Access>,
     /// The menu's entry ids, which machine records may name.
     menu_entries: Option<Arc<BTreeSet<String>>>,
+    /// The live view: SSE, `/api/v1/status`, the page.
+    pub live: Arc<live::Live>,
 }
 
 #[derive(Serialize)]
@@ -527,6 +535,7 @@ impl WebService {
             started: SystemTime::now(),
             db: None,
             recorder: Recorder::disabled(),
+            live: Arc::default(),
             access: Arc::new(Access::open()),
             menu_entries: None,
         }
@@ -552,6 +561,14 @@ impl WebService {
         self
     }
 
+    /// The live view `live` (shared with the event loops' recorder) gets this service's
+    /// reports too.
+    pub fn with_live(mut self, live: Arc<live::Live>) -> Self {
+        self.recorder = self.recorder.clone().with_live(Some(live.tap()));
+        self.live = live;
+        self
+    }
+
     /// Answers one request for `path` (no query) with `query` (no `?`) from `peer_ip`.
     pub fn respond(
         &self,
@@ -569,7 +586,10 @@ impl WebService {
             return self.machines_read(path, query);
         }
         match path {
-            "/" | "/index.html" => WebReply::new(200, "text/html; charset=utf-8", STATUS_PAGE),
+            "/" | "/index.html" | page::APP_JS | page::APP_CSS => page::asset(path),
+            "/api/v1/status" => self.v1_status(now),
+            // Allowed: the connection turns into a stream (src/serve/http.rs, `live::Live::stream`).
+            live::EVENTS_PATH => WebReply::new(200, "text/event-stream", ""),
             "/report" => self.report(query, peer, now, Instant::now()),
             "/api/status" => {
                 let (clients, clients_by_stage) = {
@@ -602,6 +622,7 @@ impl WebService {
                 if let Some(db) = &self.db {
                     db.stats().render(&mut out);
                 }
+                self.live.render_metrics(&mut out);
                 WebReply::new(200, "text/plain; version=0.0.4", out)
             }
             "/api/v1/explain" => crate::explain::web_reply(query),
@@ -803,37 +824,6 @@ fn truncate(s: &str, max: usize) -> &str {
     }
     s.get(..end).unwrap_or_default()
 }
-
-const STATUS_PAGE: &str = r##"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>zpxe status</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:2em;color:#222}
-h1{font-size:1.4em} table{border-collapse:collapse;margin-top:1em}
-td,th{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}
-.num{text-align:right;font-variant-numeric:tabular-nums}
-#stages span{display:inline-block;margin-right:1.5em}
-</style></head><body>
-<h1>zpxe</h1>
-<div id="summary">loading…</div>
-<div id="stages"></div>
-<h2>Counters</h2><table id="counters"></table>
-<h2>Clients</h2><div id="shown"></div><table id="clients"><thead><tr><th>MAC</th><th>stage</th><th>IP</th><th>arch</th><th>last seen</th><th>reports</th></tr></thead><tbody></tbody></table>
-<script>
-function esc(s){return String(s??"").replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
-async function refresh(){
-  try{
-    const s=await (await fetch("/api/status")).json();
-    document.getElementById("summary").textContent=`version ${s.version}, up ${s.uptime_s} s, ${s.clients} clients`;
-    document.getElementById("stages").innerHTML=Object.entries(s.clients_by_stage).map(([k,v])=>`<span><b>${esc(v)}</b> ${esc(k)}</span>`).join("");
-    document.getElementById("counters").innerHTML=Object.entries(s.counters).sort().map(([k,v])=>`<tr><td>${esc(k)}</td><td class="num">${esc(v)}</td></tr>`).join("");
-    const p=await (await fetch("/api/clients?limit=200")).json();
-    document.getElementById("shown").textContent=`the ${p.clients.length} most recently seen of ${p.total}`;
-    document.querySelector("#clients tbody").innerHTML=p.clients.map(x=>`<tr><td>${esc(x.mac)}</td><td>${esc(x.stage)}</td><td>${esc(x.ip)}</td><td>${esc(x.arch)}</td><td>${esc(new Date(x.last_seen_unix*1000).toLocaleTimeString())}</td><td class="num">${esc(x.reports)}</td></tr>`).join("");
-  }catch(e){document.getElementById("summary").textContent="status unavailable: "+e}
-}
-refresh();setInterval(refresh,2000);
-</script></body></html>
-"##;
 
 #[cfg(test)]
 mod tests {

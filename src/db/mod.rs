@@ -579,6 +579,8 @@ impl Stats {
 pub struct Recorder {
     tx: Option<SyncSender<Msg>>,
     stats: Arc<Stats>,
+    /// The live view's queue (the web service's page and SSE), when it runs.
+    live: Option<crate::web::live::Tap>,
 }
 
 impl fmt::Debug for Msg {
@@ -597,18 +599,34 @@ impl Recorder {
         Self {
             tx: None,
             stats: Arc::default(),
+            live: None,
         }
+    }
+
+    /// Events also go to the live view's queue (one more `try_send`; full, it drops them).
+    pub fn with_live(mut self, live: Option<crate::web::live::Tap>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// The live view's queue, for progress events that are not recorded.
+    #[inline]
+    pub fn live(&self) -> Option<&crate::web::live::Tap> {
+        self.live.as_ref()
     }
 
     /// Whether events go anywhere; callers may skip building them when not.
     #[inline]
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.tx.is_some() || self.live.is_some()
     }
 
     /// Queues `event` for the writer. Never blocks: a full queue drops it and counts it.
     #[inline]
     pub fn record(&self, event: Event) {
+        if let Some(live) = &self.live {
+            live.send(crate::web::live::LiveEvent::Recorded(event));
+        }
         let Some(tx) = &self.tx else { return };
         // Counted before the send so the writer's decrement can never run first.
         self.stats.queued.fetch_add(1, Relaxed);
@@ -651,6 +669,7 @@ pub fn queue(capacity: usize) -> (Recorder, EventQueue) {
         Recorder {
             tx: Some(tx),
             stats: stats.clone(),
+            live: None,
         },
         EventQueue { rx, stats },
     )

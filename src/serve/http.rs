@@ -265,6 +265,18 @@ async fn web_connection(
             _ => return,
         }
     }
+    let header_timeout = Duration::from_millis(config.header_timeout_ms);
+    let first = crate::web::live::complete_events_head(&mut tcp, first, header_timeout).await;
+    // Server-Sent Events: the connection becomes a stream (src/web/live.rs). A peer outside
+    // web.allow goes on to the engine's machine, whose answer is the 403.
+    if let Some(req) = crate::web::live::events_request(&first)
+        && web.access().allows(Some(peer.ip()))
+    {
+        let _busy = ctx.drain.busy();
+        let stop = ctx.drain.wait();
+        crate::web::live::serve_events(&web, &mut tcp, peer, req, stop).await;
+        return;
+    }
     if crate::web::machines::is_write_request(&first) {
         let _busy = ctx.drain.busy();
         crate::web::machines::serve_write(&web, &mut tcp, peer, first).await;
@@ -557,6 +569,10 @@ async fn send_ready(
                     return Sent::Drop;
                 };
                 let mut at = range.start;
+                // The live view's progress (src/web/live.rs): at the first and last step, and
+                // at most every `PROGRESS_EVERY` between, one `try_send` each.
+                let live = ctx.shared.recorder.live();
+                let mut reported: Option<Instant> = None;
                 loop {
                     let step = ByteRange::new(at, range.end.min(at.saturating_add(BODY_STEP)));
                     let head = std::mem::take(&mut out.head);
@@ -572,6 +588,24 @@ async fn send_ready(
                         }
                     }
                     at = step.end;
+                    if let Some(live) = live
+                        && (at >= range.end
+                            || reported.is_none_or(|r| {
+                                r.elapsed() >= crate::web::live::PROGRESS_EVERY
+                            }))
+                    {
+                        reported = Some(Instant::now());
+                        let root = ctx.shared.config.server.root.get_ref();
+                        let path = version.path();
+                        let file = path.strip_prefix(root).unwrap_or(path).to_string_lossy();
+                        live.progress(
+                            crate::db::Leg::Http,
+                            peer,
+                            &file,
+                            at - range.start,
+                            Some(range.len()),
+                        );
+                    }
                     if at >= range.end {
                         break;
                     }

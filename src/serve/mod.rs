@@ -166,6 +166,9 @@ pub fn start_reloadable(
     let recorder = db
         .as_ref()
         .map_or_else(crate::db::Recorder::disabled, |d| d.recorder());
+    // The live view (page, SSE) gets every leg too, when the web service runs.
+    let live = Arc::new(crate::web::live::Live::default());
+    let recorder = recorder.with_live(config.services.web.then(|| live.tap()));
     let access = crate::web::Access::from_config(&config.web, &config.listen_addrs())?;
     if config.services.web {
         tracing::info!(
@@ -180,6 +183,7 @@ pub fn start_reloadable(
         reloader: reloader.clone(),
         web: crate::web::WebService::new(Arc::clone(&metrics))
             .with_database(db.clone())
+            .with_live(live)
             .with_access(access, Some(entries)),
         recorder,
         registry: db.as_ref().map(|d| d.registry()),
@@ -272,6 +276,10 @@ pub fn start_reloadable(
             }
         }
     }
+    shared
+        .web
+        .live
+        .set_server(crate::web::live::ServerInfo::new(threads, &bound));
     tracing::info!(
         driver = bound.driver,
         threads,
@@ -495,6 +503,14 @@ fn setup_web(shared: &Arc<Shared>, driver: &'static str) -> anyhow::Result<(Rc<T
             Arc::clone(&shared.web_conns),
         );
     }
+    // The live view's pump: takes the loops' events every 100 ms, until the drain.
+    let (live, metrics, pump_ctx) = (
+        Arc::clone(&shared.web.live),
+        Arc::clone(&shared.metrics),
+        Rc::clone(&ctx),
+    );
+    zpxe_platform::runtime::spawn(async move { live.pump(metrics, pump_ctx.drain.wait()).await })
+        .detach();
     Ok((ctx, bound))
 }
 

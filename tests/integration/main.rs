@@ -16,6 +16,7 @@ mod firmware;
 mod http;
 mod http_hostile;
 mod instance;
+mod live;
 mod loadgen;
 mod netns;
 mod reload;
