@@ -515,7 +515,9 @@ impl Config {
             }
         }
         for e in self.dhcp.check() {
-            let span = sources.key("dhcp.pool").or_else(|| sources.key("dhcp.mode"));
+            let span = sources
+                .key("dhcp.pool")
+                .or_else(|| sources.key("dhcp.mode"));
             at(span.unwrap_or(0..0), e);
         }
         self.check_more(sources, &mut out);
@@ -746,7 +748,7 @@ fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
             spanned.push(Pending::new(span, e.message().trim().to_owned()));
         }
         if errors.is_empty() {
-            parsed.push(shift_table(tree.into_inner(), f.base));
+            parsed.push(shift_table(tree.into_inner(), f.base, 0));
         }
     }
     if spanned.is_empty() {
@@ -766,7 +768,7 @@ fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
     } else {
         None
     };
-    index_keys(&root, "", &mut inner.keys);
+    index_keys(&root, "", 0, &mut inner.keys);
     let sources = Sources(std::sync::Arc::new(inner));
     let problems: Vec<Problem> = spanned
         .into_iter()
@@ -787,26 +789,32 @@ fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
     }
 }
 
-fn shift(node: Node<'_>, by: usize) -> Node<'_> {
+/// How deep the walks over a document go (a configuration nests three or four levels; the
+/// limit keeps a pathological file from exhausting the stack).
+const MAX_DEPTH: usize = 32;
+
+fn shift(node: Node<'_>, by: usize, depth: usize) -> Node<'_> {
     let span = node.span();
     let value = match node.into_inner() {
-        toml::de::DeValue::Array(a) => {
-            toml::de::DeValue::Array(a.into_iter().map(|v| shift(v, by)).collect())
+        toml::de::DeValue::Array(a) if depth < MAX_DEPTH => {
+            toml::de::DeValue::Array(a.into_iter().map(|v| shift(v, by, depth + 1)).collect())
         }
-        toml::de::DeValue::Table(t) => toml::de::DeValue::Table(shift_table(t, by)),
+        toml::de::DeValue::Table(t) if depth < MAX_DEPTH => {
+            toml::de::DeValue::Table(shift_table(t, by, depth + 1))
+        }
         other => other,
     };
     toml::Spanned::new(span.start + by..span.end + by, value)
 }
 
-fn shift_table(table: Tree<'_>, by: usize) -> Tree<'_> {
+fn shift_table(table: Tree<'_>, by: usize, depth: usize) -> Tree<'_> {
     table
         .into_iter()
         .map(|(k, v)| {
             let span = k.span();
             (
                 toml::Spanned::new(span.start + by..span.end + by, k.into_inner()),
-                shift(v, by),
+                shift(v, by, depth),
             )
         })
         .collect()
@@ -909,7 +917,11 @@ fn narrow<'i>(
             continue;
         };
         let before = errors.len();
+        // Look inside only when the error is not the key's own (an unknown key).
+        let inside =
+            error.span().is_none_or(|s| s.start != key.span().start) && path.len() < MAX_DEPTH;
         match value.get_ref() {
+            _ if !inside => {}
             toml::de::DeValue::Table(inner) if !inner.is_empty() => {
                 path.push((key.clone(), value.span()));
                 narrow(inner, path, whole.clone(), errors);
@@ -938,8 +950,12 @@ fn narrow<'i>(
 fn index_keys(
     table: &Tree<'_>,
     prefix: &str,
+    depth: usize,
     out: &mut std::collections::HashMap<String, (Range<usize>, Range<usize>)>,
 ) {
+    if depth >= MAX_DEPTH {
+        return;
+    }
     for (key, value) in table {
         let path = if prefix.is_empty() {
             key.get_ref().to_string()
@@ -947,22 +963,26 @@ fn index_keys(
             format!("{prefix}.{}", key.get_ref())
         };
         out.insert(path.clone(), (key.span(), value.span()));
-        index_value(value, &path, out);
+        index_value(value, &path, depth + 1, out);
     }
 }
 
 fn index_value(
     value: &Node<'_>,
     path: &str,
+    depth: usize,
     out: &mut std::collections::HashMap<String, (Range<usize>, Range<usize>)>,
 ) {
+    if depth >= MAX_DEPTH {
+        return;
+    }
     match value.get_ref() {
-        toml::de::DeValue::Table(t) => index_keys(t, path, out),
+        toml::de::DeValue::Table(t) => index_keys(t, path, depth, out),
         toml::de::DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{path}[{i}]");
                 out.insert(p.clone(), (item.span(), item.span()));
-                index_value(item, &p, out);
+                index_value(item, &p, depth + 1, out);
             }
         }
         _ => {}
@@ -1511,5 +1531,47 @@ mod tests {
         assert!(PortRange::parse("0-10").is_err());
         assert!(PortRange::parse("x-10").is_err());
         assert!(PortRange::parse("10").is_err());
+    }
+}
+
+#[cfg(test)]
+mod include_and_position_tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("z.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn dotted_and_inline_keys_are_located_where_they_are_written() {
+        let base = "[server]\nroot = \"/tmp\"\n";
+        let p = problems(&format!("ports.http = 9000\nports.web = 9000\n{base}"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("z.toml:2:7: ports.http and ports.web"),
+            "{p:?}"
+        );
+        let p = problems(&format!("ports = {{ http = 9000, web = 9000 }}\n{base}"));
+        assert!(
+            p[0].starts_with("z.toml:1:24: ports.http and ports.web"),
+            "{p:?}"
+        );
+        // Two wrong values and an unknown key, reported together.
+        let p = problems(&format!(
+            "{base}[tftp]\nretries = \"x\"\nmtu = -5\n[boot]\nbogus = 1\n"
+        ));
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn a_deeply_nested_document_is_refused_without_exhausting_the_stack() {
+        let deep = format!("{} = 1\n", vec!["a"; 5000].join("."));
+        let p = problems(&deep);
+        assert_eq!(p.len(), 1, "{p:?}");
+        let deep_arrays = format!("x = {}1{}\n", "[".repeat(200), "]".repeat(200));
+        assert!(!problems(&deep_arrays).is_empty());
     }
 }
