@@ -25,6 +25,7 @@ mod reporting;
 mod rewrite;
 mod tftp;
 mod tftp_load;
+mod web_api;
 mod web_hostile;
 mod windows;
 mod windows_service;
