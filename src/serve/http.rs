@@ -590,9 +590,8 @@ async fn send_ready(
                     at = step.end;
                     if let Some(live) = live
                         && (at >= range.end
-                            || reported.is_none_or(|r| {
-                                r.elapsed() >= crate::web::live::PROGRESS_EVERY
-                            }))
+                            || reported
+                                .is_none_or(|r| r.elapsed() >= crate::web::live::PROGRESS_EVERY))
                     {
                         reported = Some(Instant::now());
                         let root = ctx.shared.config.server.root.get_ref();

@@ -596,9 +596,9 @@ fn setup(
                         None => dhcp_server.insert(dhcp_server::Core::open(&ctx)?).clone(),
                     };
                     let addr = SocketAddr::new(ip, config.ports.dhcp);
-                    let local = core.bind(addr, device.clone()).map_err(|e| {
-                        BindError::explain("DHCP server", "dhcp-port", addr, e)
-                    })?;
+                    let local = core
+                        .bind(addr, device.clone())
+                        .map_err(|e| BindError::explain("DHCP server", "dhcp-port", addr, e))?;
                     bound.dhcp.push(local);
                 }
                 // pxe-only: 67 belongs to the DHCP server on this host.
