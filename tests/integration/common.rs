@@ -191,6 +191,16 @@ impl Server {
         {
             cmd.args(["--database-url", &db_url]);
         }
+        // Never the system's /etc/zpxe/zpxe.toml (zpxe's default when no --config is given,
+        // present while zpxe's package is installed): an empty file of the test's own.
+        if !extra.iter().any(|a| *a == "--config" || *a == "-c") {
+            let config = db_dir.path().join("empty.toml");
+            std::fs::write(&config, "").expect("empty config");
+            match program {
+                Program::Wine { .. } => cmd.arg("--config").arg(wine_path(&config)),
+                _ => cmd.arg("--config").arg(&config),
+            };
+        }
         cmd.args(extra)
             .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
