@@ -31,14 +31,33 @@ pub fn require(tool: &str) -> PathBuf {
 
 /// A UDP port free right now on loopback.
 pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    unique_port(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr").port()
+    })
 }
 
 /// A TCP port free right now on loopback.
 pub fn free_tcp_port() -> u16 {
-    let s = TcpListener::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    unique_port(|| {
+        let s = TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr").port()
+    })
+}
+
+/// A port from `pick` that no earlier call in this test process handed out: the kernel may give
+/// a released port again at once, and two servers (or HTTPS and the web service of one) were
+/// then told to bind the same port.
+fn unique_port(pick: impl Fn() -> u16) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = pick();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Free ports for TFTP, proxyDHCP, PXE (4011), HTTP and the web service, in that order.

@@ -369,7 +369,7 @@ fn curl_from(src: &str, method: &str, url: &str) -> (u16, String) {
 fn a_client_outside_web_allow_is_refused_while_loopback_is_served() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = config(dir.path(), true, "allow = [\"127.0.0.1/32\"]\n");
-    let server = Server::start_on("0.0.0.0", dir.path(), &["--config", &cfg]);
+    let server = Server::start(dir.path(), &["--config", &cfg]);
     let port = server.web.port();
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     for path in ["/api/v1/machines", "/api/status", "/metrics", "/"] {
