@@ -366,15 +366,30 @@ enum Request {
 
 fn run_service() -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
+    // The handler reports STOP_PENDING itself before it returns: the SCM hands the status at
+    // that moment to whoever sent the stop (`sc stop` prints it), and the main thread may not
+    // have woken yet.
+    let registered: std::sync::Arc<OnceLock<service_control_handler::ServiceStatusHandle>> =
+        std::sync::Arc::default();
+    let in_handler = std::sync::Arc::clone(&registered);
+    let stopping = move |request: Request| {
+        if let Some(status) = in_handler.get() {
+            let _ = status.set_service_status(ServiceStatus {
+                service_type: ServiceType::OWN_PROCESS,
+                current_state: ServiceState::StopPending,
+                controls_accepted: ServiceControlAccept::empty(),
+                exit_code: ServiceExitCode::NO_ERROR,
+                checkpoint: 0,
+                wait_hint: WAIT_HINT,
+                process_id: None,
+            });
+        }
+        let _ = tx.send(request);
+        ServiceControlHandlerResult::NoError
+    };
     let handler = move |control| match control {
-        ServiceControl::Stop => {
-            let _ = tx.send(Request::Stop);
-            ServiceControlHandlerResult::NoError
-        }
-        ServiceControl::Shutdown => {
-            let _ = tx.send(Request::Shutdown);
-            ServiceControlHandlerResult::NoError
-        }
+        ServiceControl::Stop => stopping(Request::Stop),
+        ServiceControl::Shutdown => stopping(Request::Shutdown),
         ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
         ServiceControl::ParamChange => {
             tracing::warn!(
@@ -387,6 +402,7 @@ fn run_service() -> anyhow::Result<()> {
     };
     let status = service_control_handler::register(SERVICE_NAME, handler)
         .context("registering the service control handler")?;
+    let _ = registered.set(status);
     let report = |state, accept, exit_code, checkpoint, wait_hint| {
         let s = ServiceStatus {
             service_type: ServiceType::OWN_PROCESS,
