@@ -580,7 +580,7 @@ mod tests {
         let moved = config("\n\n[menu]\ntitle = \"a\"\n[ports]\nhttp = 9000\n");
         assert_eq!(restart_keys(&running, &moved), Vec::<String>::new());
         let bound = config(
-            "threads = 3\n[ports]\nhttp = 9001\ntftp-range = \"64000-64100\"\n\
+            "threads = 1\n[ports]\nhttp = 9001\ntftp-range = \"64000-64100\"\n\
              [tftp]\nmax-transfers = 7\n[services]\nweb = false\n",
         );
         assert_eq!(
@@ -609,7 +609,7 @@ mod tests {
         let r = Reloader::new(running, None, Some(source));
         assert_eq!(r.generation(), 1);
         *next.lock().expect("lock") =
-            "[server]\nroot = \"/tmp\"\nthreads = 5\n[menu]\ntitle = \"new\"\n\
+            "[server]\nroot = \"/tmp\"\nthreads = 1\n[menu]\ntitle = \"new\"\n\
              [boot]\nbios = \"other.kpxe\"\n"
                 .into();
         let done = r.reload().expect("applied");
