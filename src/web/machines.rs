@@ -219,6 +219,28 @@ impl WebService {
         })
     }
 
+    /// Whether a state-changing request is refused before its body is read: a peer outside
+    /// `web.allow`, a path that takes no writes, or no valid bearer token. Checked on the head
+    /// alone, so an unauthenticated peer never makes the server buffer a body.
+    pub(crate) fn refuse_write(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Option<(WebReply, Option<&'static str>)> {
+        if !self.access.allows(peer) {
+            return Some((self.access.forbidden_peer(peer), None));
+        }
+        let machines = path == "/api/v1/machines" || path.starts_with("/api/v1/machines/");
+        if !machines && path != "/api/clients" {
+            return Some((WebReply::new(404, "text/plain", "not found\n"), None));
+        }
+        self.access
+            .authorize(authorization)
+            .err()
+            .map(|d| d.reply())
+    }
+
     /// A state-changing request (`PUT`, `POST`, `DELETE`): the reply and, for a 401, the
     /// `WWW-Authenticate` header line.
     pub fn write(
@@ -229,16 +251,10 @@ impl WebService {
         body: &[u8],
         peer: Option<IpAddr>,
     ) -> (WebReply, Option<&'static str>) {
-        if !self.access.allows(peer) {
-            return (self.access.forbidden_peer(peer), None);
+        if let Some(refused) = self.refuse_write(path, authorization, peer) {
+            return refused;
         }
         let machines = path == "/api/v1/machines" || path.starts_with("/api/v1/machines/");
-        if !machines && path != "/api/clients" {
-            return (WebReply::new(404, "text/plain", "not found\n"), None);
-        }
-        if let Err(d) = self.access.authorize(authorization) {
-            return d.reply();
-        }
         if !machines {
             return (self.clear_inventory(method, peer), None);
         }
@@ -521,7 +537,13 @@ async fn read_and_answer(
             return None;
         }
     };
+    if let Some(refused) =
+        web.refuse_write(&head.path, head.authorization.as_deref(), Some(peer.ip()))
+    {
+        return Some(refused);
+    }
     let want = head.head_len + head.content_length;
+    buf.reserve_exact(want.saturating_sub(buf.len()));
     while buf.len() < want {
         if !read_more(tcp, &mut buf, want).await {
             return None;

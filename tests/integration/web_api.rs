@@ -489,3 +489,31 @@ fn machines_import_names_the_bad_line_and_imports_nothing() {
     let (ok, out) = run(&mut cmd, Duration::from_secs(20));
     assert!(!ok && out.contains("ZPXE_TOKEN"), "{out}");
 }
+
+/// A write without a token is refused on its head: the server never waits for (or buffers) a
+/// body an unauthenticated peer announces. Before, it read up to 4 MiB first and only then
+/// checked the token, so this head alone got no answer until the 10 s request timeout.
+#[test]
+fn a_write_without_a_token_is_refused_before_its_body() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    let server = Server::start(dir.path(), &["--config", &cfg]);
+    let mut s = TcpStream::connect(server.web).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let head = format!(
+        "POST /api/v1/machines HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 4000000\r\n\r\n",
+        server.web
+    );
+    s.write_all(head.as_bytes()).expect("send head");
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 401"),
+        "no 401 for a head without a token within {:?}: {reply:?}",
+        started.elapsed()
+    );
+}
