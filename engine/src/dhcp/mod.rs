@@ -30,6 +30,8 @@ pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
 pub use policy::{
     BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
 };
-pub use proxy::{ClientOverrides, DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig};
+pub use proxy::{
+    ClientOverride, ClientOverrides, DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig,
+};
 pub use server::{DhcpServer, DhcpServerConfig, ServerEvent};
 pub use wire::{BootOp, DhcpRepr, Packet, WireError};

@@ -117,6 +117,8 @@ pub enum IgnoreReason {
     Policy(PolicyRefusal),
     #[error("reply queue full")]
     QueueFull,
+    #[error("a per-client decision says ignore")]
+    Overridden,
 }
 
 #[derive(Debug)]
@@ -128,12 +130,34 @@ struct QueuedReply {
     bytes: Vec<u8>,
 }
 
-/// Per-client decisions kept outside the static policy (the binary's machine registry). Called
-/// on the data path for every answered request: implementations must answer from memory,
-/// without locks that writers hold or any I/O.
+/// Per-client decisions kept outside the static policy (the binary's machine registry and its
+/// request-handler hook). Called on the data path for every answered request: implementations
+/// must answer from memory, without I/O and without waiting on anything but a brief lock.
 pub trait ClientOverrides: std::fmt::Debug + Send + Sync {
     /// A loader that replaces the policy's for a client not yet running iPXE.
     fn loader(&self, facts: &ClientFacts) -> Option<String>;
+
+    /// Everything the overrides decide for a request the policy answers (`request` for what
+    /// [`ClientFacts`] leaves out, such as the vendor and user classes). By default the
+    /// [`ClientOverrides::loader`] alone.
+    fn decide(&self, facts: &ClientFacts, request: &DhcpRepr) -> ClientOverride {
+        let _ = request;
+        ClientOverride {
+            loader: self.loader(facts),
+            ..ClientOverride::default()
+        }
+    }
+}
+
+/// What [`ClientOverrides::decide`] says about one client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientOverride {
+    /// Send this client nothing ([`IgnoreReason::Overridden`]).
+    pub ignore: bool,
+    /// Replaces the policy's loader for a client not yet running iPXE.
+    pub loader: Option<String>,
+    /// Replaces the policy's script URL for a client running iPXE.
+    pub script_url: Option<String>,
 }
 
 /// The responder. Feed it datagrams from the 67 and 4011 sockets; poll replies and events.
@@ -267,13 +291,21 @@ impl ProxyDhcp {
             .policy
             .decide(&facts, server, self.config.http_port)
             .map_err(IgnoreReason::Policy)?;
-        // Like a rule's loader: only clients that take a loader over TFTP (iPXE gets its
-        // script, or it would load itself again; HTTP boot clients get a URL).
-        if target.kind == BootKind::Loader
-            && let Some(loader) = self.overrides.as_ref().and_then(|o| o.loader(&facts))
-            && !loader.is_empty()
-        {
-            target.boot_file = loader;
+        if let Some(o) = &self.overrides {
+            let over = o.decide(&facts, request);
+            if over.ignore {
+                return Err(IgnoreReason::Overridden);
+            }
+            // Like a rule's loader: only clients that take a loader over TFTP (iPXE gets its
+            // script, or it would load itself again; HTTP boot clients get a URL).
+            let replace = match target.kind {
+                BootKind::Loader => over.loader,
+                BootKind::IpxeScript => over.script_url,
+                _ => None,
+            };
+            if let Some(file) = replace.filter(|f| !f.is_empty()) {
+                target.boot_file = file;
+            }
         }
 
         let mut options = DhcpOptions {
@@ -700,6 +732,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reply.boot_file, b"ipxe.efi");
+    }
+
+    /// A hook-like override: silence one MAC, give another a loader and a script URL.
+    #[derive(Debug)]
+    struct Decider;
+
+    impl ClientOverrides for Decider {
+        fn loader(&self, _: &ClientFacts) -> Option<String> {
+            None
+        }
+        fn decide(&self, facts: &ClientFacts, request: &DhcpRepr) -> ClientOverride {
+            assert!(request.options.vendor_class.is_some());
+            ClientOverride {
+                ignore: facts.mac == MacAddr([2; 6]),
+                loader: Some("hook/loader.efi".into()),
+                script_url: Some("http://10.0.0.9/hook.ipxe".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_decision_silences_a_client_or_replaces_loader_and_script_url() {
+        let mut proxy = proxy();
+        proxy.set_overrides(std::sync::Arc::new(Decider));
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Pxe,
+            meta("10.0.0.50:4011"),
+            &fixtures::EDK2_REQUEST_4011.bytes(),
+        )
+        .unwrap();
+        assert_eq!(reply.boot_file, b"hook/loader.efi");
+        let (_, _, reply, _) = exchange(
+            &mut proxy,
+            DhcpPort::Dhcp,
+            meta("0.0.0.0:68"),
+            &fixtures::IPXE_EFI_DISCOVER.bytes(),
+        )
+        .unwrap();
+        assert_eq!(reply.boot_file, b"http://10.0.0.9/hook.ipxe");
+        let mut silenced = DhcpRepr::parse_bytes(&fixtures::EDK2_REQUEST_4011.bytes()).unwrap();
+        silenced.client_mac = MacAddr([2; 6]);
+        let now = Instant::now();
+        proxy.handle_datagram(
+            now,
+            DhcpPort::Pxe,
+            meta("10.0.0.50:4011"),
+            &silenced.to_bytes(),
+        );
+        assert_eq!(
+            proxy.poll_event(),
+            Some(DhcpEvent::Ignored {
+                reason: IgnoreReason::Overridden,
+                mac: Some(MacAddr([2; 6]))
+            })
+        );
+        assert!(proxy.poll_transmit(now, &mut [0u8; 1500]).is_none());
     }
 
     #[test]
