@@ -9,18 +9,17 @@
 #[cfg_attr(not(any(target_os = "linux", windows)), path = "none.rs")]
 mod kernel;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
-use futures_util::future::{Either, select};
 use socket2::{Domain, Protocol, Socket, Type};
 use zpxe_engine::ByteRange;
 
@@ -115,16 +114,18 @@ pub struct TcpConn {
     /// The buffer body bytes are read and verified into where they must be copied out first:
     /// one per connection, taken on its first such body and kept for the next.
     copy: Vec<u8>,
-    /// See [`TcpConn::set_send_timeout`].
-    send_timeout: Option<Duration>,
-    /// Bytes the socket has taken, counted as each write or `send` returns (the stall watch's
-    /// view of progress made inside a send call).
+    /// See [`TcpConn::set_send_timeout`]: kept across writes, shared with the one under way.
+    guard: Option<Rc<RefCell<Guard>>>,
+    /// See [`TcpConn::set_min_send_rate`].
+    min_send_rate: u64,
+    /// Bytes the socket has taken, counted as each write or `send` returns (the guard's view of
+    /// progress where the system cannot say what the peer acknowledged).
     taken: Rc<Cell<u64>>,
 }
 
 /// The error of a send that stalled for the connection's send timeout (see
 /// [`TcpConn::set_send_timeout`]): [`io::ErrorKind::TimedOut`], this message.
-pub const STALLED: &str = "the peer took no bytes for the send timeout";
+pub const STALLED: &str = "the peer took too few bytes in the send timeout";
 
 /// Whether a send failed because the peer stopped taking bytes ([`TcpConn::set_send_timeout`]).
 pub fn is_stalled(e: &io::Error) -> bool {
@@ -138,28 +139,54 @@ impl TcpConn {
             stream,
             kernel_bodies,
             copy: Vec::new(),
-            send_timeout: None,
+            guard: None,
+            min_send_rate: 0,
             taken: Rc::new(Cell::new(0)),
         }
     }
 
-    /// Every write on this connection fails with [`io::ErrorKind::TimedOut`] once the socket
-    /// has taken no byte, and the peer acknowledged none of those queued, for `timeout` (a
-    /// client that stopped reading). Progress is seen as it happens, not per call: a client
-    /// that reads slowly keeps its connection however big the write, and one that reads nothing
-    /// loses it `timeout` after its buffers filled. `None` (the default): writes wait forever.
+    /// Every write on this connection fails with [`io::ErrorKind::TimedOut`] once writes have
+    /// waited `timeout` in all while the peer acknowledged fewer than
+    /// [`set_min_send_rate`](Self::set_min_send_rate) × `timeout` bytes (at least one) since
+    /// that wait began: a client that stopped reading, or one that reads a trickle to hold the
+    /// connection and its buffers (a slowloris on the sending side). Only time spent waiting
+    /// counts, so gaps between writes (a keep-alive client thinking, an event stream idle) never
+    /// do. Progress is what the peer acknowledged (Linux: `TCP_INFO`), elsewhere what the
+    /// socket took as each write completes. `None` (the default): writes wait forever.
     pub fn set_send_timeout(&mut self, timeout: Option<Duration>) {
-        self.send_timeout = timeout;
+        self.guard = timeout.map(|timeout| {
+            Rc::new(RefCell::new(Guard {
+                timeout,
+                min_rate: self.min_send_rate,
+                taken: Rc::clone(&self.taken),
+                probe: AckProbe::of(&self.stream),
+                window: None,
+                timer: None,
+            }))
+        });
     }
 
-    /// What the stall guard of one write watches, if the connection has a send timeout.
-    fn watch(&self) -> Option<Watch> {
-        self.send_timeout.map(|timeout| Watch {
-            timeout,
-            taken: Rc::clone(&self.taken),
-            queue: QueueProbe::of(&self.stream),
-            last: None,
-        })
+    /// The average rate, in bytes per second, below which a waiting write counts as stalled
+    /// (see [`set_send_timeout`](Self::set_send_timeout)); 0: any acknowledged byte is progress.
+    pub fn set_min_send_rate(&mut self, bytes_per_sec: u64) {
+        self.min_send_rate = bytes_per_sec;
+        if let Some(guard) = &self.guard {
+            guard.borrow_mut().min_rate = bytes_per_sec;
+        }
+    }
+
+    /// The send guard of a write, if the connection has a send timeout.
+    fn watch(&self) -> Option<Rc<RefCell<Guard>>> {
+        self.guard.clone()
+    }
+
+    /// The send timeout, if any (sizes `TransmitFile` calls on Windows).
+    #[cfg_attr(
+        not(windows),
+        expect(dead_code, reason = "sizes Windows' TransmitFile calls")
+    )]
+    fn send_timeout(&self) -> Option<Duration> {
+        self.guard.as_ref().map(|g| g.borrow().timeout)
     }
 
     /// Connects (used by clients: the load generator and tests).
@@ -377,33 +404,132 @@ impl TcpConn {
     }
 }
 
-/// What one write's stall guard watches: the bytes the socket took, and on Linux the bytes
-/// queued in it unacknowledged (a peer that reads lets the queue drain, which a full socket
-/// shows as no write room until a third of it is free).
-struct Watch {
+/// A connection's send guard (see [`TcpConn::set_send_timeout`]). It costs a write nothing
+/// unless the write has to wait, and a waiting write only two clock reads and a poll of a timer
+/// that already exists: the progress probe (a `getsockopt`) and a new timer come once per
+/// `timeout` of waiting, not once per write.
+struct Guard {
     timeout: Duration,
+    /// Bytes per second the peer must acknowledge on average over each window.
+    min_rate: u64,
     taken: Rc<Cell<u64>>,
-    queue: QueueProbe,
-    /// What was seen when the last wait began.
-    last: Option<(u64, Option<u32>)>,
+    probe: AckProbe,
+    /// The window under way: opened by the first write that had to wait, closed (judged) once
+    /// writes waited `timeout` in it.
+    window: Option<Window>,
+    /// Due when the window may have reached `timeout` of waiting; polled only while a write
+    /// waits (a wake-up while none does finds nothing to do).
+    timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>,
 }
 
-impl Watch {
-    /// Whether anything moved since the last call (the first call only looks).
-    fn moved(&mut self) -> bool {
-        let now = (self.taken.get(), self.queue.queued());
-        self.last.replace(now).is_none_or(|last| last != now)
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("timeout", &self.timeout)
+            .field("min_rate", &self.min_rate)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
     }
 }
 
-/// Reads how many bytes sit in a socket's send queue, sent or not, not yet acknowledged.
-#[derive(Clone, Copy)]
-struct QueueProbe {
+#[derive(Debug)]
+struct Window {
+    /// Progress when the window opened.
+    from: u64,
+    /// Time writes waited in this window, not counting the wait under way.
+    waited: Duration,
+    /// When the write waiting now began to wait.
+    since: Option<Instant>,
+}
+
+impl Guard {
+    /// Bytes the peer acknowledged, or where the system cannot say, the socket took.
+    fn progress(&self) -> u64 {
+        self.probe.acked().unwrap_or_else(|| self.taken.get())
+    }
+
+    /// What a window of `timeout` must move: `min_rate` × `timeout`, at least one byte.
+    fn needed(&self) -> u64 {
+        let n = u128::from(self.min_rate) * self.timeout.as_millis() / 1000;
+        u64::try_from(n).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// A write began to wait.
+    fn begin_wait(&mut self, now: Instant) {
+        let waited = match &mut self.window {
+            Some(w) => {
+                w.since = Some(now);
+                w.waited
+            }
+            None => {
+                self.window = Some(Window {
+                    from: self.progress(),
+                    waited: Duration::ZERO,
+                    since: Some(now),
+                });
+                self.timer = None;
+                Duration::ZERO
+            }
+        };
+        if self.timer.is_none() {
+            self.arm(self.timeout.saturating_sub(waited));
+        }
+    }
+
+    /// The waiting write completed (or was dropped).
+    fn end_wait(&mut self, now: Instant) {
+        if let Some(w) = &mut self.window
+            && let Some(since) = w.since.take()
+        {
+            w.waited += now.saturating_duration_since(since);
+        }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.timer = Some(Box::pin(crate::runtime::sleep(after)));
+    }
+
+    /// Polled while a write waits: `Ready` once the peer fell below the rate for a window.
+    fn poll_stalled(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        loop {
+            let Some(timer) = self.timer.as_mut() else {
+                return Poll::Pending;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.timer = None;
+            let now = Instant::now();
+            let Some(w) = &self.window else {
+                return Poll::Pending;
+            };
+            let waited = w.waited + w.since.map_or(Duration::ZERO, |s| now - s);
+            if waited < self.timeout {
+                self.arm(self.timeout - waited);
+                continue;
+            }
+            let (from, progress) = (w.from, self.progress());
+            if progress.saturating_sub(from) < self.needed() {
+                return Poll::Ready(());
+            }
+            self.window = Some(Window {
+                from: progress,
+                waited: Duration::ZERO,
+                since: Some(now),
+            });
+            self.arm(self.timeout);
+        }
+    }
+}
+
+/// Reads how many bytes the peer has acknowledged on a socket.
+#[derive(Clone, Copy, Debug)]
+struct AckProbe {
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
 }
 
-impl QueueProbe {
+impl AckProbe {
     fn of(stream: &TcpStream) -> Self {
         #[cfg(target_os = "linux")]
         {
@@ -419,49 +545,111 @@ impl QueueProbe {
         }
     }
 
-    /// `SIOCOUTQ`; `None` where the system has no such count (then only completed writes
-    /// show progress).
-    fn queued(self) -> Option<u32> {
+    /// `TCP_INFO`'s `tcpi_bytes_acked` (Linux 4.1); `None` where the system has no such count
+    /// (then only completed writes show progress). Exact whatever is queued or being written,
+    /// unlike the send queue's length (`SIOCOUTQ`), which a write under way moves too.
+    fn acked(self) -> Option<u64> {
         #[cfg(target_os = "linux")]
         {
-            let mut n: libc::c_int = 0;
-            // SAFETY: `fd` is the socket of the connection whose write this probe guards, open
-            // for as long as that write (which borrows the connection) runs; `n` is a valid
-            // `int` for the kernel to fill.
-            let r = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut n) };
-            (r == 0).then(|| u32::try_from(n).unwrap_or(0))
+            // SAFETY: all-zero bytes are a valid `tcp_info` (integers only).
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: `fd` is the socket of the connection whose writes this probe guards, open
+            // for as long as the connection; `info` and `len` are valid for the kernel to fill
+            // (it writes at most `len` bytes).
+            let r = unsafe {
+                libc::getsockopt(
+                    self.fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&raw mut info).cast(),
+                    &mut len,
+                )
+            };
+            let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+            (r == 0 && len as usize >= end).then_some(info.tcpi_bytes_acked)
         }
         #[cfg(not(target_os = "linux"))]
         None
     }
 }
 
-/// Runs `op` until it completes, or fails it with [`STALLED`] once a whole `watch.timeout`
-/// passed without the socket taking or the peer acknowledging a byte. A write that completes
-/// at once (the usual case) sets no timer; a long one sets one per timeout that passes.
+/// Runs `op` until it completes, or fails it with [`STALLED`] once its guard says the peer fell
+/// below the rate (see [`TcpConn::set_send_timeout`]). A write that completes at once touches
+/// nothing.
 async fn unless_stalled<T>(
-    watch: Option<Watch>,
+    guard: Option<Rc<RefCell<Guard>>>,
     op: impl std::future::Future<Output = T>,
 ) -> io::Result<T> {
     let mut op = std::pin::pin!(op);
-    let Some(mut watch) = watch else {
+    let Some(guard) = guard else {
         return Ok(op.await);
     };
-    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
-    if let Poll::Ready(out) = first {
-        return Ok(out);
-    }
-    watch.moved();
-    loop {
-        let timer = std::pin::pin!(crate::runtime::sleep(watch.timeout));
-        match select(op.as_mut(), timer).await {
-            Either::Left((out, _)) => return Ok(out),
-            Either::Right(((), _)) => {
-                if !watch.moved() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, STALLED));
-                }
-            }
+    let mut wait = Waiting {
+        guard: &guard,
+        waiting: false,
+    };
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = op.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
         }
+        let mut g = wait.guard.borrow_mut();
+        if !wait.waiting {
+            wait.waiting = true;
+            g.begin_wait(Instant::now());
+        }
+        g.poll_stalled(cx)
+            .map(|()| Err(io::Error::new(io::ErrorKind::TimedOut, STALLED)))
+    })
+    .await
+}
+
+/// Ends a write's wait in its guard when the write completes or is dropped.
+struct Waiting<'a> {
+    guard: &'a RefCell<Guard>,
+    waiting: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.waiting
+            && let Ok(mut g) = self.guard.try_borrow_mut()
+        {
+            g.end_wait(Instant::now());
+        }
+    }
+}
+
+/// The first `TransmitFile` call of a body: small, so a slow client shows progress within the
+/// send timeout; the next calls grow with what the client takes.
+#[cfg(any(windows, test))]
+const FIRST_CALL: u64 = 64 << 10;
+
+/// The smallest `TransmitFile` call after the first.
+#[cfg(any(windows, test))]
+const MIN_CALL: u64 = 16 << 10;
+
+/// The length of the next call of a body sent by calls that show progress only as each
+/// completes (`TransmitFile`): what the client took in a quarter of the send timeout at the rate
+/// the last call (`last` bytes in `took`) went, between [`MIN_CALL`] and [`BODY_CHUNK`]. A
+/// client that keeps a quarter of its rate finishes each call within the timeout, so the send
+/// guard sees its progress; before, every call was 4 MiB and a client below 4 MiB per timeout
+/// (140 KiB/s at 30 s) was cut while reading. Without a timeout: [`BODY_CHUNK`].
+#[cfg(any(windows, test))]
+fn next_call_len(last: u64, took: Duration, timeout: Option<Duration>) -> u64 {
+    let Some(timeout) = timeout else {
+        return BODY_CHUNK;
+    };
+    let quarter = timeout.as_secs_f64() / 4.0;
+    let secs = took.as_secs_f64();
+    if secs <= 0.0 {
+        return BODY_CHUNK;
+    }
+    let fits = last as f64 / secs * quarter;
+    if fits >= BODY_CHUNK as f64 {
+        BODY_CHUNK
+    } else {
+        (fits as u64).clamp(MIN_CALL, BODY_CHUNK)
     }
 }
 
@@ -725,6 +913,86 @@ mod tests {
             }
             assert!(
                 waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+                "kernel={kernel}: gave up after {waited:?}"
+            );
+        }
+    }
+
+    /// `TransmitFile` calls follow the client: at once the largest, a slow client's calls
+    /// shrink to what it takes in a quarter of the timeout (never below the floor), and they
+    /// grow back when it speeds up.
+    #[test]
+    fn call_lengths_follow_what_the_client_takes() {
+        let t = Some(Duration::from_secs(30));
+        assert_eq!(next_call_len(FIRST_CALL, Duration::ZERO, t), BODY_CHUNK);
+        assert_eq!(
+            next_call_len(FIRST_CALL, Duration::from_micros(50), t),
+            BODY_CHUNK
+        );
+        // 64 KiB in 1 s: 64 KiB/s, 7.5 s worth = 480 KiB.
+        assert_eq!(
+            next_call_len(FIRST_CALL, Duration::from_secs(1), t),
+            480 << 10
+        );
+        // 4 KiB/s: 30 KiB per quarter timeout.
+        assert_eq!(next_call_len(4 << 10, Duration::from_secs(1), t), 30 << 10);
+        assert_eq!(next_call_len(100, Duration::from_secs(10), t), MIN_CALL);
+        assert_eq!(
+            next_call_len(MIN_CALL, Duration::from_millis(1), t),
+            BODY_CHUNK
+        );
+        assert_eq!(next_call_len(1, Duration::from_secs(100), None), BODY_CHUNK);
+    }
+
+    /// A peer that reads a trickle (about 2 KB/s through a small receive buffer, so it
+    /// acknowledges something in most windows) fails the send once the rate is set above what
+    /// it takes: any acknowledged byte no longer counts as progress.
+    #[test]
+    fn a_send_to_a_peer_that_reads_a_trickle_fails_below_the_rate() {
+        use std::io::Read;
+        use std::time::{Duration, Instant};
+        let img = TestImage::new(&vec![5u8; 64 << 20], true, NameFlavor::Http);
+        for kernel in [true, false] {
+            let version = Rc::clone(&img.version);
+            let ev = EventLoop::new().expect("loop");
+            let (res, waited) = ev.block_on(async move {
+                let server =
+                    TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+                let addr = server.local_addr();
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                let peer = std::thread::spawn(move || {
+                    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+                    s.set_recv_buffer_size(4096).expect("rcvbuf");
+                    s.connect(&addr.into()).expect("connect");
+                    let mut c: std::net::TcpStream = s.into();
+                    let mut buf = [0u8; 200];
+                    // 200 bytes every 100 ms until the sender gave up.
+                    while rx.recv_timeout(Duration::from_millis(100)).is_err() {
+                        if matches!(c.read(&mut buf), Ok(0) | Err(_)) {
+                            break;
+                        }
+                    }
+                });
+                let (mut conn, _) = server.accept().await.expect("accept");
+                conn.kernel_bodies = kernel;
+                conn.set_min_send_rate(64 << 10);
+                conn.set_send_timeout(Some(Duration::from_millis(500)));
+                let t = Instant::now();
+                let res = conn
+                    .send_head_and_image(Vec::new(), &version, ByteRange::new(0, 64 << 20))
+                    .await;
+                let waited = t.elapsed();
+                let _ = tx.send(());
+                drop(conn);
+                peer.join().expect("peer");
+                (res, waited)
+            });
+            match res {
+                Err(SendError::Io(e)) => assert!(is_stalled(&e), "kernel={kernel}: {e}"),
+                other => panic!("kernel={kernel}: {other:?}"),
+            }
+            assert!(
+                waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
                 "kernel={kernel}: gave up after {waited:?}"
             );
         }

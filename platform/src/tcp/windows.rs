@@ -23,7 +23,7 @@ use windows_sys::Win32::Networking::WinSock::{
 use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 use zpxe_engine::ByteRange;
 
-use super::{BODY_CHUNK, KernelSend, TcpConn};
+use super::{FIRST_CALL, KernelSend, TcpConn, next_call_len};
 use crate::store::Version;
 use crate::udp::SendError;
 
@@ -41,9 +41,10 @@ pub(super) fn body_path() -> &'static str {
 }
 
 impl TcpConn {
-    /// The `TransmitFile` path: the head rides with the first chunk, then one call per
-    /// [`BODY_CHUNK`], the version checked before each. When it returns `Unsupported` nothing
-    /// has been sent.
+    /// The `TransmitFile` path: the head rides with the first call, the version checked before
+    /// each. The send guard sees progress only as a call completes, so calls are sized to what
+    /// the client takes (`next_call_len`: from 64 KiB up to 4 MiB). When it returns
+    /// `Unsupported` nothing has been sent.
     pub(super) async fn kernel_head_and_image(
         &mut self,
         head: Vec<u8>,
@@ -52,9 +53,12 @@ impl TcpConn {
     ) -> Result<u64, KernelSend> {
         let mut head = Some(head).filter(|h| !h.is_empty());
         let mut at = range.start;
+        let timeout = self.send_timeout();
+        let mut call = FIRST_CALL;
         while at < range.end || head.is_some() {
             image.check().map_err(|e| KernelSend::Failed(e.into()))?;
-            let end = (at + BODY_CHUNK).min(range.end);
+            let end = (at + call).min(range.end);
+            let started = std::time::Instant::now();
             let op = Transmit {
                 socket: self.stream.to_shared_fd(),
                 image: Rc::clone(image),
@@ -68,6 +72,7 @@ impl TcpConn {
                 // A short completion (the peer went away mid-call) is not a whole body.
                 Ok(n) if n as u64 == head_len + u64::from(op.len) => {
                     self.taken.set(self.taken.get() + n as u64);
+                    call = next_call_len(end - at, started.elapsed(), timeout);
                     at = end;
                 }
                 Ok(_) => {
