@@ -944,15 +944,16 @@ mod tests {
         assert_eq!(next_call_len(1, Duration::from_secs(100), None), BODY_CHUNK);
     }
 
-    /// A peer that reads a trickle (about 2 KB/s through a small receive buffer, so it
-    /// acknowledges something in most windows) fails the send once the rate is set above what
-    /// it takes: any acknowledged byte no longer counts as progress.
+    /// A peer that reads a trickle (512 bytes every 500 ms through the smallest receive
+    /// buffer, so it acknowledges something in every window): with no rate set (any
+    /// acknowledged byte is progress, the guard before `min_send_rate`) it holds the send for
+    /// as long as it likes; at 4 KiB/s it is cut within a window or two.
     #[test]
     fn a_send_to_a_peer_that_reads_a_trickle_fails_below_the_rate() {
         use std::io::Read;
         use std::time::{Duration, Instant};
         let img = TestImage::new(&vec![5u8; 64 << 20], true, NameFlavor::Http);
-        for kernel in [true, false] {
+        for (kernel, rate) in [(true, 0), (true, 4096), (false, 4096)] {
             let version = Rc::clone(&img.version);
             let ev = EventLoop::new().expect("loop");
             let (res, waited) = ev.block_on(async move {
@@ -962,12 +963,15 @@ mod tests {
                 let (tx, rx) = std::sync::mpsc::channel::<()>();
                 let peer = std::thread::spawn(move || {
                     let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-                    s.set_recv_buffer_size(4096).expect("rcvbuf");
+                    s.set_recv_buffer_size(1).expect("rcvbuf");
                     s.connect(&addr.into()).expect("connect");
                     let mut c: std::net::TcpStream = s.into();
-                    let mut buf = [0u8; 200];
-                    // 200 bytes every 100 ms until the sender gave up.
-                    while rx.recv_timeout(Duration::from_millis(100)).is_err() {
+                    let mut buf = [0u8; 512];
+                    let t = Instant::now();
+                    // Until the sender gave up, or for 5 s (then it hangs up).
+                    while rx.recv_timeout(Duration::from_millis(500)).is_err()
+                        && t.elapsed() < Duration::from_secs(5)
+                    {
                         if matches!(c.read(&mut buf), Ok(0) | Err(_)) {
                             break;
                         }
@@ -975,8 +979,8 @@ mod tests {
                 });
                 let (mut conn, _) = server.accept().await.expect("accept");
                 conn.kernel_bodies = kernel;
-                conn.set_min_send_rate(64 << 10);
-                conn.set_send_timeout(Some(Duration::from_millis(500)));
+                conn.set_min_send_rate(rate);
+                conn.set_send_timeout(Some(Duration::from_millis(1500)));
                 let t = Instant::now();
                 let res = conn
                     .send_head_and_image(Vec::new(), &version, ByteRange::new(0, 64 << 20))
@@ -987,12 +991,21 @@ mod tests {
                 peer.join().expect("peer");
                 (res, waited)
             });
+            if rate == 0 {
+                // The peer hung up after 5 s; the guard never called it stalled.
+                match res {
+                    Err(SendError::Io(e)) => assert!(!is_stalled(&e), "rate 0: stalled: {e}"),
+                    other => panic!("rate 0: {other:?}"),
+                }
+                assert!(waited >= Duration::from_secs(5), "rate 0: {waited:?}");
+                continue;
+            }
             match res {
                 Err(SendError::Io(e)) => assert!(is_stalled(&e), "kernel={kernel}: {e}"),
                 other => panic!("kernel={kernel}: {other:?}"),
             }
             assert!(
-                waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+                waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
                 "kernel={kernel}: gave up after {waited:?}"
             );
         }
