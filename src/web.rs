@@ -3,7 +3,8 @@
 //!
 //! Routes (GET or HEAD; iPXE's `imgfetch` can only GET):
 //! - `/report?mac=..&stage=..[&uuid=..&arch=..&ip=..&detail=..]` records a boot stage: 200,
-//!   400 when a value is malformed, 429 when its source sent more than the report rate;
+//!   400 when a value is malformed, 429 when its source sent more than the report rate, 403
+//!   (as every route) from outside `web.allow`;
 //! - `/api/status` server counters and client counts by stage, JSON;
 //! - `/api/clients[?offset=..&limit=..]` one page of the inventory, most recently seen first:
 //!   `limit` defaults to [`DEFAULT_PAGE`], at most [`MAX_PAGE`], and a page stops early at
@@ -15,8 +16,12 @@
 //! - `/metrics` Prometheus text format (with the database writer's counters);
 //! - `/api/v1/status` services, I/O driver, uptime, active transfers with progress and rate,
 //!   machines booting, counts by stage and per leg, recent errors, the throughput graph, JSON;
-//! - `/api/v1/events` Server-Sent Events of every leg as it happens (see [`live`]);
+//! - `/api/v1/events` Server-Sent Events of every leg as it happens (see [`live`]), as the
+//!   first request of a connection; otherwise 400;
 //! - `/` the live page (`/app.js`, `/app.css`: no inline script, a strict CSP).
+//!
+//! Every request is counted by route and status (`zpxe_web_requests_total`), apart from the
+//! boot ports' `zpxe_http_requests_total`.
 //!
 //! Nothing a client sends grows without bound: the inventory keeps [`MAX_CLIENTS`] entries
 //! (the least recently seen goes first), every stored value has a length limit and a charset,
@@ -509,8 +514,9 @@ pub struct WebService {
     /// The database the v1 API reads, when recording is on.
     pub db: Option<Arc<Database>>,
     recorder: Recorder,
-    /// Who may read, and the token for changes (src/web/access.rs).
-    access: Arc<Access>,
+    /// Who may read, and the token for changes (src/web/access.rs); replaced whole by a
+    /// reload ([`WebService::follow_reloads`]).
+    access: Arc<arc_swap::ArcSwap<Access>>,
     /// The menu's entry ids, which machine records may name.
     menu_entries: Option<Arc<BTreeSet<String>>>,
     /// The live view: SSE, `/api/v1/status`, the page.
@@ -536,20 +542,46 @@ impl WebService {
             db: None,
             recorder: Recorder::disabled(),
             live: Arc::default(),
-            access: Arc::new(Access::open()),
+            access: Arc::new(arc_swap::ArcSwap::from_pointee(Access::open())),
             menu_entries: None,
         }
     }
 
     /// Access rules, and the menu entry ids machine records may name.
     pub fn with_access(mut self, access: Access, menu_entries: Option<BTreeSet<String>>) -> Self {
-        self.access = Arc::new(access);
+        self.access = Arc::new(arc_swap::ArcSwap::from_pointee(access));
         self.menu_entries = menu_entries.map(Arc::new);
         self
     }
 
-    pub fn access(&self) -> &Access {
-        &self.access
+    /// The access rules in force (one lock-free load; hold it only for the request).
+    pub fn access(&self) -> arc_swap::Guard<Arc<Access>> {
+        self.access.load()
+    }
+
+    /// `web.token-sha256`, `web.token-file` and `web.allow` follow `reloader`'s reloads: each
+    /// reload builds the rules from the new `[web]` (reading the token file) before it
+    /// applies anything, and a failure refuses the whole reload. Requests already past their
+    /// check keep the rules they were checked with.
+    pub fn follow_reloads(&self, reloader: &crate::serve::Reloader) {
+        let access = Arc::clone(&self.access);
+        reloader.on_reload(move |new: &crate::config::Config| {
+            let rules = Access::from_config(&new.web, &new.listen_addrs())?;
+            let access = Arc::clone(&access);
+            Ok(Box::new(move || {
+                tracing::info!(
+                    allow = %rules.allow_list().join(", "),
+                    token = rules.has_token(),
+                    "web access rules reloaded"
+                );
+                access.store(Arc::new(rules));
+            }))
+        });
+    }
+
+    /// Counts one request to `path` answered with `status` (`zpxe_web_requests_total`).
+    pub fn count_request(&self, path: &str, status: u16) {
+        self.metrics.web_request(path, status);
     }
 
     /// Reports also go to `db`, which the v1 API reads.
@@ -569,7 +601,8 @@ impl WebService {
         self
     }
 
-    /// Answers one request for `path` (no query) with `query` (no `?`) from `peer_ip`.
+    /// Answers one request for `path` (no query) with `query` (no `?`) from `peer_ip`, and
+    /// counts it by route and status.
     pub fn respond(
         &self,
         path: &str,
@@ -577,19 +610,42 @@ impl WebService {
         peer_ip: Option<String>,
         now: SystemTime,
     ) -> WebReply {
+        let r = self.answer(path, query, peer_ip, now);
+        self.count_request(path, r.status);
+        r
+    }
+
+    fn answer(
+        &self,
+        path: &str,
+        query: &str,
+        peer_ip: Option<String>,
+        now: SystemTime,
+    ) -> WebReply {
         let peer = peer_ip.and_then(|p| p.parse::<IpAddr>().ok());
-        // Clients being booted report from wherever they are (relayed networks too).
-        if path != "/report" && !self.access.allows(peer) {
-            return self.access.forbidden_peer(peer);
+        // Every route, `/report` too: a peer outside web.allow neither reads nor feeds the
+        // inventory, the live page or the database (relayed clients' networks go in web.allow).
+        let access = self.access();
+        if !access.allows(peer) {
+            return access.forbidden_peer(peer);
         }
+        drop(access);
         if path == "/api/v1/machines" || path.starts_with("/api/v1/machines/") {
             return self.machines_read(path, query);
         }
         match path {
             "/" | "/index.html" | page::APP_JS | page::APP_CSS => page::asset(path),
             "/api/v1/status" => self.v1_status(now),
-            // Allowed: the connection turns into a stream (src/serve/http.rs, `live::Live::stream`).
-            live::EVENTS_PATH => WebReply::new(200, "text/event-stream", ""),
+            // A stream is only ever a connection's first request, a whole `GET` head
+            // (`live::events_request`, src/serve/http.rs); this is a `HEAD`, or a `GET` after
+            // another request on a kept-alive connection, which the request loop cannot turn
+            // into a stream.
+            live::EVENTS_PATH => WebReply::new(
+                400,
+                "text/plain",
+                "an event stream is served as the first request of a connection, by GET: \
+                 open a new connection for it\n",
+            ),
             "/report" => self.report(query, peer, now, Instant::now()),
             "/api/status" => {
                 let (clients, clients_by_stage) = {

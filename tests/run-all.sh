@@ -25,6 +25,8 @@ packages=(
   ipxe            # undionly.kpxe, ipxe.efi, snponly.efi served by zpxe (firmware.rs)
   dnsmasq-base    # plain DHCP server and router advertisements beside zpxe (firmware.rs)
   tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
+  strace          # shows the web thread never reads the database for machine reads (web_api.rs)
+  python3-prometheus-client  # Prometheus's own parser reads /metrics (reporting.rs)
   python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
   openssl         # a throwaway certificate for the HTTPS test (http.rs)
   postgresql      # the shared inventory backend, run by tests/integration/db.rs as user postgres

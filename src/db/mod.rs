@@ -372,6 +372,9 @@ pub struct Event {
     /// finds the machine through the last DHCP event that named both.
     pub ip: Option<IpAddr>,
     pub kind: EventKind,
+    /// The transfer a TFTP or HTTP event belongs to (`crate::web::live::next_transfer_id`):
+    /// the live view ends exactly that transfer. Not stored.
+    pub transfer: Option<u64>,
 }
 
 impl Event {
@@ -383,6 +386,7 @@ impl Event {
             uuid: None,
             ip: None,
             kind,
+            transfer: None,
         }
     }
 
@@ -403,6 +407,11 @@ impl Event {
 
     pub fn at(mut self, at_ms: i64) -> Self {
         self.at_ms = at_ms;
+        self
+    }
+
+    pub fn transfer(mut self, id: Option<u64>) -> Self {
+        self.transfer = id;
         self
     }
 }

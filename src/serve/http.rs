@@ -301,7 +301,7 @@ async fn serve_connection(
         crate::db::Recorder::disabled()
     };
     let transport = Transport::Plain(tcp);
-    serve(ctx, transport, peer, handler, config, &recorder, first).await;
+    serve_site(ctx, transport, peer, handler, config, &recorder, first, records).await;
 }
 
 /// What carries a connection's bytes: the TCP connection itself, or TLS over it. Both serve
@@ -394,6 +394,21 @@ pub(super) async fn serve(
     serve_requests(
         &ctx,
         &mut transport,
+    ctx: Rc<ThreadCtx>,
+    transport: Transport,
+    peer: SocketAddr,
+    handler: Box<dyn Handler>,
+    config: Arc<HttpConfig>,
+    recorder: &crate::db::Recorder,
+    first: Vec<u8>,
+) {
+    serve_site(ctx, transport, peer, handler, config, recorder, first, true).await;
+}
+
+/// [`serve`]; `boot`: a boot port's connection (the web service's is not a boot's leg: it
+/// counts in `zpxe_web_requests_total`, src/web.rs).
+#[allow(clippy::too_many_arguments)]
+async fn serve_site(
         peer,
         &mut *handler,
         &mut conn,
@@ -401,8 +416,12 @@ pub(super) async fn serve(
         first,
     )
     .await;
+    boot: bool,
     // Every exit records what was answered, also a response that went out with a close.
-    record(&mut conn, &metrics, peer, recorder);
+    // The live view's id of this connection's transfers: progress and each file's end carry
+    // it (src/web/live.rs).
+    let transfer = boot.then(crate::web::live::next_transfer_id);
+    record(&mut conn, &metrics, peer, recorder, transfer);
     conn.abort(&mut *ctx.store.borrow_mut());
 }
 
@@ -418,13 +437,14 @@ async fn serve_requests(
     // Request bytes not yet taken by the machine (also those read before it took the
     // connection: the web port's peek).
     let mut pending: Vec<u8> = first;
+        transfer,
     let mut rbuf = Vec::with_capacity(READ_BUF);
     let mut out = Outbox::new();
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
     let mut armed: Option<Instant> = None;
     let metrics = &ctx.shared.metrics;
     loop {
-        match send_ready(ctx, transport, peer, conn, &mut out).await {
+        match send_ready(ctx, transport, peer, conn, &mut out, transfer).await {
             Sent::Open => {}
             Sent::Close => {
                 transport.close().await;
@@ -432,7 +452,8 @@ async fn serve_requests(
             }
             Sent::Drop => return,
         }
-        record(conn, metrics, peer, recorder);
+        record(conn, metrics, peer, recorder, transfer);
+    transfer: Option<u64>,
         if conn.is_closed() {
             return;
         }
@@ -581,6 +602,7 @@ async fn send_ready(
                         Err(SendError::Io(e)) if is_stalled(&e) => {
                             conn.handle_timeout(Instant::now());
                             return Sent::Drop;
+    transfer: Option<u64>,
                         }
                         Err(e) => {
                             tracing::info!(%peer, error = %e, "HTTP body ended early");
@@ -588,7 +610,7 @@ async fn send_ready(
                         }
                     }
                     at = step.end;
-                    if let Some(live) = live
+                    if let (Some(live), Some(transfer)) = (live, transfer)
                         && (at >= range.end
                             || reported
                                 .is_none_or(|r| r.elapsed() >= crate::web::live::PROGRESS_EVERY))
@@ -634,6 +656,7 @@ async fn write(
     peer: SocketAddr,
     bytes: &mut Vec<u8>,
 ) -> Result<(), Sent> {
+                            transfer,
     match transport.write(std::mem::take(bytes)).await {
         Ok(mut buf) => {
             buf.clear();
@@ -667,7 +690,10 @@ pub(super) fn record(
                 bytes,
                 ..
             } => {
-                Metrics::add(&metrics.http_requests_total, 1);
+                // The web service counts its own (`zpxe_web_requests_total`).
+                if transfer.is_some() {
+                    metrics.http_served(bytes, elapsed);
+                }
                 tracing::info!(
                     %peer,
                     method = method.map_or("-", |m| m.as_str()),
@@ -677,7 +703,8 @@ pub(super) fn record(
                     "HTTP request"
                 );
                 if recorder.enabled() && method.is_some() {
-                    recorder.record(served_event(&path, status.0, bytes).ip(peer.ip()));
+                    let event = served_event(&path, status.0, bytes).ip(peer.ip());
+                    recorder.record(event.transfer(transfer));
                 }
             }
             // A client that stalls a request head or stops reading is worth a line; an idle
@@ -692,6 +719,7 @@ pub(super) fn record(
             }
             _ => {}
         }
+    transfer: Option<u64>,
     }
 }
 
@@ -700,6 +728,7 @@ pub(super) fn record(
 fn served_event(path: &str, status: u16, bytes: u64) -> crate::db::Event {
     use crate::db::{Event, EventKind, Name, Outcome};
     let file = path.split('?').next().unwrap_or_default();
+                elapsed,
     let kind = if matches!(file, "/boot.ipxe" | "/menu.ipxe") {
         EventKind::ScriptFetch {
             path: Name::new(path),

@@ -206,6 +206,9 @@ pub fn start_reloadable(
         web_port: shared
             .config
             .services
+    if shared.config.services.web {
+        shared.web.follow_reloads(&shared.reloader);
+    }
             .web
             .then_some(shared.config.ports.web),
         https: false,

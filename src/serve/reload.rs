@@ -28,7 +28,19 @@ use crate::config::Config;
 
 /// Keys a reload applies, as `section` (all of it) or `section.key`. Everything else that
 /// changes needs a restart.
-pub(crate) const LIVE: &[&str] = &["boot", "menu", "server.advertise", "tls.cert", "tls.key"];
+pub(crate) const LIVE: &[&str] = &[
+    "boot",
+    "menu",
+    "server.advertise",
+    "tls.cert",
+    "tls.key",
+    // The web service's token and allow list ([`Reloader::on_reload`], src/web.rs).
+    "web",
+];
+
+/// A reload hook's first half: checks the new configuration and returns what applies it
+/// (run once every check passed), or an error that refuses the reload.
+type Hook = Box<dyn Fn(&Config) -> anyhow::Result<Box<dyn FnOnce() + Send>> + Send + Sync>;
 
 /// What new requests are served with. Replaced whole by a reload.
 #[derive(Debug)]
@@ -119,6 +131,8 @@ struct Inner {
     source: Option<ConfigSource>,
     /// One reload at a time. Never taken on the data path.
     serial: Mutex<()>,
+    /// Other holders of live keys ([`Reloader::on_reload`]).
+    hooks: Mutex<Vec<Hook>>,
 }
 
 impl fmt::Debug for Reloader {
@@ -143,7 +157,22 @@ impl Reloader {
             running: Arc::new(running),
             source,
             serial: Mutex::new(()),
+            hooks: Mutex::default(),
         }))
+    }
+
+    /// `hook` takes part in every later reload: it checks the new configuration after the
+    /// reload's own checks (an error refuses the reload, naming it), and what it returns runs
+    /// when the reload is applied.
+    pub fn on_reload(
+        &self,
+        hook: impl Fn(&Config) -> anyhow::Result<Box<dyn FnOnce() + Send>> + Send + Sync + 'static,
+    ) {
+        self.0
+            .hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(hook));
     }
 
     /// The settings new requests get.
@@ -238,8 +267,18 @@ impl Reloader {
             }
             (None, _, _) => None,
         };
+        let applies = self
+            .0
+            .hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|h| h(&new))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| refuse(vec![format!("{e:#}")]))?;
         restart.sort();
         restart.dedup();
+        effective.web = new.web.clone();
         effective.boot = new.boot;
         effective.menu = new.menu;
         effective.server.advertise = new.server.advertise;
@@ -248,6 +287,9 @@ impl Reloader {
             .current
             .store(Arc::new(Settings::new(generation, effective, tls)));
         self.0.generation.store(generation, Ordering::Release);
+        for apply in applies {
+            apply();
+        }
         Ok(Reloaded {
             generation,
             restart_needed: restart,

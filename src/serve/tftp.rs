@@ -247,12 +247,12 @@ pub(crate) struct TftpService {
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
     sockets: RefCell<Sockets<Rc<UdpEndpoint>>>,
-    /// Each running transfer's file and start, for its timeline event at the end (the end
-    /// event names neither). Only filled when the database records.
-    recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant)>>,
-    /// Each running transfer's file, size and last progress report, for the live view
-    /// (src/web/live.rs). Only filled when the web service runs.
-    progress: RefCell<HashMap<TransferId, (crate::db::Name, u64, Instant)>>,
+    /// Each running transfer's file, start and live-view id, for its timeline event and its
+    /// duration in the metrics at the end (the end event names neither).
+    recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant, u64)>>,
+    /// Each running transfer's file, size, last progress report and live-view id, for the
+    /// live view (src/web/live.rs). Only filled when the web service runs.
+    progress: RefCell<HashMap<TransferId, (crate::db::Name, u64, Instant, u64)>>,
     ports: RefCell<PortPool>,
     transfer_ip: IpAddr,
     bind_warnings: RefCell<Throttle>,
@@ -547,13 +547,20 @@ impl TftpService {
         at: u64,
     ) {
         let mut progress = self.progress.borrow_mut();
-        let Some((file, size, last)) = progress.get_mut(&id) else {
+        let Some((file, size, last, transfer)) = progress.get_mut(&id) else {
             return;
         };
         let now = Instant::now();
         if at >= *size || now.saturating_duration_since(*last) >= crate::web::live::PROGRESS_EVERY {
             *last = now;
-            live.progress(crate::db::Leg::Tftp, remote, file.as_str(), at, Some(*size));
+            live.progress(
+                crate::db::Leg::Tftp,
+                *transfer,
+                remote,
+                file.as_str(),
+                at,
+                Some(*size),
+            );
         }
     }
 
@@ -575,20 +582,22 @@ impl TftpService {
                     metrics.tftp_started();
                     tracing::info!(%id, %remote, file, size, blksize, windowsize, "TFTP transfer started");
                     let recorder = &self.ctx.shared.recorder;
+                    // One id from start to end: the live view ends exactly this transfer.
+                    let transfer = crate::web::live::next_transfer_id();
+                    let name = crate::db::Name::new(&file);
                     if let Some(live) = recorder.live() {
-                        let name = crate::db::Name::new(&file);
-                        live.progress(crate::db::Leg::Tftp, remote, &file, 0, Some(size));
+                        live.progress(crate::db::Leg::Tftp, transfer, remote, &file, 0, Some(size));
                         self.progress
                             .borrow_mut()
-                            .insert(id, (name, size, Instant::now()));
+                            .insert(id, (name, size, Instant::now(), transfer));
                     }
+                    self.recording
+                        .borrow_mut()
+                        .insert(id, (name, Instant::now(), transfer));
                     if recorder.enabled() {
-                        let name = crate::db::Name::new(&file);
-                        self.recording
-                            .borrow_mut()
-                            .insert(id, (name, Instant::now()));
                         let kind = crate::db::EventKind::TftpStart { file: name };
-                        recorder.record(crate::db::Event::now(kind).ip(remote.ip()));
+                        let event = crate::db::Event::now(kind).ip(remote.ip());
+                        recorder.record(event.transfer(Some(transfer)));
                     }
                 }
                 TftpEvent::TransferEnded {
@@ -602,29 +611,34 @@ impl TftpService {
                     if let Some(port) = closed {
                         self.ports.borrow_mut().release(port);
                     }
+                    let recording = self.recording.borrow_mut().remove(&id);
+                    // By outcome; an EDK2 size probe is no failure.
+                    metrics
+                        .tftp_ended(&outcome, recording.map(|(_, started, _)| started.elapsed()));
                     match &outcome {
                         TransferOutcome::Completed { bytes, .. } => {
-                            metrics.tftp_completed();
                             tracing::info!(%id, %remote, bytes, "TFTP transfer complete");
                         }
                         o if o.is_probe() => {
-                            metrics.tftp_failed();
                             tracing::info!(%id, %remote, "TFTP size probe done (client ERROR 8 after the OACK)");
                         }
                         TransferOutcome::Aborted(reason) => {
-                            metrics.tftp_failed();
                             tracing::info!(%id, %remote, %reason, "TFTP transfer ended");
                         }
                         other => {
-                            metrics.tftp_failed();
                             tracing::info!(%id, %remote, outcome = ?other, "TFTP transfer ended");
                         }
                     }
-                    if let Some((file, started)) = self.recording.borrow_mut().remove(&id) {
+                    if let Some((file, started, transfer)) = recording
+                        && self.ctx.shared.recorder.enabled()
+                    {
                         let kind =
                             crate::db::tftp_end_event(file.as_str(), &outcome, started.elapsed());
                         let event = crate::db::Event::now(kind).ip(remote.ip());
-                        self.ctx.shared.recorder.record(event);
+                        self.ctx
+                            .shared
+                            .recorder
+                            .record(event.transfer(Some(transfer)));
                     }
                 }
                 TftpEvent::Refused {

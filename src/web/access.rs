@@ -9,9 +9,11 @@
 //!   gets 401 with `WWW-Authenticate: Bearer`.
 //! - Every other route answers only peers inside `web.allow` (default: loopback and the
 //!   networks this host is connected to, or those of the listen addresses); others get 403.
-//!   `/report` is the exception: the clients being booted fetch it from their iPXE script, and
-//!   relayed clients come from networks that are not this host's. It changes nothing but the
-//!   inventory's view of that client, is validated field by field and rate-limited per source.
+//!   `/report` too: a peer outside `web.allow` can neither forge a machine on the live page nor
+//!   a stage in the database. The clients being booted fetch it from their iPXE script, so the
+//!   subnets relayed clients boot from belong in `web.allow`. Reports are also validated field
+//!   by field and rate-limited per source.
+//! - The rules are rebuilt at each reload (`WebService::follow_reloads`).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -77,7 +77,7 @@ function applyStatus(s) {
   state.machines = new Map();
   for (const m of s.machines || []) state.machines.set(m.key, m);
   state.transfers = new Map();
-  for (const t of s.transfers || []) state.transfers.set(t.leg + " " + t.remote, t);
+  for (const t of s.transfers || []) state.transfers.set(t.id, t);
   state.errors = (s.errors || []).slice(0, ERRORS_KEPT);
   state.graph = (s.graph || []).slice(-GRAPH_POINTS);
   state.stages = s.stages || {};
@@ -120,7 +120,7 @@ function applyFrame(f) {
       break;
     }
     case "progress": {
-      state.transfers.set(f.leg + " " + f.remote, f);
+      state.transfers.set(f.id, f);
       const ip = f.remote.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
       const m = touchMachine(f.mac, ip, Date.now());
       m.leg = f.leg;
@@ -131,7 +131,7 @@ function applyFrame(f) {
       break;
     }
     case "done":
-      state.transfers.delete(f.leg + " " + f.remote);
+      state.transfers.delete(f.id);
       break;
     case "error":
       state.errors.unshift(f);

@@ -8,8 +8,11 @@
 //! active transfers, recent errors, counters per leg, the throughput graph). Each SSE client
 //! reads the ring from its own cursor: one that falls behind the ring is told how many frames
 //! it missed (`event: lagged`), one whose socket takes nothing for [`WRITE_TIMEOUT`] is
-//! dropped. At most [`MAX_SUBSCRIBERS`] streams are open at once; a comment line every
-//! [`HEARTBEAT`] keeps proxies from closing an idle stream.
+//! dropped. At most [`MAX_SUBSCRIBERS`] streams are open at once, at most
+//! [`MAX_SUBSCRIBERS_PER_PEER`] from one source (past either: 503 with `Retry-After`); a
+//! comment line every [`HEARTBEAT`] keeps proxies from closing an idle stream. Progress and
+//! the event that ends a transfer carry its id ([`next_transfer_id`]), so the end takes off
+//! exactly that transfer.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -37,6 +40,11 @@ pub const QUEUE_CAPACITY: usize = 16_384;
 pub const RING_CAPACITY: usize = 4096;
 /// SSE streams open at once; past it, `/api/v1/events` answers 503.
 pub const MAX_SUBSCRIBERS: usize = 32;
+/// SSE streams one source address (an IPv6 /64) may hold open; past it, 503 too, so one peer
+/// cannot take every place.
+pub const MAX_SUBSCRIBERS_PER_PEER: usize = 4;
+/// Seconds a refused stream is told to wait (`Retry-After`).
+pub const RETRY_AFTER_S: u32 = 5;
 /// How often the web loop drains the queue (and streams look for new frames).
 pub const PUMP_EVERY: Duration = Duration::from_millis(100);
 /// The most events one pump takes, so a flood cannot hold the web loop.
@@ -69,14 +77,25 @@ pub const GRAPH_SECONDS: usize = 300;
 pub enum LiveEvent {
     /// A timeline event, as recorded for the database.
     Recorded(Event),
-    /// Bytes of a file sent so far to `remote` (`total` when known).
+    /// Bytes of a file sent so far to `remote` (`total` when known), by transfer `transfer`
+    /// ([`next_transfer_id`]; its end event carries the same id).
     Progress {
         leg: Leg,
+        transfer: u64,
         remote: SocketAddr,
         file: Name,
         done: u64,
         total: Option<u64>,
     },
+}
+
+/// A transfer id no other transfer of this process has: the progress events of one TFTP
+/// transfer or HTTP connection and the event that ends it carry it, so the live view ends
+/// exactly that transfer (one lookup), however many clients fetch the same file.
+#[inline]
+pub fn next_transfer_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Relaxed)
 }
 
 /// The data path's end of the fan-out: clone one into each event loop.
@@ -100,6 +119,7 @@ impl Tap {
     pub fn progress(
         &self,
         leg: Leg,
+        transfer: u64,
         remote: SocketAddr,
         file: &str,
         done: u64,
@@ -107,6 +127,7 @@ impl Tap {
     ) {
         self.send(LiveEvent::Progress {
             leg,
+            transfer,
             remote,
             file: Name::new(file),
             done,
@@ -118,6 +139,8 @@ impl Tap {
 /// A transfer under way, as `/api/v1/status` and the page show it.
 #[derive(Debug, Clone, Serialize)]
 struct Active {
+    /// The transfer's id ([`next_transfer_id`]).
+    id: u64,
     leg: &'static str,
     remote: String,
     mac: Option<String>,
@@ -201,6 +224,7 @@ enum Frame<'a> {
     Progress(&'a Active),
     /// A transfer that was active and is no longer (ended or went silent).
     Done {
+        id: u64,
         leg: &'static str,
         remote: String,
     },
@@ -215,7 +239,8 @@ struct State {
     ring: VecDeque<(u64, String)>,
     machines: HashMap<String, Machine>,
     macs: HashMap<IpAddr, MacAddr>,
-    active: HashMap<(&'static str, SocketAddr), Active>,
+    /// By transfer id.
+    active: HashMap<u64, Active>,
     errors: VecDeque<ErrorItem>,
     legs: BTreeMap<&'static str, LegCounts>,
     graph: VecDeque<Sample>,
@@ -279,6 +304,8 @@ pub struct Live {
     rx: Mutex<Receiver<LiveEvent>>,
     state: Mutex<State>,
     subscribers: Arc<AtomicUsize>,
+    /// Open streams per source (an IPv4 address or an IPv6 /64); entries leave at 0.
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
     pub stats: LiveStats,
 }
 
@@ -294,23 +321,43 @@ impl Default for Live {
             rx: Mutex::new(rx),
             state: Mutex::default(),
             subscribers: Arc::default(),
+            per_peer: Arc::default(),
             stats: LiveStats::default(),
         }
     }
 }
 
-/// One SSE stream's place under [`MAX_SUBSCRIBERS`], given back when it drops.
+/// One SSE stream's place under [`MAX_SUBSCRIBERS`] and [`MAX_SUBSCRIBERS_PER_PEER`], given
+/// back when it drops.
 #[derive(Debug)]
 pub struct Subscriber {
     count: Arc<AtomicUsize>,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
     /// The id of the last frame the client has (from `Last-Event-ID`), if any.
     resume: Option<u64>,
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
         self.count.fetch_sub(1, Relaxed);
     }
+}
+
+/// Why [`Live::subscribe`] gave no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// [`MAX_SUBSCRIBERS`] streams are open.
+    Total,
+    /// This source holds [`MAX_SUBSCRIBERS_PER_PEER`].
+    Peer,
 }
 
 fn mac_text(mac: Option<MacAddr>) -> Option<String> {
@@ -407,24 +454,26 @@ impl State {
             LiveEvent::Recorded(e) => self.recorded(e, now),
             LiveEvent::Progress {
                 leg,
+                transfer,
                 remote,
                 file,
                 done,
                 total,
-            } => self.progress(leg, remote, file.as_str(), done, total, now),
+            } => self.progress(leg, transfer, remote, file.as_str(), done, total, now),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn progress(
         &mut self,
         leg: Leg,
+        key: u64,
         remote: SocketAddr,
         file: &str,
         done: u64,
         total: Option<u64>,
         now: Instant,
     ) {
-        let key = (leg.as_str(), remote);
         let at_ms = crate::db::now_ms();
         let mac = self.macs.get(&remote.ip()).copied();
         if !self.active.contains_key(&key) {
@@ -434,6 +483,7 @@ impl State {
             self.leg(leg).started += 1;
         }
         let a = self.active.entry(key).or_insert_with(|| Active {
+            id: key,
             leg: leg.as_str(),
             remote: remote.to_string(),
             mac: None,
@@ -471,25 +521,14 @@ impl State {
         m.total = a.total;
     }
 
-    /// Takes transfers of `ip` for `file` off the active list.
-    fn finish(&mut self, leg: Leg, ip: Option<IpAddr>, file: &str) {
-        let ended: Vec<_> = self
-            .active
-            .iter()
-            .filter(|((l, remote), a)| {
-                *l == leg.as_str()
-                    && ip.is_none_or(|ip| remote.ip() == ip)
-                    && (a.file == file || a.file.ends_with(file) || file.ends_with(&a.file))
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in ended {
-            if let Some(a) = self.active.remove(&key) {
-                self.push(&Frame::Done {
-                    leg: a.leg,
-                    remote: a.remote,
-                });
-            }
+    /// Takes transfer `id` off the active list.
+    fn finish(&mut self, id: u64) {
+        if let Some(a) = self.active.remove(&id) {
+            self.push(&Frame::Done {
+                id,
+                leg: a.leg,
+                remote: a.remote,
+            });
         }
     }
 
@@ -594,9 +633,9 @@ impl State {
         if matches!(
             e.kind,
             EventKind::TftpEnd { .. } | EventKind::HttpFile { .. }
-        ) && let Some(f) = &file
+        ) && let Some(id) = e.transfer
         {
-            self.finish(leg, e.ip, f);
+            self.finish(id);
         }
         if let Some(reason) = failure {
             self.error(ErrorItem {
@@ -639,13 +678,8 @@ impl State {
             .filter(|(_, a)| now.saturating_duration_since(a.seen) > STALE)
             .map(|(k, _)| *k)
             .collect();
-        for key in stale {
-            if let Some(a) = self.active.remove(&key) {
-                self.push(&Frame::Done {
-                    leg: a.leg,
-                    remote: a.remote,
-                });
-            }
+        for id in stale {
+            self.finish(id);
         }
     }
 
@@ -778,19 +812,32 @@ impl Live {
         }
     }
 
-    /// A place for one more stream, unless [`MAX_SUBSCRIBERS`] are open. `last_event_id` is
-    /// the client's `Last-Event-ID` header, if it sent one.
-    pub fn subscribe(&self, last_event_id: Option<&str>) -> Option<Subscriber> {
+    /// A place for one more stream from `peer`, unless [`MAX_SUBSCRIBERS`] are open or
+    /// `peer`'s source (its address, an IPv6 /64) holds [`MAX_SUBSCRIBERS_PER_PEER`].
+    /// `last_event_id` is the client's `Last-Event-ID` header, if it sent one.
+    pub fn subscribe(&self, peer: IpAddr, last_event_id: Option<&str>) -> Result<Subscriber, Full> {
+        let peer = super::source_key(peer);
+        // The per-peer table first, under its lock: the total is only taken with a peer place.
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let held = per_peer.get(&peer).copied().unwrap_or(0);
+        if held >= MAX_SUBSCRIBERS_PER_PEER {
+            self.stats.streams_refused.fetch_add(1, Relaxed);
+            return Err(Full::Peer);
+        }
         let taken = self
             .subscribers
             .fetch_update(Relaxed, Relaxed, |n| (n < MAX_SUBSCRIBERS).then_some(n + 1));
         if taken.is_err() {
             self.stats.streams_refused.fetch_add(1, Relaxed);
-            return None;
+            return Err(Full::Total);
         }
+        per_peer.insert(peer, held + 1);
+        drop(per_peer);
         self.stats.streams_opened.fetch_add(1, Relaxed);
-        Some(Subscriber {
+        Ok(Subscriber {
             count: Arc::clone(&self.subscribers),
+            per_peer: Arc::clone(&self.per_peer),
+            peer,
             resume: last_event_id
                 .filter(|v| v.len() <= 20)
                 .and_then(|v| v.trim().parse().ok()),
@@ -1015,9 +1062,9 @@ pub async fn complete_events_head(
     first
 }
 
-/// Answers an [`events_request`]: the web service decides whether `peer` may have it (the
-/// same checks as every route), then the connection becomes a stream until the client goes,
-/// stops reading, or `stop` resolves.
+/// Answers an [`events_request`]: a peer outside `web.allow` gets 403, one past a cap 503
+/// with `Retry-After`; otherwise the connection becomes a stream until the client goes, stops
+/// reading, or `stop` resolves.
 pub async fn serve_events(
     web: &super::WebService,
     tcp: &mut TcpConn,
@@ -1025,29 +1072,48 @@ pub async fn serve_events(
     req: EventsRequest,
     stop: impl Future<Output = ()>,
 ) {
-    let now = std::time::SystemTime::now();
-    let allowed = web.respond(EVENTS_PATH, &req.query, Some(peer.ip().to_string()), now);
-    let refusal = if allowed.status != 200 {
-        Some(allowed)
+    let refusal = if !web.access().allows(Some(peer.ip())) {
+        Some((web.access().forbidden_peer(Some(peer.ip())), None))
     } else {
-        match web.live.subscribe(req.last_event_id.as_deref()) {
-            Some(sub) => {
+        match web.live.subscribe(peer.ip(), req.last_event_id.as_deref()) {
+            Ok(sub) => {
+                web.count_request(EVENTS_PATH, 200);
                 web.live.stream(sub, tcp, stop).await;
                 None
             }
             //= https://www.rfc-editor.org/rfc/rfc9110#section-15.6.4
             //# The 503 (Service Unavailable) status code indicates that the server is
             //# currently unable to handle the request due to a temporary overload
-            None => Some(super::WebReply::new(
-                503,
-                "text/plain",
-                format!("too many event streams (at most {MAX_SUBSCRIBERS})\n"),
+            //# or scheduled maintenance, which will likely be alleviated after some
+            //# delay. The server MAY send a Retry-After header field (Section 10.2.3)
+            //# to suggest an appropriate amount of time for the client to wait before
+            //# retrying the request.
+            Err(full) => Some((
+                super::WebReply::new(
+                    503,
+                    "text/plain",
+                    match full {
+                        Full::Total => {
+                            format!("too many event streams (at most {MAX_SUBSCRIBERS})\n")
+                        }
+                        Full::Peer => format!(
+                            "too many event streams from {} (at most {MAX_SUBSCRIBERS_PER_PEER} \
+                             per address)\n",
+                            peer.ip()
+                        ),
+                    },
+                ),
+                Some(RETRY_AFTER_S),
             )),
         }
     };
-    if let Some(r) = refusal {
+    if let Some((r, retry_after)) = refusal {
+        web.count_request(EVENTS_PATH, r.status);
+        let retry = retry_after
+            .map(|s| format!("Retry-After: {s}\r\n"))
+            .unwrap_or_default();
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{retry}\
              Cache-Control: no-store\r\nConnection: close\r\n\r\n",
             r.status,
             zpxe_engine::http::StatusCode(r.status).reason(),
@@ -1117,8 +1183,9 @@ mod tests {
             .mac(mac(7))
             .ip(ip),
         ));
-        tap.progress(Leg::Tftp, remote, "ipxe.efi", 0, Some(1000));
-        tap.progress(Leg::Tftp, remote, "ipxe.efi", 500, Some(1000));
+        let id = next_transfer_id();
+        tap.progress(Leg::Tftp, id, remote, "ipxe.efi", 0, Some(1000));
+        tap.progress(Leg::Tftp, id, remote, "ipxe.efi", 500, Some(1000));
         live.drain_queue(&Metrics::default());
         let s = serde_json::to_value(live.status()).expect("json");
         assert_eq!(s["active_transfers"], 1, "{s}");
@@ -1135,7 +1202,8 @@ mod tests {
                 },
                 Duration::from_millis(10),
             ))
-            .ip(ip),
+            .ip(ip)
+            .transfer(Some(id)),
         ));
         tap.send(LiveEvent::Recorded(
             Event::now(EventKind::Stage {
@@ -1207,15 +1275,96 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_are_capped() {
+    fn subscribers_are_capped_in_all_and_per_source() {
         let live = Live::default();
-        let subs: Vec<_> = (0..MAX_SUBSCRIBERS)
-            .map(|_| live.subscribe(None).expect("room"))
+        let ip = |i: u32| IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+        // One source gets its share, no more.
+        let mine: Vec<_> = (0..MAX_SUBSCRIBERS_PER_PEER)
+            .map(|_| live.subscribe(ip(1), None).expect("room"))
             .collect();
-        assert!(live.subscribe(None).is_none());
-        drop(subs);
-        let s = live.subscribe(Some("12")).expect("room again");
+        assert_eq!(live.subscribe(ip(1), None).err(), Some(Full::Peer));
+        // Its IPv6 /64 neighbours are the same source.
+        let v6 = |i: u16| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, i));
+        let six: Vec<_> = (0..MAX_SUBSCRIBERS_PER_PEER as u16)
+            .map(|i| live.subscribe(v6(i), None).expect("room"))
+            .collect();
+        assert_eq!(live.subscribe(v6(99), None).err(), Some(Full::Peer));
+        // Others fill the rest, then the total cap holds.
+        let others: Vec<_> = (0..(MAX_SUBSCRIBERS - 2 * MAX_SUBSCRIBERS_PER_PEER) as u32)
+            .map(|i| live.subscribe(ip(100 + i), None).expect("room"))
+            .collect();
+        assert_eq!(live.subscribe(ip(9999), None).err(), Some(Full::Total));
+        drop(mine);
+        assert!(live.per_peer.lock().expect("lock").get(&ip(1)).is_none());
+        let s = live.subscribe(ip(1), Some("12")).expect("room again");
         assert_eq!(s.resume, Some(12));
-        assert!(live.subscribe(Some("x")).expect("room").resume.is_none());
+        drop((six, others, s));
+        assert_eq!(live.subscribers.load(Relaxed), 0);
+        assert!(live.per_peer.lock().expect("lock").is_empty());
+        assert!(
+            live.subscribe(ip(1), Some("x"))
+                .expect("room")
+                .resume
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_transfer_ends_by_its_id_not_by_its_file() {
+        let live = Live::default();
+        let tap = live.tap();
+        let ip: IpAddr = "10.0.0.8".parse().expect("ip");
+        // Two transfers of the same file to the same address (two clients behind one NAT, or
+        // one client's retry): the end of the first leaves the second under way.
+        let (a, b) = (next_transfer_id(), next_transfer_id());
+        tap.progress(
+            Leg::Tftp,
+            a,
+            SocketAddr::new(ip, 1000),
+            "ipxe.efi",
+            10,
+            Some(100),
+        );
+        tap.progress(
+            Leg::Tftp,
+            b,
+            SocketAddr::new(ip, 1001),
+            "ipxe.efi",
+            20,
+            Some(100),
+        );
+        tap.progress(
+            Leg::Tftp,
+            next_transfer_id(),
+            SocketAddr::new(ip, 1002),
+            "x/ipxe.efi",
+            5,
+            Some(100),
+        );
+        live.drain_queue(&Metrics::default());
+        assert_eq!(live.state().active.len(), 3);
+        let end = |id| {
+            LiveEvent::Recorded(
+                Event::now(crate::db::tftp_end_event(
+                    "ipxe.efi",
+                    &zpxe_engine::tftp::TransferOutcome::Completed {
+                        bytes: 100,
+                        retransmits: 0,
+                    },
+                    Duration::from_millis(10),
+                ))
+                .ip(ip)
+                .transfer(Some(id)),
+            )
+        };
+        tap.send(end(a));
+        live.drain_queue(&Metrics::default());
+        let state = live.state();
+        assert_eq!(state.active.len(), 2, "only transfer {a} ended");
+        assert!(state.active.contains_key(&b));
+        drop(state);
+        tap.send(end(b));
+        live.drain_queue(&Metrics::default());
+        assert_eq!(live.state().active.len(), 1);
     }
 }

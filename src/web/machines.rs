@@ -184,9 +184,13 @@ fn json_error(e: &serde_json::Error) -> WebReply {
 }
 
 impl WebService {
-    /// `GET /api/v1/machines[/{key}]`.
+    /// `GET /api/v1/machines[/{key}]`, from the registry's in-memory snapshot (the one the
+    /// data path reads): a read never touches the database, so it costs the web loop no I/O.
+    /// Every change commits, then publishes a new snapshot before its answer; servers sharing
+    /// a PostgreSQL see each other's changes when the writer's generation poll publishes them.
     pub(super) fn machines_read(&self, path: &str, query: &str) -> WebReply {
         self.api(|db| {
+            let snapshot = db.registry().snapshot();
             let rest = path.strip_prefix("/api/v1/machines").unwrap_or_default();
             match rest.strip_prefix('/') {
                 None | Some("") => {
@@ -196,22 +200,24 @@ impl WebService {
                         .unwrap_or(PAGE)
                         .clamp(1, MAX_PAGE_RECORDS);
                     let group = params.get("group").filter(|g| !g.is_empty());
-                    let all: Vec<MachineRecord> = db
-                        .machines()
-                        .map_err(internal)?
-                        .into_iter()
-                        .filter(|r| group.is_none_or(|g| r.group == *g))
-                        .collect();
+                    let all = || {
+                        snapshot
+                            .records()
+                            .filter(|r| group.is_none_or(|g| r.group == *g))
+                    };
                     Ok(WebReply::json(&MachinePage {
-                        total: all.len(),
+                        total: all().count(),
                         offset,
-                        machines: all.into_iter().skip(offset).take(limit).collect(),
+                        machines: all().skip(offset).take(limit).cloned().collect(),
                     }))
                 }
                 Some(key) => {
-                    let key = key_of(key)?;
-                    match db.machine(key).map_err(internal)? {
-                        Some(r) => Ok(WebReply::json(&r)),
+                    let found = match key_of(key)? {
+                        MachineKey::Mac(mac) => snapshot.get(mac, None),
+                        MachineKey::Uuid(u) => snapshot.records().find(|r| r.uuid == Some(u)),
+                    };
+                    match found {
+                        Some(r) => Ok(WebReply::json(r)),
                         None => Err(WebReply::new(404, "text/plain", "no such machine\n")),
                     }
                 }
@@ -228,17 +234,15 @@ impl WebService {
         authorization: Option<&str>,
         peer: Option<IpAddr>,
     ) -> Option<(WebReply, Option<&'static str>)> {
-        if !self.access.allows(peer) {
-            return Some((self.access.forbidden_peer(peer), None));
+        let access = self.access();
+        if !access.allows(peer) {
+            return Some((access.forbidden_peer(peer), None));
         }
         let machines = path == "/api/v1/machines" || path.starts_with("/api/v1/machines/");
         if !machines && path != "/api/clients" {
             return Some((WebReply::new(404, "text/plain", "not found\n"), None));
         }
-        self.access
-            .authorize(authorization)
-            .err()
-            .map(|d| d.reply())
+        access.authorize(authorization).err().map(|d| d.reply())
     }
 
     /// A state-changing request (`PUT`, `POST`, `DELETE`): the reply and, for a 401, the
@@ -492,9 +496,10 @@ pub async fn serve_write(web: &WebService, tcp: &mut TcpConn, peer: SocketAddr, 
             Either::Right(_) => None,
         }
     };
-    let Some((reply, extra)) = answer else {
+    let Some((path, reply, extra)) = answer else {
         return;
     };
+    web.count_request(&path, reply.status);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
         reply.status,
@@ -521,13 +526,14 @@ async fn read_and_answer(
     tcp: &mut TcpConn,
     peer: SocketAddr,
     mut buf: Vec<u8>,
-) -> Option<(WebReply, Option<&'static str>)> {
+) -> Option<(String, WebReply, Option<&'static str>)> {
     let head = loop {
         match parse_write_head(&buf) {
             Ok(Some(h)) => break h,
             Ok(None) => {}
             Err((status, why)) => {
                 return Some((
+                    String::new(),
                     WebReply::new(status, "text/plain", format!("{why}\n")),
                     None,
                 ));
@@ -537,10 +543,10 @@ async fn read_and_answer(
             return None;
         }
     };
-    if let Some(refused) =
+    if let Some((reply, extra)) =
         web.refuse_write(&head.path, head.authorization.as_deref(), Some(peer.ip()))
     {
-        return Some(refused);
+        return Some((head.path, reply, extra));
     }
     let want = head.head_len + head.content_length;
     buf.reserve_exact(want.saturating_sub(buf.len()));
@@ -550,13 +556,14 @@ async fn read_and_answer(
         }
     }
     let body = buf.get(head.head_len..want).unwrap_or_default();
-    Some(web.write(
+    let (reply, extra) = web.write(
         &head.method,
         &head.path,
         head.authorization.as_deref(),
         body,
         Some(peer.ip()),
-    ))
+    );
+    Some((head.path, reply, extra))
 }
 
 /// Reads more of the request into `buf` (at most up to `limit` bytes); false at EOF or error.

@@ -322,6 +322,111 @@ fn status_shows_a_slow_download_under_way_with_progress_and_rate() {
     }
 }
 
+#[test]
+fn a_transfer_that_ends_takes_only_itself_off_the_list() {
+    let (root, config) = image_set();
+    std::fs::write(root.path().join("big.bin"), vec![7u8; 32 << 20]).expect("big file");
+    let server = Server::start(root.path(), &["--config", &config]);
+    // A: a download that reads 4 MiB, then stalls (its socket buffers fill; it stays listed
+    // for 10 s after its last progress).
+    let mut a = TcpStream::connect(server.http).expect("connect");
+    write!(a, "GET /big.bin HTTP/1.1\r\nHost: {}\r\n\r\n", server.http).expect("send");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < (4 << 20) {
+        let n = a.read(&mut buf).expect("read");
+        assert!(n > 0, "the download ended early");
+        got += n;
+    }
+    let mine = a.local_addr().expect("addr").to_string();
+    let listed = |status: &Value| {
+        status["transfers"]
+            .as_array()
+            .expect("transfers")
+            .iter()
+            .any(|t| t["remote"] == mine.as_str() && t["file"] == "big.bin")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !listed(&json(server.web, "/api/v1/status")) {
+        assert!(Instant::now() < deadline, "the download never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // B: the same file from the same address, a range, whole at once; then its end event.
+    let mut b = TcpStream::connect(server.http).expect("connect");
+    write!(
+        b,
+        "GET /big.bin HTTP/1.1\r\nHost: {}\r\nRange: bytes=0-99999\r\nConnection: close\r\n\r\n",
+        server.http
+    )
+    .expect("send");
+    let mut whole = Vec::new();
+    b.read_to_end(&mut whole).expect("read");
+    assert!(whole.starts_with(b"HTTP/1.1 206"), "{:?}", &whole[..40]);
+    // B ended (its file counted ok) and A is still under way: on the previous code the end of
+    // B's `/big.bin` for 127.0.0.1 matched A by address and file name and took it off too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = json(server.web, "/api/v1/status");
+        if status["legs"]["http"]["ok"].as_u64() >= Some(1) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "B's end never came: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(listed(&status), "A left the list with B's end: {status}");
+    assert_eq!(status["active_transfers"], 1, "{status}");
+    drop(a);
+}
+
+#[test]
+fn one_address_holds_at_most_four_event_streams() {
+    let root = tempfile::tempdir().expect("tmp");
+    let server = Server::start(root.path(), &["--no-dhcp"]);
+    let mut streams: Vec<_> = (0..4).map(|_| open_events(server.web)).collect();
+    // A fifth from the same address: 503, told when to come back.
+    let (status, head, body) = get(server.web, "/api/v1/events");
+    assert_eq!(status, 503, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nretry-after: 5"),
+        "{head}"
+    );
+    assert!(body.contains("per address"), "{body}");
+    // Another address still gets one (on the previous code the 32 places were anyone's).
+    let out = Command::new(require("curl"))
+        .args(["-s", "-N", "-m", "2", "-D", "-", "-o", "/dev/null"])
+        .args(["--interface", "127.0.0.3"])
+        .arg(format!("http://{}/api/v1/events", server.web))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(metric(server.web, "zpxe_sse_streams_refused_total") >= 1);
+    // A stream that ends gives its place back (noticed at its next write: a report makes one).
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = get(server.web, "/report?mac=52:54:00:fe:00:01&stage=script");
+        assert_eq!(status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut s = TcpStream::connect(server.web).expect("connect");
+        write!(
+            s,
+            "GET /api/v1/events HTTP/1.1\r\nHost: {}\r\n\r\n",
+            server.web
+        )
+        .expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).expect("status line");
+        if &first == b"HTTP/1.1 200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed place never came back");
+    }
+    drop(streams);
+}
+
 /// What a client could send to put markup in the page.
 const XSS: &str =
     "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">";

@@ -69,6 +69,159 @@ fn missing(events: &[Value], stages: &[&str]) -> Option<String> {
     (!lack.is_empty()).then(|| lack.join(", "))
 }
 
+/// `/metrics` read by Prometheus's own parser (python3-prometheus-client): every family with
+/// its type, and each sample by name and labels.
+fn parse_metrics(text: &str) -> Value {
+    const PARSE: &str = "import json, sys\n\
+from prometheus_client.parser import text_string_to_metric_families\n\
+out = {}\n\
+for f in text_string_to_metric_families(sys.stdin.read()):\n\
+    out[f.name] = {'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
+print(json.dumps(out))\n";
+    let mut child = std::process::Command::new(crate::common::require("python3"))
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed the parser");
+    let out = child.wait_with_output().expect("parser");
+    assert!(
+        out.status.success(),
+        "prometheus_client refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("parser json")
+}
+
+/// One sample's value: family `family`, sample `name` with exactly `labels`.
+fn sample(m: &Value, family: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let want: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+        .collect();
+    m[family]["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s[0] == name && s[1].as_object() == Some(&want))
+        .and_then(|s| s[2].as_f64())
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in {family}: {}", m[family]))
+}
+
+/// After the healthy storm: the families parse, TFTP transfers are counted by outcome with
+/// EDK2's size probes apart from failures, the histograms saw every completed transfer and
+/// boot-port response, and the web service's own requests count in their own family, never in
+/// the boot port's (issue 14).
+fn check_metrics(web: SocketAddr, text: &str) {
+    let m = parse_metrics(text);
+    for (family, kind) in [
+        ("zpxe_tftp_transfers", "counter"),
+        ("zpxe_tftp_transfer_duration_seconds", "histogram"),
+        ("zpxe_http_response_duration_seconds", "histogram"),
+        ("zpxe_http_response_bytes", "histogram"),
+        ("zpxe_web_requests", "counter"),
+        ("zpxe_http_requests", "counter"),
+    ] {
+        assert_eq!(m[family]["type"], kind, "{family}: {}", m[family]);
+    }
+    let outcome = |o: &str| {
+        sample(
+            &m,
+            "zpxe_tftp_transfers",
+            "zpxe_tftp_transfers_total",
+            &[("outcome", o)],
+        )
+    };
+    let complete = outcome("complete");
+    assert!(complete >= 100.0, "completed TFTP transfers: {complete}");
+    let failed = sample(
+        &m,
+        "zpxe_tftp_transfers_failed",
+        "zpxe_tftp_transfers_failed_total",
+        &[],
+    );
+    assert_eq!(
+        failed,
+        outcome("aborted_client") + outcome("aborted_server"),
+        "failures are the aborts, size probes ({}) apart",
+        outcome("size_probe")
+    );
+    let tftp_count = sample(
+        &m,
+        "zpxe_tftp_transfer_duration_seconds",
+        "zpxe_tftp_transfer_duration_seconds_count",
+        &[],
+    );
+    assert_eq!(tftp_count, complete);
+    let boot_requests = sample(&m, "zpxe_http_requests", "zpxe_http_requests_total", &[]);
+    assert!(boot_requests >= 200.0, "scripts and files: {boot_requests}");
+    assert_eq!(
+        sample(
+            &m,
+            "zpxe_http_response_duration_seconds",
+            "zpxe_http_response_duration_seconds_count",
+            &[],
+        ),
+        boot_requests
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "zpxe_http_response_bytes",
+            "zpxe_http_response_bytes_count",
+            &[],
+        ),
+        boot_requests
+    );
+    // The storm's reports were web requests.
+    let reports = sample(
+        &m,
+        "zpxe_web_requests",
+        "zpxe_web_requests_total",
+        &[("route", "/report"), ("status", "200")],
+    );
+    assert!(reports >= 200.0, "reports: {reports}");
+    // Ten more web requests move the web family, not the boot port's (on the previous code
+    // each counted in zpxe_http_requests_total).
+    for _ in 0..10 {
+        assert_eq!(get(web, "/api/v1/status").0, 200);
+    }
+    let (_, later) = get(web, "/metrics");
+    let later = parse_metrics(&later);
+    assert_eq!(
+        sample(
+            &later,
+            "zpxe_http_requests",
+            "zpxe_http_requests_total",
+            &[]
+        ),
+        boot_requests
+    );
+    let status_before = m["zpxe_web_requests"]["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s[1]["route"] == "/api/v1/status")
+        .and_then(|s| s[2].as_f64())
+        .unwrap_or(0.0);
+    assert_eq!(
+        sample(
+            &later,
+            "zpxe_web_requests",
+            "zpxe_web_requests_total",
+            &[("route", "/api/v1/status"), ("status", "200")],
+        ),
+        status_before + 10.0
+    );
+}
+
 #[test]
 fn after_a_storm_every_client_has_its_timeline_in_the_api() {
     let (root, config) = image_set();
@@ -158,6 +311,7 @@ fn after_a_storm_every_client_has_its_timeline_in_the_api() {
         metrics.contains("zpxe_db_events_dropped_total 0"),
         "{metrics}"
     );
+    check_metrics(server.web, &metrics);
 
     // A clean stop writes what is queued and leaves a sound file.
     server.sigterm();

@@ -114,6 +114,9 @@ pub enum HttpEvent {
         status: StatusCode,
         /// Content bytes sent (0 for HEAD, 304, ...).
         bytes: u64,
+        /// From the input that completed the request head to the response's last byte
+        /// handed out (by the caller's clock, as given to the `handle_*` calls).
+        elapsed: Duration,
     },
     /// The client took too long at what `timer` times; the connection closes.
     TimedOut { timer: Timer },
@@ -161,6 +164,8 @@ struct Pending {
     offset: usize,
     image: Option<ImageId>,
     close_after: bool,
+    /// When its request was taken (the caller's clock at that input).
+    started: Instant,
     event: HttpEvent,
 }
 
@@ -573,11 +578,13 @@ impl HttpConnection {
             offset: 0,
             image: planned.image,
             close_after: !keep_alive,
+            started: self.last_now,
             event: HttpEvent::Served {
                 method,
                 path,
                 status: planned.head.status,
                 bytes,
+                elapsed: Duration::ZERO,
             },
         });
     }
@@ -587,7 +594,11 @@ impl HttpConnection {
     fn finish_front(&mut self) {
         if let Some(p) = self.queue.pop_front() {
             debug_assert!(p.image.is_none());
-            self.complete(p.event, p.close_after);
+            let mut event = p.event;
+            if let HttpEvent::Served { elapsed, .. } = &mut event {
+                *elapsed = self.last_now.saturating_duration_since(p.started);
+            }
+            self.complete(event, p.close_after);
         }
     }
 
@@ -726,14 +737,18 @@ mod tests {
         assert!(!h.closed);
         assert_eq!(h.cat.total_open_refs(), 0);
         let events: Vec<_> = std::iter::from_fn(|| h.conn.poll_event()).collect();
-        assert_eq!(
-            events[0],
-            HttpEvent::Served {
-                method: Some(Method::Get),
-                path: "/Boot/BCD".into(),
-                status: StatusCode::OK,
-                bytes: 9
-            }
+        assert!(
+            matches!(
+                &events[0],
+                HttpEvent::Served {
+                    method: Some(Method::Get),
+                    path,
+                    status: StatusCode::OK,
+                    bytes: 9,
+                    ..
+                } if path == "/Boot/BCD"
+            ),
+            "{events:?}"
         );
         assert!(matches!(events[1], HttpEvent::Served { bytes: 0, .. }));
     }
