@@ -184,6 +184,9 @@ pub struct DhcpSection {
     pub offer_hold_secs: u32,
     /// Server mode: how long an address a client declined (found in use) stays out of the pool.
     pub decline_hold_secs: u32,
+    /// Server mode: addresses relay agents forward from when that is not their `giaddr` (a
+    /// relayed message is taken only from its `giaddr` or one of these).
+    pub relays: Vec<std::net::Ipv4Addr>,
 }
 
 impl Default for DhcpSection {
@@ -195,6 +198,7 @@ impl Default for DhcpSection {
             lease_time_secs: 3600,
             offer_hold_secs: 10,
             decline_hold_secs: 600,
+            relays: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Times are stored as milliseconds since the Unix epoch (`expires`), so a restart knows how
 //! much of each lease is left.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -212,12 +213,28 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Job>, done: Arc<Mutex<Done>>)
     }
 }
 
+/// The rows of `batch` with one per address: the last change of each (commits are queued in
+/// the order the engine made them), so a batch writes each lease once however often it moved.
+fn coalesced(batch: &[Job]) -> Vec<&Row> {
+    let mut last: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let rows: Vec<&Row> = batch.iter().flat_map(|j| &j.rows).collect();
+    for (i, row) in rows.iter().enumerate() {
+        last.insert(row.ip, i);
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(i, row)| last.get(&row.ip) == Some(i))
+        .map(|(_, row)| *row)
+        .collect()
+}
+
 /// One transaction for the whole batch, retried a few times; `false` when it never committed.
 fn write(backend: &mut dyn Backend, batch: &[Job]) -> bool {
+    let rows = coalesced(batch);
     for attempt in 1..=WRITE_ATTEMPTS {
         let now = now_ms();
         let r = backend.transaction(&mut |sql| {
-            for row in batch.iter().flat_map(|j| &j.rows) {
+            for row in &rows {
                 sql.exec(
                     "INSERT INTO leases (ip, state, client_id, mac, expires, updated) \
                      VALUES ($1, $2, $3, $4, $5, $6) \
@@ -247,4 +264,57 @@ fn write(backend: &mut dyn Backend, batch: &[Job]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ip: u8, state: LeaseState, expires_ms: i64) -> Row {
+        Row {
+            ip: Ipv4Addr::new(10, 0, 0, ip),
+            state,
+            client: Some(vec![1, 2, 3]),
+            mac: MacAddr([2, 0, 0, 0, 0, ip]),
+            expires_ms,
+        }
+    }
+
+    /// Several commits of one batch that touch one address write it once, as the last left it.
+    #[test]
+    fn a_batch_writes_each_address_once() {
+        let batch = vec![
+            Job {
+                seq: 1,
+                rows: vec![
+                    row(5, LeaseState::Bound, 100),
+                    row(6, LeaseState::Bound, 100),
+                ],
+            },
+            Job {
+                seq: 2,
+                rows: vec![row(5, LeaseState::Bound, 200)],
+            },
+            Job {
+                seq: 3,
+                rows: vec![
+                    row(6, LeaseState::Released, 0),
+                    row(7, LeaseState::Bound, 300),
+                ],
+            },
+        ];
+        let rows = coalesced(&batch);
+        let got: Vec<(u8, LeaseState, i64)> = rows
+            .iter()
+            .map(|r| (r.ip.octets()[3], r.state, r.expires_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (5, LeaseState::Bound, 200),
+                (6, LeaseState::Released, 0),
+                (7, LeaseState::Bound, 300)
+            ]
+        );
+    }
 }

@@ -56,6 +56,7 @@ pub(crate) fn server_config(config: &Config) -> DhcpServerConfig {
         lease_time: Duration::from_secs(u64::from(d.lease_time_secs)),
         offer_hold: Duration::from_secs(u64::from(d.offer_hold_secs)),
         decline_hold: Duration::from_secs(u64::from(d.decline_hold_secs)),
+        relays: d.relays.clone(),
     }
 }
 
@@ -131,7 +132,7 @@ impl Core {
 
     async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>) {
         let mut buf = Vec::with_capacity(BUF);
-        let mut out = vec![0u8; BUF];
+        let mut out = Vec::with_capacity(BUF);
         loop {
             let (res, b) = socket.recv(buf).await;
             buf = b;
@@ -175,7 +176,7 @@ impl Core {
 
     /// Waits for the lease writer's reports and sends the replies they release.
     async fn completions(self: Rc<Self>) {
-        let mut out = vec![0u8; BUF];
+        let mut out = Vec::with_capacity(BUF);
         loop {
             self.store.wait(super::STOP_POLL).await;
             let done = self.store.take_done();
@@ -195,7 +196,8 @@ impl Core {
     }
 
     /// Hands commits to the writer, sends the replies ready, logs and records the events.
-    async fn flush(&self, buf: &mut [u8]) {
+    /// Each reply is encoded once, into `buf`, which then goes to the socket as it is.
+    async fn flush(&self, buf: &mut Vec<u8>) {
         loop {
             let commit = self.engine.borrow_mut().poll_commit();
             let Some(commit) = commit else { break };
@@ -205,6 +207,7 @@ impl Core {
             }
         }
         loop {
+            buf.resize(BUF, 0);
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some(t) = polled else { break };
             let Payload::Bytes { len } = t.payload else {
@@ -221,7 +224,9 @@ impl Core {
                 source_ip: t.source_ip,
                 ifindex: t.ifindex,
             };
-            let (res, _) = socket.send(route, buf[..len].to_vec()).await;
+            buf.truncate(len);
+            let (res, back) = socket.send(route, std::mem::take(buf)).await;
+            *buf = back;
             match res {
                 Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
                 Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),

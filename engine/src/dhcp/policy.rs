@@ -84,10 +84,22 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0);
+        let mask = u32::from(self.mask());
         u32::from(ip) & mask == u32::from(self.network) & mask
+    }
+
+    /// The subnet mask (option 1): `/24` is 255.255.255.0, `/0` is 0.0.0.0.
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0),
+        )
+    }
+
+    /// The subnet's broadcast address (option 28): every host bit set.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !u32::from(self.mask()))
     }
 }
 

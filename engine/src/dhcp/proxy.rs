@@ -265,12 +265,11 @@ impl ProxyDhcp {
         // PXE clients identify themselves with a vendor class starting "PXEClient" (PXE 2.1
         // section 2.2), UEFI HTTP boot clients with "HTTPClient:Arch:xxxxx:UNDI:yyyzzz" (UEFI
         // 2.10 section 24.7.2, HTTP Boot's DHCPv4 options), on x64 and ARM64 alike.
-        let vendor_class = request.options.vendor_class.as_deref().unwrap_or_default();
-        let http_client = vendor_class.starts_with(HTTP_CLIENT);
-        if !vendor_class.starts_with(PXE_CLIENT) && !http_client {
+        let Some(http_client) = boot_client(request) else {
             return Err(IgnoreReason::NotPxeClient);
-        }
-        let server = self.server_address(meta)?;
+        };
+        let server =
+            server_address(meta, self.config.server_ip).ok_or(IgnoreReason::NoServerAddress)?;
         let message_type = request.options.message_type;
         let reply_type = match (port, message_type) {
             (DhcpPort::Dhcp, Some(MessageType::Discover)) => MessageType::Offer,
@@ -285,57 +284,26 @@ impl ProxyDhcp {
             _ => return Err(IgnoreReason::UnexpectedMessage(message_type)),
         };
 
-        let facts = client_facts(meta, request, http_client);
-        let mut target = self
-            .config
-            .policy
-            .decide(&facts, server, self.config.http_port)
-            .map_err(IgnoreReason::Policy)?;
-        if let Some(o) = &self.overrides {
-            let over = o.decide(&facts, request);
-            if over.ignore {
-                return Err(IgnoreReason::Overridden);
-            }
-            // Like a rule's loader: only clients that take a loader over TFTP (iPXE gets its
-            // script, or it would load itself again; HTTP boot clients get a URL).
-            let replace = match target.kind {
-                BootKind::Loader => over.loader,
-                BootKind::IpxeScript => over.script_url,
-                _ => None,
-            };
-            if let Some(file) = replace.filter(|f| !f.is_empty()) {
-                target.boot_file = file;
-            }
-        }
-
         let mut options = DhcpOptions {
             message_type: Some(reply_type),
             server_id: Some(server),
-            client_uuid: request.options.client_uuid,
             ..Default::default()
         };
-        let boot_file = target.boot_file.clone().into_bytes();
-        let file_field = if target.kind == BootKind::HttpBoot || boot_file.len() > MAX_FILE_FIELD {
-            // UEFI HTTP boot reads the URI from option 67; names too long for `file` go there too.
-            options.bootfile_name = Some(boot_file.clone());
-            if boot_file.len() > MAX_FILE_FIELD {
-                Vec::new()
-            } else {
-                boot_file
-            }
-        } else {
-            boot_file
-        };
-        if http_client {
-            // UEFI 2.10 section 24.7.2: the HTTP boot client takes an offer (an address server's
-            // or, as here, a proxy's without yiaddr) as an HTTP boot offer only when its option
-            // 60 is "HTTPClient"; the boot file URI comes in `file` or option 67. EDK2 ignores
-            // offers without the class and keeps discovering. No option 43: that is PXE's.
-            options.vendor_class = Some(HTTP_CLIENT.to_vec());
-        } else {
-            options.vendor_class = Some(PXE_CLIENT.to_vec());
-            options.vendor_specific = Some(pxe_vendor_reply(request).to_bytes());
-        }
+        let BootAnswer {
+            next_server,
+            file_field,
+            boot_file,
+            facts,
+        } = boot_answer(
+            &self.config.policy,
+            self.config.http_port,
+            self.overrides.as_deref(),
+            meta,
+            request,
+            http_client,
+            server,
+            &mut options,
+        )?;
 
         let reply = DhcpRepr {
             op: BootOp::Reply,
@@ -354,7 +322,7 @@ impl ProxyDhcp {
                     && request.ciaddr.is_unspecified()),
             ciaddr: request.ciaddr,
             yiaddr: Ipv4Addr::UNSPECIFIED,
-            siaddr: target.next_server,
+            siaddr: next_server,
             giaddr: request.giaddr,
             client_mac: request.client_mac,
             server_name: Vec::new(),
@@ -380,7 +348,7 @@ impl ProxyDhcp {
                 mac: facts.mac,
                 uuid: facts.uuid,
                 arch: facts.arch,
-                boot_file: target.boot_file,
+                boot_file,
                 relay,
                 ipxe: facts.ipxe,
             }
@@ -389,7 +357,7 @@ impl ProxyDhcp {
                 mac: facts.mac,
                 uuid: facts.uuid,
                 arch: facts.arch,
-                boot_file: target.boot_file,
+                boot_file,
                 relay,
                 ipxe: facts.ipxe,
                 port,
@@ -397,13 +365,103 @@ impl ProxyDhcp {
         };
         Ok((queued, event))
     }
+}
 
-    fn server_address(&self, meta: &DatagramMeta) -> Result<Ipv4Addr, IgnoreReason> {
-        match meta.local_ip {
-            Some(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Ok(ip),
-            _ => self.config.server_ip.ok_or(IgnoreReason::NoServerAddress),
+/// The address a reply names as its server (option 54, and `{server}` in templates): the local
+/// address the request arrived on, else `fallback` (the configured one) when the platform
+/// cannot tell. Shared with the DHCP server (`server.rs`).
+pub(crate) fn server_address(meta: &DatagramMeta, fallback: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    match meta.local_ip {
+        Some(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Some(ip),
+        _ => fallback,
+    }
+}
+
+/// Whether `request` comes from a client the boot policy answers: `Some(false)` for a PXE
+/// client (vendor class "PXEClient...", PXE 2.1 section 2.2), `Some(true)` for a UEFI HTTP Boot
+/// client ("HTTPClient:Arch:xxxxx:UNDI:yyyzzz", UEFI 2.10 section 24.7.2, x64 and ARM64 alike),
+/// `None` for anything else.
+pub(crate) fn boot_client(request: &DhcpRepr) -> Option<bool> {
+    let vendor_class = request.options.vendor_class.as_deref().unwrap_or_default();
+    let http_client = vendor_class.starts_with(HTTP_CLIENT);
+    (vendor_class.starts_with(PXE_CLIENT) || http_client).then_some(http_client)
+}
+
+/// The boot part of a reply, as proxy and server mode both give it.
+#[derive(Debug)]
+pub(crate) struct BootAnswer {
+    /// siaddr.
+    pub(crate) next_server: Ipv4Addr,
+    /// The BOOTP `file` field (empty when the name only fits option 67).
+    pub(crate) file_field: Vec<u8>,
+    /// The file or URL the client is sent to.
+    pub(crate) boot_file: String,
+    pub(crate) facts: ClientFacts,
+}
+
+/// The policy's answer for a boot client (`http_client` from [`boot_client`]), with the
+/// per-client overrides applied, and options 60, 43, 67 and 97 added to `options`. Shared by
+/// [`ProxyDhcp`] and the DHCP server, which puts the same answer in its OFFER and ACK.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn boot_answer(
+    policy: &BootPolicy,
+    http_port: u16,
+    overrides: Option<&dyn ClientOverrides>,
+    meta: &DatagramMeta,
+    request: &DhcpRepr,
+    http_client: bool,
+    server: Ipv4Addr,
+    options: &mut DhcpOptions,
+) -> Result<BootAnswer, IgnoreReason> {
+    let facts = client_facts(meta, request, http_client);
+    let mut target = policy
+        .decide(&facts, server, http_port)
+        .map_err(IgnoreReason::Policy)?;
+    if let Some(o) = overrides {
+        let over = o.decide(&facts, request);
+        if over.ignore {
+            return Err(IgnoreReason::Overridden);
+        }
+        // Like a rule's loader: only clients that take a loader over TFTP (iPXE gets its
+        // script, or it would load itself again; HTTP boot clients get a URL).
+        let replace = match target.kind {
+            BootKind::Loader => over.loader,
+            BootKind::IpxeScript => over.script_url,
+            _ => None,
+        };
+        if let Some(file) = replace.filter(|f| !f.is_empty()) {
+            target.boot_file = file;
         }
     }
+    options.client_uuid = request.options.client_uuid;
+    let boot_file = target.boot_file.clone().into_bytes();
+    let file_field = if target.kind == BootKind::HttpBoot || boot_file.len() > MAX_FILE_FIELD {
+        // UEFI HTTP boot reads the URI from option 67; names too long for `file` go there too.
+        options.bootfile_name = Some(boot_file.clone());
+        if boot_file.len() > MAX_FILE_FIELD {
+            Vec::new()
+        } else {
+            boot_file
+        }
+    } else {
+        boot_file
+    };
+    if http_client {
+        // UEFI 2.10 section 24.7.2: the HTTP boot client takes an offer (an address server's
+        // or a proxy's without yiaddr) as an HTTP boot offer only when its option 60 is
+        // "HTTPClient"; the boot file URI comes in `file` or option 67. EDK2 ignores offers
+        // without the class and keeps discovering. No option 43: that is PXE's.
+        options.vendor_class = Some(HTTP_CLIENT.to_vec());
+    } else {
+        options.vendor_class = Some(PXE_CLIENT.to_vec());
+        options.vendor_specific = Some(pxe_vendor_reply(request).to_bytes());
+    }
+    Ok(BootAnswer {
+        next_server: target.next_server,
+        file_field,
+        boot_file: target.boot_file,
+        facts,
+    })
 }
 
 /// Option 43 for a PXEClient reply: boot the file we name directly (no menu, no further
@@ -467,6 +525,16 @@ fn arch_from_vendor_class(class: &[u8]) -> Option<u16> {
     None
 }
 
+/// The clients' port for a DHCP server on `server_port`: 68 beside 67, else the one above it
+/// (dnsmasq's alternate ports: 6767 and 6768).
+pub(crate) fn client_port(server_port: u16) -> u16 {
+    if server_port == SERVER_PORT {
+        CLIENT_PORT
+    } else {
+        server_port.wrapping_add(1)
+    }
+}
+
 //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
 //# If the 'giaddr' field in a DHCP message from a client is non-zero,
 //# the server sends any return messages to the 'DHCP server' port on the
@@ -474,13 +542,10 @@ fn arch_from_vendor_class(class: &[u8]) -> Option<u16> {
 //# field is zero and the 'ciaddr' field is nonzero, then the server
 //# unicasts DHCPOFFER and DHCPACK messages to the address in 'ciaddr'.
 //
-// A proxy offer has no 'yiaddr' to unicast to, so the remaining case is always a broadcast.
-fn dhcp_destination(request: &DhcpRepr, server_port: u16) -> SocketAddr {
-    let client_port = if server_port == SERVER_PORT {
-        CLIENT_PORT
-    } else {
-        server_port.wrapping_add(1)
-    };
+// A proxy offer has no 'yiaddr' to unicast to, so the remaining case is always a broadcast;
+// the DHCP server broadcasts there too (see `server.rs`: unicast to 'yiaddr' needs an ARP entry).
+pub(crate) fn dhcp_destination(request: &DhcpRepr, server_port: u16) -> SocketAddr {
+    let client_port = client_port(server_port);
     let (ip, port) = if !request.giaddr.is_unspecified() {
         (request.giaddr, server_port)
     } else if !request.ciaddr.is_unspecified() {

@@ -8,6 +8,17 @@
 //! `poll_transmit` only after `committed(seq, true)`. A crash before that loses an ACK the
 //! client never saw, never a lease it holds. RELEASE and DECLINE produce commits without a reply.
 //!
+//! What one unauthenticated datagram may cost is bounded:
+//! - only a REQUEST that follows this server's OFFER (SELECTING), or names a lease the table
+//!   holds for that client (INIT-REBOOT, RENEWING, REBINDING), binds an address;
+//! - a renewal writes nothing while the lease on disk still has more than 5/8 of its time left
+//!   (it is answered with that time): a client writes at most once per half lease;
+//! - one commit at a time per address: a retransmitted REQUEST joins the commit in flight;
+//! - renewals may hold at most half of the commits in flight, so a flood of them leaves room
+//!   for new clients;
+//! - RELEASE and INFORM are taken only from the address they name (or a trusted relay), and a
+//!   relayed message only from its relay (`giaddr`) or an address of `dhcp.relays`.
+//!
 //! Bad input gets no reply and an [`ServerEvent::Ignored`] with its reason.
 
 use std::collections::VecDeque;
@@ -15,10 +26,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::ids::{ClientUuid, MacAddr};
-use super::leases::{AllocError, ClientKey, LeaseRecord, LeaseTable, MAX_POOL_ADDRESSES, Pool};
-use super::options::{DISCOVERY_USE_BOOT_FILE, DhcpOptions, MessageType, PxeVendorOptions};
-use super::policy::{BootKind, BootPolicy, BootTarget, Ipv4Cidr};
-use super::wire::{BootOp, CLIENT_PORT, DhcpRepr, SERVER_PORT, WireError};
+use super::leases::{
+    AllocError, ClientKey, LeaseRecord, LeaseState, LeaseTable, MAX_POOL_ADDRESSES, Pool,
+};
+use super::options::{DhcpOptions, MessageType};
+use super::policy::{BootPolicy, Ipv4Cidr};
+use super::proxy::{self, BootAnswer};
+use super::wire::{BootOp, DhcpRepr, SERVER_PORT, WireError};
 use crate::net::{DatagramMeta, Payload, Transmit};
 
 const MAX_QUEUED_REPLIES: usize = 256;
@@ -26,11 +40,11 @@ const MAX_QUEUED_EVENTS: usize = 1024;
 /// Commits handed out and not yet confirmed, with their held replies. A writer that falls
 /// behind makes REQUESTs wait (ignored, counted; clients retransmit), never memory grow.
 const MAX_PENDING_COMMITS: usize = 1024;
-const MAX_FILE_FIELD: usize = 127;
+/// Of those, renewals of live leases may hold at most this many: the rest stays for clients
+/// that have no lease yet, and for RELEASE and DECLINE.
+const MAX_PENDING_RENEWALS: usize = MAX_PENDING_COMMITS / 2;
 /// Shorter leases only make sense in tests (renewal at T1 = 5 s).
 const MIN_LEASE_SECS: u32 = 10;
-const PXE_CLIENT: &[u8] = b"PXEClient";
-const HTTP_CLIENT: &[u8] = b"HTTPClient";
 
 /// Option codes this machine writes that `DhcpOptions` keeps in `other`.
 mod code {
@@ -84,6 +98,8 @@ pub struct DhcpServerConfig {
     pub offer_hold: Duration,
     /// How long a declined address is kept out of the pool.
     pub decline_hold: Duration,
+    /// Relay agents that forward from an address other than their `giaddr` (`dhcp.relays`).
+    pub relays: Vec<Ipv4Addr>,
 }
 
 impl Default for DhcpServerConfig {
@@ -98,6 +114,7 @@ impl Default for DhcpServerConfig {
             lease_time: Duration::from_secs(3600),
             offer_hold: Duration::from_secs(10),
             decline_hold: Duration::from_secs(600),
+            relays: Vec::new(),
         }
     }
 }
@@ -181,14 +198,6 @@ fn cidr_text(c: Ipv4Cidr) -> String {
     format!("{}/{}", c.network, c.prefix_len)
 }
 
-fn mask_of(prefix_len: u8) -> Ipv4Addr {
-    Ipv4Addr::from(
-        u32::MAX
-            .checked_shl(32 - u32::from(prefix_len))
-            .unwrap_or(0),
-    )
-}
-
 /// What happened to a request, for logs, metrics and the boot timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -252,6 +261,8 @@ pub enum NakReason {
     NotItsLease,
     #[error("a REQUEST without an address")]
     NoAddress,
+    #[error("a REQUEST selecting an address this server did not offer the client")]
+    NotOffered,
 }
 
 /// Why a datagram got no answer.
@@ -276,6 +287,10 @@ pub enum ServerIgnore {
     UnknownClient,
     #[error("RELEASE or DECLINE of an address the client does not hold")]
     NotHolder,
+    #[error("relayed, but not from its relay (giaddr) or an address of dhcp.relays")]
+    UntrustedRelay,
+    #[error("RELEASE or INFORM not sent from the address it names (ciaddr)")]
+    WrongSender,
     #[error("lease writes are backed up")]
     CommitBacklog,
     #[error("reply queue full")]
@@ -289,12 +304,21 @@ pub struct Commit {
     pub records: Vec<LeaseRecord>,
 }
 
+/// A reply as it will be encoded: once, into the caller's buffer, by `poll_transmit`.
 #[derive(Debug)]
 struct QueuedReply {
     destination: SocketAddr,
     source_ip: Option<IpAddr>,
     ifindex: Option<u32>,
-    bytes: Vec<u8>,
+    reply: DhcpRepr,
+}
+
+/// A lease whose commit is in flight: who it binds, until when.
+#[derive(Debug)]
+struct Binding {
+    ip: Ipv4Addr,
+    client: ClientKey,
+    until: Instant,
 }
 
 #[derive(Debug)]
@@ -302,6 +326,9 @@ struct Held {
     seq: u64,
     reply: Option<QueuedReply>,
     event: ServerEvent,
+    binding: Option<Binding>,
+    /// A renewal of a live lease (counted against `MAX_PENDING_RENEWALS`).
+    renewal: bool,
 }
 
 /// The server. Feed it datagrams from the DHCP port; poll commits, replies and events.
@@ -313,6 +340,7 @@ pub struct DhcpServer {
     events: VecDeque<ServerEvent>,
     commits: VecDeque<Commit>,
     held: VecDeque<Held>,
+    renewals_held: usize,
     next_seq: u64,
     overrides: Option<std::sync::Arc<dyn super::proxy::ClientOverrides>>,
 }
@@ -321,7 +349,16 @@ pub struct DhcpServer {
 enum Outcome {
     Reply(QueuedReply, ServerEvent),
     /// A reply (or none) that waits for `records` to be written.
-    Durable(Option<QueuedReply>, ServerEvent, Vec<LeaseRecord>),
+    Durable {
+        reply: Option<QueuedReply>,
+        event: ServerEvent,
+        records: Vec<LeaseRecord>,
+        binding: Option<Binding>,
+        renewal: bool,
+    },
+    /// A retransmission of a REQUEST whose commit `seq` is in flight: its reply replaces the
+    /// one held (the client waits for the newest).
+    Join(u64, QueuedReply),
     Ignore(ServerIgnore),
 }
 
@@ -347,6 +384,7 @@ impl DhcpServer {
             events: VecDeque::new(),
             commits: VecDeque::new(),
             held: VecDeque::new(),
+            renewals_held: 0,
             next_seq: 1,
             overrides: None,
         }
@@ -396,11 +434,32 @@ impl DhcpServer {
                 self.replies.push_back(reply);
                 self.push_event(event);
             }
-            Outcome::Durable(reply, event, records) => {
+            Outcome::Durable {
+                reply,
+                event,
+                records,
+                binding,
+                renewal,
+            } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                if let Some(b) = &binding {
+                    self.table.set_pending(b.ip, Some(seq));
+                }
+                self.renewals_held += usize::from(renewal);
                 self.commits.push_back(Commit { seq, records });
-                self.held.push_back(Held { seq, reply, event });
+                self.held.push_back(Held {
+                    seq,
+                    reply,
+                    event,
+                    binding,
+                    renewal,
+                });
+            }
+            Outcome::Join(seq, reply) => {
+                if let Some(held) = self.held.iter_mut().find(|h| h.seq == seq) {
+                    held.reply = Some(reply);
+                }
             }
             Outcome::Ignore(reason) => self.ignore(reason, mac),
         }
@@ -426,6 +485,15 @@ impl DhcpServer {
         let Some(held) = self.held.remove(pos) else {
             return;
         };
+        self.renewals_held -= usize::from(held.renewal);
+        if let Some(b) = &held.binding {
+            if self.table.slot(b.ip).and_then(|s| s.pending) == Some(seq) {
+                self.table.set_pending(b.ip, None);
+            }
+            if written {
+                self.table.mark_written(b.ip, &b.client, b.until);
+            }
+        }
         if !written {
             return;
         }
@@ -439,20 +507,18 @@ impl DhcpServer {
         self.push_event(held.event);
     }
 
-    /// The next reply, written to the front of `buf`; always sent from the DHCP port.
+    /// The next reply, encoded into the front of `buf`; always sent from the DHCP port. A
+    /// reply larger than `buf` is dropped.
     pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some(reply) = self.replies.pop_front() {
-            let Some(out) = buf.get_mut(..reply.bytes.len()) else {
+        while let Some(queued) = self.replies.pop_front() {
+            let Ok(len) = queued.reply.emit(buf) else {
                 continue;
             };
-            out.copy_from_slice(&reply.bytes);
             return Some(Transmit {
-                destination: reply.destination,
-                source_ip: reply.source_ip,
-                ifindex: reply.ifindex,
-                payload: Payload::Bytes {
-                    len: reply.bytes.len(),
-                },
+                destination: queued.destination,
+                source_ip: queued.source_ip,
+                ifindex: queued.ifindex,
+                payload: Payload::Bytes { len },
             });
         }
         None
@@ -472,13 +538,6 @@ impl DhcpServer {
         }
     }
 
-    fn server_address(&self, meta: &DatagramMeta) -> Option<Ipv4Addr> {
-        match meta.local_ip {
-            Some(IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_broadcast() => Some(ip),
-            _ => self.config.server_ip,
-        }
-    }
-
     //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.1
     //# the address is selected based on the subnet from which
     //# the message was received (if 'giaddr' is 0) or on the address of
@@ -492,26 +551,46 @@ impl DhcpServer {
         self.table.pool_of_subnet(on)
     }
 
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
+    //# If the 'giaddr' field in a DHCP message from a client is non-zero,
+    //# the server sends any return messages to the 'DHCP server' port on the
+    //# BOOTP relay agent whose address appears in 'giaddr'.
+    //
+    // So `giaddr` chooses both the pool and where the answer goes, and anyone could write it.
+    // A relayed message is taken only from its relay: its source is `giaddr` itself, or one of
+    // `dhcp.relays` (a relay that forwards from its address on the server's side, as ISC
+    // dhcrelay and dnsmasq do when that differs from the client side's). `giaddr` must also be
+    // in a pool's subnet (`pool_for`), so a reply never goes to an address outside them.
+    fn relay_trusted(&self, meta: &DatagramMeta, request: &DhcpRepr) -> bool {
+        if request.giaddr.is_unspecified() {
+            return true;
+        }
+        match meta.remote.ip() {
+            IpAddr::V4(from) => from == request.giaddr || self.config.relays.contains(&from),
+            IpAddr::V6(_) => false,
+        }
+    }
+
+    /// Room for one more commit (`renewal`: of a live lease, which may take only half).
+    fn backlog_full(&self, renewal: bool) -> bool {
+        self.held.len() >= MAX_PENDING_COMMITS
+            || (renewal && self.renewals_held >= MAX_PENDING_RENEWALS)
+    }
+
     fn answer(&mut self, now: Instant, meta: &DatagramMeta, request: &DhcpRepr) -> Outcome {
         if request.op != BootOp::Request {
             return Outcome::Ignore(ServerIgnore::NotBootRequest);
         }
-        let Some(server) = self.server_address(meta) else {
+        let Some(server) = proxy::server_address(meta, self.config.server_ip) else {
             return Outcome::Ignore(ServerIgnore::NoServerAddress);
         };
-        let kind = request.options.message_type;
-        // Only DISCOVER and REQUEST change state before a reply, so the backlog check is theirs.
-        let durable = matches!(
-            kind,
-            Some(MessageType::Request | MessageType::Release | MessageType::Decline)
-        );
-        if durable && self.held.len() >= MAX_PENDING_COMMITS {
-            return Outcome::Ignore(ServerIgnore::CommitBacklog);
+        if !self.relay_trusted(meta, request) {
+            return Outcome::Ignore(ServerIgnore::UntrustedRelay);
         }
-        match kind {
+        match request.options.message_type {
             Some(MessageType::Discover) => self.discover(now, meta, request, server),
             Some(MessageType::Request) => self.request(now, meta, request, server),
-            Some(MessageType::Release) => self.release(now, request, server),
+            Some(MessageType::Release) => self.release(now, meta, request, server),
             Some(MessageType::Decline) => self.decline(now, request, server),
             Some(MessageType::Inform) => self.inform(meta, request, server),
             other => Outcome::Ignore(ServerIgnore::UnexpectedMessage(other)),
@@ -542,8 +621,16 @@ impl DhcpServer {
         };
         let until = now + self.config.offer_hold;
         self.table.offer(ip, &client, mac, until, now);
-        let (reply, boot, _) =
-            self.lease_reply(meta, request, server, pool, MessageType::Offer, ip);
+        let lease = self.lease_time(pool);
+        let (reply, boot) = self.lease_reply(
+            meta,
+            request,
+            server,
+            pool,
+            MessageType::Offer,
+            ip,
+            Some(lease),
+        );
         Outcome::Reply(
             reply,
             ServerEvent::Offered {
@@ -553,6 +640,24 @@ impl DhcpServer {
                 boot,
             },
         )
+    }
+
+    /// Whether `client`'s REQUEST for `ip` NAKs (`Err`) or binds; `ip` must be available to it.
+    fn nak_unless_available(
+        &self,
+        pool: usize,
+        ip: Ipv4Addr,
+        client: &ClientKey,
+        mac: MacAddr,
+        now: Instant,
+    ) -> Result<(), NakReason> {
+        if self.table.available(pool, ip, client, mac, now) {
+            Ok(())
+        } else if self.table.belongs(pool, ip, mac) {
+            Err(NakReason::InUse)
+        } else {
+            Err(NakReason::WrongNetwork)
+        }
     }
 
     //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
@@ -573,7 +678,7 @@ impl DhcpServer {
         let Some(pool) = self.pool_for(request, server) else {
             return Outcome::Ignore(ServerIgnore::NoPool);
         };
-        let ip = match (request.options.server_id, requested) {
+        let checked = match (request.options.server_id, requested) {
             //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
             //# If the DHCPREQUEST message contains a 'server identifier'
             //# option, the message is in response to a DHCPOFFER message.
@@ -593,18 +698,22 @@ impl DhcpServer {
             //# Client inserts the address of the selected server in 'server
             //# identifier', 'ciaddr' MUST be zero, 'requested IP address' MUST be
             //# filled in with the yiaddr value from the chosen DHCPOFFER.
-            (Some(_), Some(ip)) => {
-                if !self.table.available(pool, ip, &client, mac, now) {
-                    let reason = if self.table.belongs(pool, ip, mac) {
-                        NakReason::InUse
+            //
+            // So there is an offer: this server's, of that address, to that client (the hold
+            // may have run out if nobody took the address since), or the client already holds
+            // it (the REQUEST again, its ACK lost). Anything else gets a NAK and binds nothing.
+            (Some(_), Some(ip)) => self
+                .nak_unless_available(pool, ip, &client, mac, now)
+                .and_then(|()| {
+                    let ours =
+                        self.table.offered_to(ip, &client) || self.table.holds(ip, &client, now);
+                    if ours {
+                        Ok(ip)
                     } else {
-                        NakReason::WrongNetwork
-                    };
-                    return self.nak(meta, request, server, reason);
-                }
-                ip
-            }
-            (Some(_), None) => return self.nak(meta, request, server, NakReason::NoAddress),
+                        Err(NakReason::NotOffered)
+                    }
+                }),
+            (Some(_), None) => Err(NakReason::NoAddress),
             //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.2
             //# DHCPREQUEST generated during INIT-REBOOT state:
             //#
@@ -619,17 +728,15 @@ impl DhcpServer {
                     .pools()
                     .get(pool)
                     .is_some_and(|p| p.subnet.contains(ip));
-                if !on_network {
-                    return self.nak(meta, request, server, NakReason::WrongNetwork);
-                }
+                // zpxe's rule: the address must be the one the table records for this client
+                // (bound, expired or released by it, and nobody took it since); a free address
+                // the client has no record of is not handed out without an OFFER.
                 match self.table.address_of(&client) {
-                    Some(known) if known == ip => {
-                        if !self.table.available(pool, ip, &client, mac, now) {
-                            return self.nak(meta, request, server, NakReason::InUse);
-                        }
-                        ip
-                    }
-                    Some(_) => return self.nak(meta, request, server, NakReason::NotItsLease),
+                    _ if !on_network => Err(NakReason::WrongNetwork),
+                    Some(known) if known == ip && self.table.names(ip, &client) => self
+                        .nak_unless_available(pool, ip, &client, mac, now)
+                        .map(|()| ip),
+                    Some(_) => Err(NakReason::NotItsLease),
                     //# If the DHCP server has no record of this client, then it
                     //# MUST remain silent
                     None => return Outcome::Ignore(ServerIgnore::UnknownClient),
@@ -642,58 +749,178 @@ impl DhcpServer {
             //# option MUST NOT be filled in, 'ciaddr' MUST be filled in with
             //# client's IP address.
             //
-            // REBINDING is the same message broadcast; both extend the lease the client holds.
-            // Being the only server of the network, zpxe also takes back a free address of its
-            // pool that it has no record of (a client whose lease outlived the table).
+            // REBINDING is the same message broadcast; both extend the lease the table records
+            // for this client (live, or expired while nobody took the address). An address the
+            // table has no record of gets no answer, as in INIT-REBOOT: binding it would take
+            // no OFFER.
             (None, _) if !request.ciaddr.is_unspecified() => {
                 let ip = request.ciaddr;
-                if !self.table.available(pool, ip, &client, mac, now) {
-                    let reason = if self.table.belongs(pool, ip, mac) {
-                        NakReason::InUse
-                    } else {
-                        NakReason::WrongNetwork
-                    };
-                    return self.nak(meta, request, server, reason);
+                match self.table.slot(ip) {
+                    None if self.table.belongs(pool, ip, mac) => {
+                        return Outcome::Ignore(ServerIgnore::UnknownClient);
+                    }
+                    None => Err(NakReason::WrongNetwork),
+                    Some(s)
+                        if s.client.as_ref() == Some(&client) && s.state == LeaseState::Bound =>
+                    {
+                        self.nak_unless_available(pool, ip, &client, mac, now)
+                            .map(|()| ip)
+                    }
+                    Some(_) => match self.nak_unless_available(pool, ip, &client, mac, now) {
+                        Ok(()) => Err(NakReason::NotItsLease),
+                        Err(reason) => Err(reason),
+                    },
                 }
-                ip
             }
-            (None, _) => return self.nak(meta, request, server, NakReason::NoAddress),
+            (None, _) => Err(NakReason::NoAddress),
         };
+        let ip = match checked {
+            Ok(ip) => ip,
+            Err(reason) => return self.nak(meta, request, server, reason),
+        };
+        self.bind(now, meta, request, server, pool, ip, client)
+    }
+
+    /// ACKs `ip` for the client of `request`, writing the lease unless the one on disk is
+    /// fresh enough.
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        &mut self,
+        now: Instant,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+        pool: usize,
+        ip: Ipv4Addr,
+        client: ClientKey,
+    ) -> Outcome {
+        let mac = request.client_mac;
         let lease = self.lease_time(pool);
-        let records = self.table.bind(ip, &client, mac, now + lease, now);
-        let (reply, boot, lease_secs) =
-            self.lease_reply(meta, request, server, pool, MessageType::Ack, ip);
-        Outcome::Durable(
-            Some(reply),
-            ServerEvent::Acked {
-                mac,
+        let relay = relay_of(request);
+        let renewal = self.table.holds(ip, &client, now);
+        let slot = self
+            .table
+            .slot(ip)
+            .filter(|s| renewal && s.mac == mac && s.client.as_ref() == Some(&client));
+        let acked = |lease_secs, boot| ServerEvent::Acked {
+            mac,
+            ip,
+            relay,
+            lease_secs,
+            boot,
+        };
+        //= https://www.rfc-editor.org/rfc/rfc2131#section-4.4.5
+        //# T1
+        //# defaults to (0.5 * duration_of_lease).
+        //
+        // A renewal before 3/8 of the written lease has passed (so before T1, with slack for
+        // clocks and retransmissions) changes nothing but the end: it is answered with the time
+        // the lease on disk has left, and writes nothing. The client renews again at half of
+        // that, by which time a write is due. So each lease costs at most one write per half
+        // lease, however often its client asks.
+        if let Some(s) = slot
+            && s.pending.is_none()
+            && let Some(written) = s.written
+            && written.saturating_duration_since(now) * 8 >= lease * 5
+        {
+            let left = written.saturating_duration_since(now);
+            let (reply, boot) = self.lease_reply(
+                meta,
+                request,
+                server,
+                pool,
+                MessageType::Ack,
                 ip,
-                relay: relay_of(request),
-                lease_secs,
-                boot,
-            },
+                Some(left),
+            );
+            return Outcome::Reply(reply, acked(whole_secs(left), boot));
+        }
+        // The same lease's commit is in flight: this retransmission waits for it too.
+        if let Some(s) = slot
+            && let Some(seq) = s.pending
+            && self.held.iter().any(|h| h.seq == seq)
+        {
+            let left = s.until.saturating_duration_since(now);
+            let (reply, _) = self.lease_reply(
+                meta,
+                request,
+                server,
+                pool,
+                MessageType::Ack,
+                ip,
+                Some(left),
+            );
+            return Outcome::Join(seq, reply);
+        }
+        if self.backlog_full(renewal) {
+            return Outcome::Ignore(ServerIgnore::CommitBacklog);
+        }
+        let until = now + lease;
+        let records = self.table.bind(ip, &client, mac, until, now);
+        let (reply, boot) = self.lease_reply(
+            meta,
+            request,
+            server,
+            pool,
+            MessageType::Ack,
+            ip,
+            Some(lease),
+        );
+        Outcome::Durable {
+            reply: Some(reply),
+            event: acked(whole_secs(lease), boot),
             records,
-        )
+            binding: Some(Binding { ip, client, until }),
+            renewal,
+        }
     }
 
     //= https://www.rfc-editor.org/rfc/rfc2131#section-4.3.4
     //# Upon receipt of a DHCPRELEASE message, the server marks the network
     //# address as not allocated.
-    fn release(&mut self, now: Instant, request: &DhcpRepr, server: Ipv4Addr) -> Outcome {
+    //
+    // Only the holder may: the address must be leased to the client named, and (not relayed)
+    // the message must come from that address, which RFC 2131 4.4.4 has the client unicast
+    // from. The holder check comes first, so a stranger learns nothing more from the reason.
+    fn release(
+        &mut self,
+        now: Instant,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+    ) -> Outcome {
         if request.options.server_id.is_some_and(|id| id != server) {
             return Outcome::Ignore(ServerIgnore::NotForUs);
         }
-        let client = ClientKey::from_request(request);
         let ip = request.ciaddr;
+        if self.table.pool_of_subnet(ip).is_none() {
+            return Outcome::Ignore(ServerIgnore::NoPool);
+        }
+        let client = ClientKey::from_request(request);
+        let holder = self
+            .table
+            .slot(ip)
+            .is_some_and(|s| s.state == LeaseState::Bound && s.client.as_ref() == Some(&client));
+        if !holder {
+            return Outcome::Ignore(ServerIgnore::NotHolder);
+        }
+        if request.giaddr.is_unspecified() && meta.remote.ip() != IpAddr::V4(ip) {
+            return Outcome::Ignore(ServerIgnore::WrongSender);
+        }
+        if self.backlog_full(false) {
+            return Outcome::Ignore(ServerIgnore::CommitBacklog);
+        }
         match self.table.release(ip, &client, now) {
-            Some(record) => Outcome::Durable(
-                None,
-                ServerEvent::Released {
+            Some(record) => Outcome::Durable {
+                reply: None,
+                event: ServerEvent::Released {
                     mac: request.client_mac,
                     ip,
                 },
-                vec![record],
-            ),
+                records: vec![record],
+                binding: None,
+                renewal: false,
+            },
             None => Outcome::Ignore(ServerIgnore::NotHolder),
         }
     }
@@ -712,16 +939,24 @@ impl DhcpServer {
             return Outcome::Ignore(ServerIgnore::NotHolder);
         };
         let client = ClientKey::from_request(request);
+        if !self.table.names(ip, &client) {
+            return Outcome::Ignore(ServerIgnore::NotHolder);
+        }
+        if self.backlog_full(false) {
+            return Outcome::Ignore(ServerIgnore::CommitBacklog);
+        }
         let until = now + self.config.decline_hold;
         match self.table.decline(ip, &client, until, now) {
-            Some(record) => Outcome::Durable(
-                None,
-                ServerEvent::Declined {
+            Some(record) => Outcome::Durable {
+                reply: None,
+                event: ServerEvent::Declined {
                     mac: request.client_mac,
                     ip,
                 },
-                vec![record],
-            ),
+                records: vec![record],
+                binding: None,
+                renewal: false,
+            },
             None => Outcome::Ignore(ServerIgnore::NotHolder),
         }
     }
@@ -731,27 +966,30 @@ impl DhcpServer {
     //# message directly to the address given in the 'ciaddr' field of the
     //# DHCPINFORM message.  The server MUST NOT send a lease expiration time
     //# to the client and SHOULD NOT fill in 'yiaddr'.
+    //
+    // The answer goes to 'ciaddr', so 'ciaddr' must be the sender (or the message came through
+    // a trusted relay) and in one of the pools' subnets, whose options it gets: otherwise
+    // anyone could have a reply sent to any address.
     fn inform(&mut self, meta: &DatagramMeta, request: &DhcpRepr, server: Ipv4Addr) -> Outcome {
-        let Some(pool) = self.pool_for(request, server) else {
-            return Outcome::Ignore(ServerIgnore::NoPool);
-        };
         let ip = request.ciaddr;
         if ip.is_unspecified() {
             return Outcome::Ignore(ServerIgnore::UnexpectedMessage(Some(MessageType::Inform)));
         }
-        let (mut reply, _, _) = self.lease_reply(
+        let Some(pool) = self.table.pool_of_subnet(ip) else {
+            return Outcome::Ignore(ServerIgnore::NoPool);
+        };
+        if request.giaddr.is_unspecified() && meta.remote.ip() != IpAddr::V4(ip) {
+            return Outcome::Ignore(ServerIgnore::WrongSender);
+        }
+        let (reply, _) = self.lease_reply(
             meta,
             request,
             server,
             pool,
             MessageType::Ack,
             Ipv4Addr::UNSPECIFIED,
+            None,
         );
-        reply.destination = if request.giaddr.is_unspecified() {
-            SocketAddr::V4(SocketAddrV4::new(ip, self.client_port()))
-        } else {
-            SocketAddr::V4(SocketAddrV4::new(request.giaddr, self.config.dhcp_port))
-        };
         Outcome::Reply(
             reply,
             ServerEvent::Informed {
@@ -803,14 +1041,17 @@ impl DhcpServer {
         let destination = if relayed {
             SocketAddr::V4(SocketAddrV4::new(request.giaddr, self.config.dhcp_port))
         } else {
-            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, self.client_port()))
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::BROADCAST,
+                proxy::client_port(self.config.dhcp_port),
+            ))
         };
         Outcome::Reply(
             QueuedReply {
                 destination,
                 source_ip: meta.local_ip,
                 ifindex: meta.ifindex,
-                bytes: reply.to_bytes(),
+                reply,
             },
             ServerEvent::Nak {
                 mac: request.client_mac,
@@ -823,14 +1064,6 @@ impl DhcpServer {
         )
     }
 
-    fn client_port(&self) -> u16 {
-        if self.config.dhcp_port == SERVER_PORT {
-            CLIENT_PORT
-        } else {
-            self.config.dhcp_port.wrapping_add(1)
-        }
-    }
-
     fn lease_time(&self, pool: usize) -> Duration {
         self.config
             .pools
@@ -841,8 +1074,9 @@ impl DhcpServer {
             })
     }
 
-    /// An OFFER or ACK for `ip` (unspecified for INFORM): the lease, the network's options and
-    /// the boot answer.
+    /// An OFFER or ACK for `ip` (unspecified and no `lease` for INFORM): the lease, the
+    /// network's options and the boot answer.
+    #[allow(clippy::too_many_arguments)]
     fn lease_reply(
         &self,
         meta: &DatagramMeta,
@@ -851,32 +1085,31 @@ impl DhcpServer {
         pool: usize,
         kind: MessageType,
         ip: Ipv4Addr,
-    ) -> (QueuedReply, Option<BootInfo>, u32) {
-        let pool_cfg = self.config.pools.get(pool);
-        let lease_secs = u32::try_from(self.lease_time(pool).as_secs()).unwrap_or(u32::MAX);
+        lease: Option<Duration>,
+    ) -> (QueuedReply, Option<BootInfo>) {
         let mut options = DhcpOptions {
             message_type: Some(kind),
             server_id: Some(server),
             ..Default::default()
         };
-        if let Some(p) = pool_cfg {
-            let mask = mask_of(p.subnet.prefix_len);
-            options.subnet_mask = Some(mask);
+        if let Some(p) = self.config.pools.get(pool) {
+            options.subnet_mask = Some(p.subnet.mask());
             options.routers = p.router.clone();
             if !p.dns.is_empty() {
                 let dns: Vec<u8> = p.dns.iter().flat_map(|d| d.octets()).collect();
                 options.other.insert(code::DNS, dns);
             }
-            let broadcast = u32::from(p.subnet.network) | !u32::from(mask);
-            options
-                .other
-                .insert(code::BROADCAST_ADDRESS, broadcast.to_be_bytes().to_vec());
+            options.other.insert(
+                code::BROADCAST_ADDRESS,
+                p.subnet.broadcast().octets().to_vec(),
+            );
         }
-        if !ip.is_unspecified() {
+        if let Some(lease) = lease {
             //= https://www.rfc-editor.org/rfc/rfc2131#section-4.4.5
             //# T1
             //# defaults to (0.5 * duration_of_lease).  T2 defaults to (0.875 *
             //# duration_of_lease).
+            let lease_secs = whole_secs(lease);
             options.lease_time = Some(lease_secs);
             let t1 = lease_secs / 2;
             let t2 = u32::try_from(u64::from(lease_secs) * 7 / 8).unwrap_or(u32::MAX);
@@ -888,7 +1121,6 @@ impl DhcpServer {
                 .insert(code::REBINDING_TIME, t2.to_be_bytes().to_vec());
         }
         let (siaddr, file_field, boot) = self.boot_options(meta, request, server, &mut options);
-        let relayed = !request.giaddr.is_unspecified();
         let reply = DhcpRepr {
             op: BootOp::Reply,
             hops: 0,
@@ -905,11 +1137,6 @@ impl DhcpServer {
             options,
         };
         //= https://www.rfc-editor.org/rfc/rfc2131#section-4.1
-        //# If the 'giaddr' field in a DHCP message from a client is non-zero,
-        //# the server sends any return messages to the 'DHCP server' port on the
-        //# BOOTP relay agent whose address appears in 'giaddr'. If the 'giaddr'
-        //# field is zero and the 'ciaddr' field is nonzero, then the server
-        //# unicasts DHCPOFFER and DHCPACK messages to the address in 'ciaddr'.
         //# If 'giaddr' is zero and 'ciaddr' is zero, and the broadcast bit is
         //# set, then the server broadcasts DHCPOFFER and DHCPACK messages to
         //# 0xffffffff. If the broadcast bit is not set and 'giaddr' is zero and
@@ -918,30 +1145,25 @@ impl DhcpServer {
         //
         // Unicasting to an address the client has not configured needs an ARP entry for it,
         // which takes raw sockets or a privileged ioctl; zpxe broadcasts instead, which every
-        // client accepts (the flag only asks for a broadcast, it never forbids one).
-        let destination = if relayed {
-            SocketAddr::V4(SocketAddrV4::new(request.giaddr, self.config.dhcp_port))
-        } else if !request.ciaddr.is_unspecified() {
-            SocketAddr::V4(SocketAddrV4::new(request.ciaddr, self.client_port()))
-        } else {
-            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, self.client_port()))
-        };
+        // client accepts (the flag only asks for a broadcast, it never forbids one). The relay
+        // and 'ciaddr' cases are the proxy's (`proxy::dhcp_destination`).
+        let destination = proxy::dhcp_destination(request, self.config.dhcp_port);
         (
             QueuedReply {
                 destination,
                 source_ip: meta.local_ip,
                 ifindex: meta.ifindex,
-                bytes: reply.to_bytes(),
+                reply,
             },
             boot,
-            lease_secs,
         )
     }
 
-    /// The boot policy's answer for a PXE, iPXE or HTTP Boot client, as proxy mode gives it:
-    /// siaddr, the `file` field, and options 60, 43 and 67 added to `options`. Other clients
-    /// (an installed OS renewing its lease) and clients the policy has nothing for get an
-    /// address without boot options.
+    /// The boot policy's answer for a PXE, iPXE or HTTP Boot client, exactly as proxy mode
+    /// gives it (`proxy::boot_answer`): siaddr, the `file` field, and options 60, 43, 67 and 97
+    /// added to `options`. Other clients (an installed OS renewing its lease), clients the
+    /// policy has nothing for and clients the registry silences get an address without boot
+    /// options.
     fn boot_options(
         &self,
         meta: &DatagramMeta,
@@ -950,58 +1172,28 @@ impl DhcpServer {
         options: &mut DhcpOptions,
     ) -> (Ipv4Addr, Vec<u8>, Option<BootInfo>) {
         let none = (Ipv4Addr::UNSPECIFIED, Vec::new(), None);
-        let vendor_class = request.options.vendor_class.as_deref().unwrap_or_default();
-        let http_client = vendor_class.starts_with(HTTP_CLIENT);
-        if !vendor_class.starts_with(PXE_CLIENT) && !http_client {
+        let Some(http_client) = proxy::boot_client(request) else {
             return none;
-        }
-        let facts = super::proxy::client_facts(meta, request, http_client);
-        let Ok(target) = self
-            .config
-            .policy
-            .decide(&facts, server, self.config.http_port)
+        };
+        // `boot_answer` touches `options` only once the answer stands.
+        let Ok(BootAnswer {
+            next_server,
+            file_field,
+            boot_file,
+            facts,
+        }) = proxy::boot_answer(
+            &self.config.policy,
+            self.config.http_port,
+            self.overrides.as_deref(),
+            meta,
+            request,
+            http_client,
+            server,
+            options,
+        )
         else {
             return none;
         };
-        let BootTarget {
-            next_server,
-            mut boot_file,
-            kind,
-        } = target;
-        // As in proxy mode: a registered machine's loader, for clients that take a loader
-        // (never iPXE's script or an HTTP Boot URL).
-        if kind == BootKind::Loader
-            && let Some(loader) = self.overrides.as_ref().and_then(|o| o.loader(&facts))
-            && !loader.is_empty()
-        {
-            boot_file = loader;
-        }
-        let bytes = boot_file.clone().into_bytes();
-        let file_field = if kind == BootKind::HttpBoot || bytes.len() > MAX_FILE_FIELD {
-            options.bootfile_name = Some(bytes.clone());
-            if bytes.len() > MAX_FILE_FIELD {
-                Vec::new()
-            } else {
-                bytes
-            }
-        } else {
-            bytes
-        };
-        options.client_uuid = request.options.client_uuid;
-        if http_client {
-            // UEFI 2.10 section 24.7.2: the HTTP Boot client takes the offer only with option
-            // 60 "HTTPClient"; the URI comes in `file` or option 67.
-            options.vendor_class = Some(HTTP_CLIENT.to_vec());
-        } else {
-            options.vendor_class = Some(PXE_CLIENT.to_vec());
-            options.vendor_specific = Some(
-                PxeVendorOptions {
-                    discovery_control: Some(DISCOVERY_USE_BOOT_FILE),
-                    ..Default::default()
-                }
-                .to_bytes(),
-            );
-        }
         let info = BootInfo {
             uuid: facts.uuid,
             arch: facts.arch,
@@ -1010,6 +1202,11 @@ impl DhcpServer {
         };
         (next_server, file_field, Some(info))
     }
+}
+
+/// Whole seconds of `d`, for options 51, 58 and 59.
+fn whole_secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
 fn relay_of(request: &DhcpRepr) -> Option<Ipv4Addr> {
@@ -1034,7 +1231,8 @@ mod tests {
     use std::collections::HashMap;
 
     use crate::dhcp::fixtures;
-    use crate::dhcp::leases::LeaseState;
+    use crate::dhcp::leases;
+    use crate::dhcp::options::{DISCOVERY_USE_BOOT_FILE, PxeVendorOptions};
 
     const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const RELAY: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
@@ -1197,6 +1395,10 @@ mod tests {
         );
         assert_eq!(offer.options.routers, vec![LOCAL]);
         assert_eq!(
+            opt32(offer, code::BROADCAST_ADDRESS),
+            Some(u32::from(Ipv4Addr::new(10, 0, 0, 255)))
+        );
+        assert_eq!(
             offer.options.other.get(&code::DNS),
             Some(&vec![10, 0, 0, 53])
         );
@@ -1264,21 +1466,44 @@ mod tests {
             }]
         ));
 
-        // A failed write drops the ACK; the retransmitted REQUEST writes and gets it.
+        // The same REQUEST again (its ACK lost): the written lease answers it, no new write.
         server.handle_datagram(
             now,
             meta("0.0.0.0:68"),
             &selecting(mac(1), ip, LOCAL).to_bytes(),
         );
-        let commit = server.poll_commit().unwrap();
-        server.committed(commit.seq, false);
-        assert!(drain(&mut server, now).transmits.is_empty());
-        let out = feed(
+        assert_eq!(server.poll_commit(), None);
+        assert_eq!(
+            one(&drain(&mut server, now)).1.options.message_type,
+            Some(MessageType::Ack)
+        );
+
+        // A failed write drops the ACK; the retransmitted REQUEST writes and gets it.
+        let offer = feed(
             &mut server,
             now,
             meta("0.0.0.0:68"),
-            &selecting(mac(1), ip, LOCAL),
+            &msg(MessageType::Discover, mac(2)),
         );
+        let ip2 = one(&offer).1.yiaddr;
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(2), ip2, LOCAL).to_bytes(),
+        );
+        let commit = server.poll_commit().unwrap();
+        server.committed(commit.seq, false);
+        assert!(drain(&mut server, now).transmits.is_empty());
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(2), ip2, LOCAL).to_bytes(),
+        );
+        let commit = server
+            .poll_commit()
+            .expect("written again: the first write failed");
+        server.committed(commit.seq, true);
+        let out = drain(&mut server, now);
         assert_eq!(one(&out).1.options.message_type, Some(MessageType::Ack));
     }
 
@@ -1814,26 +2039,354 @@ mod tests {
         );
     }
 
+    /// RFC 2131 4.3.2: a REQUEST binds only what this server offered or the client holds.
+    /// The old code ACKed (and wrote) a SELECTING REQUEST for any free address, and a
+    /// RENEWING one for an address it had no record of: one datagram, one lease for an hour.
     #[test]
-    fn a_stalled_writer_bounds_the_held_replies() {
+    fn a_request_without_an_offer_binds_nothing() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let free = Ipv4Addr::new(10, 0, 0, 150);
+        server.handle_datagram(
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(1), free, LOCAL).to_bytes(),
+        );
+        assert_eq!(server.poll_commit(), None, "nothing to write");
+        let out = drain(&mut server, now);
+        assert!(
+            matches!(
+                out.events.as_slice(),
+                [ServerEvent::Nak {
+                    reason: NakReason::NotOffered,
+                    ..
+                }]
+            ),
+            "{:?}",
+            out.events
+        );
+        // RENEWING (and REBINDING) an address the table has no record of: silence.
+        let mut renew = msg(MessageType::Request, mac(2));
+        renew.ciaddr = free;
+        let out = feed(&mut server, now, meta(&format!("{free}:68")), &renew);
+        assert_eq!(ignored(&out), ServerIgnore::UnknownClient);
+        assert_eq!(server.table().sizes(), (0, 0));
+        // Offered to one client, requested by another: NAK, and the offer stands.
+        let offer = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(3)),
+        );
+        let ip = one(&offer).1.yiaddr;
+        let out = feed(
+            &mut server,
+            now,
+            meta("0.0.0.0:68"),
+            &selecting(mac(4), ip, LOCAL),
+        );
+        assert_eq!(one(&out).1.options.message_type, Some(MessageType::Nak));
+        assert_eq!(lease(&mut server, now, mac(3)), ip);
+    }
+
+    /// Renewals before T1 write nothing (answered with the time the written lease has left),
+    /// retransmissions join the write in flight, and a renewal at T1 writes once.
+    #[test]
+    fn renewals_before_t1_write_nothing_and_retransmissions_coalesce() {
+        let mut server = DhcpServer::new(config());
+        let t0 = Instant::now();
+        let ip = lease(&mut server, t0, mac(1));
+        let mut renew = msg(MessageType::Request, mac(1));
+        renew.ciaddr = ip;
+        let from = meta(&format!("{ip}:68"));
+        for n in 0..1000u64 {
+            let now = t0 + Duration::from_millis(n * 200);
+            server.handle_datagram(now, from, &renew.to_bytes());
+            assert_eq!(server.poll_commit(), None, "renewal {n} wrote");
+            let out = drain(&mut server, now);
+            let (_, ack) = one(&out);
+            assert_eq!(ack.options.message_type, Some(MessageType::Ack));
+            let left = 600 - u32::try_from(n / 5).unwrap() - u32::from(n % 5 != 0);
+            assert_eq!(ack.options.lease_time, Some(left), "renewal {n}");
+            assert_eq!(opt32(ack, code::RENEWAL_TIME), Some(left / 2));
+        }
+        // At T1 (300 s) the renewal writes; its retransmissions wait for the same write.
+        let t1 = t0 + Duration::from_secs(300);
+        server.handle_datagram(t1, from, &renew.to_bytes());
+        let commit = server.poll_commit().expect("a renewal at T1 writes");
+        assert_eq!(commit.records[0].remaining, Duration::from_secs(600));
+        for _ in 0..5 {
+            server.handle_datagram(t1, from, &renew.to_bytes());
+        }
+        assert_eq!(server.poll_commit(), None, "retransmissions join the write");
+        assert_eq!(server.pending_commits(), 1);
+        assert!(
+            drain(&mut server, t1).transmits.is_empty(),
+            "no ACK before it"
+        );
+        server.committed(commit.seq, true);
+        let out = drain(&mut server, t1);
+        assert_eq!(one(&out).1.options.lease_time, Some(600));
+        // Right after: nothing to write again.
+        server.handle_datagram(t1 + Duration::from_secs(1), from, &renew.to_bytes());
+        assert_eq!(server.poll_commit(), None);
+    }
+
+    /// A stalled writer with a flood of renewals: the held replies stay bounded, renewals
+    /// take at most half of the backlog, and new clients still get their leases written.
+    /// The old code wrote every renewal; 1,024 of them shut every new client out.
+    #[test]
+    fn a_renewal_flood_with_a_stalled_writer_leaves_room_for_new_clients() {
         let mut cfg = config();
         cfg.pools[0] = pool("10.0.0.0/16", [10, 0, 1, 0], [10, 0, 15, 255]);
         let mut server = DhcpServer::new(cfg);
-        let now = Instant::now();
+        let t0 = Instant::now();
+        let clients = MAX_PENDING_COMMITS as u32 + 50;
+        let leased: Vec<Ipv4Addr> = (0..clients)
+            .map(|n| lease(&mut server, t0, mac(n)))
+            .collect();
+        // Past T1 every renewal writes, and the writer answers none of them.
+        let now = t0 + Duration::from_secs(400);
         let mut backlog = 0;
-        for n in 0..(MAX_PENDING_COMMITS as u32 + 50) {
-            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 1, 1)) + n);
-            let mut renew = msg(MessageType::Request, mac(n));
-            renew.ciaddr = ip;
-            server.handle_datagram(now, meta(&format!("{ip}:68")), &renew.to_bytes());
-            while let Some(ServerEvent::Ignored { reason, .. }) = server.poll_event() {
-                if reason == ServerIgnore::CommitBacklog {
-                    backlog += 1;
+        for round in 0..3 {
+            for (n, ip) in leased.iter().enumerate() {
+                let mut renew = msg(MessageType::Request, mac(n as u32));
+                renew.ciaddr = *ip;
+                server.handle_datagram(now, meta(&format!("{ip}:68")), &renew.to_bytes());
+                while let Some(ServerEvent::Ignored { reason, .. }) = server.poll_event() {
+                    if reason == ServerIgnore::CommitBacklog {
+                        backlog += 1;
+                    }
                 }
             }
+            assert_eq!(
+                server.pending_commits(),
+                MAX_PENDING_RENEWALS,
+                "round {round}"
+            );
         }
+        assert!(
+            backlog >= 3 * (clients as usize - MAX_PENDING_RENEWALS),
+            "{backlog}"
+        );
+        // The writer took them and answers none.
+        let mut taken = 0;
+        while server.poll_commit().is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, MAX_PENDING_RENEWALS);
+        // New clients still get their leases written, up to the whole backlog.
+        let mut written = 0;
+        for n in 0..(MAX_PENDING_COMMITS as u32) {
+            let m = mac(100_000 + n);
+            server.handle_datagram(
+                now,
+                meta("0.0.0.0:68"),
+                &msg(MessageType::Discover, m).to_bytes(),
+            );
+            let ip = one(&drain(&mut server, now)).1.yiaddr;
+            server.handle_datagram(now, meta("0.0.0.0:68"), &selecting(m, ip, LOCAL).to_bytes());
+            written += usize::from(server.poll_commit().is_some());
+            let _ = drain(&mut server, now);
+        }
+        assert_eq!(written, MAX_PENDING_COMMITS - MAX_PENDING_RENEWALS);
         assert_eq!(server.pending_commits(), MAX_PENDING_COMMITS);
-        assert!(backlog >= 50, "{backlog}");
+    }
+
+    /// A RELEASE forged with the victim's identity from another address frees nothing; an
+    /// INFORM is answered only to its sender, inside a pool's subnet. The old code freed the
+    /// lease, and sent an ACK to whatever 'ciaddr' said.
+    #[test]
+    fn release_and_inform_only_from_the_address_they_name() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let ip = lease(&mut server, now, mac(1));
+        let mut forged = msg(MessageType::Release, mac(1));
+        forged.ciaddr = ip;
+        forged.options.server_id = Some(LOCAL);
+        for from in ["10.0.0.9:68", "0.0.0.0:68", "192.168.7.7:68"] {
+            assert_eq!(
+                ignored(&feed(&mut server, now, meta(from), &forged)),
+                ServerIgnore::WrongSender,
+                "{from}"
+            );
+        }
+        assert!(server.table().holds(ip, &ClientKey::from_mac(mac(1)), now));
+        // Outside every pool's subnet: nothing to release.
+        forged.ciaddr = Ipv4Addr::new(192, 168, 7, 7);
+        assert_eq!(
+            ignored(&feed(&mut server, now, meta("192.168.7.7:68"), &forged)),
+            ServerIgnore::NoPool
+        );
+
+        // INFORM naming another address: no reflection.
+        let mut inform = msg(MessageType::Inform, mac(2));
+        inform.ciaddr = Ipv4Addr::new(10, 0, 0, 7);
+        assert_eq!(
+            ignored(&feed(&mut server, now, meta("10.0.0.8:68"), &inform)),
+            ServerIgnore::WrongSender
+        );
+        // Or an address outside the pools (a victim elsewhere, spoofed as the source too).
+        inform.ciaddr = Ipv4Addr::new(198, 51, 100, 7);
+        assert_eq!(
+            ignored(&feed(&mut server, now, meta("198.51.100.7:68"), &inform)),
+            ServerIgnore::NoPool
+        );
+        // A relayed INFORM from a client behind the relay gets the options of its subnet.
+        inform.ciaddr = Ipv4Addr::new(10, 20, 0, 50);
+        inform.giaddr = RELAY;
+        let out = feed(&mut server, now, meta("10.20.0.1:67"), &inform);
+        let (t, ack) = one(&out);
+        assert_eq!(t.destination, "10.20.0.1:67".parse().unwrap());
+        assert_eq!(
+            ack.options.routers,
+            Vec::<Ipv4Addr>::new(),
+            "the relayed pool's"
+        );
+    }
+
+    /// A relayed message is taken only from its relay (source = giaddr) or a configured relay
+    /// address. The old code sent the OFFER to any giaddr a stranger wrote.
+    #[test]
+    fn giaddr_is_trusted_only_from_its_relay() {
+        let mut cfg = config();
+        cfg.relays = vec![Ipv4Addr::new(10, 0, 0, 254)];
+        let mut server = DhcpServer::new(cfg);
+        let now = Instant::now();
+        let mut discover = msg(MessageType::Discover, mac(1));
+        discover.giaddr = RELAY;
+        for from in ["10.0.0.9:67", "10.0.0.9:68", "0.0.0.0:68", "10.20.0.2:67"] {
+            assert_eq!(
+                ignored(&feed(&mut server, now, meta(from), &discover)),
+                ServerIgnore::UntrustedRelay,
+                "{from}"
+            );
+        }
+        assert_eq!(server.table().sizes(), (0, 0), "nothing offered");
+        // From the relay itself, or from its configured address on the server's side.
+        for from in ["10.20.0.1:67", "10.0.0.254:67"] {
+            let out = feed(&mut server, now, meta(from), &discover);
+            let (t, offer) = one(&out);
+            assert_eq!(t.destination, "10.20.0.1:67".parse().unwrap());
+            assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 20, 0, 10));
+        }
+    }
+
+    /// Allocation never scans: in a /16 pool that has cycled, where the one free address is
+    /// far from where the last allocation stopped, DISCOVER still finds it, looking at a few
+    /// entries. The old code gave up after 4,096 probes (PoolExhausted with an address free).
+    #[test]
+    fn the_last_free_address_of_a_big_pool_is_found_without_a_scan() {
+        let mut cfg = config();
+        cfg.pools[0] = pool("10.0.0.0/16", [10, 0, 0, 2], [10, 0, 255, 254]);
+        cfg.pools[0].router = vec![LOCAL];
+        let mut server = DhcpServer::new(cfg);
+        let start = Instant::now();
+        // Fill the pool with offers (65,533 addresses).
+        let mut n = 0u32;
+        loop {
+            let out = feed(
+                &mut server,
+                start,
+                meta("0.0.0.0:68"),
+                &msg(MessageType::Discover, mac(n)),
+            );
+            n += 1;
+            if out.transmits.is_empty() {
+                assert_eq!(ignored(&out), ServerIgnore::PoolExhausted);
+                break;
+            }
+        }
+        assert_eq!(n - 1, 65_533);
+        // The offers lapse; every client but the one offered `keep` comes back and leases
+        // its address, so the allocation cursor has gone round and `keep` is the only free
+        // address.
+        let later = start + Duration::from_secs(11);
+        let keep = Ipv4Addr::new(10, 0, 0, 40);
+        let mut free = 0;
+        for k in 0..n - 1 {
+            let m = mac(k);
+            let ip = server.table().address_of(&ClientKey::from_mac(m)).unwrap();
+            if ip == keep {
+                continue;
+            }
+            let out = feed(
+                &mut server,
+                later,
+                meta("0.0.0.0:68"),
+                &msg(MessageType::Discover, m),
+            );
+            let ip = one(&out).1.yiaddr;
+            let out = feed(
+                &mut server,
+                later,
+                meta("0.0.0.0:68"),
+                &selecting(m, ip, LOCAL),
+            );
+            assert_eq!(one(&out).1.options.message_type, Some(MessageType::Ack));
+            free += 1;
+        }
+        assert_eq!(free, 65_532);
+        let before = server.table().allocation_steps();
+        let out = feed(
+            &mut server,
+            later,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1_000_000)),
+        );
+        assert_eq!(one(&out).1.yiaddr, keep);
+        let steps = server.table().allocation_steps() - before;
+        assert!(steps < 100, "{steps} entries looked at for one allocation");
+        // Nothing left: said at once, not after a scan.
+        let before = server.table().allocation_steps();
+        let out = feed(
+            &mut server,
+            later,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, mac(1_000_001)),
+        );
+        assert_eq!(ignored(&out), ServerIgnore::PoolExhausted);
+        assert!(server.table().allocation_steps() - before < 100);
+        let (slots, clients) = server.table().sizes();
+        assert!(slots <= 65_533 && clients <= 65_533);
+    }
+
+    /// Option 61 up to 255 bytes is kept as at most 64: longer identifiers by their first 48
+    /// bytes and a hash of the whole, the same across restarts (the stored key matches).
+    #[test]
+    fn long_client_identifiers_are_capped_and_still_tell_clients_apart() {
+        let mut server = DhcpServer::new(config());
+        let now = Instant::now();
+        let long = |last: u8| {
+            let mut id = vec![0xff; 200];
+            id[199] = last;
+            id
+        };
+        let mut ips = Vec::new();
+        for last in [1u8, 2] {
+            let mut d = msg(MessageType::Discover, mac(1));
+            d.options.client_id = Some(long(last));
+            let ip = one(&feed(&mut server, now, meta("0.0.0.0:68"), &d))
+                .1
+                .yiaddr;
+            let mut r = selecting(mac(1), ip, LOCAL);
+            r.options.client_id = Some(long(last));
+            server.handle_datagram(now, meta("0.0.0.0:68"), &r.to_bytes());
+            let commit = server.poll_commit().unwrap();
+            let key = commit.records[0].client.clone().unwrap();
+            assert_eq!(key.as_bytes().len(), leases::MAX_CLIENT_KEY);
+            assert_eq!(&key.as_bytes()[..48], &long(last)[..48]);
+            // What a restart reads back is the same key.
+            assert_eq!(ClientKey::from_bytes(key.as_bytes()), Some(key.clone()));
+            assert_eq!(ClientKey::from_bytes(&long(last)), Some(key));
+            server.committed(commit.seq, true);
+            ips.push(one(&drain(&mut server, now)).1.yiaddr);
+        }
+        assert_ne!(ips[0], ips[1], "two clients, not one");
+        let short = ClientKey::from_bytes(&[1, 2, 3]).unwrap();
+        assert_eq!(short.as_bytes(), &[1, 2, 3]);
+        assert_eq!(ClientKey::from_bytes(&[]), None);
+        assert_eq!(ClientKey::from_bytes(&[0; 256]), None);
     }
 
     #[test]
@@ -1994,7 +2547,13 @@ mod tests {
                         r
                     }
                 };
-                server.handle_datagram(now, meta("0.0.0.0:68"), &req.to_bytes());
+                // RELEASE comes from the address it gives back (RFC 2131 4.4.4: unicast).
+                let from = if req.options.message_type == Some(MessageType::Release) {
+                    format!("{}:68", req.ciaddr)
+                } else {
+                    "0.0.0.0:68".to_owned()
+                };
+                server.handle_datagram(now, meta(&from), &req.to_bytes());
                 while let Some(c) = server.poll_commit() {
                     server.committed(c.seq, rng.random_range(0..10) != 0);
                 }
