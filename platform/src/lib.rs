@@ -15,6 +15,10 @@ pub mod tcp;
 pub mod udp;
 #[cfg(windows)]
 mod windows;
+#[cfg(windows)]
+pub mod windows_eventlog;
+#[cfg(windows)]
+pub mod windows_pipe;
 
 pub use store::{ImageStore, StoreOptions, Version, VersionBroken};
 

@@ -199,8 +199,7 @@ pub fn start_reloadable(
     let site = http::BootSite {
         scripts: BootScripts {
             menu: shared.reloader.menu(),
-            base_url: None,
-            report_url: None,
+            ..BootScripts::default()
         },
         reloader: shared.reloader.clone(),
         web_port: shared
@@ -222,12 +221,14 @@ pub fn start_reloadable(
         shared.registry.clone().map(|r| {
             Arc::new(registry::RegistryOverrides(r)) as Arc<dyn zpxe_engine::dhcp::ClientOverrides>
         }),
-        Box::new(move |head: &[u8]| {
+        Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
             use zpxe_engine::http::Handler as _;
             let limits = zpxe_engine::http::request::HeadLimits::default();
             let (req, _) = zpxe_engine::http::Request::parse(head, &limits).ok()??;
             let mut images = zpxe_engine::MemoryCatalog::default();
-            match site.clone().respond(&req, &mut images) {
+            let mut site = site.clone();
+            site.scripts.peer = peer;
+            match site.respond(&req, &mut images) {
                 zpxe_engine::http::Reply::Generated { body, .. } => String::from_utf8(body).ok(),
                 _ => None,
             }
@@ -547,8 +548,7 @@ fn setup(
             let site = http::BootSite {
                 scripts: BootScripts {
                     menu: shared.reloader.menu(),
-                    base_url: None,
-                    report_url: None,
+                    ..BootScripts::default()
                 },
                 reloader: shared.reloader.clone(),
                 web_port: config.services.web.then_some(config.ports.web),

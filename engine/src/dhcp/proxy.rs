@@ -480,7 +480,8 @@ fn pxe_vendor_reply(request: &DhcpRepr) -> PxeVendorOptions {
     }
 }
 
-pub(super) fn client_facts(
+/// What the policy and the rules see of a request (`zpxe explain` builds its facts here too).
+pub fn client_facts(
     meta: &DatagramMeta,
     request: &DhcpRepr,
     http_client: bool,
@@ -510,6 +511,7 @@ pub(super) fn client_facts(
         http_client,
         relay,
         client_ip,
+        group: None,
     }
 }
 
