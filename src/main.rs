@@ -158,7 +158,7 @@ impl ServeArgs {
             }
         }
         if let Some(r) = self.tftp_port_range {
-            ports.tftp_range = Some(toml::Spanned::new(0..0, r.into()));
+            ports.tftp_range = Some(toml::Spanned::new(0..0, format!("{}-{}", r.lo, r.hi)));
         }
         if self.tftp_single_port {
             config.tftp.single_port = true;

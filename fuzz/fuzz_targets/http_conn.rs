@@ -49,14 +49,16 @@ fn menu() -> BootMenu {
         ],
         rules: vec![
             BootRule {
-                mac: vec!["52:54:00:12:34:56".parse().expect("mac")],
-                entry: Some("debian".into()),
-                ..BootRule::default()
+                mac: Some("52:54:00:12:34:56".into()),
+                uuid: None,
+                arch: None,
+                entry: "debian".into(),
             },
             BootRule {
-                arch: vec!["arm64".parse().expect("arch")],
-                entry: Some("local".into()),
-                ..BootRule::default()
+                mac: None,
+                uuid: None,
+                arch: Some("arm64".into()),
+                entry: "local".into(),
             },
         ],
         ..BootMenu::default()
@@ -156,7 +158,6 @@ fuzz_target!(|data: &[u8]| {
             menu: Arc::new(menu()),
             base_url: (c & 32 != 0).then(|| "http://10.0.0.1:8050".to_owned()),
             report_url: (c & 64 != 0).then(|| "http://10.0.0.1:8051/report".to_owned()),
-            ..BootScripts::default()
         },
         images: catalog(),
         pending: Vec::new(),

@@ -199,7 +199,8 @@ pub fn start_reloadable(
     let site = http::BootSite {
         scripts: BootScripts {
             menu: shared.reloader.menu(),
-            ..BootScripts::default()
+            base_url: None,
+            report_url: None,
         },
         reloader: shared.reloader.clone(),
         web_port: shared
@@ -221,14 +222,12 @@ pub fn start_reloadable(
         shared.registry.clone().map(|r| {
             Arc::new(registry::RegistryOverrides(r)) as Arc<dyn zpxe_engine::dhcp::ClientOverrides>
         }),
-        Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
+        Box::new(move |head: &[u8]| {
             use zpxe_engine::http::Handler as _;
             let limits = zpxe_engine::http::request::HeadLimits::default();
             let (req, _) = zpxe_engine::http::Request::parse(head, &limits).ok()??;
             let mut images = zpxe_engine::MemoryCatalog::default();
-            let mut site = site.clone();
-            site.scripts.peer = peer;
-            match site.respond(&req, &mut images) {
+            match site.clone().respond(&req, &mut images) {
                 zpxe_engine::http::Reply::Generated { body, .. } => String::from_utf8(body).ok(),
                 _ => None,
             }
@@ -548,7 +547,8 @@ fn setup(
             let site = http::BootSite {
                 scripts: BootScripts {
                     menu: shared.reloader.menu(),
-                    ..BootScripts::default()
+                    base_url: None,
+                    report_url: None,
                 },
                 reloader: shared.reloader.clone(),
                 web_port: config.services.web.then_some(config.ports.web),

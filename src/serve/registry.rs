@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use zpxe_engine::ImageCatalog;
-use zpxe_engine::dhcp::{ClientFacts, ClientOverrides};
+use zpxe_engine::dhcp::{ClientFacts, ClientOverrides, ClientUuid, MacAddr};
 use zpxe_engine::http::ipxe::{BootQuery, BootRule};
 use zpxe_engine::http::{BootScripts, Handler, Reply, Request, StatusCode};
 
@@ -42,7 +42,8 @@ pub(crate) fn script(
         return None;
     }
     let q = BootQuery::parse(req.query.unwrap_or_default());
-    let (mac, uuid) = (q.mac?, q.uuid);
+    let mac: MacAddr = q.mac.as_deref()?.parse().ok()?;
+    let uuid: Option<ClientUuid> = q.uuid.as_deref().and_then(|u| u.parse().ok());
     let snap = registry.load();
     let rec = match snap.decide(mac, uuid)? {
         Decision::Exit => {
@@ -64,15 +65,14 @@ pub(crate) fn script(
         menu.rules.insert(
             0,
             BootRule {
-                mac: vec![mac],
-                entry: Some(entry.clone()),
-                ..BootRule::default()
+                mac: Some(mac.to_string()),
+                uuid: None,
+                arch: None,
+                entry: entry.clone(),
             },
         );
         scripts.menu = Arc::new(menu);
     }
-    // For `[[menu.rules]]` naming groups.
-    scripts.group = Some(rec.group.clone()).filter(|g| !g.is_empty());
     let mut reply = scripts.respond(req, images);
     if let Reply::Generated { body, .. } = &mut reply
         && !rec.variables.is_empty()

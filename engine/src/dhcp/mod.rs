@@ -13,8 +13,7 @@ pub mod client;
 mod fixtures;
 #[cfg(test)]
 mod fuzz_tests;
-/// Client identities moved to the engine's top level ([`crate::ids`]); this path stays.
-pub use crate::ids;
+pub mod ids;
 pub mod leases;
 pub mod options;
 pub mod policy;
@@ -29,10 +28,8 @@ pub use client::{BootAnswer, DhcpClient, DhcpClientConfig, DhcpClientError};
 pub use ids::{ClientUuid, MacAddr};
 pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
 pub use policy::{
-    BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Decision, Ipv4Cidr, NextServerFrom,
-    PolicyRefusal,
+    BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
 };
-pub use proxy::client_facts;
 pub use proxy::{
     ClientOverride, ClientOverrides, DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig,
 };

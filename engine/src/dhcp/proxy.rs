@@ -480,8 +480,7 @@ fn pxe_vendor_reply(request: &DhcpRepr) -> PxeVendorOptions {
     }
 }
 
-/// What the policy and the rules see of a request (`zpxe explain` builds its facts here too).
-pub fn client_facts(
+pub(super) fn client_facts(
     meta: &DatagramMeta,
     request: &DhcpRepr,
     http_client: bool,
@@ -511,7 +510,6 @@ pub fn client_facts(
         http_client,
         relay,
         client_ip,
-        group: None,
     }
 }
 

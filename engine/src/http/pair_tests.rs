@@ -339,7 +339,8 @@ fn ipxe_flow_script_then_files() {
     };
     let scripts = BootScripts {
         menu: Arc::new(menu),
-        ..BootScripts::default()
+        base_url: None,
+        report_url: None,
     };
     let mut p = Pair::new(scripts, cat, HttpConfig::default(), 2, 11);
     let script = p.client.get(
