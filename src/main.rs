@@ -237,7 +237,14 @@ fn main() -> ExitCode {
 fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     args.resolve_config();
     let config = args.clone().into_config()?;
-    zpxe::logging::init("info", config.log.format);
+    // `log.file`, relative to the configuration file's directory; unset, stderr.
+    let dir = args
+        .config
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .unwrap_or(std::path::Path::new("."));
+    let _log = zpxe::logging::init("info", config.log.format, config.log.rotation(dir).as_ref())
+        .context("log.file")?;
     for w in config.warnings() {
         tracing::warn!(problem = %w, "configuration");
     }
@@ -365,7 +372,7 @@ fn serve_until_signalled(
 }
 
 fn init_logging(default_level: &str) {
-    zpxe::logging::init(default_level, zpxe::logging::LogFormat::Text);
+    let _ = zpxe::logging::init(default_level, zpxe::logging::LogFormat::Text, None);
 }
 
 /// `zpxe check`: every problem (exit status 2) and every warning, with positions.
