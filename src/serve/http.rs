@@ -385,8 +385,10 @@ pub(super) async fn serve(
     recorder: &crate::db::Recorder,
     first: Vec<u8>,
 ) {
-    // Every write gives up once the client has taken nothing for the send timeout.
+    // Every write gives up once the client took less than `min-send-rate` over a send timeout
+    // of waiting.
     let send_timeout = Duration::from_millis(config.send_timeout_ms);
+    transport.tcp().set_min_send_rate(config.min_send_rate);
     transport.tcp().set_send_timeout(Some(send_timeout));
     let mut conn = HttpConnection::new(Instant::now(), config);
     let metrics = Arc::clone(&ctx.shared.metrics);
@@ -434,8 +436,10 @@ async fn serve_requests(
     recorder: &crate::db::Recorder,
     first: Vec<u8>,
 ) {
-    // Request bytes not yet taken by the machine (also those read before it took the
-    // connection: the web port's peek).
+    // Request bytes not yet taken by the machine: those read before it took the connection
+    // (the web port's peek), what it left of a read (pipelined requests past
+    // `max-pipelined`), and over TLS the decrypted bytes. Plain reads are parsed where they
+    // were read; only leftovers are copied here.
     let mut pending: Vec<u8> = first;
         transfer,
     let mut rbuf = Vec::with_capacity(READ_BUF);
@@ -510,6 +514,20 @@ async fn serve_requests(
                 rbuf = b;
                 match res {
                     Ok(0) | Err(_) => conn.handle_eof(Instant::now()),
+                    Ok(n) if pending.is_empty() && matches!(transport, Transport::Plain(_)) => {
+                        let raw = rbuf.get(..n).unwrap_or_default();
+                        let taken = {
+                            let mut store = ctx.store.borrow_mut();
+                            conn.handle_input(
+                                Instant::now(),
+                                raw,
+                                SystemTime::now(),
+                                handler,
+                                &mut *store,
+                            )
+                        };
+                        pending.extend_from_slice(raw.get(taken..).unwrap_or_default());
+                    }
                     Ok(n) => {
                         let raw = rbuf.get(..n).unwrap_or_default();
                         match transport.absorb(raw, &mut pending).await {

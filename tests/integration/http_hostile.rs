@@ -342,3 +342,48 @@ fn a_slow_but_reading_client_gets_the_whole_file() {
         body.len()
     );
 }
+
+/// The send timeout's minimum rate: a client that reads a trickle (512 bytes every 500 ms
+/// through the smallest receive buffer, about 1 KB/s, so it acknowledges something in every
+/// window) held its connection, and the socket buffers behind it, for as long as it liked:
+/// any acknowledged byte counted as progress. At the default `min-send-rate` (4 KiB/s) it is
+/// cut within a few send timeouts.
+#[test]
+fn a_client_that_reads_a_trickle_is_cut_at_the_minimum_rate() {
+    use socket2::{Domain, Socket, Type};
+    let root = tempfile::tempdir().expect("tmp");
+    std::fs::File::create(root.path().join("big.bin"))
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("big file");
+    let config = write_config(root.path(), "send-timeout-ms = 2000\n");
+    let mut server = Server::start(root.path(), &["--config", &config, "--threads", "1"]);
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(1).expect("rcvbuf");
+    s.connect(&server.http.into()).expect("connect");
+    let mut c: TcpStream = s.into();
+    c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    c.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut buf = [0u8; 512];
+    let end = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break "EOF".to_owned(),
+            Ok(n) => got += n,
+            Err(e) => break e.to_string(),
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break "still reading after 15 s".to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let held = started.elapsed();
+    assert!(
+        held < Duration::from_secs(12),
+        "the trickle reader held its connection {held:?} ({got} bytes read, then {end})"
+    );
+    let line = server.wait_for_log("HTTP connection timed out", Duration::from_secs(5));
+    assert!(line.contains("timer=\"send\""), "{line}");
+}

@@ -49,6 +49,11 @@ pub struct HttpConfig {
     /// Time a response may wait for the socket to take more of it (a client that stopped
     /// reading) before the connection is dropped.
     pub send_timeout_ms: u64,
+    /// Bytes per second a client must take, on average over each `send_timeout_ms` its
+    /// response waits for the socket; fewer and the connection is dropped (a client that reads
+    /// a trickle to hold its connection). 0: any byte taken is progress. For the server's
+    /// sockets; one connection's machine ignores it.
+    pub min_send_rate: u64,
     /// Most range-specs honoured in one `Range` header; more and the header is ignored (200).
     pub max_ranges: usize,
     /// Answer multi-range requests with `multipart/byteranges`; off: 200 with the whole file.
@@ -71,6 +76,10 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             send_timeout_ms: 30_000,
+            // 4 KiB/s (32 kbit/s): below the slowest link anyone boots over (a 64 kbit/s
+            // channel carries 8 KB/s), so only a client holding its connection on purpose
+            // falls under it; holding one costs such a client 120 KiB per 30 s window.
+            min_send_rate: 4096,
             max_ranges: 16,
             multipart: true,
             max_pipelined: 8,

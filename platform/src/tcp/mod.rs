@@ -152,7 +152,8 @@ impl TcpConn {
     /// connection and its buffers (a slowloris on the sending side). Only time spent waiting
     /// counts, so gaps between writes (a keep-alive client thinking, an event stream idle) never
     /// do. Progress is what the peer acknowledged (Linux: `TCP_INFO`), elsewhere what the
-    /// socket took as each write completes. `None` (the default): writes wait forever.
+    /// socket took as each write completes. The connection then closes with a reset, dropping
+    /// what the client left unread. `None` (the default): writes wait forever.
     pub fn set_send_timeout(&mut self, timeout: Option<Duration>) {
         self.guard = timeout.map(|timeout| {
             Rc::new(RefCell::new(Guard {
@@ -231,7 +232,10 @@ impl TcpConn {
         };
         match unless_stalled(watch, write).await {
             Ok(done) => done,
-            Err(e) => (Err(e), Vec::new()),
+            Err(e) => {
+                self.reset_on_close();
+                (Err(e), Vec::new())
+            }
         }
     }
 
@@ -250,7 +254,10 @@ impl TcpConn {
         };
         match unless_stalled(watch, write).await {
             Ok(done) => done,
-            Err(e) => (Err(e), Vec::new()),
+            Err(e) => {
+                self.reset_on_close();
+                (Err(e), Vec::new())
+            }
         }
     }
 
@@ -284,10 +291,19 @@ impl TcpConn {
         let res = unless_stalled(watch, self.head_and_image(head, image, range))
             .await
             .unwrap_or_else(|e| Err(SendError::Io(e)));
-        if let Err(SendError::Image(_)) = res {
-            let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        match &res {
+            Err(SendError::Image(_)) => self.reset_on_close(),
+            Err(SendError::Io(e)) if is_stalled(e) => self.reset_on_close(),
+            _ => {}
         }
         res
+    }
+
+    /// Closing sends a reset and drops what is queued: after a stall (what the client left
+    /// unread would otherwise stay queued in the kernel, orphaned, for as long as it trickles it
+    /// out) and after a version broke (the client sees a cut response, not a complete one).
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
     }
 
     async fn head_and_image(
