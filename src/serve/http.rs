@@ -378,25 +378,6 @@ enum Sent {
 /// Serves one connection until it closes, times out, fails, or the loop drains.
 pub(super) async fn serve(
     ctx: Rc<ThreadCtx>,
-    mut transport: Transport,
-    peer: SocketAddr,
-    mut handler: Box<dyn Handler>,
-    config: Arc<HttpConfig>,
-    recorder: &crate::db::Recorder,
-    first: Vec<u8>,
-) {
-    // Every write gives up once the client took less than `min-send-rate` over a send timeout
-    // of waiting.
-    let send_timeout = Duration::from_millis(config.send_timeout_ms);
-    transport.tcp().set_min_send_rate(config.min_send_rate);
-    transport.tcp().set_send_timeout(Some(send_timeout));
-    let mut conn = HttpConnection::new(Instant::now(), config);
-    let metrics = Arc::clone(&ctx.shared.metrics);
-    let _busy = ctx.drain.busy();
-    serve_requests(
-        &ctx,
-        &mut transport,
-    ctx: Rc<ThreadCtx>,
     transport: Transport,
     peer: SocketAddr,
     handler: Box<dyn Handler>,
@@ -411,18 +392,38 @@ pub(super) async fn serve(
 /// counts in `zpxe_web_requests_total`, src/web.rs).
 #[allow(clippy::too_many_arguments)]
 async fn serve_site(
+    ctx: Rc<ThreadCtx>,
+    mut transport: Transport,
+    peer: SocketAddr,
+    mut handler: Box<dyn Handler>,
+    config: Arc<HttpConfig>,
+    recorder: &crate::db::Recorder,
+    first: Vec<u8>,
+    boot: bool,
+) {
+    // The live view's id of this connection's transfers: progress and each file's end carry
+    // it (src/web/live.rs).
+    let transfer = boot.then(crate::web::live::next_transfer_id);
+    // Every write gives up once the client took less than `min-send-rate` over a send timeout
+    // of waiting.
+    let send_timeout = Duration::from_millis(config.send_timeout_ms);
+    transport.tcp().set_min_send_rate(config.min_send_rate);
+    transport.tcp().set_send_timeout(Some(send_timeout));
+    let mut conn = HttpConnection::new(Instant::now(), config);
+    let metrics = Arc::clone(&ctx.shared.metrics);
+    let _busy = ctx.drain.busy();
+    serve_requests(
+        &ctx,
+        &mut transport,
         peer,
         &mut *handler,
         &mut conn,
         recorder,
         first,
+        transfer,
     )
     .await;
-    boot: bool,
     // Every exit records what was answered, also a response that went out with a close.
-    // The live view's id of this connection's transfers: progress and each file's end carry
-    // it (src/web/live.rs).
-    let transfer = boot.then(crate::web::live::next_transfer_id);
     record(&mut conn, &metrics, peer, recorder, transfer);
     conn.abort(&mut *ctx.store.borrow_mut());
 }
@@ -435,13 +436,13 @@ async fn serve_requests(
     conn: &mut HttpConnection,
     recorder: &crate::db::Recorder,
     first: Vec<u8>,
+    transfer: Option<u64>,
 ) {
     // Request bytes not yet taken by the machine: those read before it took the connection
     // (the web port's peek), what it left of a read (pipelined requests past
     // `max-pipelined`), and over TLS the decrypted bytes. Plain reads are parsed where they
     // were read; only leftovers are copied here.
     let mut pending: Vec<u8> = first;
-        transfer,
     let mut rbuf = Vec::with_capacity(READ_BUF);
     let mut out = Outbox::new();
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
@@ -457,7 +458,6 @@ async fn serve_requests(
             Sent::Drop => return,
         }
         record(conn, metrics, peer, recorder, transfer);
-    transfer: Option<u64>,
         if conn.is_closed() {
             return;
         }
@@ -585,6 +585,7 @@ async fn send_ready(
     peer: SocketAddr,
     conn: &mut HttpConnection,
     out: &mut Outbox,
+    transfer: Option<u64>,
 ) -> Sent {
     let metrics = &ctx.shared.metrics;
     let mut close = false;
@@ -620,7 +621,6 @@ async fn send_ready(
                         Err(SendError::Io(e)) if is_stalled(&e) => {
                             conn.handle_timeout(Instant::now());
                             return Sent::Drop;
-    transfer: Option<u64>,
                         }
                         Err(e) => {
                             tracing::info!(%peer, error = %e, "HTTP body ended early");
@@ -639,6 +639,7 @@ async fn send_ready(
                         let file = path.strip_prefix(root).unwrap_or(path).to_string_lossy();
                         live.progress(
                             crate::db::Leg::Http,
+                            transfer,
                             peer,
                             &file,
                             at - range.start,
@@ -674,7 +675,6 @@ async fn write(
     peer: SocketAddr,
     bytes: &mut Vec<u8>,
 ) -> Result<(), Sent> {
-                            transfer,
     match transport.write(std::mem::take(bytes)).await {
         Ok(mut buf) => {
             buf.clear();
@@ -698,6 +698,7 @@ pub(super) fn record(
     metrics: &Metrics,
     peer: SocketAddr,
     recorder: &crate::db::Recorder,
+    transfer: Option<u64>,
 ) {
     while let Some(ev) = conn.poll_event() {
         match ev {
@@ -706,6 +707,7 @@ pub(super) fn record(
                 path,
                 status,
                 bytes,
+                elapsed,
                 ..
             } => {
                 // The web service counts its own (`zpxe_web_requests_total`).
@@ -737,7 +739,6 @@ pub(super) fn record(
             }
             _ => {}
         }
-    transfer: Option<u64>,
     }
 }
 
@@ -746,7 +747,6 @@ pub(super) fn record(
 fn served_event(path: &str, status: u16, bytes: u64) -> crate::db::Event {
     use crate::db::{Event, EventKind, Name, Outcome};
     let file = path.split('?').next().unwrap_or_default();
-                elapsed,
     let kind = if matches!(file, "/boot.ipxe" | "/menu.ipxe") {
         EventKind::ScriptFetch {
             path: Name::new(path),
