@@ -109,7 +109,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            root: Spanned::new(0..0, PathBuf::from("/srv/zpxe")),
+            root: Spanned::new(0..0, default_root()),
             listen: Vec::new(),
             interfaces: Vec::new(),
             case_insensitive: true,
@@ -559,6 +559,19 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// `server.root` when unset: /srv/zpxe, or %ProgramData%\zpxe\root on Windows (the folder
+/// the MSI creates).
+pub fn default_root() -> PathBuf {
+    #[cfg(windows)]
+    {
+        crate::winservice::data_dir().join("root")
+    }
+    #[cfg(not(windows))]
+    {
+        PathBuf::from("/srv/zpxe")
+    }
 }
 
 /// The configuration file `serve`, `check` and `explain` read when given none:

@@ -32,7 +32,8 @@ enum Command {
     /// but some changed keys need a restart, 1 no answer.
     Reload {
         /// The server's control socket (`zpxe serve --control`); default /run/zpxe/control.sock,
-        /// else zpxe/control.sock in the temporary directory.
+        /// else zpxe/control.sock in the temporary directory. On Windows a named pipe, default
+        /// \\.\pipe\zpxe-control (the service's; from an elevated prompt).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
@@ -110,7 +111,8 @@ struct ServeArgs {
     #[arg(long)]
     no_database: bool,
     /// The control socket `zpxe reload` talks to (default: $RUNTIME_DIRECTORY/control.sock,
-    /// else /run/zpxe/control.sock, else zpxe/control.sock in the temporary directory).
+    /// else /run/zpxe/control.sock, else zpxe/control.sock in the temporary directory). On
+    /// Windows a named pipe (default \\.\pipe\zpxe-control).
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 }
@@ -253,12 +255,18 @@ fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     serve_until_signalled(config, source, control)
 }
 
-/// `zpxe reload`: asks the server on the control socket and prints its answer.
-#[cfg(unix)]
+/// `zpxe reload`: asks the server on the control socket (a named pipe on Windows) and prints
+/// its answer.
 fn reload(control: Option<PathBuf>) -> ExitCode {
-    use zpxe::serve::control::{self, Answer};
-    let path = control.unwrap_or_else(control::default_client_path);
-    match control::request(&path) {
+    use zpxe::serve::control::Answer;
+    #[cfg(unix)]
+    let answer = {
+        use zpxe::serve::control;
+        control::request(&control.unwrap_or_else(control::default_client_path))
+    };
+    #[cfg(windows)]
+    let answer = zpxe::winservice::control_request(control.as_deref());
+    match answer {
         Ok(Answer::Reloaded(text)) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -276,13 +284,6 @@ fn reload(control: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Windows has no control socket yet: the service reloads through its own manager.
-#[cfg(not(unix))]
-fn reload(_control: Option<PathBuf>) -> ExitCode {
-    eprintln!("zpxe: `zpxe reload` talks to a Unix socket and is not available on this system");
-    ExitCode::FAILURE
 }
 
 /// `zpxe serve`: runs until SIGTERM or SIGINT, then drains ([`zpxe::serve::Stop::drain`]) for
@@ -325,8 +326,24 @@ fn serve_until_signalled(
             }
         }
     };
-    #[cfg(not(unix))]
-    let _ = control;
+    // Windows: a named pipe only Administrators and SYSTEM may open.
+    #[cfg(windows)]
+    let _control = match zpxe::winservice::control_listen(control.as_deref(), reloader.clone()) {
+        Ok(pipe) => Some(pipe),
+        Err(e) if control.is_some() => {
+            handle.stop();
+            let _ = handle.join();
+            return Err(e.context("control pipe"));
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "no control pipe: `zpxe reload` cannot reach this server (choose a pipe with \
+                 --control)"
+            );
+            None
+        }
+    };
     std::thread::Builder::new()
         .name("zpxe-signals".into())
         .spawn(move || {

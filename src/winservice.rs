@@ -4,8 +4,19 @@
 //! SCM stop and shutdown drain as SIGTERM does on Linux ([`Stop::drain`]): no new transfers,
 //! those under way finish, for at most `server.drain-timeout-ms`. While draining the service
 //! reports STOP_PENDING, moving its checkpoint every second with a wait hint, so the SCM
-//! knows it is alive. Parameter changes (`sc paramchange`) are refused: zpxe has no reload
-//! yet, so the service does not accept them and a restart applies a new configuration.
+//! knows it is alive.
+//!
+//! A parameter change (`sc control zpxe paramchange`, or `zpxe service reload`) reloads the
+//! configuration as SIGHUP does on Linux ([`Reloader::reload`], run on the service's main
+//! thread, never on an event loop). `zpxe reload` asks the same over the named pipe
+//! [`CONTROL_PIPE`] (Administrators and SYSTEM only) and prints the answer with the same exit
+//! codes as on Linux: 0 reloaded, 3 reloaded but some keys need a restart, 2 refused, 1 no
+//! answer. A console `zpxe serve` listens on the pipe too.
+//!
+//! The service writes its events to the Application event log under the source `zpxe`
+//! (registered by `zpxe service install` and by the MSI): started, draining, stopped, reloads
+//! and configuration problems. Its log goes to `logs\zpxe.log` beside its configuration
+//! (`log.file` to move it), rotated by size (`log.max-size`, `log.keep`).
 //!
 //! The service runs as NT AUTHORITY\LocalService: Windows needs no privilege for ports below
 //! 1024, so that account serves 67, 69 and 4011. It cannot change the firewall, so the rules
@@ -27,10 +38,14 @@ use windows_service::service::{
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_service::{define_windows_service, service_dispatcher};
+use zpxe_platform::windows_eventlog::{self as eventlog, EventSource, Level};
+use zpxe_platform::windows_pipe::{self, PipeServer};
 
 use crate::config::Config;
 use crate::firewall;
-use crate::serve::Stop;
+use crate::logging::{LogGuard, Rotation};
+use crate::serve::control::{self, Answer};
+use crate::serve::{ConfigSource, Reloader, Stop};
 
 /// The service's name (`sc query zpxe`).
 pub const SERVICE_NAME: &str = "zpxe";
@@ -46,6 +61,16 @@ const WAIT_HINT: Duration = Duration::from_secs(10);
 /// Service-specific exit codes (the SCM shows them; recovery actions restart on them).
 const EXIT_BAD_CONFIG: u32 = 2;
 const EXIT_FAILED: u32 = 1;
+/// The pipe `zpxe reload` talks to by default.
+pub const CONTROL_PIPE: &str = r"\\.\pipe\zpxe-control";
+
+/// Event ids in the Application log (source `zpxe`).
+const EVENT_STARTED: u32 = 1;
+const EVENT_STOPPED: u32 = 2;
+const EVENT_DRAINING: u32 = 3;
+const EVENT_CONFIG: u32 = 4;
+const EVENT_RELOADED: u32 = 5;
+const EVENT_FAILED: u32 = 6;
 
 /// `zpxe service`.
 #[derive(Debug, clap::Subcommand)]
@@ -63,7 +88,14 @@ pub enum ServiceCommand {
     Start,
     /// Stop the service: it drains, as `serve` does on SIGTERM.
     Stop,
-    /// Recovery actions and firewall rules for a service registered by the MSI.
+    /// Send the service a parameter change (as `sc control zpxe paramchange`): it reloads its
+    /// configuration. The outcome goes to its log and the event log; `zpxe reload` prints it.
+    Reload,
+    /// What the MSI removes at uninstall: zpxe's firewall rules and its event log source.
+    #[command(hide = true)]
+    Cleanup,
+    /// Recovery actions, the event log source and firewall rules for a service registered by
+    /// the MSI.
     Configure {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -98,9 +130,21 @@ fn default_log(config: &Path) -> PathBuf {
 pub fn main(command: ServiceCommand) -> std::process::ExitCode {
     let result = match command {
         ServiceCommand::Run { config, log } => {
-            let log = log.unwrap_or_else(|| default_log(&config));
-            init_file_logging(&log);
-            run(config)
+            let events = Events::open();
+            // The log's place and size come from the configuration when it reads; a broken one
+            // is reported (log and event log) once the service runs.
+            let section = Config::load(&config).map(|c| c.log).unwrap_or_default();
+            let dir = config.parent().unwrap_or(Path::new("."));
+            let rotation = match log {
+                Some(file) => section.rotation_to(file),
+                None => section
+                    .rotation(dir)
+                    .unwrap_or_else(|| section.rotation_to(default_log(&config))),
+            };
+            let guard = init_file_logging(&rotation, section.format, &events);
+            let result = run(config, events);
+            drop(guard);
+            result
         }
         command => {
             init_console_logging();
@@ -129,24 +173,91 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
-/// Logs to `file` (appended); without a writable file the service runs unlogged rather than
-/// not at all.
-fn init_file_logging(file: &Path) {
-    if let Some(dir) = file.parent() {
-        let _ = std::fs::create_dir_all(dir);
+/// Logs to the rotated file; without a writable file the service runs with the event log
+/// only, rather than not at all (and says so there).
+fn init_file_logging(
+    rotation: &Rotation,
+    format: crate::logging::LogFormat,
+    events: &Events,
+) -> LogGuard {
+    match crate::logging::init("info", format, Some(rotation)) {
+        Ok(guard) => guard,
+        Err(e) => {
+            events.report(
+                Level::Warning,
+                EVENT_CONFIG,
+                &format!("zpxe runs without a log file: {e}"),
+            );
+            LogGuard::default()
+        }
     }
-    let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-    else {
-        return;
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(f))
-        .try_init();
+}
+
+/// The service's events in the Application log; a failure to write one goes to the log file.
+#[derive(Debug)]
+pub struct Events(Option<EventSource>);
+
+impl Events {
+    fn open() -> Self {
+        Self(EventSource::open(SERVICE_NAME).ok())
+    }
+
+    fn report(&self, level: Level, id: u32, text: &str) {
+        match &self.0 {
+            Some(source) => {
+                if let Err(e) = source.report(level, id, text) {
+                    tracing::warn!(error = %e, id, "could not write to the event log");
+                }
+            }
+            None => tracing::warn!(id, "could not write to the event log: no event source"),
+        }
+    }
+}
+
+/// The pipe `name` names: a full `\\.\pipe\...` path, or a bare name below it.
+fn pipe_name(name: Option<&Path>) -> String {
+    let name = name.map_or_else(
+        || CONTROL_PIPE.to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    if name.starts_with(r"\\") {
+        name
+    } else {
+        format!(r"\\.\pipe\{name}")
+    }
+}
+
+/// Answers `zpxe reload` on the pipe `name` (default [`CONTROL_PIPE`]) with `reloader`.
+pub fn control_listen(name: Option<&Path>, reloader: Reloader) -> anyhow::Result<PipeServer> {
+    listen(name, move |line| control::reply(&reloader, line))
+}
+
+fn listen(
+    name: Option<&Path>,
+    answer: impl Fn(&str) -> String + Send + 'static,
+) -> anyhow::Result<PipeServer> {
+    let name = pipe_name(name);
+    let pipe = windows_pipe::serve(&name, "zpxe-control", move |request| {
+        answer(&String::from_utf8_lossy(request)).into_bytes()
+    })
+    .with_context(|| format!("control pipe {name}"))?;
+    tracing::info!(pipe = %name, "control pipe: `zpxe reload` reloads");
+    Ok(pipe)
+}
+
+/// `zpxe reload` on Windows: asks the server on the pipe `name` (default [`CONTROL_PIPE`]).
+pub fn control_request(name: Option<&Path>) -> std::io::Result<Answer> {
+    let name = pipe_name(name);
+    let reply = windows_pipe::request(&name, b"reload\n").map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach zpxe's control pipe {name}: {e} (is the service or `zpxe serve` \
+                 running? the pipe is open to Administrators only: use an elevated prompt)"
+            ),
+        )
+    })?;
+    control::parse(&String::from_utf8_lossy(&reply), &name)
 }
 
 fn manage(command: ServiceCommand) -> anyhow::Result<()> {
@@ -155,6 +266,15 @@ fn manage(command: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Uninstall => uninstall(),
         ServiceCommand::Start => start(),
         ServiceCommand::Stop => stop(),
+        ServiceCommand::Reload => {
+            eventlog::param_change(SERVICE_NAME)
+                .context("sending the service a parameter change (elevated prompt?)")?;
+            println!(
+                "service {SERVICE_NAME}: reloading; the outcome is in its log and the event log \
+                 (`zpxe reload` prints it)"
+            );
+            Ok(())
+        }
         ServiceCommand::Configure { config } => {
             let (config, _) = load(config)?;
             let manager =
@@ -164,7 +284,23 @@ fn manage(command: ServiceCommand) -> anyhow::Result<()> {
                 .open_service(SERVICE_NAME, ServiceAccess::CHANGE_CONFIG)
                 .context("opening the zpxe service")?;
             set_recovery(&service)?;
+            eventlog::register_source(SERVICE_NAME).context("registering the event log source")?;
+            println!("registered the event log source {SERVICE_NAME} (Application log)");
             firewall_at_install(&config)
+        }
+        ServiceCommand::Cleanup => {
+            // Both are tried; either failing fails the command.
+            let rules =
+                firewall::remove(&mut firewall::SystemNetsh).context("removing the firewall rules");
+            let source =
+                eventlog::deregister_source(SERVICE_NAME).context("removing the event log source");
+            if rules.is_ok() {
+                println!("removed zpxe's Windows Firewall rules");
+            }
+            if source.is_ok() {
+                println!("removed the event log source {SERVICE_NAME}");
+            }
+            rules.and(source)
         }
         ServiceCommand::Run { .. } => Ok(()),
     }
@@ -211,6 +347,7 @@ fn install(config: Option<PathBuf>) -> anyhow::Result<()> {
         .set_description(DESCRIPTION)
         .context("describing the service")?;
     set_recovery(&service)?;
+    eventlog::register_source(SERVICE_NAME).context("registering the event log source")?;
     firewall_at_install(&config)?;
     println!(
         "installed service {SERVICE_NAME} ({ACCOUNT}, starts at boot) serving {}; start it with \
@@ -279,6 +416,7 @@ fn uninstall() -> anyhow::Result<()> {
     }
     service.delete().context("deleting the service")?;
     println!("removed service {SERVICE_NAME}");
+    eventlog::deregister_source(SERVICE_NAME).context("removing the event log source")?;
     firewall::remove(&mut firewall::SystemNetsh).context("removing the firewall rules")?;
     println!("removed zpxe's Windows Firewall rules");
     Ok(())
@@ -341,18 +479,28 @@ fn wait_for(
 /// The configuration `service run` was given, for the service's main function (the SCM
 /// passes it the start parameters, not the command line).
 static CONFIG_FILE: OnceLock<PathBuf> = OnceLock::new();
+/// The service's event source, opened by `service run`.
+static EVENTS: OnceLock<Events> = OnceLock::new();
 
 define_windows_service!(ffi_service_main, service_main);
 
 /// `zpxe service run`: hands this thread to the SCM's dispatcher until the service stops.
-fn run(config: PathBuf) -> anyhow::Result<()> {
+fn run(config: PathBuf, events: Events) -> anyhow::Result<()> {
     let _ = CONFIG_FILE.set(config);
+    let _ = EVENTS.set(events);
     service_dispatcher::start(SERVICE_NAME, ffi_service_main)
         .context("connecting to the service control manager (this is the service's entry point, started by the SCM)")
 }
 
 fn service_main(_arguments: Vec<OsString>) {
-    if let Err(e) = run_service() {
+    let events = EVENTS.get_or_init(Events::open);
+    if events.0.is_some() {
+        tracing::info!(
+            source = SERVICE_NAME,
+            "events go to the Application event log"
+        );
+    }
+    if let Err(e) = run_service(events) {
         tracing::error!("service: {e:#}");
     }
 }
@@ -362,10 +510,42 @@ fn service_main(_arguments: Vec<OsString>) {
 enum Request {
     Stop,
     Shutdown,
+    /// SERVICE_CONTROL_PARAMCHANGE: reload the configuration.
+    Reload,
 }
 
-fn run_service() -> anyhow::Result<()> {
+/// Reloads and reports the outcome in the event log (the reload logs it too).
+fn reload_reporting(reloader: &Reloader, events: &Events) {
+    match reloader.reload() {
+        Ok(r) if r.restart_needed.is_empty() => events.report(
+            Level::Information,
+            EVENT_RELOADED,
+            &format!(
+                "configuration reloaded: generation {} serves new requests",
+                r.generation
+            ),
+        ),
+        Ok(r) => events.report(
+            Level::Warning,
+            EVENT_RELOADED,
+            &format!(
+                "configuration reloaded: generation {} serves new requests; these changed keys \
+                 need a restart and keep their running values: {}",
+                r.generation,
+                r.restart_needed.join(", ")
+            ),
+        ),
+        Err(e) => events.report(
+            Level::Error,
+            EVENT_CONFIG,
+            &format!("reload refused; the previous configuration keeps serving:\n{e}"),
+        ),
+    }
+}
+
+fn run_service(events: &'static Events) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
+    let reload_tx = tx.clone();
     // The handler reports STOP_PENDING itself before it returns: the SCM hands the status at
     // that moment to whoever sent the stop (`sc stop` prints it), and the main thread may not
     // have woken yet.
@@ -391,12 +571,11 @@ fn run_service() -> anyhow::Result<()> {
         ServiceControl::Stop => stopping(Request::Stop),
         ServiceControl::Shutdown => stopping(Request::Shutdown),
         ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+        // The main thread reloads: the handler must return at once.
         ServiceControl::ParamChange => {
-            tracing::warn!(
-                "paramchange is not supported (zpxe has no reload yet): restart the service to \
-                 apply a new configuration"
-            );
-            ServiceControlHandlerResult::NotImplemented
+            tracing::info!("parameter change: reloading the configuration");
+            let _ = reload_tx.send(Request::Reload);
+            ServiceControlHandlerResult::NoError
         }
         _ => ServiceControlHandlerResult::NotImplemented,
     };
@@ -442,17 +621,63 @@ fn run_service() -> anyhow::Result<()> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(problems) => {
+            events.report(
+                Level::Error,
+                EVENT_CONFIG,
+                &format!("zpxe did not start: configuration problems:\n{problems}"),
+            );
             stopped_with(EXIT_BAD_CONFIG);
             anyhow::bail!("configuration problems:\n{problems}");
         }
     };
+    for w in config.warnings() {
+        tracing::warn!(problem = %w, "configuration");
+    }
     let drain_for = Duration::from_millis(config.server.drain_timeout_ms);
     let stop = Stop::new();
-    let handle = match crate::serve::start(config, stop.clone()) {
+    // A reload reads the same file again.
+    let source = {
+        let path = path.clone();
+        ConfigSource::new(move || Config::load(&path).map_err(|p| anyhow::anyhow!("{p}")))
+    };
+    let handle = match crate::serve::start_reloadable(config, stop.clone(), Some(source)) {
         Ok(h) => h,
         Err(e) => {
+            events.report(
+                Level::Error,
+                EVENT_FAILED,
+                &format!("zpxe did not start: {e:#}"),
+            );
             stopped_with(EXIT_FAILED);
             return Err(e.context("starting"));
+        }
+    };
+    let reloader = handle.reloader();
+    // `zpxe reload`: the same reload, its answer printed by the caller. Without the pipe
+    // (its name taken), a parameter change still reloads.
+    let _pipe = {
+        let reloader = reloader.clone();
+        match listen(None, move |line| {
+            let answer = control::reply(&reloader, line);
+            let (status, rest) = answer.split_once('\n').unwrap_or((&answer, ""));
+            let (level, id) = match status {
+                "reloaded" => (Level::Information, EVENT_RELOADED),
+                "restart-needed" => (Level::Warning, EVENT_RELOADED),
+                _ => (Level::Error, EVENT_CONFIG),
+            };
+            events.report(level, id, rest.trim_end());
+            answer
+        }) {
+            Ok(pipe) => Some(pipe),
+            Err(e) => {
+                let text = format!(
+                    "no control pipe: `zpxe reload` cannot reach the service ({e:#}); \
+                     `zpxe service reload` still reloads"
+                );
+                tracing::warn!("{text}");
+                events.report(Level::Warning, EVENT_FAILED, &text);
+                None
+            }
         }
     };
     let (done_tx, done) = mpsc::channel();
@@ -464,21 +689,38 @@ fn run_service() -> anyhow::Result<()> {
         .context("starting the join thread")?;
     report(
         ServiceState::Running,
-        ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+        ServiceControlAccept::STOP
+            | ServiceControlAccept::SHUTDOWN
+            | ServiceControlAccept::PARAM_CHANGE,
         ServiceExitCode::NO_ERROR,
         0,
         Duration::ZERO,
     );
     tracing::info!(service = SERVICE_NAME, "service running");
+    events.report(
+        Level::Information,
+        EVENT_STARTED,
+        &format!("zpxe started, serving {}", path.display()),
+    );
 
     // Wait for the SCM, or for the loops to end by themselves (a fatal error).
     let early = loop {
         match rx.recv_timeout(PROGRESS_EVERY) {
+            Ok(Request::Reload) => reload_reporting(&reloader, events),
             Ok(request) => {
                 tracing::info!(
                     ?request,
                     timeout_ms = drain_for.as_millis() as u64,
                     "draining: no new transfers, those under way may finish"
+                );
+                events.report(
+                    Level::Information,
+                    EVENT_DRAINING,
+                    &format!(
+                        "zpxe is draining ({request:?}): no new transfers, those under way may \
+                         finish within {} ms",
+                        drain_for.as_millis()
+                    ),
                 );
                 break None;
             }
@@ -505,6 +747,7 @@ fn run_service() -> anyhow::Result<()> {
     match &result {
         Ok(()) => {
             tracing::info!("stopped");
+            events.report(Level::Information, EVENT_STOPPED, "zpxe stopped");
             report(
                 ServiceState::Stopped,
                 none,
@@ -515,6 +758,11 @@ fn run_service() -> anyhow::Result<()> {
         }
         Err(e) => {
             tracing::error!("stopped: {e:#}");
+            events.report(
+                Level::Error,
+                EVENT_FAILED,
+                &format!("zpxe stopped with an error: {e:#}"),
+            );
             stopped_with(EXIT_FAILED);
         }
     }

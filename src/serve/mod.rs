@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 pub(crate) use drain::Drain;
 pub use drain::Stop;
-#[cfg(unix)]
 pub use reload::control;
 pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader};
 

@@ -386,30 +386,42 @@ fn keys(config: &Config) -> BTreeMap<String, String> {
 /// `zpxe reload` talks to `zpxe serve` over a Unix socket the server creates (mode 0600, so
 /// only its user and root may reload): the client sends `reload`, the server answers with a
 /// status line (`reloaded`, `restart-needed` or `refused`) and then one line per message.
-#[cfg(unix)]
+/// On Windows the same request and answer go over a named pipe (src/winservice.rs).
 pub mod control {
-    use std::io::{self, BufRead, BufReader, Read, Write};
+    use std::io;
+    #[cfg(unix)]
+    use std::io::{BufRead, BufReader, Read, Write};
+    #[cfg(unix)]
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    #[cfg(unix)]
     use std::os::unix::net::{UnixListener, UnixStream};
+    #[cfg(unix)]
     use std::path::{Path, PathBuf};
+    #[cfg(unix)]
     use std::sync::Arc;
+    #[cfg(unix)]
     use std::sync::atomic::{AtomicBool, Ordering};
+    #[cfg(unix)]
     use std::time::Duration;
 
     use super::Reloader;
 
     /// The socket's name in its directory.
+    #[cfg(unix)]
     const NAME: &str = "control.sock";
 
     /// How long either side waits for the other's bytes (a reload itself takes milliseconds).
+    #[cfg(unix)]
     const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The longest request line read.
+    #[cfg(unix)]
     const MAX_REQUEST: u64 = 64;
 
     /// Where `zpxe serve` puts the socket by default: systemd's `RuntimeDirectory`
     /// (`$RUNTIME_DIRECTORY`), else /run/zpxe (beside the port locks) when it can be made,
     /// else zpxe/ in the temporary directory.
+    #[cfg(unix)]
     pub fn default_server_path() -> PathBuf {
         if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY")
             .and_then(|d| std::env::split_paths(&d).next())
@@ -426,6 +438,7 @@ pub mod control {
 
     /// Where `zpxe reload` looks by default: /run/zpxe when a socket is there, else the
     /// temporary directory's zpxe/.
+    #[cfg(unix)]
     pub fn default_client_path() -> PathBuf {
         let run = Path::new(zpxe_platform::instance_lock::RUN_DIR).join(NAME);
         if run.exists() {
@@ -434,11 +447,13 @@ pub mod control {
         std::env::temp_dir().join("zpxe").join(NAME)
     }
 
+    #[cfg(unix)]
     fn writable(dir: &Path) -> bool {
         tempfile::tempfile_in(dir).is_ok()
     }
 
     /// The listening socket, served by a thread of its own; removed when dropped.
+    #[cfg(unix)]
     #[derive(Debug)]
     pub struct ControlSocket {
         path: PathBuf,
@@ -447,12 +462,14 @@ pub mod control {
         closed: Arc<AtomicBool>,
     }
 
+    #[cfg(unix)]
     impl ControlSocket {
         pub fn path(&self) -> &Path {
             &self.path
         }
     }
 
+    #[cfg(unix)]
     impl Drop for ControlSocket {
         fn drop(&mut self) {
             self.closed.store(true, Ordering::Release);
@@ -468,6 +485,7 @@ pub mod control {
 
     /// Creates the socket at `path` and answers reload requests with `reloader`. Fails when a
     /// live server already answers there; a stale file (a crashed server's) is replaced.
+    #[cfg(unix)]
     pub fn listen(path: &Path, reloader: Reloader) -> io::Result<ControlSocket> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -504,6 +522,7 @@ pub mod control {
         })
     }
 
+    #[cfg(unix)]
     fn serve(listener: UnixListener, reloader: Reloader, closed: Arc<AtomicBool>) {
         for stream in listener.incoming() {
             if closed.load(Ordering::Acquire) {
@@ -523,12 +542,19 @@ pub mod control {
         }
     }
 
+    #[cfg(unix)]
     fn answer(stream: UnixStream, reloader: &Reloader) -> io::Result<()> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let mut line = String::new();
         BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
-        let reply = match line.trim() {
+        (&stream).write_all(reply(reloader, &line).as_bytes())
+    }
+
+    /// The answer to one request line: `reload` reloads (on the caller's thread), anything
+    /// else is refused.
+    pub fn reply(reloader: &Reloader, line: &str) -> String {
+        match line.trim() {
             "reload" => match reloader.reload() {
                 Ok(r) if r.restart_needed.is_empty() => format!(
                     "reloaded\nconfiguration reloaded: generation {} serves new requests\n",
@@ -552,8 +578,7 @@ pub mod control {
                 ),
             },
             other => format!("refused\nunknown request {other:?}: expected \"reload\"\n"),
-        };
-        (&stream).write_all(reply.as_bytes())
+        }
     }
 
     /// What a server answered to `reload`.
@@ -568,6 +593,7 @@ pub mod control {
     }
 
     /// Asks the server listening on `path` to reload and returns its answer.
+    #[cfg(unix)]
     pub fn request(path: &Path) -> io::Result<Answer> {
         let mut stream = UnixStream::connect(path).map_err(|e| {
             io::Error::new(
@@ -585,7 +611,12 @@ pub mod control {
         stream.shutdown(std::net::Shutdown::Write)?;
         let mut reply = String::new();
         stream.take(1 << 20).read_to_string(&mut reply)?;
-        let (status, rest) = reply.split_once('\n').unwrap_or((&reply, ""));
+        parse(&reply, &path.display().to_string())
+    }
+
+    /// Reads a server's answer (from `from`, for the error).
+    pub fn parse(reply: &str, from: &str) -> io::Result<Answer> {
+        let (status, rest) = reply.split_once('\n').unwrap_or((reply, ""));
         let rest = rest.to_owned();
         match status {
             "reloaded" => Ok(Answer::Reloaded(rest)),
@@ -593,7 +624,7 @@ pub mod control {
             "refused" => Ok(Answer::Refused(rest)),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("unexpected answer from {}: {other:?}", path.display()),
+                format!("unexpected answer from {from}: {other:?}"),
             )),
         }
     }

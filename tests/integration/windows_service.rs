@@ -2,6 +2,10 @@
 //! (wixl) installs silently, the service it registers runs (`sc query`), serves a windowed
 //! TFTP download and an HTTP range byte-exact, drains on `sc stop` (the download under way
 //! finishes byte-exact while the service reports STOP_PENDING), and uninstalling removes it.
+//! Between serving and stopping: the event log source is registered and written without an
+//! error, a parameter change (`zpxe service reload`, what `sc control zpxe paramchange` sends)
+//! and `zpxe reload` (the control pipe) reload the menu without a restart, with the exit codes
+//! of Linux's `zpxe reload`, and the service's log rotates at `log.max-size`.
 //!
 //! Each run works in its own copy of the server-edition prefix (installing changes the
 //! prefix: services, files, the installer's records), so other Windows tests are untouched.
@@ -27,6 +31,10 @@ fn windows_build() -> (PathBuf, PathBuf) {
     assert!(Path::new(WINE).is_file(), "{WINE} is missing (wine64)");
     (exe, need("ZPXE_WINE_CACHE"))
 }
+
+/// The service's `log.max-size` and `log.keep`: small, so that the test sees it rotate.
+const LOG_MAX: u64 = 1024;
+const LOG_KEEP: u32 = 2;
 
 /// A private copy of a Wine prefix; its wineserver (and so every program and service in the
 /// prefix, all started by this test) ends when it drops.
@@ -130,14 +138,22 @@ impl Prefix {
         self.path().join("drive_c")
     }
 
+    /// The service's log, rotated files first (oldest to newest).
     fn service_log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no service log: {e})"))
+        let mut text = String::new();
+        for n in (1..=LOG_KEEP).rev() {
+            let mut name = self.log.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            text.push_str(&std::fs::read_to_string(name).unwrap_or_default());
+        }
+        text + &std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(no service log: {e})"))
     }
 }
 
-/// The MSI's deferred actions sit inside the install script, in order: the firewall rules go
-/// after the service stopped and before its files, the configuration runs between installing
-/// and starting the service. (wixl numbers a `Before=` custom action after the last action it
+/// The MSI's deferred actions sit inside the install script, in order: the cleanup (firewall
+/// rules, event source) goes after the service stopped and before its files, the configuration
+/// runs between installing and starting the service. (wixl numbers a `Before=` custom action after the last action it
 /// placed, outside the script, where Windows refuses a deferred one.)
 fn check_sequence(msi: &Path) {
     let out = Command::new(require("msiinfo"))
@@ -168,7 +184,7 @@ fn check_sequence(msi: &Path) {
         "InstallInitialize",
         "StopServices",
         "DeleteServices",
-        "RemoveFirewallRules",
+        "ZpxeCleanup",
         "RemoveFiles",
         "InstallFiles",
         "InstallServices",
@@ -222,16 +238,18 @@ fn msi_installs_a_service_that_serves_drains_and_uninstalls() {
     let big = pattern_file(&root.join("big.bin"), 64 << 20, 22);
     let (tftp, http, web) = (free_udp_port(), free_tcp_port(), free_tcp_port());
     let config = work.path().join("zpxe.toml");
-    std::fs::write(
-        &config,
+    // A drive letter and backslashes, as a Windows admin writes them.
+    let config_text = |title: &str, http: u16| {
         format!(
             "[server]\nroot = '{}'\nlisten = [\"127.0.0.1\"]\n\
              [ports]\ntftp = {tftp}\nhttp = {http}\nweb = {web}\n\
-             [services]\ndhcp = false\n",
+             [services]\ndhcp = false\n\
+             [log]\nmax-size = {LOG_MAX}\nkeep = {LOG_KEEP}\n\
+             [menu]\ntitle = \"{title}\"\n",
             wine_path(&root)
-        ),
-    )
-    .expect("write config");
+        )
+    };
+    std::fs::write(&config, config_text("first menu", http)).expect("write config");
 
     let prefix = Prefix::copy_of(&cache.join("server"), work.path().join("logs/zpxe.log"));
     let log = work.path().join("install.log");
@@ -263,6 +281,22 @@ fn msi_installs_a_service_that_serves_drains_and_uninstalls() {
     assert!(c.join("ProgramData/zpxe/root").is_dir());
 
     prefix.wait_for_state("RUNNING", Duration::from_secs(60));
+    // The service opened its event source and wrote "started" without an error (checked
+    // before the log rotates these lines away).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !prefix.service_log().contains("service running") {
+        assert!(Instant::now() < deadline, "{}", prefix.service_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = prefix.service_log();
+    assert!(
+        started.contains("events go to the Application event log"),
+        "{started}"
+    );
+    assert!(
+        !started.contains("could not write to the event log"),
+        "{started}"
+    );
     // What the MSI registered (Wine's sc has no `qc`; its SCM keeps services in the registry).
     let (ok, reg) = prefix.wine(
         &[
@@ -300,6 +334,112 @@ fn msi_installs_a_service_that_serves_drains_and_uninstalls() {
         "TFTP body differs"
     );
 
+    // The event log source: `zpxe service configure` (the MSI's action) registered it, and the
+    // service writes to it without an error (Wine keeps no Application log to read back).
+    let (ok, reg) = prefix.wine(
+        &[
+            "reg",
+            "query",
+            r"HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\zpxe",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(ok, "no event log source: {reg}");
+    assert!(reg.contains("EventMessageFile"), "{reg}");
+    assert!(reg.contains("REG_EXPAND_SZ"), "{reg}");
+    assert!(reg.contains("EventLogMessages.dll"), "{reg}");
+    assert!(reg.contains("TypesSupported"), "{reg}");
+
+    // Reloads without a restart: the menu script follows the file.
+    let menu = format!("http://127.0.0.1:{http}/menu.ipxe");
+    let script = || String::from_utf8_lossy(&curl_bytes(&[&menu])).into_owned();
+    let first = script();
+    assert!(first.contains("first menu"), "{first}");
+    let exe_in_prefix = r"C:\Program Files\zpxe\zpxe.exe";
+    // A parameter change, as `sc control zpxe paramchange` sends it (Wine's sc has no
+    // `control`): the service reloads on its own thread; the script changes.
+    std::fs::write(&config, config_text("second menu", http)).expect("write config");
+    let (ok, out) = prefix.wine(
+        &[exe_in_prefix, "service", "reload"],
+        Duration::from_secs(30),
+    );
+    assert!(ok, "zpxe service reload: {out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = script();
+        if now.contains("second menu") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paramchange did not reload the menu:\n{now}\nservice log:\n{}",
+            prefix.service_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `zpxe reload` over the control pipe, with Linux's exit codes: 0 reloaded ...
+    let reload = || {
+        let out = tempfile::NamedTempFile::new().expect("tmp");
+        let status = Command::new(WINE)
+            .args([exe_in_prefix, "reload"])
+            .env("WINEPREFIX", prefix.path())
+            .env("WINEDEBUG", "-all")
+            .stdin(Stdio::null())
+            .stdout(out.reopen().expect("reopen"))
+            .stderr(out.reopen().expect("reopen"))
+            .status()
+            .expect("wine zpxe reload");
+        let text = String::from_utf8_lossy(&std::fs::read(out.path()).expect("read")).into_owned();
+        (status.code(), text)
+    };
+    std::fs::write(&config, config_text("third menu", http)).expect("write config");
+    let (code, out) = reload();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("configuration reloaded: generation 3"),
+        "{out}"
+    );
+    assert!(script().contains("third menu"));
+    // ... 2 refused, every problem with its place, and the running menu stays ...
+    std::fs::write(&config, "[server]\nthreads = \"many\"\n[menu]\ntitle = 5\n")
+        .expect("write config");
+    let (code, out) = reload();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("zpxe.toml:2:"), "{out}");
+    assert!(out.contains("zpxe.toml:4:"), "{out}");
+    assert!(script().contains("third menu"));
+    // ... 3 applied, but a changed port needs a restart (and keeps serving where it was).
+    let other_http = free_tcp_port();
+    std::fs::write(&config, config_text("fourth menu", other_http)).expect("write config");
+    let (code, out) = reload();
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("ports.http"), "{out}");
+    assert!(script().contains("fourth menu"));
+    std::fs::write(&config, config_text("fourth menu", http)).expect("write config");
+
+    // The log rotated at max-size: the current file and `keep` older ones, none past max-size
+    // (a file is rotated before the line that would cross it).
+    let log_dir = work.path().join("logs");
+    let mut names: Vec<String> = std::fs::read_dir(&log_dir)
+        .expect("logs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["zpxe.log", "zpxe.log.1", "zpxe.log.2"], "{names:?}");
+    for n in &names {
+        let len = std::fs::metadata(log_dir.join(n)).expect("size").len();
+        assert!(len <= LOG_MAX, "{n}: {len} bytes");
+    }
+    let service_log = prefix.service_log();
+    assert!(
+        service_log.contains("configuration reloaded"),
+        "{service_log}"
+    );
+    assert!(
+        !service_log.contains("could not write to the event log"),
+        "{service_log}"
+    );
+
     // `sc stop` drains: the download under way finishes byte-exact, the listener closes, and
     // the service waits in STOP_PENDING until the download ends.
     let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
@@ -332,4 +472,17 @@ fn msi_installs_a_service_that_serves_drains_and_uninstalls() {
         "the service is still there: {gone}"
     );
     assert!(!c.join("Program Files/zpxe/zpxe.exe").exists());
+    // ... and the event log source (`zpxe service cleanup`, the MSI's last deferred action).
+    let (found, key) = prefix.wine(
+        &[
+            "reg",
+            "query",
+            r"HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\zpxe",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(
+        !found && !key.contains("EventMessageFile"),
+        "the event source is still registered: {key}"
+    );
 }
