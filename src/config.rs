@@ -132,7 +132,7 @@ pub struct PortsSection {
     pub http: u16,
     pub web: u16,
     /// Ports for TFTP transfers, `"LO-HI"`; absent = any ephemeral port.
-    pub tftp_range: Option<Spanned<String>>,
+    pub tftp_range: Option<Spanned<TftpRange>>,
 }
 
 impl Default for PortsSection {
@@ -318,6 +318,36 @@ pub struct PortRange {
     pub hi: u16,
 }
 
+/// `ports.tftp-range` as read: parsed once, when the file is read. A value that is no range
+/// keeps its error, which `validate` reports at its position with every other problem.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub struct TftpRange(Result<PortRange, String>);
+
+impl TftpRange {
+    /// The range; `None` when the value was not one (see [`TftpRange::error`]).
+    pub fn range(&self) -> Option<PortRange> {
+        self.0.as_ref().ok().copied()
+    }
+
+    /// Why the value is not a range.
+    pub fn error(&self) -> Option<&str> {
+        self.0.as_ref().err().map(String::as_str)
+    }
+}
+
+impl From<String> for TftpRange {
+    fn from(text: String) -> Self {
+        Self(PortRange::parse(&text))
+    }
+}
+
+impl From<PortRange> for TftpRange {
+    fn from(range: PortRange) -> Self {
+        Self(Ok(range))
+    }
+}
+
 impl PortRange {
     pub fn parse(s: &str) -> Result<Self, String> {
         let (lo, hi) = s
@@ -447,7 +477,7 @@ impl Config {
             );
         }
         if let Some(r) = &self.ports.tftp_range
-            && let Err(e) = PortRange::parse(r.get_ref())
+            && let Some(e) = r.get_ref().error()
         {
             at(r.span(), format!("ports.tftp-range: {e}"));
         }
@@ -476,7 +506,13 @@ impl Config {
             );
         }
         if let Err(e) = self.menu.check() {
-            let span = sources.value("menu").unwrap_or(0..0);
+            let span = match &e {
+                zpxe_engine::http::MenuError::BadRule(i, _) => {
+                    sources.value(&format!("menu.rules[{i}]"))
+                }
+                _ => None,
+            };
+            let span = span.or_else(|| sources.value("menu")).unwrap_or(0..0);
             at(span, format!("menu: {e}"));
         }
         if self.database.enabled {
@@ -533,7 +569,7 @@ impl Config {
         self.ports
             .tftp_range
             .as_ref()
-            .and_then(|r| PortRange::parse(r.get_ref()).ok())
+            .and_then(|r| r.get_ref().range())
     }
 
     /// The addresses to listen on.
@@ -634,6 +670,8 @@ struct SourcesInner {
     files: Vec<SourceFile>,
     /// Dotted path -> (key span, value span).
     keys: std::collections::HashMap<String, (Range<usize>, Range<usize>)>,
+    /// The merged document (includes applied) as TOML values, positions left out.
+    document: toml::Table,
 }
 
 #[derive(Debug)]
@@ -653,6 +691,7 @@ impl Sources {
                 base: 0,
             }],
             keys: Default::default(),
+            document: toml::Table::new(),
         }))
     }
 
@@ -713,6 +752,12 @@ impl Sources {
     /// The span of the value at a dotted path.
     pub fn value(&self, path: &str) -> Option<Range<usize>> {
         self.0.keys.get(path).map(|(_, v)| v.clone())
+    }
+
+    /// The merged document as written (includes applied), without positions: what a reload
+    /// compares key by key. Empty for a configuration built from defaults and flags.
+    pub fn document(&self) -> &toml::Table {
+        &self.0.document
     }
 
     /// `file:line:column` of each element of the array at `path`, in order.
@@ -786,6 +831,11 @@ fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
         None
     };
     index_keys(&root, "", 0, &mut inner.keys);
+    if config.is_some() {
+        let whole = toml::Spanned::new(0..base, root);
+        inner.document =
+            toml::Table::deserialize(toml::de::Deserializer::from(whole)).unwrap_or_default();
+    }
     let sources = Sources(std::sync::Arc::new(inner));
     let problems: Vec<Problem> = spanned
         .into_iter()
@@ -1039,6 +1089,30 @@ impl Config {
                 at(Some(span), e);
             }
         }
+        for (i, rule) in self.boot.rule.iter().enumerate() {
+            if let Some(key) = rule.misplaced_action(false) {
+                at(
+                    sources.key(&format!("boot.rule[{i}].{key}")),
+                    format!(
+                        "boot.rule[{i}].{key}: a proxyDHCP rule has no {key} (it belongs to \
+                         [[menu.rules]])"
+                    ),
+                );
+            }
+            if let Some(arch) = rule.named_arch() {
+                at(
+                    sources
+                        .value(&format!("boot.rule[{i}].arch"))
+                        .or_else(|| sources.value(&format!("boot.rule[{i}]"))),
+                    format!(
+                        "boot.rule[{i}].arch: {arch:?} is a name; DHCP clients send their \
+                         architecture as a number (option 93: 0 BIOS, 6 IA32 UEFI, 7 and 9 x64 \
+                         UEFI, 11 ARM64 UEFI, 16 and 19 UEFI HTTP)",
+                        arch = arch.to_string()
+                    ),
+                );
+            }
+        }
         for (i, message) in never_matching_boot_rules(&self.boot) {
             at(
                 sources.value(&format!("boot.rule[{i}]")),
@@ -1240,106 +1314,18 @@ fn check_tls_files(cert: &Spanned<PathBuf>, key: &Spanned<PathBuf>) -> Vec<(Rang
     out
 }
 
-/// `[[boot.rule]]`s no client can reach, with why. Matching is the engine's
-/// ([`zpxe_engine::dhcp::BootPolicy::decide`] on each rule alone): a rule is tried on sample
-/// clients built from its own criteria (and, for criteria it leaves open, several values);
-/// it can never match when an earlier rule matches every sample it matches, or when the
-/// ignore lists refuse every one of them first.
+/// `[[boot.rule]]`s no client can reach, with why: an earlier rule matches every client it
+/// matches ([`zpxe_engine::rule::BootRule::covers`], exact on the typed criteria), or the ignore
+/// lists, consulted first, refuse every client it matches.
 pub fn never_matching_boot_rules(policy: &zpxe_engine::dhcp::BootPolicy) -> Vec<(usize, String)> {
-    use std::net::Ipv4Addr;
-    use zpxe_engine::dhcp::{BootPolicy, BootRule, ClientFacts, MacAddr, PolicyRefusal};
-    // Quadratic in rules: beyond this, checking would take longer than it is worth.
-    const MAX_RULES: usize = 512;
-    if policy.rule.len() > MAX_RULES {
-        return Vec::new();
-    }
-    let probes: Vec<BootPolicy> = policy
-        .rule
-        .iter()
-        .map(|r| BootPolicy {
-            rule: vec![BootRule {
-                ignore: true,
-                ..r.clone()
-            }],
-            ignore_macs: Vec::new(),
-            ignore_uuids: Vec::new(),
-            ..BootPolicy::default()
-        })
-        .collect();
-    let matches = |i: usize, f: &ClientFacts| {
-        probes[i].decide(f, Ipv4Addr::LOCALHOST, 80) == Err(PolicyRefusal::IgnoredByRule)
-    };
     let mut out = Vec::new();
     for (i, rule) in policy.rule.iter().enumerate() {
-        let macs = match rule.mac {
-            Some(m) => vec![m],
-            None => vec![
-                MacAddr([0x02, 0x7a, 0x70, 0x78, 0x65, 0x01]),
-                MacAddr([0x02, 0x7a, 0x70, 0x78, 0x65, 0x02]),
-            ],
-        };
-        let uuids = match rule.uuid {
-            Some(u) => vec![Some(u)],
-            None => vec![None, "7a707865-0000-4000-8000-000000000001".parse().ok()],
-        };
-        let arches = match rule.arch {
-            Some(a) => vec![Some(a)],
-            None => vec![None, Some(0), Some(7), Some(16)],
-        };
-        // (relay, client address)
-        let places: Vec<(Option<Ipv4Addr>, Option<Ipv4Addr>)> = match rule.subnet {
-            Some(net) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(net.prefix_len))
-                    .unwrap_or(0);
-                let first = Ipv4Addr::from(u32::from(net.network) & mask);
-                let last = Ipv4Addr::from(u32::from(net.network) | !mask);
-                vec![(Some(first), None), (None, Some(last))]
-            }
-            None => vec![
-                (None, None),
-                (Some(Ipv4Addr::new(198, 51, 100, 1)), None),
-                (None, Some(Ipv4Addr::new(203, 0, 113, 7))),
-            ],
-        };
-        let mut samples = Vec::new();
-        for mac in &macs {
-            for uuid in &uuids {
-                for arch in &arches {
-                    for (relay, client_ip) in &places {
-                        let f = ClientFacts {
-                            mac: *mac,
-                            uuid: *uuid,
-                            arch: *arch,
-                            ipxe: false,
-                            http_client: false,
-                            relay: *relay,
-                            client_ip: *client_ip,
-                        };
-                        if matches(i, &f) {
-                            samples.push(f);
-                        }
-                    }
-                }
-            }
-        }
-        // Criteria the samples cannot meet (kinds of criteria this check does not know):
-        // nothing to say.
-        if samples.is_empty() {
-            continue;
-        }
-        if let Some(j) = (0..i).find(|&j| samples.iter().all(|f| matches(j, f))) {
+        if let Some(j) = policy.rule[..i].iter().position(|e| e.covers(rule)) {
             out.push((
                 i,
                 format!("boot.rule[{j}] before it matches every client it matches"),
             ));
-            continue;
-        }
-        let ignored = samples.iter().all(|f| {
-            policy.ignore_macs.contains(&f.mac)
-                || f.uuid.is_some_and(|u| policy.ignore_uuids.contains(&u))
-        });
-        if ignored {
+        } else if rule.only_matches(&policy.ignore_macs, &policy.ignore_uuids) {
             out.push((
                 i,
                 "every client it matches is on boot.ignore-macs or boot.ignore-uuids".into(),
@@ -1350,34 +1336,20 @@ pub fn never_matching_boot_rules(policy: &zpxe_engine::dhcp::BootPolicy) -> Vec<
 }
 
 /// `[[menu.rules]]` no client can reach: without any criterion (the engine requires one), or
-/// after a rule whose every criterion it repeats.
+/// after a rule that matches every client it matches.
 pub fn never_matching_menu_rules(menu: &zpxe_engine::http::BootMenu) -> Vec<(usize, String)> {
-    use zpxe_engine::http::ipxe::{normalize_arch, normalize_mac, normalize_uuid};
-    let norm = |r: &zpxe_engine::http::BootRule| {
-        (
-            r.mac.as_deref().map(normalize_mac),
-            r.uuid.as_deref().map(normalize_uuid),
-            r.arch.as_deref().map(normalize_arch),
-        )
-    };
     let mut out = Vec::new();
     for (i, rule) in menu.rules.iter().enumerate() {
-        let (mac, uuid, arch) = norm(rule);
-        if mac.is_none() && uuid.is_none() && arch.is_none() {
-            out.push((i, "it names no mac, uuid or arch".to_owned()));
+        if !rule.has_criteria() {
+            out.push((
+                i,
+                "it names no mac, mac-prefix, uuid, group, subnet or arch".to_owned(),
+            ));
             continue;
         }
-        let covers = |want: &Option<Option<String>>, have: &Option<Option<String>>| match want {
-            None => true,
-            Some(w) => Some(w) == have.as_ref(),
-        };
-        let shadow = menu.rules[..i].iter().position(|earlier| {
-            let (m, u, a) = norm(earlier);
-            (m.is_some() || u.is_some() || a.is_some())
-                && covers(&m, &mac)
-                && covers(&u, &uuid)
-                && covers(&a, &arch)
-        });
+        let shadow = menu.rules[..i]
+            .iter()
+            .position(|earlier| earlier.has_criteria() && earlier.covers(rule));
         if let Some(j) = shadow {
             out.push((
                 i,
@@ -1533,6 +1505,63 @@ mod tests {
             "{p:?}"
         );
         assert!(!problems(&format!("{base}[dhcp]\nmood = \"proxy\"\n")).is_empty());
+    }
+
+    #[test]
+    fn rules_take_lists_prefixes_groups_and_subnets_checked_with_positions() {
+        let base = "[server]\nroot = \"/tmp\"\n[menu]\n[[menu.entries]]\nid = \"x\"\n\
+                    label = \"X\"\nkind = { type = \"exit\" }\n";
+        let good = format!(
+            "{base}[[menu.rules]]\nmac = [\"52:54:00:00:00:01\", \"52:54:00:00:00:02\"]\n\
+             mac-prefix = \"00:50:56:*\"\ngroup = [\"lab\"]\nsubnet = [\"10.1.0.0/16\"]\n\
+             arch = [\"efi\", 7]\nentry = \"x\"\n\
+             [[boot.rule]]\nmac-prefix = [\"00:0c:29\"]\narch = [7, 9]\nloader = \"vm.efi\"\n"
+        );
+        let c = Config::parse(Path::new("zpxe.toml"), &good).expect("valid");
+        assert_eq!(c.menu.rules[0].mac.len(), 2);
+        assert_eq!(c.boot.rule[0].mac_prefix[0].to_string(), "00:0c:29:*");
+        // Bad values: each reported where it is written.
+        let p = problems(&format!(
+            "{base}[[menu.rules]]\nmac = [\"52:54:00:00:00:01\", \"nope\"]\nentry = \"x\"\n\
+             [[boot.rule]]\nmac-prefix = \"00:50:56:11:22:33\"\n"
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("zpxe.toml:9:29: ")), "{p:?}");
+        assert!(
+            p.iter().any(|l| l.starts_with("zpxe.toml:12:14: ")),
+            "{p:?}"
+        );
+        // Actions in the wrong kind of rule, and a DHCP rule naming an architecture by name.
+        let p = problems(&format!(
+            "{base}[[menu.rules]]\nmac = \"52:54:00:00:00:01\"\nentry = \"x\"\nloader = \"a.efi\"\n\
+             [[boot.rule]]\narch = \"efi\"\nentry = \"x\"\n"
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("zpxe.toml:8:1: menu: rules[0]: loader")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("zpxe.toml:14:1: boot.rule[0].entry")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("zpxe.toml:13:8: boot.rule[0].arch")),
+            "{p:?}"
+        );
+        // A prefix covers a later rule's MAC list and narrower prefix.
+        let p = problems(&format!(
+            "{base}[[menu.rules]]\nmac-prefix = \"52:54:00\"\nentry = \"x\"\n\
+             [[menu.rules]]\nmac = [\"52:54:00:00:00:01\"]\nmac-prefix = \"52:54:00:aa\"\n\
+             arch = 7\nentry = \"x\"\n"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("menu.rules[1] can never match: menu.rules[0] before it"),
+            "{p:?}"
+        );
     }
 
     #[test]

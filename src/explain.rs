@@ -3,10 +3,12 @@
 //! The answer is not worked out beside the server: a request is built from the client's facts
 //! (a DISCOVER on the DHCP port, or a REQUEST on 4011), handed to the engine's own
 //! [`ProxyDhcp`] with the configuration `zpxe serve` gives it, and the reply it writes is
-//! parsed back. What decided is found with the engine too: each `[[boot.rule]]` is tried alone
-//! (as an `ignore` rule) through [`BootPolicy::decide`], and each menu rule alone through
-//! [`BootMenu::rule_for`]. For an iPXE client the script comes from [`BootMenu::generate`],
-//! called as the HTTP service calls it for the URL in the reply.
+//! parsed back. What decided is the engine's own answer for the same request: the facts its
+//! responder derives ([`client_facts`]), the rule and keys [`zpxe_engine::dhcp::BootPolicy::decide_explained`]
+//! used, and the menu rule
+//! [`zpxe_engine::http::BootMenu::rule_for`] picks. Nothing here matches rules itself, so
+//! explain cannot disagree with what is served. For an iPXE client the script comes from
+//! [`zpxe_engine::http::BootMenu::generate`], called as the HTTP service calls it for the URL in the reply.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
@@ -17,12 +19,11 @@ use zpxe_engine::DatagramMeta;
 use zpxe_engine::Payload;
 use zpxe_engine::dhcp::options::code;
 use zpxe_engine::dhcp::{
-    BootOp, BootPolicy, BootRule, ClientFacts, ClientOverrides, ClientUuid, DhcpEvent, DhcpOptions,
-    DhcpPort, DhcpRepr, IgnoreReason, MacAddr, MessageType, PolicyRefusal, ProxyDhcp,
-    ProxyDhcpConfig, PxeVendorOptions,
+    BootKind, BootOp, ClientOverrides, ClientUuid, DhcpEvent, DhcpOptions, DhcpPort, DhcpRepr,
+    IgnoreReason, MacAddr, MessageType, NextServerFrom, PolicyRefusal, ProxyDhcp, ProxyDhcpConfig,
+    PxeVendorOptions, client_facts,
 };
 use zpxe_engine::http::ipxe::BootQuery;
-use zpxe_engine::http::{BootMenu, BootRule as MenuRule};
 
 use crate::config::Config;
 
@@ -315,6 +316,20 @@ pub fn explain_with(
         ifindex: None,
     };
     let policy = proxy_config.policy.clone();
+    let http_port = proxy_config.http_port;
+    // The engine's own facts for this request, with the registry group the responder looks
+    // up when a rule names groups.
+    let http_client = request
+        .options
+        .vendor_class
+        .as_deref()
+        .is_some_and(|v| v.starts_with(b"HTTPClient"));
+    let mut rule_facts = client_facts(&meta, &request, http_client);
+    if policy.uses_groups()
+        && let Some(o) = &overrides
+    {
+        rule_facts.group = o.group(&rule_facts);
+    }
     let mut engine = ProxyDhcp::new(proxy_config);
     if let Some(o) = overrides {
         engine.set_overrides(o);
@@ -346,7 +361,13 @@ pub fn explain_with(
         server,
     };
 
-    let rule_index = matching_rule(&policy, &facts_for_rules(c, &facts));
+    // The engine's decision for this request (the responder made the same).
+    let decided = policy.decide_explained(
+        &rule_facts,
+        server.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        http_port,
+    );
+    let rule_index = policy.rule_index(&rule_facts);
     let rule = rule_index.map(|index| RuleShown {
         index,
         at: positions.boot.get(index).cloned(),
@@ -371,46 +392,52 @@ pub fn explain_with(
         let parsed = DhcpRepr::parse_bytes(buf.get(..len)?).ok()?;
         Some(show_reply(&parsed, t.destination, out_port, config))
     });
-    let kind = reply.as_ref().map(|r| {
-        if facts.ipxe {
-            "ipxe-script"
-        } else if r.vendor_class.as_deref() == Some("HTTPClient") {
-            "http-boot"
+    let decision = reply.as_ref().and(decided.as_ref().ok());
+    let kind = decision.map(|d| match d.target.kind {
+        BootKind::IpxeScript => "ipxe-script",
+        BootKind::HttpBoot => "http-boot",
+        _ => "loader",
+    });
+    let rule_key = |key: &str| format!("boot.rule[{}].{key}", rule_index.unwrap_or(0));
+    let boot_file_from = decision.map(|d| {
+        if d.boot_file_from_rule {
+            rule_key(d.boot_file_key)
         } else {
-            "loader"
+            format!("boot.{}", d.boot_file_key)
         }
     });
-    let matched = rule_index.and_then(|i| policy.rule.get(i));
-    let boot_file_from = kind.map(|k| boot_file_key(k, c.arch, matched, rule_index));
-    let next_server_from =
-        reply.as_ref().map(
-            |_| match (matched.and_then(|r| r.next_server), policy.next_server) {
-                (Some(_), _) => format!("boot.rule[{}].next-server", rule_index.unwrap_or(0)),
-                (None, Some(_)) => "boot.next-server".to_owned(),
-                (None, None) => "arrival address".to_owned(),
-            },
-        );
+    let next_server_from = decision.map(|d| match d.next_server_from {
+        NextServerFrom::Rule => rule_key("next-server"),
+        NextServerFrom::Policy => "boot.next-server".to_owned(),
+        _ => "arrival address".to_owned(),
+    });
+    // The file the reply names against the one the policy decided: a difference is the
+    // machine registry's (a loader override).
+    let replaced = match (&reply, decision) {
+        (Some(r), Some(d)) => {
+            let sent = r
+                .bootfile_name
+                .as_deref()
+                .filter(|_| r.file.is_empty())
+                .unwrap_or(&r.file);
+            d.target.kind == BootKind::Loader && sent != d.target.boot_file
+        }
+        _ => false,
+    };
+    let (by, boot_file_from) = if replaced {
+        (
+            "machine registry".to_owned(),
+            Some("machine registry (loader override)".to_owned()),
+        )
+    } else {
+        (by, boot_file_from)
+    };
     let ipxe_shown = match (&reply, kind) {
         (Some(r), Some("ipxe-script")) => {
             let url = r.bootfile_name.clone().unwrap_or_else(|| r.file.clone());
-            Some(explain_script(config, positions, &url, served))
+            Some(explain_script(config, positions, &url, c.client_ip, served))
         }
         _ => None,
-    };
-    let decided_loader = reply.as_ref().map(|r| r.file.clone());
-    let by = match (&kind, &decided_loader, &boot_file_from) {
-        // The registry replaced the policy's loader.
-        (Some("loader"), Some(file), Some(_))
-            if expected_loader(&policy, c.arch, matched).is_some_and(|l| l != *file) =>
-        {
-            "machine registry".to_owned()
-        }
-        _ => by,
-    };
-    let boot_file_from = if by == "machine registry" {
-        Some("machine registry (loader override)".to_owned())
-    } else {
-        boot_file_from
     };
     Explanation {
         facts,
@@ -430,84 +457,6 @@ pub fn explain_with(
         },
         reply,
         ipxe: ipxe_shown,
-    }
-}
-
-/// The facts the rules see (as the responder derives them from the request).
-fn facts_for_rules(c: &ClientArgs, facts: &Facts) -> ClientFacts {
-    ClientFacts {
-        mac: c.mac,
-        uuid: c.uuid,
-        arch: c.arch,
-        ipxe: facts.ipxe,
-        http_client: facts.http_client,
-        relay: c.relay,
-        client_ip: c.client_ip,
-    }
-}
-
-/// The first `[[boot.rule]]` that matches, found by the engine: each rule alone, turned into an
-/// `ignore` rule, refuses the client exactly when it matches.
-fn matching_rule(policy: &BootPolicy, facts: &ClientFacts) -> Option<usize> {
-    policy.rule.iter().position(|rule| {
-        let probe = BootPolicy {
-            rule: vec![BootRule {
-                ignore: true,
-                ..rule.clone()
-            }],
-            ignore_macs: Vec::new(),
-            ignore_uuids: Vec::new(),
-            ..BootPolicy::default()
-        };
-        probe.decide(facts, Ipv4Addr::LOCALHOST, 80) == Err(PolicyRefusal::IgnoredByRule)
-    })
-}
-
-/// The loader the static policy names (before the registry), rendered only when it has no
-/// template: enough to tell whether the registry replaced it.
-fn expected_loader(
-    policy: &BootPolicy,
-    arch: Option<u16>,
-    rule: Option<&BootRule>,
-) -> Option<String> {
-    let file = match rule.and_then(|r| r.loader.clone()) {
-        Some(l) => l,
-        None => match arch {
-            Some(0) => policy.bios.clone(),
-            Some(6) => policy.efi32.clone(),
-            Some(7 | 9) => policy.efi64.clone(),
-            Some(11) => policy.arm64.clone(),
-            _ => return None,
-        },
-    };
-    (!file.contains('{')).then_some(file)
-}
-
-fn boot_file_key(
-    kind: &str,
-    arch: Option<u16>,
-    rule: Option<&BootRule>,
-    index: Option<usize>,
-) -> String {
-    let i = index.unwrap_or(0);
-    match kind {
-        "ipxe-script" if rule.is_some_and(|r| r.ipxe_script_url.is_some()) => {
-            format!("boot.rule[{i}].ipxe-script-url")
-        }
-        "ipxe-script" => "boot.ipxe-script-url".to_owned(),
-        "http-boot" if rule.is_some_and(|r| r.http_boot.is_some()) => {
-            format!("boot.rule[{i}].http-boot")
-        }
-        "http-boot" if arch == Some(19) => "boot.http-boot-arm64".to_owned(),
-        "http-boot" => "boot.http-boot".to_owned(),
-        _ if rule.is_some_and(|r| r.loader.is_some()) => format!("boot.rule[{i}].loader"),
-        _ => match arch {
-            Some(0) => "boot.bios",
-            Some(6) => "boot.efi32",
-            Some(11) => "boot.arm64",
-            _ => "boot.efi64",
-        }
-        .to_owned(),
     }
 }
 
@@ -586,6 +535,7 @@ fn explain_script(
     config: &Config,
     positions: &RulePositions,
     url: &str,
+    client_ip: Option<Ipv4Addr>,
     served: Option<&ServedScript>,
 ) -> IpxeShown {
     let mut shown = IpxeShown {
@@ -616,19 +566,18 @@ fn explain_script(
         shown.note = Some("services.http is off: nothing here serves the script".into());
         return shown;
     }
-    let boot_query = BootQuery::parse(query);
+    let mut boot_query = BootQuery::parse(query);
+    // The script request comes from the client's own address.
+    boot_query.peer = client_ip;
     let menu = &config.menu;
     shown.by = Some("menu".to_owned());
-    if !menu_only && let Some(entry) = menu.rule_for(&boot_query) {
+    if !menu_only && let Some((index, entry)) = menu.rule_for(&boot_query) {
         shown.entry = Some(entry.id.clone());
-        shown.menu_rule = menu_rule_index(menu, &boot_query).map(|index| RuleShown {
+        shown.menu_rule = Some(RuleShown {
             index,
             at: positions.menu.get(index).cloned(),
         });
-        shown.by = shown
-            .menu_rule
-            .as_ref()
-            .map(|r| format!("menu.rules[{}]", r.index));
+        shown.by = Some(format!("menu.rules[{index}]"));
     }
     let host = authority
         .rsplit_once(':')
@@ -646,7 +595,7 @@ fn explain_script(
     );
     // A running server: its HTTP handler's own answer, which a registry record may change.
     let head = format!("GET {path_query} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
-    match served.and_then(|serve| serve(head.as_bytes())) {
+    match served.and_then(|serve| serve(head.as_bytes(), client_ip)) {
         Some(script) if script != generated => {
             shown.by = Some("machine registry".to_owned());
             shown.note = Some(
@@ -661,17 +610,6 @@ fn explain_script(
         _ => shown.script = Some(generated),
     }
     shown
-}
-
-/// The first menu rule that picks an entry for `query`, each tried alone through the engine.
-fn menu_rule_index(menu: &BootMenu, query: &BootQuery) -> Option<usize> {
-    menu.rules.iter().position(|rule: &MenuRule| {
-        let probe = BootMenu {
-            rules: vec![rule.clone()],
-            ..menu.clone()
-        };
-        probe.rule_for(query).is_some()
-    })
 }
 
 /// The explanation as text for a person.
@@ -800,8 +738,8 @@ pub fn render_text(e: &Explanation) -> String {
 pub type CurrentSettings = dyn Fn() -> (Arc<Config>, ProxyDhcpConfig) + Send + Sync;
 
 /// A running server's HTTP service answering one request head (`GET /boot.ipxe?.. HTTP/1.1`
-/// with its Host): the script it serves, if any.
-pub type ServedScript = dyn Fn(&[u8]) -> Option<String> + Send + Sync;
+/// with its Host) from a client address: the script it serves, if any.
+pub type ServedScript = dyn Fn(&[u8], Option<Ipv4Addr>) -> Option<String> + Send + Sync;
 
 /// What `/api/v1/explain` answers from: the running server's settings, its machine registry
 /// and its script handler.

@@ -160,7 +160,7 @@ impl ServeArgs {
             }
         }
         if let Some(r) = self.tftp_port_range {
-            ports.tftp_range = Some(toml::Spanned::new(0..0, format!("{}-{}", r.lo, r.hi)));
+            ports.tftp_range = Some(toml::Spanned::new(0..0, r.into()));
         }
         if self.tftp_single_port {
             config.tftp.single_port = true;

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use zpxe_engine::dhcp::ClientUuid;
 use zpxe_engine::dhcp::MacAddr;
-use zpxe_engine::http::ipxe::normalize_uuid;
 use zpxe_engine::path::decode_query_component;
 
 use crate::db::{self, Cidr, ClientQuery, Database, Event, EventKind, Recorder};
@@ -375,7 +375,7 @@ fn parse_report(query: &str) -> Result<Report, String> {
         ));
     }
     let uuid = match get("uuid") {
-        Some(u) => Some(normalize_uuid(u).ok_or("bad uuid")?),
+        Some(u) => Some(u.parse::<ClientUuid>().map_err(|_| "bad uuid")?.to_string()),
         None => None,
     };
     let arch = match get("arch") {

@@ -8,9 +8,11 @@
 
 pub mod dhcp;
 pub mod http;
+pub mod ids;
 pub mod image;
 pub mod net;
 pub mod path;
+pub mod rule;
 #[cfg(test)]
 mod proptest_config;
 pub mod sim;

@@ -49,16 +49,14 @@ fn menu() -> BootMenu {
         ],
         rules: vec![
             BootRule {
-                mac: Some("52:54:00:12:34:56".into()),
-                uuid: None,
-                arch: None,
-                entry: "debian".into(),
+                mac: vec!["52:54:00:12:34:56".parse().expect("mac")],
+                entry: Some("debian".into()),
+                ..BootRule::default()
             },
             BootRule {
-                mac: None,
-                uuid: None,
-                arch: Some("arm64".into()),
-                entry: "local".into(),
+                arch: vec!["arm64".parse().expect("arch")],
+                entry: Some("local".into()),
+                ..BootRule::default()
             },
         ],
         ..BootMenu::default()
@@ -158,6 +156,7 @@ fuzz_target!(|data: &[u8]| {
             menu: Arc::new(menu()),
             base_url: (c & 32 != 0).then(|| "http://10.0.0.1:8050".to_owned()),
             report_url: (c & 64 != 0).then(|| "http://10.0.0.1:8051/report".to_owned()),
+            ..BootScripts::default()
         },
         images: catalog(),
         pending: Vec::new(),

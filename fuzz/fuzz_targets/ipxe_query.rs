@@ -34,16 +34,15 @@ fn menu() -> BootMenu {
         ],
         rules: vec![
             BootRule {
-                mac: Some("52-54-00-12-34-56".into()),
-                uuid: None,
-                arch: None,
-                entry: "shell".into(),
+                mac: vec!["52-54-00-12-34-56".parse().expect("mac")],
+                entry: Some("shell".into()),
+                ..BootRule::default()
             },
             BootRule {
-                mac: None,
-                uuid: Some("01020304-0506-0708-090a-0b0c0d0e0f10".into()),
-                arch: Some("x86_64".into()),
-                entry: "winpe".into(),
+                uuid: vec!["01020304-0506-0708-090a-0b0c0d0e0f10".parse().expect("uuid")],
+                arch: vec!["x86_64".parse().expect("arch")],
+                entry: Some("winpe".into()),
+                ..BootRule::default()
             },
         ],
         ..BootMenu::default()
@@ -66,13 +65,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let query = String::from_utf8_lossy(query);
     let q = BootQuery::parse(&query);
-    if let Some(mac) = &q.mac {
+    // Parsed values print in one canonical form each, which reads back as the same value.
+    let (mac, uuid, arch) = (
+        q.mac.map(|m| m.to_string()),
+        q.uuid.map(|u| u.to_string()),
+        q.arch.map(|a| a.to_string()),
+    );
+    if let Some(mac) = &mac {
         assert!(hex_with(mac, b':', &[2; 6]), "mac {mac:?}");
     }
-    if let Some(uuid) = &q.uuid {
+    if let Some(uuid) = &uuid {
         assert!(hex_with(uuid, b'-', &[8, 4, 4, 4, 12]), "uuid {uuid:?}");
     }
-    if let Some(arch) = &q.arch {
+    if let Some(arch) = &arch {
         assert!(
             (1..=16).contains(&arch.len())
                 && arch.bytes().all(|b| b.is_ascii_lowercase()
@@ -83,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let mut canonical = Vec::new();
-    for (key, value) in [("mac", &q.mac), ("uuid", &q.uuid), ("arch", &q.arch)] {
+    for (key, value) in [("mac", &mac), ("uuid", &uuid), ("arch", &arch)] {
         if let Some(v) = value {
             canonical.push(format!("{key}={v}"));
         }

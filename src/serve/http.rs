@@ -78,6 +78,19 @@ impl Handler for BootSite {
     }
 }
 
+impl BootSite {
+    /// The site for one connection from `peer`, whose address `[[menu.rules]]` naming subnets
+    /// match.
+    pub(crate) fn for_peer(&self, peer: SocketAddr) -> Self {
+        let mut site = self.clone();
+        site.scripts.peer = match peer.ip() {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+        };
+        site
+    }
+}
+
 /// A Host header made only of what a host name or address can hold: it is written into
 /// scripts.
 fn plain_host(h: &str) -> bool {
@@ -119,7 +132,7 @@ pub(crate) fn start(
     let conn_ctx = Rc::clone(ctx);
     accept_until_drained(ctx, server, cap, move |conn, peer, slot| {
         let handler: Box<dyn Handler> = match &site {
-            Site::Boot(scripts) => Box::new(scripts.clone()),
+            Site::Boot(site) => Box::new(site.for_peer(peer)),
             Site::Web(web) => Box::new(WebHandler {
                 web: web.clone(),
                 peer,

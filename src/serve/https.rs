@@ -59,7 +59,7 @@ pub(crate) fn start(
     let conn_ctx = Rc::clone(ctx);
     super::http::accept_until_drained(ctx, server, cap, move |conn, peer, slot| {
         let ctx = Rc::clone(&conn_ctx);
-        let h: Box<dyn Handler> = Box::new(handler.clone());
+        let h: Box<dyn Handler> = Box::new(handler.for_peer(peer));
         // Each connection takes the certificate last loaded: a reload rotates it.
         let Some(tls) = reloader.tls() else { return };
         let config = Arc::clone(&config);

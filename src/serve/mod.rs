@@ -192,22 +192,21 @@ pub fn start_reloadable(
         web_conns: http::ConnCap::new(WEB_MAX_CONNECTIONS),
         config,
     });
+    if shared.config.services.web {
+        shared.web.follow_reloads(&shared.reloader);
+    }
     // `/api/v1/explain` answers with what the DHCP service answers with, and shows the script
     // the HTTP service's own handler writes (registry records included).
     let current = shared.reloader.clone();
     let site = http::BootSite {
         scripts: BootScripts {
             menu: shared.reloader.menu(),
-            base_url: None,
-            report_url: None,
+            ..BootScripts::default()
         },
         reloader: shared.reloader.clone(),
         web_port: shared
             .config
             .services
-    if shared.config.services.web {
-        shared.web.follow_reloads(&shared.reloader);
-    }
             .web
             .then_some(shared.config.ports.web),
         https: false,
@@ -221,12 +220,14 @@ pub fn start_reloadable(
         shared.registry.clone().map(|r| {
             Arc::new(registry::RegistryOverrides(r)) as Arc<dyn zpxe_engine::dhcp::ClientOverrides>
         }),
-        Box::new(move |head: &[u8]| {
+        Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
             use zpxe_engine::http::Handler as _;
             let limits = zpxe_engine::http::request::HeadLimits::default();
             let (req, _) = zpxe_engine::http::Request::parse(head, &limits).ok()??;
             let mut images = zpxe_engine::MemoryCatalog::default();
-            match site.clone().respond(&req, &mut images) {
+            let mut site = site.clone();
+            site.scripts.peer = peer;
+            match site.respond(&req, &mut images) {
                 zpxe_engine::http::Reply::Generated { body, .. } => String::from_utf8(body).ok(),
                 _ => None,
             }
@@ -546,8 +547,7 @@ fn setup(
             let site = http::BootSite {
                 scripts: BootScripts {
                     menu: shared.reloader.menu(),
-                    base_url: None,
-                    report_url: None,
+                    ..BootScripts::default()
                 },
                 reloader: shared.reloader.clone(),
                 web_port: config.services.web.then_some(config.ports.web),

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use zpxe_engine::ImageCatalog;
-use zpxe_engine::dhcp::{ClientFacts, ClientOverrides, ClientUuid, MacAddr};
+use zpxe_engine::dhcp::{ClientFacts, ClientOverrides};
 use zpxe_engine::http::ipxe::{BootQuery, BootRule};
 use zpxe_engine::http::{BootScripts, Handler, Reply, Request, StatusCode};
 
@@ -28,6 +28,12 @@ impl ClientOverrides for RegistryOverrides {
             Decision::Use(r) => r.loader.clone(),
         }
     }
+
+    fn group(&self, facts: &ClientFacts) -> Option<String> {
+        let snap = self.0.load();
+        let r = snap.get(facts.mac, facts.uuid)?;
+        Some(r.group.clone()).filter(|g| !g.is_empty())
+    }
 }
 
 /// `/boot.ipxe` for a registered machine: `exit` once a boot-once machine is deployed, its
@@ -42,8 +48,7 @@ pub(crate) fn script(
         return None;
     }
     let q = BootQuery::parse(req.query.unwrap_or_default());
-    let mac: MacAddr = q.mac.as_deref()?.parse().ok()?;
-    let uuid: Option<ClientUuid> = q.uuid.as_deref().and_then(|u| u.parse().ok());
+    let (mac, uuid) = (q.mac?, q.uuid);
     let snap = registry.load();
     let rec = match snap.decide(mac, uuid)? {
         Decision::Exit => {
@@ -65,14 +70,15 @@ pub(crate) fn script(
         menu.rules.insert(
             0,
             BootRule {
-                mac: Some(mac.to_string()),
-                uuid: None,
-                arch: None,
-                entry: entry.clone(),
+                mac: vec![mac],
+                entry: Some(entry.clone()),
+                ..BootRule::default()
             },
         );
         scripts.menu = Arc::new(menu);
     }
+    // For `[[menu.rules]]` naming groups.
+    scripts.group = Some(rec.group.clone()).filter(|g| !g.is_empty());
     let mut reply = scripts.respond(req, images);
     if let Reply::Generated { body, .. } = &mut reply
         && !rec.variables.is_empty()

@@ -321,64 +321,24 @@ fn is_live(key: &str) -> bool {
     })
 }
 
-/// Each `section.key` of a configuration with its value as text, positions left out (moving
-/// a line changes no value). Read from the derived `Debug` of the whole configuration, so a
-/// key added to any section is compared without being listed here, and counts as needing a
-/// restart until it is added to [`LIVE`].
-fn keys(config: &Config) -> BTreeMap<String, String> {
-    let text = format!("{config:#?}");
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let (mut section, mut key) = (String::new(), String::new());
-    let field = |t: &str| {
-        t.split_once(':')
-            .map(|(name, _)| name)
-            .filter(|n| {
-                !n.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            })
-            .map(|n| n.replace('_', "-"))
-    };
-    for line in text.lines() {
-        let indent = line.len() - line.trim_start().len();
-        let t = line.trim();
-        match indent {
-            0..4 => continue,
-            4 => match field(t) {
-                // Where the configuration was read from: no key.
-                Some(name) if name == "sources" => {
-                    section = name;
-                    key.clear();
-                    continue;
-                }
-                Some(name) => {
-                    section = name;
-                    key.clear();
-                }
-                None => continue,
-            },
-            8 => {
-                if let Some(name) = field(t) {
-                    key = name;
+/// Each `section.key` of a configuration's document (as written, includes merged) with its
+/// TOML value; positions are not part of a value, so moving a line changes nothing. Every key
+/// written is compared without being listed here, and counts as needing a restart until it is
+/// added to [`LIVE`]. A key written in one file and left out of the other counts as changed,
+/// even when written with its default value.
+fn keys(config: &Config) -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    for (section, value) in config.sources.document() {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    out.insert(format!("{section}.{key}"), value.clone());
                 }
             }
-            _ => {}
+            other => {
+                out.insert(section.clone(), other.clone());
+            }
         }
-        if section == "sources" {
-            continue;
-        }
-        // `Spanned` values carry their place in the file.
-        if t.starts_with("span: ") && t.contains("..") {
-            continue;
-        }
-        let path = if key.is_empty() {
-            section.clone()
-        } else {
-            format!("{section}.{key}")
-        };
-        let value = out.entry(path).or_default();
-        value.push_str(t);
-        value.push('\n');
     }
     out
 }
@@ -652,6 +612,17 @@ mod tests {
         assert_eq!(restart_keys(&running, &live), Vec::<String>::new());
         let moved = config("\n\n[menu]\ntitle = \"a\"\n[ports]\nhttp = 9000\n");
         assert_eq!(restart_keys(&running, &moved), Vec::<String>::new());
+        // Values, not their spelling: an inline table, a literal string.
+        let respelled = Config::parse(
+            Path::new("z.toml"),
+            "server = { root = '/tmp' }\nports = { http = 9000 }\nmenu.title = 'a'\n",
+        )
+        .expect("valid");
+        assert_eq!(restart_keys(&running, &respelled), Vec::<String>::new());
+        // A list compares whole.
+        let listen =
+            config("listen = [\"127.0.0.1\"]\n[ports]\nhttp = 9000\n[menu]\ntitle = \"a\"\n");
+        assert_eq!(restart_keys(&running, &listen), ["server.listen"]);
         let bound = config(
             "threads = 1\n[ports]\nhttp = 9001\ntftp-range = \"64000-64100\"\n\
              [tftp]\nmax-transfers = 7\n[services]\nweb = false\n",

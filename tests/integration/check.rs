@@ -314,3 +314,64 @@ fn rules_that_can_never_match() {
         "{err}"
     );
 }
+
+/// Rule criteria are parsed when the file is read: a bad value in a list or a prefix, in the
+/// main file or an include, is reported where it is written; the example configuration's
+/// rules, uncommented, pass.
+#[test]
+fn rule_lists_and_prefixes_are_checked_where_written() {
+    let dir = tempfile::tempdir().expect("dir");
+    let main = dir.path().join("zpxe.toml");
+    std::fs::write(
+        &main,
+        "[server]\nroot = \"/tmp\"\n\
+         [[boot.rule]]\nmac = [\"52:54:00:00:00:01\", \"52:54:00:00:00:0g\"]\nloader = \"a.efi\"\n",
+    )
+    .expect("config");
+    let d = dir.path().join("conf.d");
+    std::fs::create_dir(&d).expect("conf.d");
+    std::fs::write(
+        d.join("20-menu.toml"),
+        "[[menu.rules]]\nmac-prefix = [\"00:50:56\", \"00:50\", \"00:50:56:aa:bb:cc\"]\n\
+         entry = \"x\"\n[[menu.rules]]\nsubnet = \"10.0.0.0/40\"\nentry = \"x\"\n",
+    )
+    .expect("include");
+    let (code, out, err) = check(&main);
+    assert_eq!(code, 2, "{out}{err}");
+    let p = lines(&err);
+    let (m, inc) = (main.display(), d.join("20-menu.toml"));
+    let inc = inc.display();
+    assert_eq!(p.len(), 3, "{err}");
+    assert!(p[0].starts_with(&format!("{m}:4:29: ")), "{err}");
+    assert!(p[1].starts_with(&format!("{inc}:2:36: ")), "{err}");
+    assert!(p[2].starts_with(&format!("{inc}:5:10: ")), "{err}");
+
+    // The example's commented rules, uncommented (with an entry the menu has), pass.
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/zpxe.toml"))
+            .expect("example");
+    let mut text = String::new();
+    let mut in_rule = false;
+    for line in example.lines() {
+        let bare = line.strip_prefix("# ").unwrap_or(line);
+        if bare.starts_with("[[boot.rule]]") || bare.starts_with("[[menu.rules]]") {
+            in_rule = true;
+        } else if !line.starts_with("# ") || bare.starts_with('[') {
+            in_rule = false;
+        }
+        let keep = in_rule && bare.split('#').next().is_some_and(|k| !k.trim().is_empty());
+        text.push_str(if keep { bare } else { line });
+        text.push('\n');
+    }
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("root");
+    let text = text.replace("/srv/zpxe", &root.display().to_string());
+    assert!(text.contains("\nmac-prefix = [\"00:50:56\""), "{text}");
+    // Apart from the first configuration's conf.d.
+    let other = dir.path().join("example");
+    std::fs::create_dir(&other).expect("dir");
+    let file = other.join("zpxe.toml");
+    std::fs::write(&file, text).expect("example");
+    let (code, out, err) = check(&file);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -30,6 +30,15 @@ subnet = "127.0.0.3/32"
 arch = 0
 loader = "lab.kpxe"
 
+[[boot.rule]]
+mac = ["52:54:00:00:0c:01", "52:54:00:00:0c:02"]
+arch = [7, 9]
+loader = "listed.efi"
+
+[[boot.rule]]
+mac-prefix = "52:54:00:00:0d:*"
+loader = "oui.efi"
+
 [menu]
 default = "shell"
 
@@ -45,6 +54,11 @@ kind = { type = "exit" }
 
 [[menu.rules]]
 mac = "52:54:00:00:1e:02"
+entry = "local"
+
+[[menu.rules]]
+mac-prefix = "52:54:00:00:1f"
+subnet = "127.0.0.1/32"
 entry = "local"
 "#;
 
@@ -152,6 +166,33 @@ const CASES: &[Case] = &[
         user_class: None,
         uuid: None,
         answered: false,
+    },
+    Case {
+        name: "UEFI x64 BC (arch 9) on a rule's MAC list, REQUEST to 4011",
+        mac: [0x52, 0x54, 0, 0, 0x0c, 0x02],
+        arch: Some(9),
+        relay: None,
+        user_class: None,
+        uuid: None,
+        answered: true,
+    },
+    Case {
+        name: "UEFI x64 (arch 7) under a rule's MAC prefix, relayed",
+        mac: [0x52, 0x54, 0, 0, 0x0d, 0x05],
+        arch: Some(7),
+        relay: Some(Ipv4Addr::new(127, 0, 0, 2)),
+        user_class: None,
+        uuid: None,
+        answered: true,
+    },
+    Case {
+        name: "iPXE under a menu rule's MAC prefix and subnet, REQUEST to 4011",
+        mac: [0x52, 0x54, 0, 0, 0x1f, 0x07],
+        arch: Some(7),
+        relay: None,
+        user_class: Some("iPXE"),
+        uuid: None,
+        answered: true,
     },
 ];
 
@@ -429,6 +470,16 @@ fn explain_agrees_with_real_dhcp_exchanges() {
     let ruled = explain_json(&config, &CASES[6]);
     assert_eq!(ruled["ipxe"]["entry"], "local");
     assert_eq!(ruled["ipxe"]["menu_rule"]["index"], 0);
+    let listed = explain_json(&config, &CASES[10]);
+    assert_eq!(listed["decision"]["by"], "boot.rule[2]");
+    assert_eq!(listed["decision"]["boot_file_from"], "boot.rule[2].loader");
+    assert_eq!(listed["reply"]["file"], "listed.efi");
+    let oui = explain_json(&config, &CASES[11]);
+    assert_eq!(oui["decision"]["by"], "boot.rule[3]");
+    assert_eq!(oui["reply"]["file"], "oui.efi");
+    let by_prefix = explain_json(&config, &CASES[12]);
+    assert_eq!(by_prefix["ipxe"]["entry"], "local");
+    assert_eq!(by_prefix["ipxe"]["menu_rule"]["index"], 1);
 }
 
 /// `[log] format = "json"`: one JSON object per line; a refusal by policy is logged at info

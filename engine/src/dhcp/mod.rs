@@ -13,7 +13,8 @@ pub mod client;
 mod fixtures;
 #[cfg(test)]
 mod fuzz_tests;
-pub mod ids;
+/// Client identities moved to the engine's top level ([`crate::ids`]); this path stays.
+pub use crate::ids;
 pub mod leases;
 pub mod options;
 pub mod policy;
@@ -28,8 +29,10 @@ pub use client::{BootAnswer, DhcpClient, DhcpClientConfig, DhcpClientError};
 pub use ids::{ClientUuid, MacAddr};
 pub use options::{DhcpOptions, MessageType, PxeBootItem, PxeVendorOptions};
 pub use policy::{
-    BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Ipv4Cidr, PolicyRefusal,
+    BootKind, BootPolicy, BootRule, BootTarget, ClientFacts, Decision, Ipv4Cidr, NextServerFrom,
+    PolicyRefusal,
 };
+pub use proxy::client_facts;
 pub use proxy::{
     ClientOverride, ClientOverrides, DhcpEvent, DhcpPort, IgnoreReason, ProxyDhcp, ProxyDhcpConfig,
 };

@@ -5,8 +5,10 @@
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::ids::{ClientUuid, MacAddr};
 use super::template::{TemplateValues, render};
+use crate::ids::{ClientUuid, MacAddr};
+pub use crate::rule::BootRule;
+use crate::rule::{Arch, Client};
 
 /// `[boot]` in the configuration.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -53,25 +55,6 @@ impl Default for BootPolicy {
             rule: Vec::new(),
         }
     }
-}
-
-/// One override. Every criterion given must match (a rule without criteria matches everyone).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct BootRule {
-    pub mac: Option<MacAddr>,
-    pub uuid: Option<ClientUuid>,
-    /// Matches the relay address (`giaddr`) or the client's own address.
-    pub subnet: Option<Ipv4Cidr>,
-    pub arch: Option<u16>,
-    /// Loader for clients not yet running iPXE, whatever their architecture.
-    pub loader: Option<String>,
-    /// URL for UEFI HTTP boot clients, whatever their architecture (match `arch` to narrow it).
-    pub http_boot: Option<String>,
-    pub ipxe_script_url: Option<String>,
-    pub next_server: Option<Ipv4Addr>,
-    /// Do not answer matching clients.
-    pub ignore: bool,
 }
 
 /// An IPv4 prefix such as `10.1.0.0/16`.
@@ -146,6 +129,22 @@ pub struct ClientFacts {
     pub relay: Option<Ipv4Addr>,
     /// `ciaddr`, or the datagram's source address when it is not 0.0.0.0.
     pub client_ip: Option<Ipv4Addr>,
+    /// The machine registry group of the client's record, when the policy's rules name
+    /// groups ([`BootPolicy::uses_groups`]) and the client is registered.
+    pub group: Option<String>,
+}
+
+impl ClientFacts {
+    /// The facts as rules see them.
+    pub fn client(&self) -> Client<'_> {
+        Client {
+            mac: Some(self.mac),
+            uuid: self.uuid,
+            arch: self.arch.map(Arch::Code),
+            addresses: [self.relay, self.client_ip],
+            group: self.group.as_deref(),
+        }
+    }
 }
 
 /// How the chosen file is fetched.
@@ -166,6 +165,31 @@ pub struct BootTarget {
     pub next_server: Ipv4Addr,
     pub boot_file: String,
     pub kind: BootKind,
+}
+
+/// A [`BootTarget`] with where each part of it came from, for `zpxe explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub target: BootTarget,
+    /// The index of the first `[[boot.rule]]` that matched, if any.
+    pub rule: Option<usize>,
+    /// The key the boot file came from: `bios`, `efi32`, `efi64`, `arm64`, `http-boot`,
+    /// `http-boot-arm64` or `ipxe-script-url` of `[boot]`, or `loader`, `http-boot` or
+    /// `ipxe-script-url` of the rule.
+    pub boot_file_key: &'static str,
+    /// Whether the boot file came from the rule.
+    pub boot_file_from_rule: bool,
+    /// Where the next server came from.
+    pub next_server_from: NextServerFrom,
+}
+
+/// Where a [`BootTarget::next_server`] came from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum NextServerFrom {
+    Rule,
+    Policy,
+    /// The address the request arrived on.
+    Arrival,
 }
 
 /// Why the policy does not answer a client.
@@ -206,6 +230,29 @@ impl BootPolicy {
         server: Ipv4Addr,
         http_port: u16,
     ) -> Result<BootTarget, PolicyRefusal> {
+        self.decide_explained(facts, server, http_port)
+            .map(|d| d.target)
+    }
+
+    /// The index of the first `[[boot.rule]]` that matches the client (ignore lists aside).
+    pub fn rule_index(&self, facts: &ClientFacts) -> Option<usize> {
+        let client = facts.client();
+        self.rule.iter().position(|rule| rule.matches(&client))
+    }
+
+    /// Whether any rule names a machine registry group (so the caller must look the client's
+    /// group up before deciding).
+    pub fn uses_groups(&self) -> bool {
+        self.rule.iter().any(|r| !r.group.is_empty())
+    }
+
+    /// [`BootPolicy::decide`] with where each part of the answer came from.
+    pub fn decide_explained(
+        &self,
+        facts: &ClientFacts,
+        server: Ipv4Addr,
+        http_port: u16,
+    ) -> Result<Decision, PolicyRefusal> {
         if self.ignore_macs.contains(&facts.mac) {
             return Err(PolicyRefusal::IgnoredMac);
         }
@@ -214,14 +261,17 @@ impl BootPolicy {
         {
             return Err(PolicyRefusal::IgnoredUuid);
         }
-        let rule = self.rule.iter().find(|rule| rule.matches(facts));
+        let index = self.rule_index(facts);
+        let rule = index.and_then(|i| self.rule.get(i));
         if rule.is_some_and(|r| r.ignore) {
             return Err(PolicyRefusal::IgnoredByRule);
         }
-        let next_server = rule
-            .and_then(|r| r.next_server)
-            .or(self.next_server)
-            .unwrap_or(server);
+        let (next_server, next_server_from) =
+            match (rule.and_then(|r| r.next_server), self.next_server) {
+                (Some(ip), _) => (ip, NextServerFrom::Rule),
+                (None, Some(ip)) => (ip, NextServerFrom::Policy),
+                (None, None) => (server, NextServerFrom::Arrival),
+            };
         let values = TemplateValues {
             server: next_server,
             http_port,
@@ -229,42 +279,67 @@ impl BootPolicy {
             uuid: facts.uuid,
             arch: facts.arch,
         };
-        let pick = |from_rule: Option<&String>, default: &String| -> String {
-            from_rule.unwrap_or(default).clone()
-        };
+        // (template, key, from the rule)
+        fn pick(
+            from_rule: Option<&String>,
+            rule_key: &'static str,
+            default: &String,
+            default_key: &'static str,
+        ) -> (String, &'static str, bool) {
+            match from_rule {
+                Some(t) => (t.clone(), rule_key, true),
+                None => (default.clone(), default_key, false),
+            }
+        }
 
         // iPXE first: whatever its architecture, handing it the loader again loops forever.
-        let (template, kind) = if facts.ipxe {
+        let ((template, key, from_rule), kind) = if facts.ipxe {
             let url = pick(
                 rule.and_then(|r| r.ipxe_script_url.as_ref()),
+                "ipxe-script-url",
                 &self.ipxe_script_url,
+                "ipxe-script-url",
             );
             (url, BootKind::IpxeScript)
-        } else if let Some(default) = self.http_boot_url(facts.arch) {
-            let url = pick(rule.and_then(|r| r.http_boot.as_ref()), default);
+        } else if let Some((default, default_key)) = self.http_boot_url(facts.arch) {
+            let url = pick(
+                rule.and_then(|r| r.http_boot.as_ref()),
+                "http-boot",
+                default,
+                default_key,
+            );
             (url, BootKind::HttpBoot)
         } else if facts.http_client {
             return Err(PolicyRefusal::UnsupportedArch(facts.arch));
         } else {
-            let by_arch = match facts.arch {
-                Some(ARCH_BIOS) => &self.bios,
-                Some(ARCH_EFI_IA32) => &self.efi32,
-                Some(ARCH_EFI_X64 | ARCH_EFI_BC) => &self.efi64,
-                Some(ARCH_EFI_ARM64) => &self.arm64,
+            let (by_arch, arch_key) = match facts.arch {
+                Some(ARCH_BIOS) => (&self.bios, "bios"),
+                Some(ARCH_EFI_IA32) => (&self.efi32, "efi32"),
+                Some(ARCH_EFI_X64 | ARCH_EFI_BC) => (&self.efi64, "efi64"),
+                Some(ARCH_EFI_ARM64) => (&self.arm64, "arm64"),
                 _ => return Err(PolicyRefusal::UnsupportedArch(facts.arch)),
             };
-            (
-                pick(rule.and_then(|r| r.loader.as_ref()), by_arch),
-                BootKind::Loader,
-            )
+            let file = pick(
+                rule.and_then(|r| r.loader.as_ref()),
+                "loader",
+                by_arch,
+                arch_key,
+            );
+            (file, BootKind::Loader)
         };
         if template.is_empty() {
             return Err(PolicyRefusal::UnsupportedArch(facts.arch));
         }
-        Ok(BootTarget {
-            next_server,
-            boot_file: render(&template, &values),
-            kind,
+        Ok(Decision {
+            target: BootTarget {
+                next_server,
+                boot_file: render(&template, &values),
+                kind,
+            },
+            rule: index,
+            boot_file_key: key,
+            boot_file_from_rule: from_rule,
+            next_server_from,
         })
     }
 }
@@ -275,24 +350,12 @@ impl BootPolicy {
     /// UEFI 2.10 section 24.7 (HTTP Boot): a client booting over HTTP names the HTTP variant of
     /// its architecture type in option 93 (and in `HTTPClient:Arch:xxxxx`) and takes a URI, not
     /// a TFTP path, as its boot file.
-    fn http_boot_url(&self, arch: Option<u16>) -> Option<&String> {
+    fn http_boot_url(&self, arch: Option<u16>) -> Option<(&String, &'static str)> {
         match arch {
-            Some(ARCH_EFI_X64_HTTP) => Some(&self.http_boot),
-            Some(ARCH_EFI_ARM64_HTTP) => Some(&self.http_boot_arm64),
+            Some(ARCH_EFI_X64_HTTP) => Some((&self.http_boot, "http-boot")),
+            Some(ARCH_EFI_ARM64_HTTP) => Some((&self.http_boot_arm64, "http-boot-arm64")),
             _ => None,
         }
-    }
-}
-
-impl BootRule {
-    fn matches(&self, facts: &ClientFacts) -> bool {
-        self.mac.is_none_or(|mac| mac == facts.mac)
-            && self.uuid.is_none_or(|uuid| Some(uuid) == facts.uuid)
-            && self.arch.is_none_or(|arch| Some(arch) == facts.arch)
-            && self.subnet.is_none_or(|net| {
-                facts.relay.is_some_and(|ip| net.contains(ip))
-                    || facts.client_ip.is_some_and(|ip| net.contains(ip))
-            })
     }
 }
 
@@ -312,6 +375,7 @@ mod tests {
             http_client: false,
             relay: None,
             client_ip: None,
+            group: None,
         }
     }
 
@@ -414,7 +478,7 @@ mod tests {
         // A rule narrowed by arch overrides one architecture's URL only.
         let ruled = BootPolicy {
             rule: vec![BootRule {
-                arch: Some(19),
+                arch: vec![Arch::Code(19)],
                 http_boot: Some("http://{server}/rule-arm64.efi".into()),
                 ..Default::default()
             }],
@@ -442,23 +506,23 @@ mod tests {
             ignore_uuids: vec!["8d1b2f34-0000-4000-8000-0000000000ff".parse().unwrap()],
             rule: vec![
                 BootRule {
-                    mac: Some(MAC),
+                    mac: vec![MAC],
                     loader: Some("special.kpxe".into()),
                     ..Default::default()
                 },
                 BootRule {
-                    uuid: Some(uuid),
+                    uuid: vec![uuid],
                     ipxe_script_url: Some("http://{server}/u/{uuid}.ipxe".into()),
                     next_server: Some(Ipv4Addr::new(10, 9, 9, 9)),
                     ..Default::default()
                 },
                 BootRule {
-                    subnet: Some("192.168.50.0/24".parse().unwrap()),
+                    subnet: vec!["192.168.50.0/24".parse().unwrap()],
                     loader: Some("lab.efi".into()),
                     ..Default::default()
                 },
                 BootRule {
-                    subnet: Some("172.16.0.0/12".parse().unwrap()),
+                    subnet: vec!["172.16.0.0/12".parse().unwrap()],
                     ignore: true,
                     ..Default::default()
                 },
@@ -505,6 +569,54 @@ mod tests {
             file(&policy, &ignored_uuid),
             Err(PolicyRefusal::IgnoredUuid)
         );
+    }
+
+    #[test]
+    fn lists_prefixes_groups_and_where_the_answer_came_from() {
+        let policy: BootPolicy = toml::from_str(
+            r#"
+            efi64 = "default.efi"
+            [[rule]]
+            mac-prefix = ["00:50:56", "00:0c:29:*"]
+            loader = "vmware.efi"
+            [[rule]]
+            group = ["lab", "rack-7"]
+            next-server = "10.0.0.9"
+            [[rule]]
+            mac = ["52:54:00:00:00:01", "52:54:00:00:00:02"]
+            arch = [7, 9]
+            ipxe-script-url = "http://{server}/two.ipxe"
+            "#,
+        )
+        .unwrap();
+        let mut vm = facts(7);
+        vm.mac = "00:0c:29:01:02:03".parse().unwrap();
+        let d = policy.decide_explained(&vm, SERVER, 80).unwrap();
+        assert_eq!(d.target.boot_file, "vmware.efi");
+        assert_eq!(
+            (d.rule, d.boot_file_key, d.boot_file_from_rule),
+            (Some(0), "loader", true)
+        );
+        assert_eq!(d.next_server_from, NextServerFrom::Arrival);
+
+        let mut grouped = facts(7);
+        grouped.group = Some("rack-7".into());
+        assert!(policy.uses_groups());
+        let d = policy.decide_explained(&grouped, SERVER, 80).unwrap();
+        assert_eq!((d.rule, d.boot_file_key), (Some(1), "efi64"));
+        assert_eq!(d.target.next_server, Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(d.next_server_from, NextServerFrom::Rule);
+        grouped.group = Some("office".into());
+        assert_eq!(policy.rule_index(&grouped), None);
+
+        let mut listed = facts(9);
+        listed.mac = "52:54:00:00:00:02".parse().unwrap();
+        listed.ipxe = true;
+        let d = policy.decide_explained(&listed, SERVER, 80).unwrap();
+        assert_eq!((d.rule, d.boot_file_key), (Some(2), "ipxe-script-url"));
+        assert_eq!(d.target.boot_file, "http://10.0.0.1/two.ipxe");
+        listed.arch = Some(0);
+        assert_eq!(policy.rule_index(&listed), None);
     }
 
     #[test]

@@ -147,6 +147,13 @@ pub trait ClientOverrides: std::fmt::Debug + Send + Sync {
             ..ClientOverride::default()
         }
     }
+
+    /// The machine registry group of a registered client, for `[[boot.rule]]`s that name
+    /// groups (asked only when one does, before the policy decides). By default none.
+    fn group(&self, facts: &ClientFacts) -> Option<String> {
+        let _ = facts;
+        None
+    }
 }
 
 /// What [`ClientOverrides::decide`] says about one client.
@@ -413,7 +420,12 @@ pub(crate) fn boot_answer(
     server: Ipv4Addr,
     options: &mut DhcpOptions,
 ) -> Result<BootAnswer, IgnoreReason> {
-    let facts = client_facts(meta, request, http_client);
+    let mut facts = client_facts(meta, request, http_client);
+    if policy.uses_groups()
+        && let Some(o) = overrides
+    {
+        facts.group = o.group(&facts);
+    }
     let mut target = policy
         .decide(&facts, server, http_port)
         .map_err(IgnoreReason::Policy)?;
@@ -480,7 +492,8 @@ fn pxe_vendor_reply(request: &DhcpRepr) -> PxeVendorOptions {
     }
 }
 
-pub(super) fn client_facts(
+/// What the policy and the rules see of a request (`zpxe explain` builds its facts here too).
+pub fn client_facts(
     meta: &DatagramMeta,
     request: &DhcpRepr,
     http_client: bool,
@@ -510,6 +523,7 @@ pub(super) fn client_facts(
         http_client,
         relay,
         client_ip,
+        group: None,
     }
 }
 

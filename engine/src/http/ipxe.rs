@@ -8,12 +8,16 @@
 //! `snippet`, which the administrator writes as iPXE on purpose.
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::handler::{Handler, Reply, StaticFiles};
 use super::request::{Request, valid_host};
 use super::response::StatusCode;
+use crate::ids::{ClientUuid, MacAddr};
 use crate::image::ImageCatalog;
+pub use crate::rule::BootRule;
+use crate::rule::{Arch, Client};
 
 /// The boot menu (the `[http.menu]` table).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -79,19 +83,6 @@ pub enum EntryKind {
     Shell,
 }
 
-/// Boot `entry` directly for clients matching every field given.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct BootRule {
-    #[serde(default)]
-    pub mac: Option<String>,
-    #[serde(default)]
-    pub uuid: Option<String>,
-    #[serde(default)]
-    pub arch: Option<String>,
-    pub entry: String,
-}
-
 /// A configuration value that cannot go into a script.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -106,8 +97,8 @@ pub enum MenuError {
     Duplicate(String),
     #[error("default or rule names unknown entry {0:?}")]
     UnknownEntry(String),
-    #[error("rule for entry {0:?} has an invalid mac, uuid or arch")]
-    BadRule(String),
+    #[error("rules[{0}]: {1}")]
+    BadRule(usize, String),
     #[error("URL {0:?} has characters not allowed in a script")]
     BadUrl(String),
 }
@@ -128,44 +119,49 @@ impl BootMenu {
         {
             return Err(MenuError::UnknownEntry(d.clone()));
         }
-        for r in &self.rules {
-            if !known(&r.entry) {
-                return Err(MenuError::UnknownEntry(r.entry.clone()));
+        for (i, r) in self.rules.iter().enumerate() {
+            let Some(entry) = &r.entry else {
+                return Err(MenuError::BadRule(i, "no entry to boot".into()));
+            };
+            if !known(entry) {
+                return Err(MenuError::UnknownEntry(entry.clone()));
             }
-            let bad_mac = r.mac.as_deref().is_some_and(|m| normalize_mac(m).is_none());
-            let bad_uuid = r
-                .uuid
-                .as_deref()
-                .is_some_and(|u| normalize_uuid(u).is_none());
-            let bad_arch = r
-                .arch
-                .as_deref()
-                .is_some_and(|a| normalize_arch(a).is_none());
-            if bad_mac || bad_uuid || bad_arch {
-                return Err(MenuError::BadRule(r.entry.clone()));
+            if let Some(key) = r.misplaced_action(true) {
+                return Err(MenuError::BadRule(
+                    i,
+                    format!("{key} belongs to [[boot.rule]]; a menu rule boots an entry"),
+                ));
             }
         }
         Ok(())
     }
 
-    /// The rule-selected entry for this client, if any.
-    pub fn rule_for(&self, q: &BootQuery) -> Option<&MenuEntry> {
-        let rule = self.rules.iter().find(|r| {
-            let field =
-                |want: &Option<String>, norm: fn(&str) -> Option<String>, got: &Option<String>| {
-                    match want {
-                        None => true,
-                        Some(w) => norm(w).is_some() && norm(w) == *got,
-                    }
-                };
-            (r.mac.is_some() || r.uuid.is_some() || r.arch.is_some())
-                && field(&r.mac, normalize_mac, &q.mac)
-                && field(&r.uuid, normalize_uuid, &q.uuid)
-                && field(&r.arch, normalize_arch, &q.arch)
-        })?;
+    /// The index of the first rule that matches this client and names an entry it can boot.
+    /// A rule without criteria matches no one.
+    pub fn rule_index(&self, q: &BootQuery) -> Option<usize> {
+        let client = q.client();
+        self.rules
+            .iter()
+            .position(|r| r.has_criteria() && r.matches(&client) && self.rule_entry(r).is_some())
+    }
+
+    /// The rule-selected entry for this client, with the rule's index, if any.
+    pub fn rule_for(&self, q: &BootQuery) -> Option<(usize, &MenuEntry)> {
+        let i = self.rule_index(q)?;
+        Some((i, self.rule_entry(self.rules.get(i)?)?))
+    }
+
+    /// Whether any rule names a machine registry group (so the caller must look the client's
+    /// group up first).
+    pub fn uses_groups(&self) -> bool {
+        self.rules.iter().any(|r| !r.group.is_empty())
+    }
+
+    fn rule_entry(&self, rule: &BootRule) -> Option<&MenuEntry> {
+        let id = rule.entry.as_deref()?;
         self.entries
             .iter()
-            .find(|e| e.id == rule.entry && check_entry(e).is_ok())
+            .find(|e| e.id == id && check_entry(e).is_ok())
     }
 
     /// The script for one client. `base_url` is where the boot files are served (no trailing
@@ -185,11 +181,11 @@ impl BootMenu {
         };
         let report = Report {
             url: report_url.filter(|u| safe_url(u)),
-            mac: q.mac.clone(),
+            mac: q.mac,
         };
         let mut s = String::from("#!ipxe\n# generated by zpxe\n");
         report.line(&mut s, "script", None);
-        if !menu_only && let Some(entry) = self.rule_for(q) {
+        if !menu_only && let Some((_, entry)) = self.rule_for(q) {
             entry_body(&mut s, entry, base, &report);
             failed_block(&mut s, &report);
             return s;
@@ -271,7 +267,7 @@ fn check_entry(e: &MenuEntry) -> Result<(), MenuError> {
 /// Progress reports: `imgfetch` of the report URL, failures ignored.
 struct Report<'a> {
     url: Option<&'a str>,
-    mac: Option<String>,
+    mac: Option<MacAddr>,
 }
 
 impl Report<'_> {
@@ -279,7 +275,9 @@ impl Report<'_> {
         let Some(url) = self.url else { return };
         let sep = if url.contains('?') { '&' } else { '?' };
         // Unknown MAC: let iPXE fill in its own (our expansion, not client text).
-        let mac = self.mac.as_deref().unwrap_or("${net0/mac}");
+        let mac = self
+            .mac
+            .map_or_else(|| "${net0/mac}".to_owned(), |m| m.to_string());
         let entry = entry.map(|e| format!("&entry={e}")).unwrap_or_default();
         //= https://ipxe.org/cmd/isset
         //# To avoid this problem, you can use the || operator
@@ -397,15 +395,20 @@ fn safe_label(text: &str) -> String {
     }
 }
 
-/// What a client says about itself in the script URL, normalized; invalid values are dropped.
+/// What a client says about itself in the script URL, parsed (invalid values are dropped), and
+/// what the server knows beside it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootQuery {
-    /// Lowercase, colon-separated: `52:54:00:12:34:56`.
-    pub mac: Option<String>,
-    /// Lowercase 8-4-4-4-12.
-    pub uuid: Option<String>,
-    /// Lowercase `[a-z0-9_-]{1,16}` (`x86_64`, `arm64`, `efi`, ...).
-    pub arch: Option<String>,
+    /// `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456`, any case.
+    pub mac: Option<MacAddr>,
+    /// 8-4-4-4-12 or 32 hex digits, any case.
+    pub uuid: Option<ClientUuid>,
+    /// A number (option 93, as zpxe's default URL sends it) or a name such as `x86_64`.
+    pub arch: Option<Arch>,
+    /// The address the request came from (not from the URL: the server sets it).
+    pub peer: Option<Ipv4Addr>,
+    /// The client's machine registry group (not from the URL: the server sets it).
+    pub group: Option<String>,
 }
 
 impl BootQuery {
@@ -417,13 +420,24 @@ impl BootQuery {
                 continue;
             };
             match key {
-                "mac" => q.mac = normalize_mac(&value),
-                "uuid" => q.uuid = normalize_uuid(&value),
-                "arch" => q.arch = normalize_arch(&value),
+                "mac" => q.mac = value.parse().ok(),
+                "uuid" => q.uuid = value.parse().ok(),
+                "arch" => q.arch = value.parse().ok(),
                 _ => {}
             }
         }
         q
+    }
+
+    /// The query as rules see it.
+    pub fn client(&self) -> Client<'_> {
+        Client {
+            mac: self.mac,
+            uuid: self.uuid,
+            arch: self.arch,
+            addresses: [self.peer, None],
+            group: self.group.as_deref(),
+        }
     }
 }
 
@@ -435,55 +449,21 @@ fn percent_decode(raw: &str) -> Option<String> {
     crate::path::decode_query_component(raw)
 }
 
-/// `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456`, any case.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
-    let seps = s.len() - hex.len();
-    if hex.len() != 12 || !(seps == 0 || seps == 5) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let hex = hex.to_ascii_lowercase();
-    let pairs: Vec<&str> = (0..6).filter_map(|i| hex.get(i * 2..i * 2 + 2)).collect();
-    Some(pairs.join(":"))
-}
-
-/// 32 hex digits, with or without the 8-4-4-4-12 dashes.
-pub fn normalize_uuid(s: &str) -> Option<String> {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let dashes = s.len() - hex.len();
-    if hex.len() != 32
-        || !(dashes == 0 || dashes == 4)
-        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return None;
-    }
-    let h = hex.to_ascii_lowercase();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8)?,
-        h.get(8..12)?,
-        h.get(12..16)?,
-        h.get(16..20)?,
-        h.get(20..32)?
-    ))
-}
-
-pub fn normalize_arch(s: &str) -> Option<String> {
-    ((1..=16).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-    .then(|| s.to_ascii_lowercase())
-}
-
 /// Answers `/boot.ipxe` (rules, then the menu) and `/menu.ipxe` (always the menu); every
 /// other path goes to [`StaticFiles`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct BootScripts {
     pub menu: Arc<BootMenu>,
     /// Where scripts point for boot files, e.g. `http://10.0.0.1:8050`. `None`: built from the
     /// request's `Host` (checked), so one configuration serves every interface.
     pub base_url: Option<String>,
     pub report_url: Option<String>,
+    /// The address the connection comes from, for rules that name subnets (the server sets it
+    /// per connection).
+    pub peer: Option<Ipv4Addr>,
+    /// The client's machine registry group, for rules that name groups (the server sets it
+    /// for a registered client).
+    pub group: Option<String>,
 }
 
 impl Handler for BootScripts {
@@ -498,7 +478,9 @@ impl Handler for BootScripts {
             (None, Some(host)) if !host.is_empty() && valid_host(host) => format!("http://{host}"),
             _ => return Reply::Error(StatusCode::BAD_REQUEST),
         };
-        let q = BootQuery::parse(req.query.unwrap_or_default());
+        let mut q = BootQuery::parse(req.query.unwrap_or_default());
+        q.peer = self.peer;
+        q.group = self.group.clone();
         let script = self
             .menu
             .generate(&q, &base, self.report_url.as_deref(), menu_only);
@@ -562,10 +544,9 @@ mod tests {
                 },
             ],
             rules: vec![BootRule {
-                mac: Some("AA-BB-CC-DD-EE-FF".into()),
-                uuid: None,
-                arch: None,
-                entry: "debian".into(),
+                mac: vec!["AA-BB-CC-DD-EE-FF".parse().unwrap()],
+                entry: Some("debian".into()),
+                ..BootRule::default()
             }],
         }
     }
@@ -621,6 +602,46 @@ mod tests {
     }
 
     #[test]
+    fn rules_by_prefix_subnet_and_group_name_their_index() {
+        let mut m = menu();
+        m.rules.push(BootRule {
+            mac_prefix: vec!["00:50:56".parse().unwrap()],
+            subnet: vec!["10.9.0.0/16".parse().unwrap()],
+            entry: Some("shell".into()),
+            ..BootRule::default()
+        });
+        m.rules.push(BootRule {
+            group: vec!["lab".into()],
+            arch: vec!["efi".parse().unwrap(), Arch::Code(7)],
+            entry: Some("local".into()),
+            ..BootRule::default()
+        });
+        assert_eq!(m.check(), Ok(()));
+        assert!(m.uses_groups());
+        let mut q = BootQuery::parse("mac=00505601020c&arch=EFI");
+        assert_eq!(m.rule_index(&q), None, "no peer address, no group");
+        q.peer = Some(Ipv4Addr::new(10, 9, 1, 2));
+        assert_eq!(
+            m.rule_for(&q).map(|(i, e)| (i, e.id.as_str())),
+            Some((1, "shell"))
+        );
+        q.peer = Some(Ipv4Addr::new(10, 10, 1, 2));
+        q.group = Some("lab".into());
+        assert_eq!(
+            m.rule_for(&q).map(|(i, e)| (i, e.id.as_str())),
+            Some((2, "local"))
+        );
+        let s = m.generate(&q, "http://h", None, false);
+        assert!(s.contains("exit\n") && !s.contains("menu "), "{s}");
+        // A rule without criteria matches no one.
+        m.rules = vec![BootRule {
+            entry: Some("local".into()),
+            ..BootRule::default()
+        }];
+        assert_eq!(m.rule_index(&q), None);
+    }
+
+    #[test]
     fn reports_at_each_stage() {
         let m = menu();
         let q = BootQuery::parse("mac=52-54-00-12-34-56");
@@ -657,12 +678,12 @@ mod tests {
         }
         let q =
             BootQuery::parse("mac=AABBCCDDEEFF&uuid=00112233445566778899AABBCCDDEEFF&arch=ARM64");
-        assert_eq!(q.mac.as_deref(), Some("aa:bb:cc:dd:ee:ff"));
         assert_eq!(
-            q.uuid.as_deref(),
-            Some("00112233-4455-6677-8899-aabbccddeeff")
+            q.mac.map(|m| m.to_string()).as_deref(),
+            Some("aa:bb:cc:dd:ee:ff")
         );
-        assert_eq!(q.arch.as_deref(), Some("arm64"));
+        assert!(q.uuid.is_some());
+        assert_eq!(q.arch.map(|a| a.to_string()).as_deref(), Some("arm64"));
     }
 
     #[test]
@@ -701,7 +722,10 @@ mod tests {
             "unsafe base URL dropped: {s}"
         );
         m.entries.truncate(5);
-        m.rules[0].mac = Some("nope".into());
-        assert_eq!(m.check(), Err(MenuError::BadRule("debian".into())));
+        m.rules[0].loader = Some("x.efi".into());
+        assert!(matches!(m.check(), Err(MenuError::BadRule(0, _))));
+        m.rules[0].loader = None;
+        m.rules[0].entry = None;
+        assert!(matches!(m.check(), Err(MenuError::BadRule(0, _))));
     }
 }

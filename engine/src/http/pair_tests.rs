@@ -339,8 +339,7 @@ fn ipxe_flow_script_then_files() {
     };
     let scripts = BootScripts {
         menu: Arc::new(menu),
-        base_url: None,
-        report_url: None,
+        ..BootScripts::default()
     };
     let mut p = Pair::new(scripts, cat, HttpConfig::default(), 2, 11);
     let script = p.client.get(

@@ -1,4 +1,6 @@
-//! Client identities as they appear in DHCP and in configuration: MAC and machine UUID.
+//! Client identities as they appear in DHCP, in script URLs and in configuration: MAC, MAC
+//! prefix (OUI) and machine UUID. Parsed once (a request, a configuration load) and compared as
+//! values from then on.
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,12 +39,21 @@ pub struct IdParseError {
 impl FromStr for MacAddr {
     type Err = IdParseError;
 
-    /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` and the PXELINUX `01-aa-bb-...` form.
+    /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff` and the PXELINUX
+    /// `01-aa-bb-...` form, any case.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let error = || IdParseError {
             what: "MAC address",
             text: text.to_owned(),
         };
+        if text.len() == 12 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut mac = [0u8; 6];
+            for (i, slot) in mac.iter_mut().enumerate() {
+                let pair = text.get(2 * i..2 * i + 2).ok_or_else(error)?;
+                *slot = u8::from_str_radix(pair, 16).map_err(|_| error())?;
+            }
+            return Ok(MacAddr(mac));
+        }
         let groups: Vec<&str> = text.split([':', '-']).collect();
         let groups = match groups.as_slice() {
             ["01", rest @ ..] if rest.len() == 6 => rest,
@@ -53,7 +64,7 @@ impl FromStr for MacAddr {
         }
         let mut mac = [0u8; 6];
         for (slot, group) in mac.iter_mut().zip(groups) {
-            if group.len() != 2 {
+            if group.len() != 2 || !group.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(error());
             }
             *slot = u8::from_str_radix(group, 16).map_err(|_| error())?;
@@ -63,6 +74,82 @@ impl FromStr for MacAddr {
 }
 
 impl TryFrom<String> for MacAddr {
+    type Error = IdParseError;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+/// The first 1 to 5 octets of a MAC address: an OUI (`00:50:56`, also written `00:50:56:*`)
+/// or a longer block of one vendor's addresses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct MacPrefix {
+    octets: [u8; 6],
+    len: u8,
+}
+
+impl MacPrefix {
+    /// The octets given (1 to 5).
+    pub fn octets(&self) -> &[u8] {
+        &self.octets[..usize::from(self.len)]
+    }
+
+    /// Whether `mac` starts with this prefix.
+    pub fn matches(&self, mac: MacAddr) -> bool {
+        mac.0.starts_with(self.octets())
+    }
+
+    /// Whether every address this prefix matches, `other` matches too.
+    pub fn covers(&self, other: &MacPrefix) -> bool {
+        other.octets().starts_with(self.octets())
+    }
+}
+
+impl fmt::Display for MacPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, byte) in self.octets().iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str(":*")
+    }
+}
+
+impl FromStr for MacPrefix {
+    type Err = IdParseError;
+
+    /// `00:50:56`, `00-50-56`, `00:50:56:*`: 1 to 5 octets of two hex digits each.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || IdParseError {
+            what: "MAC prefix (1 to 5 octets, e.g. 00:50:56)",
+            text: text.to_owned(),
+        };
+        let trimmed = text
+            .strip_suffix(":*")
+            .or_else(|| text.strip_suffix("-*"))
+            .unwrap_or(text);
+        let groups: Vec<&str> = trimmed.split([':', '-']).collect();
+        if groups.is_empty() || groups.len() > 5 {
+            return Err(error());
+        }
+        let mut octets = [0u8; 6];
+        for (slot, group) in octets.iter_mut().zip(&groups) {
+            if group.len() != 2 || !group.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(error());
+            }
+            *slot = u8::from_str_radix(group, 16).map_err(|_| error())?;
+        }
+        Ok(Self {
+            octets,
+            len: u8::try_from(groups.len()).map_err(|_| error())?,
+        })
+    }
+}
+
+impl TryFrom<String> for MacPrefix {
     type Error = IdParseError;
     fn try_from(text: String) -> Result<Self, Self::Error> {
         text.parse()
@@ -122,10 +209,14 @@ impl FromStr for ClientUuid {
             text: text.to_owned(),
         };
         let groups: Vec<&str> = text.split('-').collect();
-        if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if lens != [8, 4, 4, 4, 12] && lens != [32] {
             return Err(error());
         }
         let hex: String = groups.concat();
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(error());
+        }
         let mut text_order = [0u8; 16];
         for (i, slot) in text_order.iter_mut().enumerate() {
             let pair = hex.get(2 * i..2 * i + 2).ok_or_else(error)?;
@@ -154,14 +245,41 @@ mod tests {
         assert_eq!(mac.pxelinux_form(), "01-52-54-00-ab-cd-01");
         assert_eq!("52-54-00-ab-cd-01".parse::<MacAddr>().unwrap(), mac);
         assert_eq!("01-52-54-00-ab-cd-01".parse::<MacAddr>().unwrap(), mac);
+        assert_eq!("525400ABCD01".parse::<MacAddr>().unwrap(), mac);
         for bad in [
             "",
             "52:54:00:ab:cd",
             "52:54:00:ab:cd:01:02",
             "5:54:00:ab:cd:01",
             "zz:54:00:ab:cd:01",
+            "+5:54:00:ab:cd:01",
+            "525400abcd0",
+            "52:54:00abcd01",
         ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mac_prefixes() {
+        let oui: MacPrefix = "00:50:56".parse().unwrap();
+        assert_eq!(oui, "00-50-56-*".parse().unwrap());
+        assert_eq!(oui, "00:50:56:*".parse().unwrap());
+        assert_eq!(oui.to_string(), "00:50:56:*");
+        assert!(oui.matches(MacAddr([0, 0x50, 0x56, 1, 2, 3])));
+        assert!(!oui.matches(MacAddr([0, 0x50, 0x57, 1, 2, 3])));
+        let longer: MacPrefix = "00:50:56:aa".parse().unwrap();
+        assert!(oui.covers(&longer) && !longer.covers(&oui) && oui.covers(&oui));
+        for bad in [
+            "",
+            "*",
+            "0:50:56",
+            "00:50:56:11:22:33",
+            "00:5g:56",
+            "00:50:56*",
+            "+0:50",
+        ] {
+            assert!(bad.parse::<MacPrefix>().is_err(), "{bad}");
         }
     }
 
@@ -177,6 +295,17 @@ mod tests {
         let parsed: ClientUuid = "01020304-0506-0708-090A-0B0C0D0E0F10".parse().unwrap();
         assert_eq!(parsed.wire_bytes(), wire);
         assert!("01020304-0506-0708-090a".parse::<ClientUuid>().is_err());
+        assert_eq!(
+            "0102030405060708090a0b0c0d0e0f10"
+                .parse::<ClientUuid>()
+                .unwrap(),
+            uuid
+        );
+        assert!(
+            "+1020304-0506-0708-090a-0b0c0d0e0f10"
+                .parse::<ClientUuid>()
+                .is_err()
+        );
         assert!(
             "0102030g-0506-0708-090a-0b0c0d0e0f10"
                 .parse::<ClientUuid>()
