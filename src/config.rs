@@ -39,6 +39,10 @@ pub struct Config {
     pub sources: Sources,
     /// Who may use the web service: bearer token, allowed networks (src/web/access.rs).
     pub web: crate::web::WebConfig,
+    /// `boot.hook-*`: the request-handler hook (src/serve/hook.rs), read apart from the
+    /// engine's `[boot]` (see [`take_hook_keys`]).
+    #[serde(skip)]
+    pub hook: crate::serve::HookConfig,
 }
 
 /// `[firewall]`: whether zpxe manages its Windows Firewall rules.
@@ -819,9 +823,11 @@ fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
         }
     }
     let config = if spanned.is_empty() {
-        let whole = toml::Spanned::new(0..base, root.clone());
+        let mut doc = root.clone();
+        let hook = take_hook_keys(&mut doc, 0..base, &mut spanned);
+        let whole = toml::Spanned::new(0..base, doc);
         match deserialize_all(whole) {
-            Ok(c) => Some(c),
+            Ok(c) => hook.map(|hook| Config { hook, ..c }),
             Err(errors) => {
                 spanned.extend(errors.into_iter().map(|(s, m)| Pending::new(s, m)));
                 None
@@ -853,6 +859,35 @@ fn parse_files(files: Vec<(PathBuf, String)>) -> Result<Config, Problems> {
             Ok(c)
         }
         _ => Err(Problems(problems)),
+    }
+}
+
+/// Takes `boot.hook-*` out of `doc` (the engine's `BootPolicy` refuses unknown keys) and reads
+/// them as the hook's settings; `None` after pushing their problems to `problems`.
+fn take_hook_keys(
+    doc: &mut Tree<'_>,
+    whole: Range<usize>,
+    problems: &mut Vec<Pending>,
+) -> Option<crate::serve::HookConfig> {
+    use serde::Deserialize as _;
+    let mut hook = Tree::new();
+    if let Some(boot) = doc.get_mut("boot")
+        && let toml::de::DeValue::Table(t) = boot.get_mut()
+    {
+        for key in crate::serve::HookConfig::KEYS {
+            if let Some((k, v)) = t.remove_entry(*key) {
+                hook.insert(k, v);
+            }
+        }
+    }
+    let doc = toml::Spanned::new(whole.clone(), hook);
+    match crate::serve::HookConfig::deserialize(toml::de::Deserializer::from(doc)) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            let span = e.span().unwrap_or(whole.start..whole.start);
+            problems.push(Pending::new(span, format!("boot: {}", e.message().trim())));
+            None
+        }
     }
 }
 
@@ -1112,6 +1147,9 @@ impl Config {
                     ),
                 );
             }
+        }
+        for (key, message) in self.hook.problems() {
+            at(sources.value(&format!("boot.{key}")), message);
         }
         for (i, message) in never_matching_boot_rules(&self.boot) {
             at(

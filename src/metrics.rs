@@ -58,6 +58,14 @@ counters! {
     boot_reports_refused_total: "boot reports refused as malformed (400)",
     boot_reports_limited_total: "boot reports refused over their source's rate (429)",
     inventory_evicted_total: "clients dropped from the full inventory (least recently seen)",
+    hook_lookups_total: "request-handler hook lookups sent to the handler",
+    hook_decisions_total: "hook answers that passed the checks (boot, ignore or default)",
+    hook_errors_total: "hook lookups that failed (unreachable, status, bad answer): static policy",
+    hook_timeouts_total: "hook lookups past boot.hook-timeout-ms: static policy",
+    hook_cache_hits_total: "DHCP requests answered with a cached hook decision",
+    hook_rate_limited_total: "hook lookups skipped over boot.hook-rate: static policy",
+    hook_queue_dropped_total: "hook lookups dropped with the queue full: static policy",
+    hook_cache_evicted_total: "hook decisions evicted from the full cache (oldest first)",
 }
 
 impl Metrics {

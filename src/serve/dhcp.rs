@@ -64,10 +64,9 @@ impl DhcpService {
         }
         let config = super::proxy_config(&ctx.shared.config);
         let mut engine = ProxyDhcp::new(config);
-        if let Some(registry) = &ctx.shared.registry {
-            engine.set_overrides(std::sync::Arc::new(super::registry::RegistryOverrides(
-                std::sync::Arc::clone(registry),
-            )));
+        let (registry, hook) = (ctx.shared.registry.clone(), ctx.shared.hook.clone());
+        if let Some(o) = super::registry::BootOverrides::new(registry, hook) {
+            engine.set_overrides(o);
         }
         Ok(Rc::new(Self {
             engine: RefCell::new(engine),
@@ -249,6 +248,7 @@ fn log_event(ev: &DhcpEvent, metrics: &Metrics) {
                 reason,
                 zpxe_engine::dhcp::IgnoreReason::Policy(_)
                     | zpxe_engine::dhcp::IgnoreReason::NoServerAddress
+                    | zpxe_engine::dhcp::IgnoreReason::Overridden
             );
             match refusal
                 .then(|| crate::logging::allow_refusal("dhcp", mac))

@@ -47,6 +47,8 @@ pub(crate) struct BootSite {
     pub(crate) https: bool,
     /// Registered machines' entries, variables and boot-once (src/serve/registry.rs).
     pub(crate) registry: Option<Arc<crate::db::Registry>>,
+    /// The request-handler hook's cached decisions (src/serve/hook.rs).
+    pub(crate) hook: Option<Arc<super::hook::Hook>>,
 }
 
 impl Handler for BootSite {
@@ -67,11 +69,13 @@ impl Handler for BootSite {
         {
             scripts.base_url = Some(format!("https://{host}"));
         }
-        if let Some(reply) = self
-            .registry
-            .as_ref()
-            .and_then(|r| super::registry::script(r, &scripts, req, images))
-        {
+        if let Some(reply) = super::registry::script(
+            self.registry.as_deref(),
+            self.hook.as_deref(),
+            &scripts,
+            req,
+            images,
+        ) {
             return reply;
         }
         scripts.respond(req, images)

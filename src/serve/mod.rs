@@ -18,12 +18,14 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 pub(crate) use drain::Drain;
 pub use drain::Stop;
+pub use hook::HookConfig;
 pub use reload::control;
 pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader};
 
 mod dhcp;
 mod dhcp_server;
 mod drain;
+mod hook;
 mod http;
 mod https;
 mod registry;
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) recorder: crate::db::Recorder,
     /// Registered machines (src/serve/registry.rs); none with the database off.
     pub(crate) registry: Option<Arc<crate::db::Registry>>,
+    /// The request-handler hook (src/serve/hook.rs), when `boot.hook-url` is set.
+    pub(crate) hook: Option<Arc<hook::Hook>>,
 }
 
 /// What one event loop owns.
@@ -178,6 +182,12 @@ pub fn start_reloadable(
     }
     let entries = config.menu.entries.iter().map(|e| e.id.clone()).collect();
     let reloader = Reloader::new(config.clone(), tls, source);
+    let menu = reloader.clone();
+    let hook = hook::Hook::start(
+        &config.hook,
+        Arc::clone(&metrics),
+        Box::new(move || menu.menu().entries.iter().map(|e| e.id.clone()).collect()),
+    )?;
     let shared = Arc::new(Shared {
         reloader: reloader.clone(),
         web: crate::web::WebService::new(Arc::clone(&metrics))
@@ -186,6 +196,7 @@ pub fn start_reloadable(
             .with_access(access, Some(entries)),
         recorder,
         registry: db.as_ref().map(|d| d.registry()),
+        hook,
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
         boot_conns: http::ConnCap::new(config.http.max_connections),
@@ -211,6 +222,7 @@ pub fn start_reloadable(
             .then_some(shared.config.ports.web),
         https: false,
         registry: shared.registry.clone(),
+        hook: shared.hook.clone(),
     };
     crate::explain::publish(
         Box::new(move || {
@@ -553,6 +565,7 @@ fn setup(
                 web_port: config.services.web.then_some(config.ports.web),
                 https: false,
                 registry: shared.registry.clone(),
+                hook: shared.hook.clone(),
             };
             if shared.reloader.tls().is_some() {
                 let addr = SocketAddr::new(ip, config.tls.port);

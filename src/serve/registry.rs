@@ -4,16 +4,24 @@
 //! Both read the published snapshot ([`crate::db::Registry::load`]): lock-free, no database
 //! access, so a boot never waits for the API or the writer. A change through the API publishes
 //! a new snapshot before it answers, so the machine's next request sees it.
+//!
+//! The request-handler hook's decisions (src/serve/hook.rs) are applied here the same way: a
+//! decision carries a [`crate::db::MachineRecord`] (loader, entry, variables), plus a script
+//! URL or "ignore". Precedence: a registry record, then the hook's decision, then the static
+//! policy; a client with a record is never looked up.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use zpxe_engine::ImageCatalog;
-use zpxe_engine::dhcp::{ClientFacts, ClientOverrides};
+use zpxe_engine::dhcp::{
+    ClientFacts, ClientOverride, ClientOverrides, DhcpRepr, MacAddr,
+};
 use zpxe_engine::http::ipxe::{BootQuery, BootRule};
 use zpxe_engine::http::{BootScripts, Handler, Reply, Request, StatusCode};
 
-use crate::db::{Decision, Registry};
+use super::hook::{Hook, Verdict};
+use crate::db::{Decision, MachineRecord, Registry};
 
 /// The registry as the proxyDHCP responder consults it.
 #[derive(Debug)]
@@ -30,16 +38,89 @@ impl ClientOverrides for RegistryOverrides {
     }
 
     fn group(&self, facts: &ClientFacts) -> Option<String> {
-        let snap = self.0.load();
-        let r = snap.get(facts.mac, facts.uuid)?;
-        Some(r.group.clone()).filter(|g| !g.is_empty())
+        registry_group(&self.0, facts)
+    }
+}
+
+/// A registered client's group (none when empty), for `[[boot.rule]]`s naming groups.
+fn registry_group(registry: &Registry, facts: &ClientFacts) -> Option<String> {
+    let snap = registry.load();
+    let r = snap.get(facts.mac, facts.uuid)?;
+    Some(r.group.clone()).filter(|g| !g.is_empty())
+}
+
+/// The registry and the hook as the proxyDHCP responder consults them: a record decides
+/// first; for a client without one, the hook's cached decision (a miss queues a lookup and
+/// leaves the static policy to answer, see [`Hook::consult`]).
+#[derive(Debug)]
+pub(crate) struct BootOverrides {
+    pub(crate) registry: Option<Arc<Registry>>,
+    pub(crate) hook: Option<Arc<Hook>>,
+}
+
+impl BootOverrides {
+    /// The overrides for a server's settings; `None` when it has neither.
+    pub(crate) fn new(
+        registry: Option<Arc<Registry>>,
+        hook: Option<Arc<Hook>>,
+    ) -> Option<Arc<dyn ClientOverrides>> {
+        if registry.is_none() && hook.is_none() {
+            return None;
+        }
+        Some(Arc::new(Self { registry, hook }))
+    }
+
+    /// The registry's say, if the client has a record (boot-once `exit`: the policy's loader).
+    fn record(&self, facts: &ClientFacts) -> Option<ClientOverride> {
+        let snap = self.registry.as_ref()?.load();
+        Some(ClientOverride {
+            loader: match snap.decide(facts.mac, facts.uuid)? {
+                Decision::Exit => None,
+                Decision::Use(r) => r.loader.clone(),
+            },
+            ..ClientOverride::default()
+        })
+    }
+}
+
+impl ClientOverrides for BootOverrides {
+    fn loader(&self, facts: &ClientFacts) -> Option<String> {
+        self.record(facts)?.loader
+    }
+
+    fn group(&self, facts: &ClientFacts) -> Option<String> {
+        registry_group(self.registry.as_ref()?, facts)
+    }
+
+    fn decide(&self, facts: &ClientFacts, request: &DhcpRepr) -> ClientOverride {
+        if let Some(o) = self.record(facts) {
+            return o;
+        }
+        let Some(verdict) = self.hook.as_ref().and_then(|h| h.consult(facts, request)) else {
+            return ClientOverride::default();
+        };
+        match &*verdict {
+            Verdict::Default => ClientOverride::default(),
+            Verdict::Ignore => ClientOverride {
+                ignore: true,
+                ..ClientOverride::default()
+            },
+            Verdict::Boot { record, script_url } => ClientOverride {
+                ignore: false,
+                loader: record.loader.clone(),
+                script_url: script_url.clone(),
+            },
+        }
     }
 }
 
 /// `/boot.ipxe` for a registered machine: `exit` once a boot-once machine is deployed, its
-/// entry booted directly, its variables `set` first. `None`: not registered, the usual script.
+/// entry booted directly, its variables `set` first; for a client the hook decided, the same
+/// from the decision (the cache only: a script request never queues a lookup), or 403 when
+/// the hook said ignore. `None`: neither, the usual script.
 pub(crate) fn script(
-    registry: &Registry,
+    registry: Option<&Registry>,
+    hook: Option<&Hook>,
     scripts: &BootScripts,
     req: &Request<'_>,
     images: &mut dyn ImageCatalog,
@@ -49,19 +130,41 @@ pub(crate) fn script(
     }
     let q = BootQuery::parse(req.query.unwrap_or_default());
     let (mac, uuid) = (q.mac?, q.uuid);
-    let snap = registry.load();
-    let rec = match snap.decide(mac, uuid)? {
-        Decision::Exit => {
-            return Some(Reply::Generated {
-                status: StatusCode::OK,
-                content_type: "text/plain; charset=utf-8".to_owned(),
-                body: b"#!ipxe\n# generated by zpxe: boot-once machine already deployed, boot \
-                        from local disk\nexit\n"
-                    .to_vec(),
-            });
+    if let Some(registry) = registry {
+        let snap = registry.load();
+        match snap.decide(mac, uuid) {
+            Some(Decision::Exit) => {
+                return Some(Reply::Generated {
+                    status: StatusCode::OK,
+                    content_type: "text/plain; charset=utf-8".to_owned(),
+                    body: b"#!ipxe\n# generated by zpxe: boot-once machine already deployed, \
+                            boot from local disk\nexit\n"
+                        .to_vec(),
+                });
+            }
+            Some(Decision::Use(rec)) => return Some(apply(rec, mac, scripts, req, images)),
+            None => {}
         }
-        Decision::Use(r) => r,
-    };
+    }
+    match &*hook?.cached(mac)? {
+        Verdict::Default => None,
+        Verdict::Ignore => Some(Reply::Generated {
+            status: StatusCode(403),
+            content_type: "text/plain; charset=utf-8".to_owned(),
+            body: b"the request handler ignores this client\n".to_vec(),
+        }),
+        Verdict::Boot { record, .. } => Some(apply(record, mac, scripts, req, images)),
+    }
+}
+
+/// The script with a record's entry (booted directly) and variables (`set` first).
+fn apply(
+    rec: &MachineRecord,
+    mac: MacAddr,
+    scripts: &BootScripts,
+    req: &Request<'_>,
+    images: &mut dyn ImageCatalog,
+) -> Reply {
     let mut scripts = scripts.clone();
     if let Some(entry) = &rec.entry
         && scripts.menu.entries.iter().any(|e| e.id == *entry)
@@ -95,5 +198,5 @@ pub(crate) fn script(
         }
         body.splice(at..at, sets.into_bytes());
     }
-    Some(reply)
+    reply
 }

@@ -13,6 +13,7 @@ mod dhcp_server;
 mod drain;
 mod explain;
 mod firmware;
+mod hook;
 mod http;
 mod http_hostile;
 mod instance;
