@@ -65,7 +65,7 @@ impl DhcpService {
         let config = super::proxy_config(&ctx.shared.config);
         let mut engine = ProxyDhcp::new(config);
         let (registry, hook) = (ctx.shared.registry.clone(), ctx.shared.hook.clone());
-        if let Some(o) = super::registry::BootOverrides::new(registry, hook) {
+        if let Some(o) = super::registry::BootOverrides::of(registry, hook) {
             engine.set_overrides(o);
         }
         Ok(Rc::new(Self {

@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -548,9 +548,7 @@ impl Hook {
     }
 
     fn shard(&self, mac: MacAddr) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        mac.hash(&mut h);
-        let i = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
+        let i = usize::try_from(self.hasher.hash_one(mac) % SHARDS as u64).unwrap_or(0);
         &self.shards[i]
     }
 

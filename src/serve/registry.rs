@@ -14,9 +14,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use zpxe_engine::ImageCatalog;
-use zpxe_engine::dhcp::{
-    ClientFacts, ClientOverride, ClientOverrides, DhcpRepr, MacAddr,
-};
+use zpxe_engine::dhcp::{ClientFacts, ClientOverride, ClientOverrides, DhcpRepr, MacAddr};
 use zpxe_engine::http::ipxe::{BootQuery, BootRule};
 use zpxe_engine::http::{BootScripts, Handler, Reply, Request, StatusCode};
 
@@ -60,7 +58,7 @@ pub(crate) struct BootOverrides {
 
 impl BootOverrides {
     /// The overrides for a server's settings; `None` when it has neither.
-    pub(crate) fn new(
+    pub(crate) fn of(
         registry: Option<Arc<Registry>>,
         hook: Option<Arc<Hook>>,
     ) -> Option<Arc<dyn ClientOverrides>> {
