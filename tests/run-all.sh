@@ -21,7 +21,11 @@ packages=(
   ipxe-qemu       # iPXE option ROMs pxe-virtio.rom, efi-virtio.rom (firmware.rs)
   qemu-system-arm # qemu-system-aarch64 for the ARM64 scenario (firmware.rs)
   qemu-efi-aarch64  # AAVMF_CODE.fd / AAVMF_VARS.fd, EDK2 for ARM64 (firmware.rs)
-  ovmf            # OVMF_CODE_4M.fd / OVMF_VARS_4M.fd, EDK2's UEFI PXE (firmware.rs)
+  ovmf            # OVMF_CODE_4M.fd / OVMF_VARS_4M.fd, EDK2's UEFI PXE (firmware.rs); the Secure
+                  # Boot build OVMF_CODE_4M.secboot.fd + OVMF_VARS_4M.ms.fd (secureboot.rs)
+  shim-signed     # shimx64.efi.signed, Microsoft-signed shim, first stage under Secure Boot (secureboot.rs)
+  grub-efi-amd64-signed  # grubnetx64.efi.signed, Debian-signed network GRUB, shim's second stage (secureboot.rs)
+  gcc             # builds the Secure Boot initrd's static /init, tests/fixtures/firmware/init.c (secureboot.rs)
   ipxe            # undionly.kpxe, ipxe.efi, snponly.efi served by zpxe (firmware.rs)
   dnsmasq-base    # plain DHCP server and router advertisements beside zpxe (firmware.rs)
   tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
@@ -50,6 +54,10 @@ fi
 # (instant when cached). A plain path on stdout, for the test.
 ZPXE_IPXE_ARM64="$(tests/fixtures/firmware/fetch-ipxe-arm64.sh)"
 export ZPXE_IPXE_ARM64
+# The Secure Boot chain's signed kernel: the vmlinuz of the package linux-image-amd64 depends on,
+# downloaded (not installed) into a cache (instant when cached). A plain path on stdout.
+ZPXE_DEBIAN_KERNEL="$(tests/fixtures/firmware/fetch-debian-kernel.sh)"
+export ZPXE_DEBIAN_KERNEL
 # Two Wine prefixes (a client and a server edition of Windows) for the Windows build.
 ZPXE_WINE_CACHE="$(tests/fixtures/windows/setup-wine.sh)"
 export ZPXE_WINE_CACHE

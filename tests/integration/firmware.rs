@@ -27,10 +27,13 @@
 //! `IPv6PXESupport=no` it tried "UEFI PXEv6" first; with it, HTTPv4 comes first and HTTPv6
 //! after), so the scenarios also pass `IPv6PXESupport=no`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
 
 use crate::common::{Server, pattern_file, require, run, zpxe_bin};
 use crate::netns::ip;
@@ -54,7 +57,7 @@ const CLIENT_NET: &str = "10.91.0";
 const ZPXE_IP: &str = "10.90.0.1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Firmware {
+pub enum Firmware {
     /// SeaBIOS with Debian's pxe-virtio.rom (iPXE as the NIC's option ROM).
     SeaBiosIpxeRom,
     /// OVMF with no option ROM: EDK2's own PXE, then snponly.efi from zpxe.
@@ -69,6 +72,12 @@ enum Firmware {
     OvmfHttpBoot,
     /// AAVMF with PXE off: UEFI HTTP Boot on ARM64 (arch 19) fetches the ARM64 iPXE.
     AavmfHttpBoot,
+    /// OVMF with Secure Boot enforced (`OVMF_CODE_4M.secboot.fd`, Microsoft's keys enrolled by
+    /// `OVMF_VARS_4M.ms.fd`, SMM on) and EDK2's own PXE (no option ROM: an unsigned iPXE
+    /// driver would not load); tests/integration/secureboot.rs.
+    OvmfSecureBootPxe,
+    /// The same Secure Boot firmware with PXE off: UEFI HTTP Boot.
+    OvmfSecureBootHttpBoot,
 }
 
 impl Firmware {
@@ -77,13 +86,23 @@ impl Firmware {
     }
 
     fn http_boot(self) -> bool {
-        matches!(self, Firmware::OvmfHttpBoot | Firmware::AavmfHttpBoot)
+        matches!(
+            self,
+            Firmware::OvmfHttpBoot | Firmware::AavmfHttpBoot | Firmware::OvmfSecureBootHttpBoot
+        )
+    }
+
+    fn secure_boot(self) -> bool {
+        matches!(
+            self,
+            Firmware::OvmfSecureBootPxe | Firmware::OvmfSecureBootHttpBoot
+        )
     }
 }
 
 /// Where the addresses come from and how zpxe takes part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Net {
+pub enum Net {
     /// dnsmasq hands out addresses from its own namespace `D` (no PXE options); zpxe answers
     /// as proxyDHCP on 67 and 4011.
     Proxy,
@@ -101,7 +120,7 @@ enum Net {
 }
 
 /// Fails the test when a file a package provides is missing.
-fn require_file(path: &str, package: &str) -> PathBuf {
+pub fn require_file(path: &str, package: &str) -> PathBuf {
     let p = PathBuf::from(path);
     assert!(
         p.is_file(),
@@ -126,7 +145,7 @@ fn ipxe_arm64() -> PathBuf {
 }
 
 /// A background process started by the test, stopped by its PID on drop.
-struct Proc {
+pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
@@ -201,8 +220,8 @@ impl Drop for Proc {
 }
 
 /// The namespaces, daemons and files of one scenario; all removed on drop.
-struct Lab {
-    dir: tempfile::TempDir,
+pub struct Lab {
+    pub dir: tempfile::TempDir,
     server_ns: String,
     /// Where qemu runs and its tap lives: the server namespace, or `C` behind the relay.
     client_ns: String,
@@ -215,7 +234,7 @@ struct Lab {
 
 impl Lab {
     /// Builds the network for `net`.
-    fn new(tag: &str, net: Net) -> Lab {
+    pub fn new(tag: &str, net: Net) -> Lab {
         require("ip");
         require("tcpdump");
         require("dnsmasq");
@@ -487,16 +506,32 @@ impl Lab {
     }
 
     /// Puts `src` below zpxe's root as `name` (before [`Lab::start_zpxe`]).
-    fn serve_file(&self, src: &Path, name: &str) {
-        let root = self.dir.path().join("root");
-        std::fs::create_dir_all(&root).expect("mkdir");
-        std::fs::copy(src, root.join(name))
+    pub fn serve_file(&self, src: &Path, name: &str) {
+        let to = self.root_path(name);
+        std::fs::copy(src, &to)
             .unwrap_or_else(|e| panic!("copy {} to zpxe's root: {e}", src.display()));
+    }
+
+    /// Writes `text` below zpxe's root as `name`.
+    pub fn serve_text(&self, name: &str, text: &str) {
+        std::fs::write(self.root_path(name), text).expect("write below zpxe's root");
+    }
+
+    /// `name` below zpxe's root, its directory made.
+    fn root_path(&self, name: &str) -> PathBuf {
+        let to = self.dir.path().join("root").join(name);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        to
     }
 
     /// The files zpxe serves and its configuration (the fixture plus `extra` TOML); returns the
     /// config path.
     fn zpxe_root(&self, extra: &str) -> PathBuf {
+        self.zpxe_root_from("zpxe.toml", extra)
+    }
+
+    /// As [`Lab::zpxe_root`] with another fixture of tests/fixtures/firmware.
+    fn zpxe_root_from(&self, fixture: &str, extra: &str) -> PathBuf {
         let root = self.dir.path().join("root");
         for (file, package) in [
             ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
@@ -510,7 +545,9 @@ impl Lab {
         pattern_file(&root.join("payload.bin"), PAYLOAD_LEN, 7);
         let config = self.dir.path().join("zpxe.toml");
         let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/firmware/zpxe.toml"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/firmware")
+                .join(fixture),
         )
         .expect("fixture config")
         .replace("@ROOT@", &root.display().to_string())
@@ -526,8 +563,13 @@ impl Lab {
 
     /// Starts zpxe with `extra` TOML after the fixture configuration.
     fn start_zpxe_with(&self, extra: &str) -> Server {
+        self.start_zpxe_from("zpxe.toml", extra)
+    }
+
+    /// Starts zpxe with another fixture of tests/fixtures/firmware, then `extra` TOML.
+    pub fn start_zpxe_from(&self, fixture: &str, extra: &str) -> Server {
         require("ip");
-        let config = self.zpxe_root(extra);
+        let config = self.zpxe_root_from(fixture, extra);
         let root = self.dir.path().join("root");
         Server::start_in_ns_logging(
             &self.server_ns,
@@ -547,6 +589,19 @@ impl Lab {
                 "virt",
                 "-cpu",
                 "cortex-a57",
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+            ]);
+        } else if fw.secure_boot() {
+            // Secure Boot's variables live in SMM-protected flash: without SMM and a secure
+            // pflash the secboot build does not start.
+            c.arg(require("qemu-system-x86_64")).args([
+                "-machine",
+                "q35,smm=on",
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
                 "-accel",
                 "tcg",
                 "-m",
@@ -605,9 +660,18 @@ impl Lab {
                     .arg("-device")
                     .arg(format!("{nic},romfile="));
             }
-            Firmware::OvmfEdk2Pxe | Firmware::OvmfIpxeRom | Firmware::OvmfHttpBoot => {
-                let code = require_file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf");
-                let vars_src = require_file("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf");
+            Firmware::OvmfEdk2Pxe
+            | Firmware::OvmfIpxeRom
+            | Firmware::OvmfHttpBoot
+            | Firmware::OvmfSecureBootPxe
+            | Firmware::OvmfSecureBootHttpBoot => {
+                let (code, vars) = if fw.secure_boot() {
+                    ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
+                } else {
+                    ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+                };
+                let code = require_file(&format!("/usr/share/OVMF/{code}"), "ovmf");
+                let vars_src = require_file(&format!("/usr/share/OVMF/{vars}"), "ovmf");
                 let vars = self.dir.path().join("OVMF_VARS.fd");
                 std::fs::copy(vars_src, &vars).expect("copy OVMF vars");
                 c.arg("-drive")
@@ -652,6 +716,21 @@ impl Lab {
         limit: Duration,
         stop_zpxe_after: Option<&str>,
     ) -> Result<Duration, String> {
+        self.boot_until(server, fw, mac, uuid, limit, stop_zpxe_after, MARKER)
+    }
+
+    /// [`Lab::boot`] until `marker` is on the serial console.
+    #[allow(clippy::too_many_arguments)]
+    pub fn boot_until(
+        &mut self,
+        server: &mut Server,
+        fw: Firmware,
+        mac: &str,
+        uuid: &str,
+        limit: Duration,
+        stop_zpxe_after: Option<&str>,
+        marker: &str,
+    ) -> Result<Duration, String> {
         let serial = self.serial_path();
         let qemu_log = self.dir.path().join("qemu.log");
         let start = Instant::now();
@@ -660,7 +739,7 @@ impl Lab {
         let result = loop {
             std::thread::sleep(Duration::from_millis(100));
             let text = read_lossy(&serial);
-            if text.contains(MARKER) {
+            if text.contains(marker) {
                 break Ok(start.elapsed());
             }
             if let Some(needle) = stop_zpxe_after
@@ -683,13 +762,20 @@ impl Lab {
                 // EDK2's HTTP Boot got no usable offer or file; OVMF then falls to its shell.
                 "Could not retrieve NBP file size",
                 "UEFI Interactive Shell",
+                // Secure Boot refused an image: EDK2 ("Access Denied"), shim ("Verification
+                // failed: (0x1A) Security Violation"), GRUB (a kernel shim would not verify,
+                // after which `boot` has nothing to start).
+                "Access Denied",
+                "Security Violation",
+                "bad shim signature",
+                "you need to load the kernel first",
             ]
             .into_iter()
             .find(|g| text.contains(g))
             {
                 break Err(format!(
                     "{fw:?}: the firmware gave up after {:.1}s (serial console: {gave_up:?}) \
-                     without printing {MARKER:?}; {zpxe}",
+                     without printing {marker:?}; {zpxe}",
                     start.elapsed().as_secs_f64()
                 ));
             }
@@ -706,13 +792,13 @@ impl Lab {
             }
             if let Ok(Some(status)) = vm.child.try_wait() {
                 break Err(format!(
-                    "{fw:?}: qemu exited ({status}) without printing {MARKER:?}; {zpxe}:\n{}",
+                    "{fw:?}: qemu exited ({status}) without printing {marker:?}; {zpxe}:\n{}",
                     vm.log_text()
                 ));
             }
             if start.elapsed() > limit {
                 break Err(format!(
-                    "{fw:?}: {MARKER:?} not on the serial console within {limit:?}; {zpxe}"
+                    "{fw:?}: {marker:?} not on the serial console within {limit:?}; {zpxe}"
                 ));
             }
         };
@@ -720,13 +806,13 @@ impl Lab {
         result
     }
 
-    fn serial_path(&self) -> PathBuf {
+    pub fn serial_path(&self) -> PathBuf {
         self.dir.path().join("serial.log")
     }
 
     /// Everything needed to see why a boot failed: serial console, zpxe's log, the other
     /// daemons' logs and a packet summary of each capture.
-    fn report(&self, server: &mut Server) -> String {
+    pub fn report(&self, server: &mut Server) -> String {
         let mut out = String::new();
         out.push_str("\n===== serial console =====\n");
         out.push_str(&printable(&read_lossy(&self.serial_path())));
@@ -787,7 +873,7 @@ impl Lab {
 
 impl Lab {
     /// The log of the daemon started as `name`.
-    fn daemon_log(&self, name: &str) -> String {
+    pub fn daemon_log(&self, name: &str) -> String {
         self.daemons
             .iter()
             .find(|d| d.name == name)
@@ -832,12 +918,12 @@ fn steps_in_order(lines: &[String], steps: &[&[&str]]) -> Result<(), String> {
     Ok(())
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
 
 /// Serial output without ANSI escapes, backspaces and carriage returns.
-fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -860,6 +946,104 @@ fn printable(s: &str) -> String {
     lines.dedup();
     lines.retain(|l| !l.trim().is_empty());
     tail(&lines.join("\n"), 120)
+}
+
+// zpxe's JSON log (`[log] format = "json"`) read as facts: the fields of each event, not the
+// wording of its line.
+
+/// zpxe's JSON log lines, as objects (lines that are not JSON objects are left out).
+pub fn events(server: &mut Server) -> Vec<Map<String, Value>> {
+    server
+        .drain_log()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn text<'a>(ev: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    ev.get(key).and_then(Value::as_str)
+}
+
+pub fn number(ev: &Map<String, Value>, key: &str) -> Option<u64> {
+    ev.get(key).and_then(Value::as_u64)
+}
+
+/// The TFTP files completed, in order, with the bytes sent (transfers joined by id).
+pub fn tftp_completed(events: &[Map<String, Value>]) -> Vec<(String, u64)> {
+    let mut files = HashMap::new();
+    let mut done = Vec::new();
+    for ev in events {
+        match text(ev, "message") {
+            Some("TFTP transfer started") => {
+                if let (Some(id), Some(file)) = (text(ev, "id"), text(ev, "file")) {
+                    files.insert(id.to_owned(), file.to_owned());
+                }
+            }
+            Some("TFTP transfer complete") => {
+                let file = text(ev, "id").and_then(|id| files.get(id)).cloned();
+                if let (Some(file), Some(bytes)) = (file, number(ev, "bytes")) {
+                    done.push((file, bytes));
+                }
+            }
+            _ => {}
+        }
+    }
+    done
+}
+
+/// The files requested over TFTP, in order, served or not.
+pub fn tftp_requested(events: &[Map<String, Value>]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|ev| {
+            matches!(
+                text(ev, "message"),
+                Some("TFTP transfer started" | "TFTP request refused")
+            )
+        })
+        .filter_map(|ev| text(ev, "file").map(str::to_owned))
+        .collect()
+}
+
+/// HTTP requests answered: (method, path, status, bytes).
+pub fn http_requests(events: &[Map<String, Value>]) -> Vec<(String, String, u64, u64)> {
+    events
+        .iter()
+        .filter(|ev| text(ev, "message") == Some("HTTP request"))
+        .map(|ev| {
+            (
+                text(ev, "method").unwrap_or("-").to_owned(),
+                text(ev, "path").unwrap_or("-").to_owned(),
+                number(ev, "status").unwrap_or(0),
+                number(ev, "bytes").unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The boot files zpxe's DHCP server handed `mac` in its ACKs, in order.
+pub fn acked_boot_files(events: &[Map<String, Value>], mac: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|ev| text(ev, "message") == Some("DHCP ack") && text(ev, "mac") == Some(mac))
+        .filter_map(|ev| text(ev, "boot_file").map(str::to_owned))
+        .collect()
+}
+
+/// Finds each of `wanted` in `seen`, in this order.
+pub fn in_order<T: PartialEq + std::fmt::Debug>(seen: &[T], wanted: &[T]) -> Result<(), String> {
+    let mut from = 0;
+    for w in wanted {
+        match seen[from..].iter().position(|s| s == w) {
+            Some(i) => from += i + 1,
+            None => return Err(format!("{w:?} missing after position {from} of {seen:?}")),
+        }
+    }
+    Ok(())
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -1345,7 +1529,7 @@ fn boot_fails_clearly_when_zpxe_stops_mid_boot() {
 }
 
 /// `[dhcp] mode = "server"` for the firmware tests: a pool on the bridge's subnet.
-const SERVER_MODE: &str = "\n[dhcp]\nmode = \"server\"\nlease-time-secs = 600\n\
+pub const SERVER_MODE: &str = "\n[dhcp]\nmode = \"server\"\nlease-time-secs = 600\n\
     [[dhcp.pool]]\nsubnet = \"10.90.0.0/24\"\nrange = [\"10.90.0.100\", \"10.90.0.150\"]\n\
     router = [\"10.90.0.1\"]\n";
 
@@ -1418,5 +1602,79 @@ fn server_mode_uefi_edk2_gets_its_address_from_zpxe_and_boots() {
     assert!(
         !log.contains("PXE ack"),
         "the boot file came with the lease: {log}"
+    );
+}
+
+/// UEFI HTTP Boot with zpxe as the only DHCP server: OVMF with PXE off leases its address from
+/// zpxe, whose OFFER and ACK carry option 60 `HTTPClient` and the URL, fetches ipxe.efi over
+/// HTTP, and iPXE gets the same address with the script URL. Read from zpxe's JSON log.
+#[test]
+fn server_mode_uefi_http_boot_x64_gets_address_and_url_from_zpxe() {
+    let mut lab = Lab::new("srvhttp", Net::Server);
+    let mut server = lab.start_zpxe_with(&format!("{SERVER_MODE}\n[log]\nformat = \"json\"\n"));
+    let mac = "52:54:00:90:00:52";
+    let uuid = "a1b2c3d4-0052-4000-8000-000000000052";
+    let size = std::fs::metadata("/usr/lib/ipxe/ipxe.efi")
+        .expect("ipxe.efi")
+        .len();
+    // The marker and iPXE's payload line on the serial console; the steps come from JSON.
+    lab.expect_boot(&mut server, Firmware::OvmfHttpBoot, mac, uuid, &[]);
+    lab.expect_http_boot_on_serial(&mut server);
+    let events = events(&mut server);
+    let acked = acked_boot_files(&events, mac);
+    let url = http_boot_url("ipxe.efi");
+    let script = acked
+        .iter()
+        .position(|f| f.starts_with("http://10.90.0.1:8050/boot.ipxe?"));
+    assert!(
+        acked.first() == Some(&url) && script > Some(0),
+        "zpxe's ACKs: {acked:?} (want the HTTP Boot URL {url}, then iPXE's script){}",
+        lab.report(&mut server)
+    );
+    let offers: Vec<_> = events
+        .iter()
+        .filter(|ev| text(ev, "message") == Some("DHCP offer") && text(ev, "mac") == Some(mac))
+        .filter_map(|ev| text(ev, "ip"))
+        .collect();
+    let leased: Vec<_> = events
+        .iter()
+        .filter(|ev| text(ev, "message") == Some("DHCP ack") && text(ev, "mac") == Some(mac))
+        .filter_map(|ev| text(ev, "ip"))
+        .collect();
+    assert!(
+        !offers.is_empty()
+            && leased.len() >= 2
+            && leased
+                .iter()
+                .all(|ip| *ip == leased[0] && ip.starts_with("10.90.0.1")),
+        "firmware and iPXE should hold one address from the pool: offers {offers:?}, acks \
+         {leased:?}{}",
+        lab.report(&mut server)
+    );
+    let gets: Vec<_> = http_requests(&events)
+        .into_iter()
+        .filter(|(method, ..)| method == "GET")
+        .map(|(_, path, status, bytes)| (path, status, bytes))
+        .collect();
+    let script_get = gets
+        .iter()
+        .position(|(p, s, _)| p == "/boot.ipxe" && *s == 200);
+    let order = in_order(
+        &gets,
+        &[
+            ("/ipxe.efi".to_owned(), 200, size),
+            ("/payload.bin".to_owned(), 200, PAYLOAD_LEN as u64),
+        ],
+    );
+    assert!(
+        order.is_ok() && script_get.is_some(),
+        "HTTP requests {gets:?}: {order:?}{}",
+        lab.report(&mut server)
+    );
+    let tftp = tftp_completed(&events);
+    assert!(
+        tftp.is_empty(),
+        "HTTP Boot used TFTP: {tftp:?}{}",
+        lab.report(&mut server)
     );
 }

@@ -24,6 +24,7 @@ mod reload;
 mod reporting;
 #[cfg(unix)]
 mod rewrite;
+mod secureboot;
 mod tftp;
 mod tftp_load;
 mod web_api;
