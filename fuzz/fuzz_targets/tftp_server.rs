@@ -1,19 +1,25 @@
 //! The TFTP server machine fed a script of datagrams from several peers, to port 69 and to
 //! transfer ports, with the clock moving and timeouts firing in between.
 //!
-//! Input: a config byte, then records of a tag byte (what to do, from whom) and, for datagrams,
-//! a u16 length and the bytes.
-//! Oracles: no panic; every transmit names bytes inside the image it holds; once input stops
-//! and the clock runs on, every transfer ends and every image reference is released.
+//! Input: a config byte, the number of transfer ports the platform has (0-3, so transfers
+//! share sockets or end for want of one), then records of a tag byte (what to do, from whom)
+//! and, for datagrams, a u16 length and the bytes.
+//! Oracles: no panic; every transmit names bytes inside the image it holds; a transfer moved
+//! off a socket that could not be bound goes to one that is open; once input stops and the
+//! clock runs on, every transfer ends, every image reference is released and every socket is
+//! handed back.
 #![no_main]
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use zpxe_engine::image::MemoryCatalog;
 use zpxe_engine::net::{DatagramMeta, Payload};
-use zpxe_engine::tftp::{Local, ServerAbort, TftpEvent, TftpServer, TftpServerConfig, TransferId};
+use zpxe_engine::tftp::{
+    Local, ServerAbort, SocketId, TftpEvent, TftpServer, TftpServerConfig, TransferId,
+};
 use zpxe_fuzz::Script;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -37,14 +43,48 @@ fn catalog() -> MemoryCatalog {
     images
 }
 
+/// The platform's side: binds a socket for each transfer socket the engine sends from while
+/// `ports` lasts, then says none is left; closes the ones the engine hands back.
+struct Platform {
+    ports: usize,
+    open: HashSet<SocketId>,
+    draws: u64,
+}
+
 fn drain(
     server: &mut TftpServer,
-    images: &MemoryCatalog,
+    images: &mut MemoryCatalog,
+    platform: &mut Platform,
     now: Instant,
     started: &mut Vec<TransferId>,
     buf: &mut [u8],
 ) {
-    while let Some((_, transmit)) = server.poll_transmit(now, 64, buf) {
+    while let Some((local, transmit)) = server.poll_transmit(now, 64, buf) {
+        if let Local::Socket(socket) = local
+            && !platform.open.contains(&socket)
+        {
+            // A socket is bound only for a transfer; an ERROR to a socket that is gone is
+            // dropped.
+            if server.transfer_of(local, transmit.destination).is_none() {
+                continue;
+            }
+            if platform.ports > 0 {
+                platform.ports -= 1;
+                platform.open.insert(socket);
+                server.socket_opened(socket);
+            } else {
+                platform.draws += 1;
+                let moved =
+                    server.socket_unavailable(socket, platform.draws.wrapping_mul(0x9e37), images);
+                if let Some(moved) = moved {
+                    assert!(
+                        platform.open.contains(&moved),
+                        "moved to a socket never opened"
+                    );
+                }
+                continue;
+            }
+        }
         if let Payload::Segments {
             header_len,
             count,
@@ -61,6 +101,13 @@ fn drain(
                 "segments outside their image: {range:?}"
             );
         }
+    }
+    while let Some(socket) = server.poll_unused_socket() {
+        assert!(
+            platform.open.remove(&socket),
+            "handed back a socket never opened"
+        );
+        platform.ports += 1;
     }
     while let Some(event) = server.poll_event() {
         if let TftpEvent::TransferStarted { id, .. } = event {
@@ -88,6 +135,12 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let mut started: Vec<TransferId> = Vec::new();
     let mut buf = vec![0u8; 65_536];
+    // Transfer ports the platform has: none (every transfer shares, or ends), or a few.
+    let mut platform = Platform {
+        ports: usize::from(script.byte() % 4),
+        open: HashSet::new(),
+        draws: 0,
+    };
 
     let mut steps = 0;
     while !script.is_empty() && steps < 256 {
@@ -99,9 +152,9 @@ fuzz_target!(|data: &[u8]| {
                     0 | 1 => Local::Listener,
                     // A transfer port: one that was handed out, or one that never was.
                     _ => match started.get(usize::from(tag >> 5)) {
-                        Some(&id) if tag & 1 == 0 => Local::Transfer(id),
-                        Some(&id) => Local::Transfer(TransferId(id.0.wrapping_add(1000))),
-                        None => Local::Transfer(TransferId(u64::from(tag >> 5))),
+                        Some(&id) if tag & 1 == 0 => Local::Socket(SocketId(id.0)),
+                        Some(&id) => Local::Socket(SocketId(id.0.wrapping_add(1000))),
+                        None => Local::Socket(SocketId(u64::from(tag >> 5))),
                     },
                 };
                 let meta = DatagramMeta {
@@ -128,7 +181,14 @@ fuzz_target!(|data: &[u8]| {
             6 => server.stop_accepting(),
             _ => server.set_mtu(script.u16()),
         }
-        drain(&mut server, &images, now, &mut started, &mut buf);
+        drain(
+            &mut server,
+            &mut images,
+            &mut platform,
+            now,
+            &mut started,
+            &mut buf,
+        );
     }
 
     // The peers go quiet: every transfer must time out and let go of its image.
@@ -138,7 +198,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(rounds < 100_000, "timers keep firing with no input");
         now = now.max(at);
         server.handle_timeout(now, &mut images);
-        drain(&mut server, &images, now, &mut started, &mut buf);
+        drain(
+            &mut server,
+            &mut images,
+            &mut platform,
+            now,
+            &mut started,
+            &mut buf,
+        );
     }
     assert_eq!(
         server.active_transfers(),
@@ -146,4 +213,13 @@ fuzz_target!(|data: &[u8]| {
         "a transfer outlived every timer"
     );
     assert_eq!(images.total_open_refs(), 0, "an image is still held");
+    assert_eq!(
+        server.sockets_in_use(),
+        0,
+        "a socket outlived its transfers"
+    );
+    assert!(
+        platform.open.is_empty(),
+        "an open socket was never handed back"
+    );
 });

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) boot_conns: Arc<http::ConnCap>,
     /// Open connections on the web service port.
     pub(crate) web_conns: Arc<http::ConnCap>,
+    /// TFTP transfer ports (`ports.tftp-range`), one pool for every event loop.
+    pub(crate) tftp_ports: tftp::PortPool,
     /// Where the boot services record each leg (records nothing with the database off).
     pub(crate) recorder: crate::db::Recorder,
     /// Registered machines (src/serve/registry.rs); none with the database off.
@@ -200,6 +202,7 @@ pub fn start_reloadable(
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
         boot_conns: http::ConnCap::new(config.http.max_connections),
+        tftp_ports: tftp::PortPool::new(config.tftp_range()),
         web_conns: http::ConnCap::new(WEB_MAX_CONNECTIONS),
         config,
     });

@@ -1,5 +1,6 @@
-//! The TFTP service on one event loop: the engine's `TftpServer` wired to a listener and one
-//! socket per transfer (or the listener alone in single-port mode).
+//! The TFTP service on one event loop: the engine's `TftpServer` wired to a listener and the
+//! transfer sockets the engine names (or the listener alone in single-port mode). The engine
+//! decides which transfer a datagram is for; this file only binds, receives and sends.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -7,9 +8,13 @@ use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use zpxe_engine::tftp::{Local, ServerAbort, TftpEvent, TftpServer, TransferId, TransferOutcome};
+use zpxe_engine::tftp::{
+    Local, ServerAbort, SocketId, TftpEvent, TftpServer, TransferId, TransferOutcome,
+};
 use zpxe_engine::{Payload, Transmit};
 use zpxe_platform::runtime::{JoinHandle, sleep, spawn};
 use zpxe_platform::udp::{Route, SegmentRun, SendError, UdpEndpoint, UdpOptions};
@@ -30,154 +35,61 @@ const BIND_WARN_PERIOD: Duration = Duration::from_secs(10);
 /// freed a moment ago may still be bound until its socket's receive is cancelled, and a bind
 /// that fails is a system call the event loop waits for.
 const MAX_BIND_TRIES: usize = 8;
+/// Send buffers kept for reuse.
+const MAX_SPARE_BUFFERS: usize = 16;
 
-/// A bound transfer socket and the transfers it serves (`E`: the socket, `Rc<UdpEndpoint>`).
-struct Socket<E> {
-    endpoint: E,
+/// A bound transfer socket: the engine decides which transfers use it and whose datagrams
+/// are whose (`TftpServer::socket_unavailable`, `Local::Socket`).
+struct TransferSocket {
+    endpoint: Rc<UdpEndpoint>,
+    /// Its receive task; dropping it ends the receive, which closes the socket.
     recv_task: Option<JoinHandle<()>>,
     port: Option<u16>,
-    /// Its transfers by client address and port: one, unless no port was left and transfers
-    /// share it.
-    peers: HashMap<SocketAddr, TransferId>,
-    /// Its place in `Sockets::keys`.
-    slot: usize,
-}
-
-/// The transfer sockets of one loop.
-struct Sockets<E> {
-    by_key: HashMap<u64, Socket<E>>,
-    /// Every key, for a pick at random.
-    keys: Vec<u64>,
-    /// The socket of each transfer that has one.
-    of: HashMap<TransferId, u64>,
-    next_key: u64,
-}
-
-impl<E> Default for Sockets<E> {
-    fn default() -> Self {
-        Self {
-            by_key: HashMap::new(),
-            keys: Vec::new(),
-            of: HashMap::new(),
-            next_key: 0,
-        }
-    }
-}
-
-impl<E: Clone> Sockets<E> {
-    fn endpoint_of(&self, id: TransferId) -> Option<E> {
-        let key = self.of.get(&id)?;
-        self.by_key.get(key).map(|s| s.endpoint.clone())
-    }
-
-    /// Which transfer a datagram from `from` on socket `key` is for: its own, or (a stranger)
-    /// any transfer of the socket, whose answer is the ERROR for an unknown transfer ID.
-    fn local_for(&self, key: u64, from: SocketAddr) -> Option<Local> {
-        let socket = self.by_key.get(&key)?;
-        socket
-            .peers
-            .get(&from)
-            .or_else(|| socket.peers.values().next())
-            .map(|&id| Local::Transfer(id))
-    }
-
-    fn add(&mut self, endpoint: E, port: Option<u16>) -> u64 {
-        let key = self.next_key;
-        self.next_key += 1;
-        let socket = Socket {
-            endpoint,
-            recv_task: None,
-            port,
-            peers: HashMap::new(),
-            slot: self.keys.len(),
-        };
-        self.keys.push(key);
-        self.by_key.insert(key, socket);
-        key
-    }
-
-    fn join(&mut self, key: u64, id: TransferId, remote: SocketAddr) {
-        if let Some(socket) = self.by_key.get_mut(&key) {
-            // A transfer of the same peer that already ended (its end not handled yet) is
-            // replaced: the engine runs one transfer per client address and port.
-            if let Some(old) = socket.peers.insert(remote, id) {
-                self.of.remove(&old);
-            }
-            self.of.insert(id, key);
-        }
-    }
-
-    /// The socket of `at`-th key, modulo the count (a pick at random for a random `at`).
-    fn pick(&self, at: u64) -> Option<u64> {
-        let n = self.keys.len() as u64;
-        (n > 0).then(|| self.keys[(at % n) as usize])
-    }
-
-    /// Transfer `id` of `remote` ended: it leaves its socket, which closes when it was the
-    /// last. Returns the closed socket's port.
-    fn leave(&mut self, id: TransferId, remote: SocketAddr) -> Option<Option<u16>> {
-        let key = self.of.remove(&id)?;
-        let socket = self.by_key.get_mut(&key)?;
-        if socket.peers.get(&remote) == Some(&id) {
-            socket.peers.remove(&remote);
-        }
-        if !socket.peers.is_empty() {
-            return None;
-        }
-        let mut socket = self.by_key.remove(&key)?;
-        // Its receive task ends here, which closes the socket.
-        drop(socket.recv_task.take());
-        self.keys.swap_remove(socket.slot);
-        if let Some(&moved) = self.keys.get(socket.slot)
-            && let Some(m) = self.by_key.get_mut(&moved)
-        {
-            m.slot = socket.slot;
-        }
-        Some(socket.port)
-    }
 }
 
 /// Hands out transfer ports from the configured range, or ephemeral ones (which the kernel
-/// picks at random).
-struct PortPool {
+/// picks at random). One pool serves every event loop, since the range is one: a loop never
+/// tries a port another loop holds, nor shares a socket while the range still has a port.
+/// Its lock is taken per new transfer socket, never per datagram.
+pub(crate) struct PortPool {
     range: Option<PortRange>,
-    in_use: HashSet<u16>,
+    in_use: Mutex<HashSet<u16>>,
     /// SipHash under this process's random keys, over a counter: where the search for a free
     /// port starts cannot be told from the ports handed out before, so a spoofer that does not
     /// receive the OACK cannot aim an ACK 0 at the transfer (ports in sequence could be).
     random: RandomState,
-    draws: u64,
+    draws: AtomicU64,
 }
 
 impl PortPool {
-    fn new(range: Option<PortRange>) -> Self {
+    pub(crate) fn new(range: Option<PortRange>) -> Self {
         Self {
             range,
-            in_use: HashSet::new(),
+            in_use: Mutex::new(HashSet::new()),
             random: RandomState::new(),
-            draws: 0,
+            draws: AtomicU64::new(0),
         }
     }
 
     /// A port of the range at random (the first free one from a random place), trying at
-    /// most `MAX_BIND_TRIES` of them; none at all when every port is handed out.
-    fn bind(&mut self, ip: IpAddr, options: &UdpOptions) -> io::Result<(UdpEndpoint, Option<u16>)> {
+    /// most `MAX_BIND_TRIES` of them; none at all when every port is handed out. A port is
+    /// taken under the lock and bound outside it; one some other program holds goes back.
+    fn bind(&self, ip: IpAddr, options: &UdpOptions) -> io::Result<(UdpEndpoint, Option<u16>)> {
         let Some(range) = self.range else {
             return UdpEndpoint::bind(SocketAddr::new(ip, 0), options).map(|s| (s, None));
         };
-        let free = range.count().saturating_sub(self.in_use.len());
-        let candidates = self.order(range).filter(|p| !self.in_use.contains(p));
-        for port in candidates
-            .take(MAX_BIND_TRIES.min(free))
-            .collect::<Vec<_>>()
-        {
+        for _ in 0..MAX_BIND_TRIES {
+            let Some(port) = self.take(range) else {
+                break;
+            };
             match UdpEndpoint::bind(SocketAddr::new(ip, port), options) {
-                Ok(s) => {
-                    self.in_use.insert(port);
-                    return Ok((s, Some(port)));
+                Ok(s) => return Ok((s, Some(port))),
+                Err(e) => {
+                    self.release(Some(port));
+                    if e.kind() != io::ErrorKind::AddrInUse {
+                        return Err(e);
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-                Err(e) => return Err(e),
             }
         }
         Err(io::Error::new(
@@ -189,23 +101,38 @@ impl PortPool {
         ))
     }
 
-    /// A number no one outside can predict.
-    fn draw(&mut self) -> u64 {
-        self.draws += 1;
-        self.random.hash_one(self.draws)
+    /// Takes the first free port of `range` from a random place.
+    fn take(&self, range: PortRange) -> Option<u16> {
+        let start = self.draw();
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if in_use.len() >= range.count() {
+            return None;
+        }
+        let port = Self::order(range, start).find(|p| !in_use.contains(p))?;
+        in_use.insert(port);
+        Some(port)
     }
 
-    /// Every port of `range`, starting at a random one.
-    fn order(&mut self, range: PortRange) -> impl Iterator<Item = u16> + use<> {
+    /// A number no one outside can predict.
+    fn draw(&self) -> u64 {
+        let n = self.draws.fetch_add(1, Ordering::Relaxed);
+        self.random.hash_one(n)
+    }
+
+    /// Every port of `range`, starting at the one `start` picks.
+    fn order(range: PortRange, start: u64) -> impl Iterator<Item = u16> {
         let count = range.count();
-        let start = (self.draw() % count as u64) as usize;
+        let start = (start % count as u64) as usize;
         // The offset is below `count`, so `lo` plus it is a port of the range.
         (0..count).map(move |i| range.lo + ((start + i) % count) as u16)
     }
 
-    fn release(&mut self, port: Option<u16>) {
+    fn release(&self, port: Option<u16>) {
         if let Some(p) = port {
-            self.in_use.remove(&p);
+            self.in_use
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&p);
         }
     }
 }
@@ -246,14 +173,15 @@ pub(crate) struct TftpService {
     engine: RefCell<TftpServer>,
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
-    sockets: RefCell<Sockets<Rc<UdpEndpoint>>>,
+    sockets: RefCell<HashMap<SocketId, TransferSocket>>,
+    /// Send buffers back from the socket, for the next ERROR, OACK or run of DATA headers.
+    spare: RefCell<Vec<Vec<u8>>>,
     /// Each running transfer's file, start and live-view id, for its timeline event and its
     /// duration in the metrics at the end (the end event names neither).
     recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant, u64)>>,
     /// Each running transfer's file, size, last progress report and live-view id, for the
     /// live view (src/web/live.rs). Only filled when the web service runs.
     progress: RefCell<HashMap<TransferId, (crate::db::Name, u64, Instant, u64)>>,
-    ports: RefCell<PortPool>,
     transfer_ip: IpAddr,
     bind_warnings: RefCell<Throttle>,
 }
@@ -276,15 +204,14 @@ impl TftpService {
         if addr.ip().is_loopback() {
             engine.set_mtu(u16::MAX);
         }
-        let range = shared.config.tftp_range();
         Ok(Rc::new(Self {
             engine: RefCell::new(engine),
             ctx: Rc::clone(ctx),
             listener: Rc::new(listener),
             sockets: RefCell::default(),
+            spare: RefCell::default(),
             recording: RefCell::default(),
             progress: RefCell::default(),
-            ports: RefCell::new(PortPool::new(range)),
             transfer_ip: addr.ip(),
             bind_warnings: RefCell::new(Throttle::new(BIND_WARN_PERIOD)),
         }))
@@ -298,13 +225,13 @@ impl TftpService {
     pub(crate) fn start(self: &Rc<Self>) {
         let me = Rc::clone(self);
         let listener = Rc::clone(&self.listener);
-        spawn(async move { me.recv_loop(listener, None).await }).detach();
+        spawn(async move { me.recv_loop(listener, Local::Listener).await }).detach();
         let me = Rc::clone(self);
         spawn(async move { me.drive().await }).detach();
     }
 
-    /// Receives on the listener (`key` None) or on transfer socket `key`.
-    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, key: Option<u64>) {
+    /// Receives on the listener or on a transfer socket (`local`).
+    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, local: Local) {
         let mut buf = Vec::with_capacity(RECV_BUF);
         let mut out = vec![0u8; OUT_BUF];
         loop {
@@ -312,14 +239,6 @@ impl TftpService {
             buf = b;
             match res {
                 Ok(r) => {
-                    let local = match key {
-                        None => Local::Listener,
-                        Some(key) => match self.sockets.borrow().local_for(key, r.meta.remote) {
-                            Some(local) => local,
-                            // Its last transfer just ended.
-                            None => continue,
-                        },
-                    };
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
                         local,
@@ -335,7 +254,7 @@ impl TftpService {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "TFTP receive failed");
-                    if key.is_some() {
+                    if local != Local::Listener {
                         return;
                     }
                 }
@@ -401,17 +320,18 @@ impl TftpService {
         }
     }
 
-    /// The socket a transfer's datagram to `remote` leaves from. A transfer gets one when it
-    /// first sends: a port of its own, or, when none is left, a share of another transfer's.
+    /// The socket a datagram from `local` to `remote` leaves from. A transfer socket is bound
+    /// when a transfer first sends from it; when no port is left the engine moves the
+    /// transfer to a socket that is open (or ends it) and the datagram leaves from that one.
     fn socket_for(self: &Rc<Self>, local: Local, remote: SocketAddr) -> Option<Rc<UdpEndpoint>> {
-        let id = match local {
+        let socket = match local {
             Local::Listener => return Some(Rc::clone(&self.listener)),
-            Local::Transfer(id) => id,
+            Local::Socket(socket) => socket,
         };
-        if let Some(endpoint) = self.sockets.borrow().endpoint_of(id) {
-            return Some(endpoint);
+        if let Some(s) = self.sockets.borrow().get(&socket) {
+            return Some(Rc::clone(&s.endpoint));
         }
-        if !self.engine.borrow().is_active(id) {
+        if self.engine.borrow().transfer_of(local, remote).is_none() {
             // A last ERROR for a transfer that already ended: its socket is gone.
             return None;
         }
@@ -419,55 +339,67 @@ impl TftpService {
             send_buffer: Some(1 << 20),
             ..UdpOptions::default()
         };
-        let bound = self.ports.borrow_mut().bind(self.transfer_ip, &options);
-        match bound {
-            Ok((socket, port)) => {
+        let pool = &self.ctx.shared.tftp_ports;
+        match pool.bind(self.transfer_ip, &options) {
+            Ok((bound, port)) => {
                 if !self.ctx.shared.config.server.udp_gso {
-                    socket.disable_gso();
+                    bound.disable_gso();
                 }
-                let endpoint = Rc::new(socket);
-                let key = self.sockets.borrow_mut().add(Rc::clone(&endpoint), port);
+                let endpoint = Rc::new(bound);
                 let me = Rc::clone(self);
-                let task = spawn(me.recv_loop(Rc::clone(&endpoint), Some(key)));
-                let mut sockets = self.sockets.borrow_mut();
-                if let Some(s) = sockets.by_key.get_mut(&key) {
-                    s.recv_task = Some(task);
-                }
-                sockets.join(key, id, remote);
+                let task = spawn(me.recv_loop(Rc::clone(&endpoint), local));
+                self.sockets.borrow_mut().insert(
+                    socket,
+                    TransferSocket {
+                        endpoint: Rc::clone(&endpoint),
+                        recv_task: Some(task),
+                        port,
+                    },
+                );
+                self.engine.borrow_mut().socket_opened(socket);
                 Some(endpoint)
             }
             Err(e) => {
-                //= https://www.rfc-editor.org/rfc/rfc1350#section-4
-                //# In order to create a connection, each end of the connection chooses a TID
-                //# for itself, to be used for the duration of that connection.
-                //
-                // A connection is the pair of TIDs: a port already serving other clients'
-                // transfers still makes a new pair with this client's. So when no port is left
-                // (a spoofed flood holds them all, each waiting for a first ACK that never
-                // comes), the transfer shares the socket of another at random, and datagrams
-                // are told apart by the client's address and port, as in single-port mode. An
-                // unacknowledged transfer then holds a table entry, not a port: a flood shuts
-                // no one out, and no loop of failing binds stalls the event loop.
-                let at = self.ports.borrow_mut().draw();
-                let mut sockets = self.sockets.borrow_mut();
-                if let Some(key) = sockets.pick(at) {
-                    sockets.join(key, id, remote);
-                    return sockets.endpoint_of(id);
+                let moved = self.engine.borrow_mut().socket_unavailable(
+                    socket,
+                    pool.draw(),
+                    &mut *self.ctx.store.borrow_mut(),
+                );
+                if let Some(moved) = moved {
+                    return self
+                        .sockets
+                        .borrow()
+                        .get(&moved)
+                        .map(|s| Rc::clone(&s.endpoint));
                 }
-                drop(sockets);
                 if let Some(held) = self.bind_warnings.borrow_mut().admit(Instant::now()) {
-                    tracing::warn!(%id, error = %e, held_back = held, "no socket for a TFTP transfer");
+                    tracing::warn!(%socket, error = %e, held_back = held, "no socket for a TFTP transfer");
                 }
-                let mut store = self.ctx.store.borrow_mut();
-                self.engine
-                    .borrow_mut()
-                    .abort_transfer(id, ServerAbort::OutOfPorts, &mut *store);
                 None
             }
         }
     }
 
+    /// A send buffer holding `bytes`, from the spares when there is one.
+    fn buffer(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut v = self.spare.borrow_mut().pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// A buffer back from the socket, kept for the next send (a few: one per send in flight).
+    fn give_back(&self, v: Vec<u8>) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < MAX_SPARE_BUFFERS {
+            spare.push(v);
+        }
+    }
+
     async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
+        // The transfer this is part of, whatever socket it uses (read now: another task may
+        // end it while this one waits on the send).
+        let transfer = self.engine.borrow().transfer_of(local, t.destination);
         let Some(socket) = self.socket_for(local, t.destination) else {
             return;
         };
@@ -478,7 +410,8 @@ impl TftpService {
         };
         match t.payload {
             Payload::Bytes { len } => {
-                let (res, _) = socket.send(route, buf[..len].to_vec()).await;
+                let (res, b) = socket.send(route, self.buffer(&buf[..len])).await;
+                self.give_back(b);
                 if let Err(e) = res {
                     tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
                 }
@@ -491,7 +424,7 @@ impl TftpService {
                 range,
             } => {
                 let header_len = usize::from(header_len);
-                let headers = buf[..header_len * usize::from(count)].to_vec();
+                let headers = self.buffer(&buf[..header_len * usize::from(count)]);
                 let version = self.ctx.store.borrow().version(image);
                 let result = match version {
                     Some(v) => {
@@ -501,7 +434,9 @@ impl TftpService {
                             segment: segment as usize,
                             range,
                         };
-                        socket.send_run(route, headers, &v, run).await.0
+                        let (result, b) = socket.send_run(route, headers, &v, run).await;
+                        self.give_back(b);
+                        result
                     }
                     None => Err(SendError::Image(zpxe_platform::VersionBroken::Gone)),
                 };
@@ -511,14 +446,13 @@ impl TftpService {
                             .shared
                             .metrics
                             .tftp_datagrams(n as u64, range.len());
-                        if let (Local::Transfer(id), Some(live)) =
-                            (local, self.ctx.shared.recorder.live())
+                        if let (Some(id), Some(live)) = (transfer, self.ctx.shared.recorder.live())
                         {
                             self.report_progress(live, id, t.destination, range.end);
                         }
                     }
                     Err(SendError::Image(e)) => {
-                        if let Local::Transfer(id) = local {
+                        if let Some(id) = transfer {
                             tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
                             let mut store = self.ctx.store.borrow_mut();
                             self.engine.borrow_mut().abort_transfer(
@@ -565,6 +499,15 @@ impl TftpService {
     }
 
     fn handle_events(&self) {
+        // Sockets no transfer uses any more close, and their ports go back to the pool.
+        loop {
+            let unused = self.engine.borrow_mut().poll_unused_socket();
+            let Some(socket) = unused else { break };
+            if let Some(mut s) = self.sockets.borrow_mut().remove(&socket) {
+                drop(s.recv_task.take());
+                self.ctx.shared.tftp_ports.release(s.port);
+            }
+        }
         loop {
             let ev = self.engine.borrow_mut().poll_event();
             let Some(ev) = ev else { break };
@@ -607,10 +550,6 @@ impl TftpService {
                     ..
                 } => {
                     self.progress.borrow_mut().remove(&id);
-                    let closed = self.sockets.borrow_mut().leave(id, remote);
-                    if let Some(port) = closed {
-                        self.ports.borrow_mut().release(port);
-                    }
                     let recording = self.recording.borrow_mut().remove(&id);
                     // By outcome; an EDK2 size probe is no failure.
                     metrics
@@ -687,10 +626,10 @@ mod tests {
             lo: 30000,
             hi: 30999,
         };
-        let mut pool = PortPool::new(Some(range));
+        let pool = PortPool::new(Some(range));
         let firsts: Vec<u16> = (0..50)
             .map(|_| {
-                let order: Vec<u16> = pool.order(range).collect();
+                let order: Vec<u16> = PortPool::order(range, pool.draw()).collect();
                 let mut sorted = order.clone();
                 sorted.sort_unstable();
                 assert_eq!(
@@ -712,43 +651,30 @@ mod tests {
     }
 
     #[test]
-    fn transfers_share_a_socket_and_it_closes_with_the_last() {
-        let id = TransferId;
-        let peer = |n: u16| SocketAddr::from(([127, 1, 0, 1], n));
-        let mut sockets: Sockets<&str> = Sockets::default();
-        let a = sockets.add("a", Some(30000));
-        let b = sockets.add("b", Some(30001));
-        sockets.join(a, id(1), peer(1));
-        sockets.join(b, id(2), peer(2));
-        // The range is used up: transfers 3 and 4 share b's socket.
-        let shared = sockets.pick(1).expect("a socket to share");
-        assert_eq!(shared, b);
-        sockets.join(b, id(3), peer(3));
-        sockets.join(b, id(4), peer(4));
-        assert_eq!(sockets.endpoint_of(id(3)), Some("b"));
-        // Each datagram goes to the transfer of its source; a stranger's to one of them (its
-        // ERROR leaves from the same socket).
-        assert_eq!(sockets.local_for(b, peer(3)), Some(Local::Transfer(id(3))));
-        assert_eq!(sockets.local_for(b, peer(4)), Some(Local::Transfer(id(4))));
-        assert!(matches!(
-            sockets.local_for(b, peer(9)),
-            Some(Local::Transfer(TransferId(2..=4)))
-        ));
-        // A new transfer of the same peer replaces one that ended unseen.
-        sockets.join(b, id(5), peer(4));
-        assert_eq!(sockets.endpoint_of(id(4)), None);
-        assert_eq!(sockets.local_for(b, peer(4)), Some(Local::Transfer(id(5))));
-        // The socket stays while a transfer uses it; its port comes back with the last.
-        assert_eq!(sockets.leave(id(2), peer(2)), None);
-        assert_eq!(sockets.leave(id(4), peer(4)), None);
-        assert_eq!(sockets.leave(id(3), peer(3)), None);
-        assert_eq!(sockets.leave(id(5), peer(4)), Some(Some(30001)));
-        assert_eq!(sockets.local_for(b, peer(3)), None);
-        // The key list stays consistent after the swap-remove: picks land on a.
-        assert_eq!(sockets.keys, vec![a]);
-        assert_eq!(sockets.pick(7), Some(a));
-        assert_eq!(sockets.leave(id(1), peer(1)), Some(Some(30000)));
-        assert_eq!(sockets.pick(0), None);
+    fn loops_take_ports_from_one_pool() {
+        let range = PortRange {
+            lo: 30000,
+            hi: 30015,
+        };
+        let pool = std::sync::Arc::new(PortPool::new(Some(range)));
+        // Two event loops at once take the whole range between them, each port once.
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = std::sync::Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    std::iter::from_fn(|| pool.take(range)).collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u16> = takers
+            .into_iter()
+            .flat_map(|t| t.join().expect("taker"))
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (30000..=30015).collect::<Vec<_>>());
+        assert_eq!(pool.take(range), None, "the range is used up");
+        pool.release(Some(30007));
+        assert_eq!(pool.take(range), Some(30007));
     }
 
     #[test]

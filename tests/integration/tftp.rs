@@ -1,8 +1,11 @@
 //! Real TFTP clients against the zpxe binary: curl, atftp, busybox.
 
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -206,4 +209,186 @@ fn truncation_during_transfer_ends_that_transfer_and_nothing_else() {
         1000,
         "new requests see the truncated file"
     );
+}
+
+/// RRQ `name` in octet mode with `options` (name, value pairs).
+fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    for part in [name, "octet"]
+        .into_iter()
+        .chain(options.iter().flat_map(|(k, v)| [*k, *v]))
+    {
+        p.extend_from_slice(part.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+/// `server.threads = 2` and a range of 64 transfer ports, 64 transfers at once from 64
+/// addresses: each gets a port of its own. Seen before the fix (each loop kept its own list of
+/// the ports it held): a loop tried ports the other held (up to 8 failing binds), then shared
+/// a socket or, holding none itself, ended the transfer "out of transfer ports" while ports
+/// were still free: in 3 runs, 61, 59 and 53 distinct ports for the 64 transfers.
+#[test]
+fn two_event_loops_take_transfer_ports_from_one_range() {
+    let root = tempfile::tempdir().expect("tmp");
+    pattern_file(&root.path().join("small.bin"), 4096, 10);
+    let config = root.path().join("zpxe.toml");
+    std::fs::write(&config, "[server]\nthreads = 2\n").expect("config");
+    let config = config.display().to_string();
+    let base = 10_000 + crate::common::free_udp_port() % 20_000;
+    let range = format!("{base}-{}", base + 63);
+    // A loopback address of its own: no other test's socket holds a port of the range there.
+    let server = Server::start_on(
+        "127.0.8.1",
+        root.path(),
+        &["--config", &config, "--tftp-port-range", &range],
+    );
+    // One address per client: the per-client cap is 8.
+    let clients: Vec<UdpSocket> = (0..65u8)
+        .map(|i| {
+            let s = UdpSocket::bind((Ipv4Addr::new(127, 3, 0, i + 1), 0)).expect("bind client");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    let request = rrq("small.bin", &[]);
+    // Block 1 comes from the transfer's port; nobody ACKs, so every transfer holds its port.
+    let answer = |s: &UdpSocket| -> Option<u16> {
+        s.send_to(&request, server.tftp).expect("send");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 1024];
+        while Instant::now() < deadline {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                return (n >= 4 && buf[..4] == [0, 3, 0, 1]).then_some(from.port());
+            }
+        }
+        None
+    };
+    let ports: Vec<Option<u16>> = clients[..64].iter().map(answer).collect();
+    let answered: Vec<u16> = ports.iter().flatten().copied().collect();
+    let distinct: HashSet<u16> = answered.iter().copied().collect();
+    assert!(
+        answered.iter().all(|p| (base..base + 64).contains(p)),
+        "ports outside {range}: {answered:?}"
+    );
+    assert_eq!(
+        (answered.len(), distinct.len()),
+        (64, 64),
+        "64 transfers on a range of 64 ports: answered, distinct ports"
+    );
+    // The range is used up: the next transfer shares a port of it.
+    let shared = answer(&clients[64]).expect("the 65th transfer is answered");
+    assert!(distinct.contains(&shared), "{shared}");
+}
+
+/// `--tftp-single-port`: every transfer leaves from port 69. Seen before the fix: the live
+/// view's progress and the end of a transfer whose file changed were keyed on a transfer
+/// socket, so in this mode the status showed 0 bytes done (after 1,049,620 bytes received)
+/// and a truncated file's transfer went on (its sends failing) until the client gave up.
+#[test]
+fn single_port_transfers_report_progress_and_end_when_their_file_changes() {
+    let root = tempfile::tempdir().expect("tmp");
+    let path = root.path().join("big.bin");
+    pattern_file(&path, 48 << 20, 11);
+    let server = Server::start(root.path(), &["--tftp-single-port"]);
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let request = rrq("big.bin", &[("blksize", "1468")]);
+    client.send_to(&request, server.tftp).expect("send");
+    let started = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut got = 0usize;
+    let mut expected: u16 = 0;
+    let mut progress = None;
+    let mut writer: Option<std::thread::JoinHandle<()>> = None;
+    let ended = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the transfer neither ended nor was told to: {got} bytes, progress {progress:?}"
+        );
+        let Ok((n, from)) = client.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(from, server.tftp, "single-port: everything from port 69");
+        match (buf[1], n) {
+            // The OACK: ACK 0.
+            (6, _) => {
+                client.send_to(&[0, 4, 0, 0], from).expect("ack");
+            }
+            (3, n) if n >= 4 => {
+                let block = u16::from_be_bytes([buf[2], buf[3]]);
+                if block == expected.wrapping_add(1) {
+                    expected = block;
+                    got += n - 4;
+                }
+                client
+                    .send_to(&[0, 4, (expected >> 8) as u8, expected as u8], from)
+                    .expect("ack");
+                // About 700 KB/s: the file stays under way for the whole test.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (5, _) => break String::from_utf8_lossy(&buf[4..n]).into_owned(),
+            other => panic!("unexpected {other:?}"),
+        }
+        if got > (1 << 20) && progress.is_none() {
+            let (status, body) = web_get(&server, "/api/v1/status");
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            let t = v["transfers"]
+                .as_array()
+                .expect("transfers")
+                .iter()
+                .find(|t| t["leg"] == "tftp" && t["file"] == "big.bin")
+                .cloned()
+                .unwrap_or_else(|| panic!("the transfer is not in the status: {v}"));
+            let done = t["done"].as_u64().expect("done");
+            progress = Some(done);
+            assert!(done > 0, "no progress reported after {got} bytes: {t}");
+            // Now the file changes under the transfer. The writer waits on the server's read
+            // lease until the transfer lets go of the file.
+            let path = path.clone();
+            writer = Some(std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .expect("open for write");
+                f.set_len(1000).expect("truncate");
+            }));
+        }
+    };
+    assert!(ended.contains("file changed"), "{ended}");
+    assert!(
+        writer.is_some(),
+        "the ERROR came before the file changed: {ended}"
+    );
+    if let Some(w) = writer {
+        w.join().expect("writer");
+    }
+}
+
+/// `GET path` on the web service: status and body.
+fn web_get(server: &Server, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&server.web, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.web
+    )
+    .expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
 }

@@ -14,7 +14,7 @@ pub mod wire;
 pub use client::{
     ClientConfig, ClientDone, ClientError, ClientProfile, ClientStats, Delivered, TftpClient,
 };
-pub use server::{Local, TftpEvent, TftpServer, TftpServerConfig, TransferId};
+pub use server::{Local, SocketId, TftpEvent, TftpServer, TftpServerConfig, TransferId};
 pub use transfer::{Abort, ClientAbort, Rollover, ServerAbort, TransferOutcome};
 
 #[cfg(test)]

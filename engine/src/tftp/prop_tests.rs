@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use super::options::{self, Limits, MAX_BLKSIZE, MIN_BLKSIZE};
 use super::wire::{Emit, ErrorCode, OP_RRQ, OP_WRQ, Request, TftpRepr};
 use super::{
-    Abort, ClientAbort, ClientConfig, ClientProfile, Local, TftpClient, TftpEvent, TftpServer,
-    TftpServerConfig, TransferId, TransferOutcome,
+    Abort, ClientAbort, ClientConfig, ClientProfile, Local, SocketId, TftpClient, TftpEvent,
+    TftpServer, TftpServerConfig, TransferOutcome,
 };
 use crate::image::MemoryCatalog;
 use crate::net::{DatagramMeta, Payload};
@@ -179,7 +179,7 @@ const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 7)
 fn server_addr(local: Local) -> SocketAddr {
     let port = match local {
         Local::Listener => 69,
-        Local::Transfer(id) => 10_000 + (id.0 % 50_000) as u16,
+        Local::Socket(id) => 10_000 + (id.0 % 50_000) as u16,
     };
     SocketAddr::new(IpAddr::V4(SERVER_IP), port)
 }
@@ -187,7 +187,7 @@ fn server_addr(local: Local) -> SocketAddr {
 fn local_of(addr: SocketAddr) -> Local {
     match addr.port() {
         69 => Local::Listener,
-        p => Local::Transfer(TransferId(u64::from(p - 10_000))),
+        p => Local::Socket(SocketId(u64::from(p - 10_000))),
     }
 }
 

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use super::options::{self, Limits};
 pub use super::transfer::{Abort, ClientAbort, ServerAbort, TransferOutcome};
 use super::transfer::{AckStep, Next, Rollover, Start, TimeoutStep, Transfer};
-use super::wire::{ErrorCode, OP_WRQ, Packet, TftpRepr};
+use super::wire::{ErrorCode, OP_WRQ, Packet, TftpRepr, WireError, emit_error};
 use crate::image::{ImageCatalog, OpenError};
 use crate::net::{DatagramMeta, Payload, Transmit};
-use crate::path::NameFlavor;
+use crate::path::{NameFlavor, PathError};
 
 /// `[tftp]` in the configuration.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -87,13 +87,26 @@ impl fmt::Display for TransferId {
     }
 }
 
+/// Names one transfer socket for the life of the server. A transfer's own socket is named
+/// after it; when no port is left the platform says so ([`TftpServer::socket_unavailable`])
+/// and the transfer shares a socket another transfer opened.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub u64);
+
+impl fmt::Display for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tftp-socket#{}", self.0)
+    }
+}
+
 /// Which local socket a datagram arrived on or leaves from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Local {
     /// The TFTP port (69).
     Listener,
-    /// The socket of one transfer (per-transfer-port mode).
-    Transfer(TransferId),
+    /// A transfer socket (per-transfer-port mode): one transfer's, or, when the port range is
+    /// used up, several transfers' told apart by their client's address and port.
+    Socket(SocketId),
 }
 
 /// What happened, for logs and metrics.
@@ -128,7 +141,38 @@ struct Control {
     source_ip: Option<IpAddr>,
     ifindex: Option<u32>,
     code: ErrorCode,
-    message: String,
+    message: Say,
+}
+
+/// What an ERROR says. Kept as a value and written into the caller's buffer when the ERROR
+/// leaves: an ERROR costs no allocation or formatting, and one the budget drops none at all.
+#[derive(Copy, Clone, Debug)]
+enum Say {
+    Text(&'static str),
+    Malformed(WireError),
+    Path(PathError),
+    Abort(ServerAbort),
+}
+
+impl fmt::Display for Say {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Say::Text(s) => f.write_str(s),
+            Say::Malformed(e) => write!(f, "malformed packet: {e}"),
+            Say::Path(e) => write!(f, "{}", OpenError::Refused(*e)),
+            Say::Abort(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// A socket transfers send from, and how many of them use it.
+#[derive(Debug)]
+struct SocketUse {
+    users: usize,
+    /// The transfer it was named for (its only user until the platform opened it).
+    creator: TransferId,
+    /// Its place in `TftpServer::open`, once the platform opened it.
+    slot: Option<usize>,
 }
 
 /// At most this many ERROR replies wait at once; more are dropped (a flood of garbage must not
@@ -153,8 +197,16 @@ pub struct TftpServer {
     config: TftpServerConfig,
     mtu: u16,
     transfers: HashMap<TransferId, Transfer>,
-    /// Transfers by client address and port.
+    /// Transfers by client address and port: one per pair, whatever socket it uses. A
+    /// datagram belongs to the transfer of its source when it came in on that transfer's
+    /// socket (RFC 1350 section 4: a connection is the pair of ports).
     by_remote: HashMap<SocketAddr, TransferId>,
+    /// Transfer sockets in use (per-transfer-port mode).
+    sockets: HashMap<SocketId, SocketUse>,
+    /// The sockets the platform opened, for a pick at random when no port is left.
+    open: Vec<SocketId>,
+    /// Open sockets no transfer uses any more: the platform closes them.
+    unused: VecDeque<SocketId>,
     per_client: HashMap<IpAddr, usize>,
     /// Transfers that never got an ACK, oldest first (ids grow), the first to go under pressure.
     unacked: BTreeSet<TransferId>,
@@ -183,6 +235,9 @@ impl TftpServer {
             config,
             transfers: HashMap::new(),
             by_remote: HashMap::new(),
+            sockets: HashMap::new(),
+            open: Vec::new(),
+            unused: VecDeque::new(),
             per_client: HashMap::new(),
             unacked: BTreeSet::new(),
             unacked_by_ip: BTreeSet::new(),
@@ -260,36 +315,35 @@ impl TftpServer {
             self.error_window = Some(now);
             self.error_budget = ERRORS_PER_SECOND;
         }
-        // Which transfer, if any, this datagram belongs to.
-        let owner = match local {
-            Local::Transfer(id) => Some(id),
-            Local::Listener if self.config.single_port => self.by_remote.get(&meta.remote).copied(),
-            Local::Listener => None,
-        };
+        //= https://www.rfc-editor.org/rfc/rfc1350#section-4
+        //# In order to create a connection, each end of the connection chooses a TID
+        //# for itself, to be used for the duration of that connection.
+        //
+        // The transfer this datagram belongs to: the one of its source's address and port, if
+        // that transfer uses the socket it came in on (its own, one it shares with others once
+        // the port range is used up, or the listener in single-port mode).
+        let owner = self.owner(local, meta.remote);
+        // On a transfer socket, a datagram of no transfer there comes from a stranger.
+        let stranger = owner.is_none() && matches!(local, Local::Socket(_));
         let packet = match Packet::new_checked(data).and_then(|p| TftpRepr::parse(&p)) {
             Ok(p) => p,
             Err(e) => {
                 // Too short to be anything: stay silent. Otherwise say what is wrong.
                 if data.len() >= 2 {
-                    self.reply_error(
-                        local,
-                        &meta,
-                        ErrorCode::IllegalOperation,
-                        &format!("malformed packet: {e}"),
-                    );
+                    self.reply_error(local, &meta, ErrorCode::IllegalOperation, Say::Malformed(e));
                 }
                 return;
             }
         };
         match packet {
             TftpRepr::Rrq(req) => {
-                if let Local::Transfer(id) = local {
+                if matches!(local, Local::Socket(_)) {
                     // An RRQ to a transfer's port is not how TFTP works.
-                    self.stranger_or(
-                        id,
+                    self.reply_error(
+                        local,
                         &meta,
                         ErrorCode::IllegalOperation,
-                        "RRQ sent to a transfer port",
+                        Say::Text("RRQ sent to a transfer port"),
                     );
                     return;
                 }
@@ -301,25 +355,30 @@ impl TftpServer {
                 let _ = (OP_WRQ, req.mode);
                 self.events.push_back(TftpEvent::Refused {
                     remote: meta.remote,
-                    file: req.filename.to_owned(),
+                    file: req.filename.chars().take(300).collect(),
                     reason: "write request: this server is read-only".into(),
                 });
-                self.reply_error(local, &meta, ErrorCode::AccessViolation, "read-only server");
+                self.reply_error(
+                    local,
+                    &meta,
+                    ErrorCode::AccessViolation,
+                    Say::Text("read-only server"),
+                );
             }
             TftpRepr::Ack { block, extra } => match owner {
-                Some(id) if self.owns(id, &meta) => self.handle_ack(now, id, block, extra, images),
-                Some(id) => self.stranger_or(
-                    id,
-                    &meta,
-                    ErrorCode::UnknownTransferId,
-                    "unknown transfer ID",
-                ),
-                None => self.reply_error(local, &meta, ErrorCode::UnknownTransferId, "no transfer"),
+                Some(id) => self.handle_ack(now, id, block, extra, images),
+                None if stranger => self.stranger(local, &meta),
+                None => {
+                    self.reply_error(
+                        local,
+                        &meta,
+                        ErrorCode::UnknownTransferId,
+                        Say::Text("no transfer"),
+                    );
+                }
             },
             TftpRepr::Error { code, message } => {
-                if let Some(id) = owner
-                    && self.owns(id, &meta)
-                {
+                if let Some(id) = owner {
                     //= https://www.rfc-editor.org/rfc/rfc2347#section-5
                     //# the client ... may send an ERROR packet (error code 8) and terminate.
                     let outcome = TransferOutcome::Aborted(Abort::Client(ClientAbort::Error {
@@ -330,39 +389,49 @@ impl TftpServer {
                 }
                 // An ERROR is never answered with an ERROR.
             }
-            TftpRepr::Data { .. } | TftpRepr::Oack { .. } => match owner {
-                Some(id) if !self.owns(id, &meta) => self.stranger_or(
-                    id,
-                    &meta,
-                    ErrorCode::UnknownTransferId,
-                    "unknown transfer ID",
-                ),
-                _ => self.reply_error(
-                    local,
-                    &meta,
-                    ErrorCode::IllegalOperation,
-                    "unexpected packet",
-                ),
-            },
+            TftpRepr::Data { .. } | TftpRepr::Oack { .. } if stranger => {
+                self.stranger(local, &meta);
+            }
+            TftpRepr::Data { .. } | TftpRepr::Oack { .. } => self.reply_error(
+                local,
+                &meta,
+                ErrorCode::IllegalOperation,
+                Say::Text("unexpected packet"),
+            ),
         }
     }
 
-    fn owns(&self, id: TransferId, meta: &DatagramMeta) -> bool {
-        self.transfers
-            .get(&id)
-            .is_some_and(|t| t.remote == meta.remote)
+    /// The transfer a datagram from `remote` on `local` belongs to.
+    fn owner(&self, local: Local, remote: SocketAddr) -> Option<TransferId> {
+        let &id = self.by_remote.get(&remote)?;
+        let t = self.transfers.get(&id)?;
+        (t.local() == local).then_some(id)
+    }
+
+    /// The transfer a transmit from `local` to `remote` is part of (none for an ERROR to a
+    /// stranger or for one that ended). The platform binds a socket only for a transfer, and
+    /// ends this transfer if its image changed ([`TftpServer::abort_transfer`]).
+    pub fn transfer_of(&self, local: Local, remote: SocketAddr) -> Option<TransferId> {
+        self.owner(local, remote)
     }
 
     //= https://www.rfc-editor.org/rfc/rfc1350#section-4
     //# If a source TID does not match, the packet should be discarded as erroneously sent from
     //# somewhere else.  An error packet should be sent to the source of the incorrect packet,
     //# while not disturbing the transfer.
-    fn stranger_or(&mut self, id: TransferId, meta: &DatagramMeta, code: ErrorCode, message: &str) {
-        self.reply_error(Local::Transfer(id), meta, code, message);
+    fn stranger(&mut self, local: Local, meta: &DatagramMeta) {
+        self.reply_error(
+            local,
+            meta,
+            ErrorCode::UnknownTransferId,
+            Say::Text("unknown transfer ID"),
+        );
     }
 
-    fn reply_error(&mut self, local: Local, meta: &DatagramMeta, code: ErrorCode, message: &str) {
-        if self.control.len() >= MAX_CONTROL || self.error_budget == 0 {
+    /// Queues an ERROR, within the budget: past it (or with the queue full) this costs a
+    /// comparison and nothing else.
+    fn reply_error(&mut self, local: Local, meta: &DatagramMeta, code: ErrorCode, message: Say) {
+        if self.error_budget == 0 || self.control.len() >= MAX_CONTROL {
             return;
         }
         self.error_budget -= 1;
@@ -372,7 +441,7 @@ impl TftpServer {
             source_ip: meta.local_ip,
             ifindex: meta.ifindex,
             code,
-            message: message.to_owned(),
+            message,
         });
     }
 
@@ -383,7 +452,7 @@ impl TftpServer {
         meta: &DatagramMeta,
         file: &str,
         code: ErrorCode,
-        message: &str,
+        message: Say,
         reason: &str,
     ) {
         self.events.push_back(TftpEvent::Refused {
@@ -426,53 +495,70 @@ impl TftpServer {
             return;
         }
         if !req.mode.eq_ignore_ascii_case("octet") {
-            let msg = format!("mode {:?} not supported, use octet", req.mode);
-            self.refuse(&meta, req.filename, ErrorCode::IllegalOperation, &msg, &msg);
+            // The client's mode is not echoed: an ERROR is never longer than what it answers.
+            let msg = "mode not supported, use octet";
+            self.refuse(
+                &meta,
+                req.filename,
+                ErrorCode::IllegalOperation,
+                Say::Text(msg),
+                msg,
+            );
             return;
         }
         let client = meta.remote.ip();
         // At a cap, only a transfer that never got an ACK can make room; without one, refuse
-        // before touching the file system.
+        // before touching the file system. Each candidate is found once.
         let full = self.transfers.len() >= self.config.max_transfers;
-        let oldest_evictable = self
-            .unacked
-            .first()
-            .copied()
+        let oldest_evictable = full
+            .then(|| self.unacked.first().copied())
+            .flatten()
             .filter(|&id| self.evictable(id, now));
         if full && oldest_evictable.is_none() {
             let msg = "server busy, try again";
-            self.refuse(&meta, req.filename, ErrorCode::NotDefined, msg, msg);
+            self.refuse(
+                &meta,
+                req.filename,
+                ErrorCode::NotDefined,
+                Say::Text(msg),
+                msg,
+            );
             return;
         }
         let crowded = self.per_client.get(&client).copied().unwrap_or(0)
             >= self.config.max_transfers_per_client;
-        let client_evictable = self
-            .oldest_unacked_of(client)
+        let client_evictable = crowded
+            .then(|| self.oldest_unacked_of(client))
+            .flatten()
             .filter(|&id| self.evictable(id, now));
         if crowded && client_evictable.is_none() {
             let msg = "too many transfers from this address, try again";
-            self.refuse(&meta, req.filename, ErrorCode::NotDefined, msg, msg);
+            self.refuse(
+                &meta,
+                req.filename,
+                ErrorCode::NotDefined,
+                Say::Text(msg),
+                msg,
+            );
             return;
         }
         let info = match images.open(req.filename, NameFlavor::Tftp) {
             Ok(info) => info,
             Err(e) => {
                 let (code, msg) = Self::open_error_reply(req.filename, &e);
-                self.refuse(&meta, req.filename, code, &msg, &e.to_string());
+                self.refuse(&meta, req.filename, code, msg, &e.to_string());
                 return;
             }
         };
         // The file exists: now make room, oldest unacknowledged transfer first. A spoofed flood
         // fills the table with transfers that never get an ACK; a real client's request then
         // replaces the oldest of them instead of being refused.
-        if full && let Some(victim) = oldest_evictable {
+        if let Some(victim) = oldest_evictable {
             self.evict(victim, images);
         }
-        if self.per_client.get(&client).copied().unwrap_or(0)
-            >= self.config.max_transfers_per_client
-            && let Some(victim) = self
-                .oldest_unacked_of(client)
-                .filter(|&id| self.evictable(id, now))
+        // When the oldest of all was this client's own, its count fell below the cap already.
+        if let Some(victim) = client_evictable
+            && client_evictable != oldest_evictable
         {
             self.evict(victim, images);
         }
@@ -492,7 +578,20 @@ impl TftpServer {
             first_ack_timeout: Duration::from_millis(self.config.first_ack_timeout_ms),
             rollover: self.config.rollover,
         };
-        let t = Transfer::new(start, now);
+        let mut t = Transfer::new(start, now);
+        if !self.config.single_port {
+            // A socket of its own, named after it, until the platform says no port is left.
+            let socket = SocketId(id.0);
+            t.socket = Some(socket);
+            self.sockets.insert(
+                socket,
+                SocketUse {
+                    users: 1,
+                    creator: id,
+                    slot: None,
+                },
+            );
+        }
         self.events.push_back(TftpEvent::TransferStarted {
             id,
             remote: meta.remote,
@@ -510,7 +609,7 @@ impl TftpServer {
     }
 
     /// What a client is told when its file cannot be opened.
-    fn open_error_reply(name: &str, e: &OpenError) -> (ErrorCode, String) {
+    fn open_error_reply(name: &str, e: &OpenError) -> (ErrorCode, Say) {
         let (code, msg) = match e {
             // A name that is fine but resolves outside the root (a symlink) or to a directory
             // answers like a missing file, as HTTP answers 404: the reply must not tell a prober
@@ -523,12 +622,12 @@ impl TftpServer {
             OpenError::Refused(_) if crate::path::sanitize(name, NameFlavor::Tftp).is_ok() => {
                 (ErrorCode::FileNotFound, "file not found")
             }
-            OpenError::Refused(_) => return (ErrorCode::AccessViolation, e.to_string()),
+            &OpenError::Refused(e) => return (ErrorCode::AccessViolation, Say::Path(e)),
             OpenError::Denied => (ErrorCode::AccessViolation, "access denied"),
             OpenError::Busy => (ErrorCode::NotDefined, "the file is being written"),
             _ => (ErrorCode::NotDefined, "server error"),
         };
-        (code, msg.to_owned())
+        (code, Say::Text(msg))
     }
 
     /// The oldest transfer from `ip` that never got an ACK.
@@ -618,7 +717,7 @@ impl TftpServer {
     ) {
         self.end_with_error(
             id,
-            &reason.to_string(),
+            Say::Abort(reason),
             TransferOutcome::Aborted(Abort::Server(reason)),
             images,
         );
@@ -628,7 +727,7 @@ impl TftpServer {
     fn end_with_error(
         &mut self,
         id: TransferId,
-        message: &str,
+        message: Say,
         outcome: TransferOutcome,
         images: &mut dyn ImageCatalog,
     ) {
@@ -640,12 +739,7 @@ impl TftpServer {
             local_ip: t.local_ip,
             ifindex: t.ifindex,
         };
-        let local = if self.config.single_port {
-            Local::Listener
-        } else {
-            Local::Transfer(id)
-        };
-        self.reply_error(local, &meta, ErrorCode::NotDefined, message);
+        self.reply_error(t.local(), &meta, ErrorCode::NotDefined, message);
         self.end(id, outcome, images);
     }
 
@@ -659,6 +753,9 @@ impl TftpServer {
         if self.by_remote.get(&t.remote) == Some(&id) {
             self.by_remote.remove(&t.remote);
         }
+        if let Some(socket) = t.socket {
+            self.leave_socket(socket);
+        }
         let ip = t.remote.ip();
         if let Some(n) = self.per_client.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -671,6 +768,103 @@ impl TftpServer {
             remote: t.remote,
             outcome,
         });
+    }
+
+    /// A transfer stops using `socket`; the last one out hands an open socket back.
+    fn leave_socket(&mut self, socket: SocketId) {
+        let Some(entry) = self.sockets.get_mut(&socket) else {
+            return;
+        };
+        entry.users = entry.users.saturating_sub(1);
+        if entry.users > 0 {
+            return;
+        }
+        let slot = entry.slot;
+        self.sockets.remove(&socket);
+        if let Some(slot) = slot {
+            self.open.swap_remove(slot);
+            if let Some(&moved) = self.open.get(slot)
+                && let Some(m) = self.sockets.get_mut(&moved)
+            {
+                m.slot = Some(slot);
+            }
+            self.unused.push_back(socket);
+        }
+    }
+
+    /// The platform bound `socket` (the first transmit from it asked for one): transfers may
+    /// share it once no port is left.
+    pub fn socket_opened(&mut self, socket: SocketId) {
+        if let Some(entry) = self.sockets.get_mut(&socket)
+            && entry.slot.is_none()
+        {
+            entry.slot = Some(self.open.len());
+            self.open.push(socket);
+        }
+    }
+
+    /// The platform could not bind `socket`: no port of the range is left. Its transfer moves
+    /// to a socket that is open, picked by `draw` (a random number: a spoofer that did not see
+    /// the answer cannot tell which port its transfer uses), and the transmit that asked for
+    /// the socket leaves from the one returned. With none open, the transfer ends and its
+    /// client hears why from the TFTP port, where its request went.
+    pub fn socket_unavailable(
+        &mut self,
+        socket: SocketId,
+        draw: u64,
+        images: &mut dyn ImageCatalog,
+    ) -> Option<SocketId> {
+        let entry = self.sockets.get(&socket)?;
+        if entry.slot.is_some() {
+            // Open already: nothing to move.
+            return Some(socket);
+        }
+        let id = entry.creator;
+        if !self.open.is_empty() {
+            //= https://www.rfc-editor.org/rfc/rfc1350#section-4
+            //# In order to create a connection, each end of the connection chooses a TID
+            //# for itself, to be used for the duration of that connection.
+            //
+            // A connection is the pair of TIDs: a port already serving other clients'
+            // transfers still makes a new pair with this client's, and datagrams are told
+            // apart by the client's address and port. An unacknowledged transfer then holds a
+            // table entry, not a port: a flood shuts no one out.
+            let shared = self.open[(draw % self.open.len() as u64) as usize];
+            self.sockets.remove(&socket);
+            if let Some(entry) = self.sockets.get_mut(&shared) {
+                entry.users += 1;
+            }
+            if let Some(t) = self.transfers.get_mut(&id) {
+                t.socket = Some(shared);
+            }
+            return Some(shared);
+        }
+        if let Some(t) = self.transfers.get(&id) {
+            let meta = DatagramMeta {
+                remote: t.remote,
+                local_ip: t.local_ip,
+                ifindex: t.ifindex,
+            };
+            let reason = ServerAbort::OutOfPorts;
+            self.reply_error(
+                Local::Listener,
+                &meta,
+                ErrorCode::NotDefined,
+                Say::Abort(reason),
+            );
+            self.end(id, TransferOutcome::Aborted(Abort::Server(reason)), images);
+        }
+        None
+    }
+
+    /// An open socket no transfer uses any more: the platform closes it (and frees its port).
+    pub fn poll_unused_socket(&mut self) -> Option<SocketId> {
+        self.unused.pop_front()
+    }
+
+    /// Transfer sockets in use, open or not (tests check none is left behind).
+    pub fn sockets_in_use(&self) -> usize {
+        self.sockets.len()
     }
 
     pub fn handle_timeout(&mut self, now: Instant, images: &mut dyn ImageCatalog) {
@@ -693,7 +887,9 @@ impl TftpServer {
                 TimeoutStep::Wait => Self::ensure_timer(&mut self.timers, id, t),
                 TimeoutStep::Expire => self.end(id, timed_out(), images),
                 // The client went silent: tell it, if it still listens, and end.
-                TimeoutStep::GiveUp => self.end_with_error(id, "timed out", timed_out(), images),
+                TimeoutStep::GiveUp => {
+                    self.end_with_error(id, Say::Text("timed out"), timed_out(), images)
+                }
                 TimeoutStep::Resend => self.enqueue(id),
             }
         }
@@ -722,12 +918,12 @@ impl TftpServer {
         max_datagrams: usize,
         buf: &mut [u8],
     ) -> Option<(Local, Transmit)> {
-        if let Some(c) = self.control.pop_front() {
-            let error = TftpRepr::Error {
-                code: c.code,
-                message: &c.message,
+        while let Some(c) = self.control.pop_front() {
+            // Every message fits the smallest buffer a caller polls with; one that does not is
+            // dropped, not the rest of the queue with it.
+            let Ok(len) = emit_error(buf, c.code, &c.message) else {
+                continue;
             };
-            let len = error.emit(buf).ok()?;
             return Some((
                 c.local,
                 Transmit {
@@ -738,17 +934,12 @@ impl TftpServer {
                 },
             ));
         }
-        let single_port = self.config.single_port;
         while let Some(id) = self.ready.pop_front() {
             let Some(t) = self.transfers.get_mut(&id) else {
                 continue;
             };
             t.queued = false;
-            let local = if single_port {
-                Local::Listener
-            } else {
-                Local::Transfer(id)
-            };
+            let local = t.local();
             let destination = t.remote;
             let (source_ip, ifindex) = (t.local_ip, t.ifindex);
             match t.poll(now, max_datagrams, buf) {

@@ -18,16 +18,21 @@ fn listener() -> SocketAddr {
 fn local_addr(local: Local) -> SocketAddr {
     match local {
         Local::Listener => listener(),
-        Local::Transfer(id) => SocketAddr::new(IpAddr::V4(SERVER_IP), 10_000 + id.0 as u16),
+        Local::Socket(id) => SocketAddr::new(IpAddr::V4(SERVER_IP), 10_000 + id.0 as u16),
     }
 }
 
 fn to_local(addr: SocketAddr) -> Option<Local> {
     match addr.port() {
         69 => Some(Local::Listener),
-        p if p >= 10_000 => Some(Local::Transfer(TransferId(u64::from(p - 10_000)))),
+        p if p >= 10_000 => Some(Local::Socket(SocketId(u64::from(p - 10_000)))),
         _ => None,
     }
+}
+
+/// The socket of transfer `id` (its own: named after it).
+fn at(id: TransferId) -> Local {
+    Local::Socket(SocketId(id.0))
 }
 
 fn client_addr(n: usize) -> SocketAddr {
@@ -426,7 +431,7 @@ impl Manual {
     fn ack(&mut self, id: TransferId, block: u16) {
         let mut b = [0u8; 8];
         let n = Emit::ack(&mut b, block, None).expect("emit");
-        self.send(Local::Transfer(id), &b[..n]);
+        self.send(at(id), &b[..n]);
     }
 
     /// Every transmit now, as (local, first wire block or error code, datagram count).
@@ -472,14 +477,14 @@ fn duplicate_acks_never_trigger_duplicate_windows() {
     let mut m = Manual::new(loopback_config(), 1468 * 100);
     m.rrq(&[("blksize", "1468".into()), ("windowsize", "8".into())]);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Oack)]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Oack)]);
     m.ack(id, 0);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 8))]);
     m.ack(id, 8);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(9, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(9, 8))]);
     // The same ACK again while 9..16 are out: block 9 was lost, resend from it, once.
     m.ack(id, 8);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(9, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(9, 8))]);
     // Further copies (duplicated by the network, or the client repeating itself): nothing.
     m.ack(id, 8);
     m.ack(id, 8);
@@ -497,7 +502,7 @@ fn early_ack_resends_from_the_block_after_it() {
     m.drain();
     // Blocks 4.. were lost: the client acknowledges 3.
     m.ack(id, 3);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(4, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(4, 8))]);
 }
 
 #[test]
@@ -509,19 +514,19 @@ fn timeout_retransmits_then_gives_up_and_closes_the_image() {
     let mut m = Manual::new(config, 5000);
     m.rrq(&[]);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     m.ack(id, 1);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(2, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(2, 1))]);
     for _ in 0..3 {
         m.now = m.server.poll_timeout().expect("timer");
         m.server.handle_timeout(m.now, &mut m.images);
-        assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(2, 1))]);
+        assert_eq!(m.drain(), vec![(at(id), Sent::Data(2, 1))]);
     }
     m.now = m.server.poll_timeout().expect("timer");
     m.server.handle_timeout(m.now, &mut m.images);
     assert_eq!(
         m.drain(),
-        vec![(Local::Transfer(id), Sent::Error(ErrorCode::NotDefined))]
+        vec![(at(id), Sent::Error(ErrorCode::NotDefined))]
     );
     assert_eq!(m.server.active_transfers(), 0);
     assert_eq!(m.images.total_open_refs(), 0);
@@ -548,14 +553,11 @@ fn lock_step_acks_keep_one_timer_and_the_deadline_follows_the_last_ack() {
     let mut m = Manual::new(config, 512 * 2000);
     m.rrq(&[]);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     for block in 1..=1000u16 {
         m.now += Duration::from_millis(3);
         m.ack(id, block);
-        assert_eq!(
-            m.drain(),
-            vec![(Local::Transfer(id), Sent::Data(block + 1, 1))]
-        );
+        assert_eq!(m.drain(), vec![(at(id), Sent::Data(block + 1, 1))]);
         assert!(
             m.server.timer_entries() <= 2,
             "{} entries",
@@ -572,7 +574,7 @@ fn lock_step_acks_keep_one_timer_and_the_deadline_follows_the_last_ack() {
         m.server.handle_timeout(m.now, &mut m.images);
         let sent = m.drain();
         if !sent.is_empty() {
-            assert_eq!(sent, vec![(Local::Transfer(id), Sent::Data(1001, 1))]);
+            assert_eq!(sent, vec![(at(id), Sent::Data(1001, 1))]);
             resent_at = Some(m.now);
             break;
         }
@@ -589,16 +591,13 @@ fn stranger_gets_error_5_and_transfer_goes_on() {
     let stranger = client_addr(9);
     let mut b = [0u8; 8];
     let n = Emit::ack(&mut b, 1, None).expect("emit");
-    m.send_from(stranger, Local::Transfer(id), &b[..n]);
+    m.send_from(stranger, at(id), &b[..n]);
     assert_eq!(
         m.drain(),
-        vec![(
-            Local::Transfer(id),
-            Sent::Error(ErrorCode::UnknownTransferId)
-        )]
+        vec![(at(id), Sent::Error(ErrorCode::UnknownTransferId))]
     );
     m.ack(id, 1);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(2, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(2, 1))]);
 }
 
 #[test]
@@ -655,13 +654,10 @@ impl Manual {
     /// The same, and the client acknowledges block 1 (so it showed it receives).
     fn rrq_acked(&mut self, from: SocketAddr) -> TransferId {
         let id = self.rrq_from(from, "f").expect("started");
-        assert!(
-            self.drain()
-                .contains(&(Local::Transfer(id), Sent::Data(1, 1)))
-        );
+        assert!(self.drain().contains(&(at(id), Sent::Data(1, 1))));
         let mut b = [0u8; 8];
         let n = Emit::ack(&mut b, 1, None).expect("emit");
-        self.send_from(from, Local::Transfer(id), &b[..n]);
+        self.send_from(from, at(id), &b[..n]);
         id
     }
 
@@ -747,10 +743,7 @@ fn at_a_cap_the_oldest_transfer_without_an_ack_makes_room() {
     // The evicted peers get nothing (they never showed they receive); d and e get block 1.
     assert_eq!(
         m.drain(),
-        vec![
-            (Local::Transfer(d), Sent::Data(1, 1)),
-            (Local::Transfer(e), Sent::Data(1, 1))
-        ]
+        vec![(at(d), Sent::Data(1, 1)), (at(e), Sent::Data(1, 1))]
     );
     assert_eq!(m.images.total_open_refs(), 3);
 }
@@ -778,14 +771,14 @@ fn a_late_duplicate_rrq_does_not_disturb_a_transfer_under_way() {
     let mut m = Manual::new(loopback_config(), 5000);
     m.rrq(&[]);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     m.ack(id, 1);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(2, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(2, 1))]);
     m.rrq(&[]);
     assert_eq!(m.drain(), vec![]);
     assert_eq!(m.server.active_transfers(), 1);
     m.ack(id, 2);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(3, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(3, 1))]);
 }
 
 #[test]
@@ -795,7 +788,7 @@ fn retransmitted_rrq_does_not_start_a_second_transfer() {
     m.rrq(&[("tsize", "0".into())]);
     assert_eq!(m.server.active_transfers(), 1);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Oack)]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Oack)]);
 }
 
 #[test]
@@ -803,11 +796,11 @@ fn draining_finishes_transfers_under_way_and_answers_no_new_request() {
     let mut m = Manual::new(loopback_config(), 3 * 512 + 10);
     m.rrq(&[]);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     m.server.stop_accepting();
     // The running transfer's own RRQ, repeated before its first ACK, is still answered.
     m.rrq(&[]);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     // A new client gets nothing: no transfer, no ERROR.
     m.send_from(client_addr(2), Local::Listener, &{
         let mut b = [0u8; 64];
@@ -818,10 +811,7 @@ fn draining_finishes_transfers_under_way_and_answers_no_new_request() {
     assert_eq!(m.server.active_transfers(), 1);
     for block in 1..=3 {
         m.ack(id, block);
-        assert_eq!(
-            m.drain(),
-            vec![(Local::Transfer(id), Sent::Data(block + 1, 1))]
-        );
+        assert_eq!(m.drain(), vec![(at(id), Sent::Data(block + 1, 1))]);
     }
     m.ack(id, 4);
     assert_eq!(m.server.active_transfers(), 0);
@@ -891,11 +881,7 @@ fn random_datagrams_never_panic() {
             d[0] = 0;
             d[1] = rng.random_range(0..8);
         }
-        let local = if i % 2 == 0 {
-            Local::Listener
-        } else {
-            Local::Transfer(id)
-        };
+        let local = if i % 2 == 0 { Local::Listener } else { at(id) };
         let from = client_addr(rng.random_range(0..4));
         m.send_from(from, local, &d);
         if i % 50 == 0 {
@@ -1083,7 +1069,7 @@ fn amplification(config: TftpServerConfig, steps: &[Step]) -> Tally {
                 let n = Emit::ack(&mut b, *block, None).expect("emit");
                 t.input(n);
                 let local = match id {
-                    Some(id) if !single_port => Local::Transfer(id),
+                    Some(id) if !single_port => at(id),
                     _ => Local::Listener,
                 };
                 m.send(local, &b[..n]);
@@ -1267,11 +1253,11 @@ fn a_spoofed_rrq_flood_neither_locks_out_a_real_client_nor_lingers() {
     let id = m
         .rrq_from(legit, "small.bin")
         .expect("the real client is served");
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     for block in 1..=10u16 {
         let mut a = [0u8; 8];
         let n = Emit::ack(&mut a, block, None).expect("emit");
-        m.send_from(legit, Local::Transfer(id), &a[..n]);
+        m.send_from(legit, at(id), &a[..n]);
         m.drain();
     }
     let completed = m.events().into_iter().any(|e| {
@@ -1338,12 +1324,12 @@ fn a_repeated_rrq_gets_the_first_answer_only_and_does_not_extend_the_transfer() 
     let start = m.now;
     m.rrq(&window);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Oack)]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Oack)]);
     // Repeated before any ACK: the OACK again, once per request, never a window.
     for _ in 0..5 {
         m.now += Duration::from_secs(1);
         m.rrq(&window);
-        assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Oack)]);
+        assert_eq!(m.drain(), vec![(at(id), Sent::Oack)]);
     }
     // The life still counts from the first request.
     m.now = m.server.poll_timeout().expect("timer");
@@ -1357,7 +1343,7 @@ fn a_repeated_rrq_gets_the_first_answer_only_and_does_not_extend_the_transfer() 
     let id = started(&mut m);
     m.drain();
     m.ack(id, 0);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 64))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 64))]);
     m.rrq(&window);
     m.rrq(&window);
     assert_eq!(m.drain(), vec![]);
@@ -1365,9 +1351,9 @@ fn a_repeated_rrq_gets_the_first_answer_only_and_does_not_extend_the_transfer() 
     let mut m = Manual::new(loopback_config(), 1468 * 200);
     m.rrq(&[]);
     let id = started(&mut m);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
     m.rrq(&[]);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 1))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 1))]);
 }
 
 #[test]
@@ -1381,25 +1367,22 @@ fn after_a_timeout_only_the_windows_first_and_last_blocks_go_until_an_ack() {
     let id = started(&mut m);
     m.drain();
     m.ack(id, 0);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(1, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(1, 8))]);
     for _ in 0..2 {
         m.now = m.server.poll_timeout().expect("timer");
         m.server.handle_timeout(m.now, &mut m.images);
         assert_eq!(
             m.drain(),
-            vec![
-                (Local::Transfer(id), Sent::Data(1, 1)),
-                (Local::Transfer(id), Sent::Data(8, 1))
-            ]
+            vec![(at(id), Sent::Data(1, 1)), (at(id), Sent::Data(8, 1))]
         );
     }
     // The client answers: whole windows again.
     m.ack(id, 3);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(4, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(4, 8))]);
     // A client that answers once more, then never again: one window, then two blocks per
     // timeout, then the end.
     m.ack(id, 11);
-    assert_eq!(m.drain(), vec![(Local::Transfer(id), Sent::Data(12, 8))]);
+    assert_eq!(m.drain(), vec![(at(id), Sent::Data(12, 8))]);
     let mut blocks = 0;
     while let Some(at) = m.server.poll_timeout() {
         m.now = at;
@@ -1544,4 +1527,238 @@ fn stray_datagrams_get_at_most_a_bounded_number_of_errors_a_second() {
     // The next second has a fresh budget, so a real client's mistake is still answered.
     let later = answered(&mut server, t0 + Duration::from_millis(1_001), 1);
     assert_eq!(later, 1);
+}
+
+/// Every transmit now, as (local, destination, what).
+fn drain_to(m: &mut Manual) -> Vec<(Local, SocketAddr, Sent)> {
+    let mut out = Vec::new();
+    while let Some((local, t)) = m.server.poll_transmit(m.now, 64, &mut m.buf) {
+        let sent = match t.payload {
+            Payload::Bytes { len } => match TftpRepr::parse_bytes(&m.buf[..len]).expect("parse") {
+                TftpRepr::Error { code, .. } => Sent::Error(code),
+                TftpRepr::Oack { .. } => Sent::Oack,
+                other => panic!("unexpected {other:?}"),
+            },
+            Payload::Segments { count, .. } => {
+                Sent::Data(u16::from_be_bytes([m.buf[2], m.buf[3]]), count)
+            }
+        };
+        out.push((local, t.destination, sent));
+    }
+    out
+}
+
+fn ack_from(m: &mut Manual, from: SocketAddr, local: Local, block: u16) {
+    let mut b = [0u8; 8];
+    let n = Emit::ack(&mut b, block, None).expect("emit");
+    m.send_from(from, local, &b[..n]);
+}
+
+fn rrq_from_port(m: &mut Manual, from: SocketAddr) -> TransferId {
+    let mut b = [0u8; 512];
+    let n = Emit::request(&mut b, OP_RRQ, "f", "octet", &[]).expect("emit");
+    m.send_from(from, Local::Listener, &b[..n]);
+    started(m)
+}
+
+#[test]
+fn transfers_share_a_socket_when_no_port_is_left_and_datagrams_go_by_source() {
+    let mut m = Manual::new(loopback_config(), 5000);
+    let (a, b, c) = (client_addr(1), client_addr(2), client_addr(3));
+    let ta = rrq_from_port(&mut m, a);
+    let sa = SocketId(ta.0);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(Local::Socket(sa), a, Sent::Data(1, 1))]
+    );
+    m.server.socket_opened(sa);
+    // B's socket cannot be bound: B moves to A's socket, and its block 1 leaves from there.
+    let tb = rrq_from_port(&mut m, b);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(at(tb), b, Sent::Data(1, 1))],
+        "first asked from a socket of its own"
+    );
+    assert_eq!(
+        m.server
+            .socket_unavailable(SocketId(tb.0), 12_345, &mut m.images),
+        Some(sa)
+    );
+    assert_eq!(m.server.transfer_of(Local::Socket(sa), b), Some(tb));
+    assert_eq!(m.server.transfer_of(Local::Socket(sa), a), Some(ta));
+    assert_eq!(m.server.transfer_of(at(tb), b), None);
+    assert_eq!(m.server.transfer_of(Local::Listener, b), None);
+    // Each ACK on the shared socket moves its own sender's transfer.
+    ack_from(&mut m, b, Local::Socket(sa), 1);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(Local::Socket(sa), b, Sent::Data(2, 1))]
+    );
+    ack_from(&mut m, a, Local::Socket(sa), 1);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(Local::Socket(sa), a, Sent::Data(2, 1))]
+    );
+    // A stranger on the shared socket gets ERROR 5 from it; nobody's transfer moves.
+    ack_from(&mut m, c, Local::Socket(sa), 2);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(
+            Local::Socket(sa),
+            c,
+            Sent::Error(ErrorCode::UnknownTransferId)
+        )]
+    );
+    // A client on a socket that is not its transfer's is a stranger there too, and an RRQ
+    // to a transfer socket is refused.
+    ack_from(&mut m, b, Local::Listener, 2);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(
+            Local::Listener,
+            b,
+            Sent::Error(ErrorCode::UnknownTransferId)
+        )]
+    );
+    let mut r = [0u8; 64];
+    let n = Emit::request(&mut r, OP_RRQ, "f", "octet", &[]).expect("emit");
+    m.send_from(c, Local::Socket(sa), &r[..n]);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(
+            Local::Socket(sa),
+            c,
+            Sent::Error(ErrorCode::IllegalOperation)
+        )]
+    );
+    ack_from(&mut m, b, Local::Socket(sa), 2);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(Local::Socket(sa), b, Sent::Data(3, 1))]
+    );
+    // The socket stays while one of its transfers runs; the last one out hands it back.
+    let mut e = [0u8; 16];
+    let n = Emit::error(&mut e, ErrorCode::NotDefined, "bye").expect("emit");
+    m.send_from(a, Local::Socket(sa), &e[..n]);
+    assert!(!m.server.is_active(ta));
+    assert_eq!(m.server.poll_unused_socket(), None);
+    assert_eq!(m.server.sockets_in_use(), 1);
+    m.send_from(b, Local::Socket(sa), &e[..n]);
+    assert!(!m.server.is_active(tb));
+    assert_eq!(m.server.poll_unused_socket(), Some(sa));
+    assert_eq!(m.server.poll_unused_socket(), None);
+    assert_eq!(m.server.sockets_in_use(), 0);
+}
+
+#[test]
+fn a_transfer_with_no_socket_to_share_ends_and_its_client_hears_it_from_the_tftp_port() {
+    let mut m = Manual::new(loopback_config(), 5000);
+    let a = client_addr(1);
+    let ta = rrq_from_port(&mut m, a);
+    drain_to(&mut m);
+    assert_eq!(
+        m.server
+            .socket_unavailable(SocketId(ta.0), 1, &mut m.images),
+        None
+    );
+    assert!(!m.server.is_active(ta));
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(Local::Listener, a, Sent::Error(ErrorCode::NotDefined))]
+    );
+    let ended = std::iter::from_fn(|| m.server.poll_event()).find_map(|e| match e {
+        TftpEvent::TransferEnded { outcome, .. } => Some(outcome),
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        Some(TransferOutcome::Aborted(Abort::Server(
+            ServerAbort::OutOfPorts
+        )))
+    );
+    // A socket never opened is not handed back to the platform.
+    assert_eq!(m.server.poll_unused_socket(), None);
+    assert_eq!(m.server.sockets_in_use(), 0);
+}
+
+#[test]
+fn single_port_transfers_are_found_by_source_on_the_tftp_port() {
+    let config = TftpServerConfig {
+        single_port: true,
+        ..loopback_config()
+    };
+    let mut m = Manual::new(config, 5000);
+    let (a, b) = (client_addr(1), client_addr(2));
+    let ta = rrq_from_port(&mut m, a);
+    let tb = rrq_from_port(&mut m, b);
+    drain_to(&mut m);
+    assert_eq!(m.server.transfer_of(Local::Listener, a), Some(ta));
+    assert_eq!(m.server.transfer_of(Local::Listener, b), Some(tb));
+    ack_from(&mut m, b, Local::Listener, 1);
+    assert_eq!(
+        drain_to(&mut m),
+        vec![(Local::Listener, b, Sent::Data(2, 1))]
+    );
+    assert_eq!(m.server.sockets_in_use(), 0);
+}
+
+/// Issue 13: without a port range, `max-transfers` was the only bound, and more spoofed RRQs a
+/// second than the table holds keeps it full of transfers younger than the 1 s eviction floor:
+/// every real request is refused "server busy" for as long as the flood lasts. A cap on
+/// unacknowledged transfers (half the table, oldest evicted first whatever its age) passes
+/// this test but breaks the floor's own guarantee that a real client mid-handshake is never
+/// evicted by a flood (`at_a_cap_the_oldest_transfer_without_an_ack_makes_room`,
+/// `a_spoofed_rrq_flood_neither_locks_out_a_real_client_nor_lingers`): left open.
+#[test]
+#[ignore = "open: max-transfers 64, 1,000 spoofed RRQs in 1 ms, then a real RRQ: refused 'server busy' (ERROR 0) instead of served"]
+fn a_flood_faster_than_the_table_cannot_refuse_a_real_client() {
+    let config = TftpServerConfig {
+        max_transfers: 64,
+        ..loopback_config()
+    };
+    let mut m = Manual::new(config, 5000);
+    let spoofed = |i: u32| {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 9, (i / 250) as u8, (i % 250) as u8 + 1)),
+            40_000,
+        )
+    };
+    let mut r = [0u8; 64];
+    let n = Emit::request(&mut r, OP_RRQ, "f", "octet", &[]).expect("emit");
+    let flood = |m: &mut Manual, from: std::ops::Range<u32>| {
+        for i in from {
+            m.send_from(spoofed(i), Local::Listener, &r[..n]);
+            assert!(m.server.active_transfers() <= 64);
+        }
+        m.now += Duration::from_millis(1);
+    };
+    // 1,000 spoofed requests in a millisecond: 15 times what the table holds.
+    flood(&mut m, 0..1000);
+    drain_to(&mut m);
+    while m.server.poll_event().is_some() {}
+    let legit = client_addr(1);
+    let id = rrq_from_port(&mut m, legit);
+    let sent = drain_to(&mut m);
+    assert_eq!(sent, vec![(at(id), legit, Sent::Data(1, 1))], "not refused");
+    // 31 more spoofed requests still leave it waiting for its ACK; then it acknowledges and
+    // is never evicted, however long the flood goes on.
+    flood(&mut m, 1000..1031);
+    assert!(m.server.is_active(id));
+    ack_from(&mut m, legit, at(id), 1);
+    for block in 2..=10u16 {
+        flood(
+            &mut m,
+            2000 + u32::from(block) * 100..2100 + u32::from(block) * 100,
+        );
+        let sent: Vec<_> = drain_to(&mut m)
+            .into_iter()
+            .filter(|(_, to, _)| *to == legit)
+            .collect();
+        assert_eq!(sent, vec![(at(id), legit, Sent::Data(block, 1))]);
+        ack_from(&mut m, legit, at(id), block);
+    }
+    let ended = std::iter::from_fn(|| m.server.poll_event()).any(|e| {
+        matches!(e, TftpEvent::TransferEnded { id: e, outcome: TransferOutcome::Completed { .. }, .. } if e == id)
+    });
+    assert!(ended, "the real transfer completed");
 }

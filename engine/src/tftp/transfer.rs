@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::options::Negotiated;
-use super::wire::{DATA_HEADER_LEN, TftpRepr, emit_data_header};
+use super::server::{Local, SocketId};
+use super::wire::{DATA_HEADER_LEN, emit_data_header, emit_oack};
 use crate::image::{ByteRange, ImageId};
 use crate::net::Payload;
 
@@ -174,6 +175,8 @@ pub(crate) enum Next {
 #[derive(Debug)]
 pub(crate) struct Transfer {
     pub(crate) remote: SocketAddr,
+    /// The transfer socket it sends from and hears on; none: the TFTP port (single-port mode).
+    pub(crate) socket: Option<SocketId>,
     pub(crate) local_ip: Option<IpAddr>,
     pub(crate) ifindex: Option<u32>,
     pub(crate) file: String,
@@ -241,6 +244,7 @@ impl Transfer {
         );
         Self {
             remote: start.remote,
+            socket: None,
             local_ip: start.local_ip,
             ifindex: start.ifindex,
             file: start.file,
@@ -276,6 +280,11 @@ impl Transfer {
             retransmits: 0,
             bytes_sent: 0,
         }
+    }
+
+    /// The socket it sends from and hears on.
+    pub(crate) fn local(&self) -> Local {
+        self.socket.map_or(Local::Listener, Local::Socket)
     }
 
     /// Blocks in the file: the last one is shorter than `blksize`, possibly empty.
@@ -471,8 +480,8 @@ impl Transfer {
                 Next::Idle { armed: false }
             }
             State::Negotiating { owed: true } => {
-                let options = self.oack.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let sent = TftpRepr::Oack { options }.emit(buf);
+                let options = self.oack.iter().map(|(k, v)| (*k, v.as_str()));
+                let sent = emit_oack(buf, options);
                 self.arm(now);
                 match sent {
                     Ok(len) => Next::Send {

@@ -329,6 +329,35 @@ pub fn emit_data_header(buf: &mut [u8], block: u16) -> Result<usize, WireError> 
     Ok(DATA_HEADER_LEN)
 }
 
+/// An ERROR with `message` written straight into `buf` (no string is built first); returns
+/// the length written.
+pub fn emit_error(
+    buf: &mut [u8],
+    code: ErrorCode,
+    message: &dyn fmt::Display,
+) -> Result<usize, WireError> {
+    let mut w = Writer::new(buf);
+    w.u16(OP_ERROR)?;
+    w.u16(code.code())?;
+    fmt::write(&mut w, format_args!("{message}")).map_err(|_| WireError::BufferTooSmall)?;
+    w.bytes(&[0])?;
+    Ok(w.len)
+}
+
+/// An OACK of `options` (name, value) written straight into `buf`; returns the length written.
+pub fn emit_oack<'a>(
+    buf: &mut [u8],
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<usize, WireError> {
+    let mut w = Writer::new(buf);
+    w.u16(OP_OACK)?;
+    for (k, v) in options {
+        w.cstr(k)?;
+        w.cstr(v)?;
+    }
+    Ok(w.len)
+}
+
 fn packet_strings(buffer: &[u8]) -> &[u8] {
     buffer.get(field::STRINGS..).unwrap_or_default()
 }
@@ -372,6 +401,12 @@ impl<'a> Strings<'a> {
 struct Writer<'a> {
     buf: &'a mut [u8],
     len: usize,
+}
+
+impl fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.bytes(s.as_bytes()).map_err(|_| fmt::Error)
+    }
 }
 
 impl<'a> Writer<'a> {
