@@ -446,6 +446,7 @@ async fn serve_site(
 }
 
 async fn serve_requests(
+#[allow(clippy::too_many_arguments)]
     ctx: &ThreadCtx,
     transport: &mut Transport,
     peer: SocketAddr,
