@@ -445,8 +445,8 @@ async fn serve_site(
     conn.abort(&mut *ctx.store.borrow_mut());
 }
 
-async fn serve_requests(
 #[allow(clippy::too_many_arguments)]
+async fn serve_requests(
     ctx: &ThreadCtx,
     transport: &mut Transport,
     peer: SocketAddr,
