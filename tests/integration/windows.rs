@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Server, WINE, curl_bytes, pattern_file, require, run, wine_path};
+use crate::common::{
+    Server, WINE, curl_bytes, free_tcp_port, pattern_file, require, run, wine_path,
+};
 use crate::drain::{finish_body, get, wait_until_refused};
 
 /// What the suite set up; a missing piece fails the test (the suite never skips).
@@ -195,4 +197,63 @@ fn windows_ctrl_c_drains() {
         .wait_exit(Duration::from_secs(10))
         .expect("zpxe.exe still running after its download ended");
     assert!(status.success(), "exit status {status}");
+}
+
+/// `zpxe reload` reaches a console `zpxe.exe serve` over its named pipe (`--control`), with the
+/// exit codes of Linux: 0 reloaded (the menu script follows the file, no restart), 2 refused
+/// (every problem with its place; the running menu stays), 1 when nobody answers.
+#[test]
+fn windows_reload_over_the_control_pipe() {
+    let (exe, cache) = windows_build();
+    let prefix = cache.join("server");
+    let root = tempfile::tempdir().expect("tmp");
+    let config = root.path().join("zpxe.toml");
+    let write = |text: &str| std::fs::write(&config, text).expect("write config");
+    write("[menu]\ntitle = \"before the reload\"\n");
+    // Unique per test process (a port is never handed out twice in one), so that parallel
+    // tests never share a pipe.
+    let pipe = format!("zpxe-test-{}-{}", std::process::id(), free_tcp_port());
+    let server = Server::start_windows(
+        &exe,
+        &prefix,
+        root.path(),
+        &[
+            "--no-dhcp",
+            "--config",
+            &wine_path(&config),
+            "--control",
+            &pipe,
+        ],
+    );
+    let menu = format!("http://{}/menu.ipxe", server.http);
+    let script = || String::from_utf8_lossy(&curl_bytes(&[&menu])).into_owned();
+    assert!(script().contains("before the reload"));
+    let reload = |name: &str| {
+        let out = tempfile::NamedTempFile::new().expect("tmp");
+        let status = Command::new(WINE)
+            .arg(&exe)
+            .args(["reload", "--control", name])
+            .env("WINEPREFIX", &prefix)
+            .env("WINEDEBUG", "-all")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.reopen().expect("reopen"))
+            .stderr(out.reopen().expect("reopen"))
+            .status()
+            .expect("wine zpxe reload");
+        let text = String::from_utf8_lossy(&std::fs::read(out.path()).expect("read")).into_owned();
+        (status.code(), text)
+    };
+    write("[menu]\ntitle = \"after the reload\"\n");
+    let (code, out) = reload(&pipe);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("generation 2"), "{out}");
+    assert!(script().contains("after the reload"));
+    write("\n[menu]\ntitle = 5\n");
+    let (code, out) = reload(&pipe);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("zpxe.toml:3:"), "{out}");
+    assert!(script().contains("after the reload"));
+    let (code, out) = reload(&format!("{pipe}-nobody"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot reach zpxe's control pipe"), "{out}");
 }
