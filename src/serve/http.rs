@@ -318,7 +318,10 @@ async fn serve_connection(
         crate::db::Recorder::disabled()
     };
     let transport = Transport::Plain(tcp);
-    serve_site(ctx, transport, peer, handler, config, &recorder, first, records).await;
+    serve_site(
+        ctx, transport, peer, handler, config, &recorder, first, records,
+    )
+    .await;
 }
 
 /// What carries a connection's bytes: the TCP connection itself, or TLS over it. Both serve
@@ -441,7 +444,8 @@ async fn serve_site(
     )
     .await;
     // Every exit records what was answered, also a response that went out with a close.
-    record(&mut conn, &metrics, peer, recorder, transfer);
+    let access = transfer.and(ctx.shared.access_log.as_ref());
+    record(&mut conn, &metrics, peer, recorder, transfer, access);
     conn.abort(&mut *ctx.store.borrow_mut());
 }
 
@@ -466,6 +470,8 @@ async fn serve_requests(
     let mut timer: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = None;
     let mut armed: Option<Instant> = None;
     let metrics = &ctx.shared.metrics;
+    // The boot ports' responses go to the access log (the web service's do not).
+    let access = transfer.and(ctx.shared.access_log.as_ref());
     loop {
         match send_ready(ctx, transport, peer, conn, &mut out, transfer).await {
             Sent::Open => {}
@@ -475,7 +481,7 @@ async fn serve_requests(
             }
             Sent::Drop => return,
         }
-        record(conn, metrics, peer, recorder, transfer);
+        record(conn, metrics, peer, recorder, transfer, access);
         if conn.is_closed() {
             return;
         }
@@ -717,6 +723,7 @@ pub(super) fn record(
     peer: SocketAddr,
     recorder: &crate::db::Recorder,
     transfer: Option<u64>,
+    access: Option<&super::access_log::AccessLog>,
 ) {
     while let Some(ev) = conn.poll_event() {
         match ev {
@@ -726,6 +733,10 @@ pub(super) fn record(
                 status,
                 bytes,
                 elapsed,
+                query,
+                version,
+                user_agent,
+                referer,
                 ..
             } => {
                 // The web service counts its own (`zpxe_web_requests_total`).
@@ -743,6 +754,21 @@ pub(super) fn record(
                 if recorder.enabled() && method.is_some() {
                     let event = served_event(&path, status.0, bytes).ip(peer.ip());
                     recorder.record(event.transfer(transfer));
+                }
+                if let Some(log) = access {
+                    log.log(super::access_log::Entry {
+                        peer,
+                        at: SystemTime::now(),
+                        method,
+                        version,
+                        path,
+                        query,
+                        status: status.0,
+                        bytes,
+                        referer,
+                        user_agent,
+                        elapsed,
+                    });
                 }
             }
             // A client that stalls a request head or stops reading is worth a line; an idle

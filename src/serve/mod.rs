@@ -22,6 +22,7 @@ pub use hook::HookConfig;
 pub use reload::control;
 pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader};
 
+mod access_log;
 mod dhcp;
 mod dhcp_server;
 mod drain;
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) web: crate::web::WebService,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: Stop,
+    /// The access log (`http.access-log`), written by a thread of its own.
+    pub(crate) access_log: Option<access_log::AccessLog>,
     /// Open connections on the boot ports (HTTP and HTTPS), against `http.max-connections`.
     pub(crate) boot_conns: Arc<http::ConnCap>,
     /// Open connections on the web service port.
@@ -182,6 +185,12 @@ pub fn start_reloadable(
             "web service: read-only routes open to web.allow, changes need the bearer token"
         );
     }
+    let access_log = config
+        .http
+        .access_log
+        .as_deref()
+        .map(access_log::AccessLog::open)
+        .transpose()?;
     let entries = config.menu.entries.iter().map(|e| e.id.clone()).collect();
     let reloader = Reloader::new(config.clone(), tls, source);
     let menu = reloader.clone();
@@ -201,6 +210,7 @@ pub fn start_reloadable(
         hook,
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
+        access_log,
         boot_conns: http::ConnCap::new(config.http.max_connections),
         tftp_ports: tftp::PortPool::new(config.tftp_range()),
         web_conns: http::ConnCap::new(WEB_MAX_CONNECTIONS),

@@ -398,3 +398,70 @@ fn an_idle_https_connection_is_closed_by_the_drain() {
         .expect("zpxe did not exit after draining");
     assert!(status.success(), "exit status {status}");
 }
+
+/// `http.access-log`: one line per response on the boot port, in nginx's combined format with
+/// the seconds taken after it; User-Agent and Referer as the client sent them, a 404 and a 400
+/// too; a quote in the User-Agent cannot end its field.
+#[test]
+fn the_access_log_has_a_combined_line_per_response() {
+    let root = tempfile::tempdir().expect("tmp");
+    let data = pattern_file(&root.path().join("small.bin"), 3000, 5);
+    let log = root.path().join("access.log");
+    let config = root.path().join("zpxe.toml");
+    std::fs::write(
+        &config,
+        format!("[http]\naccess-log = {:?}\n", log.to_str().expect("utf8")),
+    )
+    .expect("config");
+    let server = Server::start(root.path(), &["--config", config.to_str().expect("utf8")]);
+    let url = format!("http://{}/small.bin?x=1", server.http);
+    let got = curl_bytes(&[
+        "-A",
+        "zpxe-test/1.0 \"q\"",
+        "-e",
+        "http://ref.example/p",
+        &url,
+    ]);
+    assert_eq!(got, data);
+    let missing = format!("http://{}/nothing.bin", server.http);
+    let (ok, _) = curl(&["-o", "/dev/null", &missing]);
+    assert!(ok);
+    let mut c = TcpStream::connect(server.http).expect("connect");
+    c.write_all(b"GET /small.bin HTTP/1.1\r\n\r\n")
+        .expect("send");
+    let mut bad = Vec::new();
+    let _ = c.read_to_end(&mut bad);
+    // The writer flushes after each batch: wait for the three lines.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let ok_line = lines[0];
+    assert!(ok_line.starts_with("127.0.0.1 - - ["), "{ok_line}");
+    assert!(
+        ok_line.contains(
+            "] \"GET /small.bin?x=1 HTTP/1.1\" 200 3000 \"http://ref.example/p\" \
+             \"zpxe-test/1.0 \\x22q\\x22\" "
+        ),
+        "{ok_line}"
+    );
+    let seconds = ok_line.rsplit(' ').next().expect("time");
+    assert!(seconds.parse::<f64>().is_ok(), "{ok_line}");
+    // [dd/Mon/yyyy:hh:mm:ss +0000]
+    let time = &ok_line[ok_line.find('[').expect("[") + 1..ok_line.find(']').expect("]")];
+    assert_eq!(time.len(), 26, "{time}");
+    assert!(time.ends_with(" +0000"), "{time}");
+    assert!(
+        lines[1].contains("\"GET /nothing.bin HTTP/1.1\" 404 "),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains("\"-\" \"curl/"), "{}", lines[1]);
+    assert!(lines[2].contains("] \"-\" 400 "), "{}", lines[2]);
+}

@@ -54,6 +54,9 @@ pub struct HttpConfig {
     /// a trickle to hold its connection). 0: any byte taken is progress. For the server's
     /// sockets; one connection's machine ignores it.
     pub min_send_rate: u64,
+    /// Where the server writes one line per response (nginx's combined format); `None`: no
+    /// access log. For the server; one connection's machine ignores it.
+    pub access_log: Option<std::path::PathBuf>,
     /// Most range-specs honoured in one `Range` header; more and the header is ignored (200).
     pub max_ranges: usize,
     /// Answer multi-range requests with `multipart/byteranges`; off: 200 with the whole file.
@@ -80,6 +83,7 @@ impl Default for HttpConfig {
             // channel carries 8 KB/s), so only a client holding its connection on purpose
             // falls under it; holding one costs such a client 120 KiB per 30 s window.
             min_send_rate: 4096,
+            access_log: None,
             max_ranges: 16,
             multipart: true,
             max_pipelined: 8,
@@ -120,6 +124,14 @@ pub enum HttpEvent {
         method: Option<Method>,
         /// The request path as sent (percent-encoded, at most 256 bytes), or empty.
         path: String,
+        /// The query after `?` as sent (at most 256 bytes), or empty.
+        query: String,
+        /// The request's version; `None` when it was refused before it was known.
+        version: Option<Version>,
+        /// The `User-Agent` and `Referer` fields as sent (at most 256 bytes each), or empty:
+        /// for the access log.
+        user_agent: String,
+        referer: String,
         status: StatusCode,
         /// Content bytes sent (0 for HEAD, 304, ...).
         bytes: u64,
@@ -446,7 +458,7 @@ impl HttpConnection {
                 //# receive a complete request message within the time that it was prepared
                 //# to wait.
                 let planned = handler::plan_error(StatusCode::REQUEST_TIMEOUT, self.last_wall);
-                self.enqueue(planned, None, String::new(), false, Version::Http11);
+                self.enqueue(planned, None, Asked::default(), false, Version::Http11);
             }
             // Nothing was asked: close without a word, as after an idle keep-alive wait.
             Timer::FirstRequest | Timer::Idle => {}
@@ -537,8 +549,13 @@ impl HttpConnection {
             images.close(id);
         }
         let keep_alive = req.keep_alive();
-        let path = truncate(req.path, 256);
-        self.enqueue(planned, Some(req.method), path, keep_alive, req.version);
+        self.enqueue(
+            planned,
+            Some(req.method),
+            Asked::of(req),
+            keep_alive,
+            req.version,
+        );
         if !keep_alive {
             self.state = State::Closing;
         }
@@ -549,7 +566,7 @@ impl HttpConnection {
         self.head_buf = Vec::new();
         self.head_started = None;
         let planned = handler::plan_error(error.status(), wall);
-        self.enqueue(planned, None, String::new(), false, Version::Http11);
+        self.enqueue(planned, None, Asked::default(), false, Version::Http11);
         self.state = State::Closing;
     }
 
@@ -557,7 +574,7 @@ impl HttpConnection {
         &mut self,
         mut planned: Planned,
         method: Option<Method>,
-        path: String,
+        asked: Asked,
         keep_alive: bool,
         version: Version,
     ) {
@@ -590,7 +607,11 @@ impl HttpConnection {
             started: self.last_now,
             event: HttpEvent::Served {
                 method,
-                path,
+                version: method.map(|_| version),
+                path: asked.path,
+                query: asked.query,
+                user_agent: asked.user_agent,
+                referer: asked.referer,
                 status: planned.head.status,
                 bytes,
                 elapsed: Duration::ZERO,
@@ -622,6 +643,27 @@ impl HttpConnection {
             if self.head_started.is_some() {
                 self.head_started = Some(self.last_now);
             }
+        }
+    }
+}
+
+/// What a response's event says of its request, each part bounded.
+#[derive(Default)]
+struct Asked {
+    path: String,
+    query: String,
+    user_agent: String,
+    referer: String,
+}
+
+impl Asked {
+    fn of(req: &Request<'_>) -> Self {
+        let field = |name| truncate(req.header(name).unwrap_or_default(), 256);
+        Self {
+            path: truncate(req.path, 256),
+            query: truncate(req.query.unwrap_or_default(), 256),
+            user_agent: field("user-agent"),
+            referer: field("referer"),
         }
     }
 }

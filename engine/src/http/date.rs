@@ -35,6 +35,27 @@ pub fn format(t: SystemTime) -> String {
     out
 }
 
+/// Formats `t` as access logs write it (Common Log Format, in UTC), e.g.
+/// `06/Nov/1994:08:49:37 +0000`.
+pub fn format_log(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .min(253_402_300_799);
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut out = String::with_capacity(26);
+    let _ = write!(
+        out,
+        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+    out
+}
+
 //= https://www.rfc-editor.org/rfc/rfc9110#section-5.6.7
 //# Recipients of timestamp values are encouraged to be robust in parsing timestamps unless
 //# otherwise restricted by the field definition.
@@ -205,6 +226,12 @@ mod tests {
         assert_eq!(format(at(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(format(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(format(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+
+    #[test]
+    fn formats_access_log_times() {
+        assert_eq!(format_log(at(784_111_777)), "06/Nov/1994:08:49:37 +0000");
+        assert_eq!(format_log(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
     }
 
     #[test]
