@@ -234,7 +234,6 @@ impl TryFrom<String> for ClientUuid {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

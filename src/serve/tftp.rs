@@ -331,10 +331,9 @@ impl TftpService {
         if let Some(s) = self.sockets.borrow().get(&socket) {
             return Some(Rc::clone(&s.endpoint));
         }
-        if self.engine.borrow().transfer_of(local, remote).is_none() {
-            // A last ERROR for a transfer that already ended: its socket is gone.
-            return None;
-        }
+        // A socket is bound only for a transfer: a last ERROR for one that already ended
+        // finds its socket gone.
+        self.engine.borrow().transfer_of(local, remote)?;
         let options = UdpOptions {
             send_buffer: Some(1 << 20),
             ..UdpOptions::default()

@@ -493,7 +493,6 @@ impl Handler for BootScripts {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
