@@ -13,7 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -102,7 +102,7 @@ impl Drop for AccessLog {
 
 /// The writer thread: formats and appends lines until every sender is gone, flushing after
 /// each batch (whatever was queued when it woke).
-fn write_lines(file: File, path: &PathBuf, rx: &Receiver<Entry>, dropped: &AtomicU64) {
+fn write_lines(file: File, path: &Path, rx: &Receiver<Entry>, dropped: &AtomicU64) {
     let mut out = BufWriter::with_capacity(64 << 10, file);
     let mut line = String::with_capacity(512);
     let mut reported = 0;
