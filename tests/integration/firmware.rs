@@ -117,6 +117,9 @@ pub enum Net {
     /// addresses itself (dnsmasq only sends IPv6 router advertisements, so iPXE does not wait
     /// for a router).
     Server,
+    /// [`Net::Relayed`]'s router and relay with zpxe in `dhcp.mode = "server"` as the only
+    /// DHCPv4 server: dnsmasq in `D` hands out no addresses (the relay still forwards to it).
+    RelayedServer,
 }
 
 /// Fails the test when a file a package provides is missing.
@@ -337,10 +340,13 @@ impl Lab {
         ip(&["-n", &d, "link", "set", "d1", "up"]);
 
         let mut dnsmasq = lab.dnsmasq_cmd(&d, "d1");
-        dnsmasq.arg(format!(
-            "--dhcp-range={SERVER_NET}.100,{SERVER_NET}.150,255.255.255.0,1h"
-        ));
-        if net == Net::Relayed {
+        let dnsmasq_leases = net != Net::RelayedServer;
+        if dnsmasq_leases {
+            dnsmasq.arg(format!(
+                "--dhcp-range={SERVER_NET}.100,{SERVER_NET}.150,255.255.255.0,1h"
+            ));
+        }
+        if matches!(net, Net::Relayed | Net::RelayedServer) {
             let (r, c) = (name("R"), name("C"));
             lab.add_ns(&r);
             lab.add_ns(&c);
@@ -411,9 +417,11 @@ impl Lab {
             ip(&["-n", &c, "link", "set", "cR", "master", "brc", "up"]);
             ip(&["-n", &c, "tuntap", "add", "dev", "tap1", "mode", "tap"]);
             ip(&["-n", &c, "link", "set", "tap1", "master", "brc", "up"]);
-            dnsmasq.arg(format!(
-                "--dhcp-range={CLIENT_NET}.100,{CLIENT_NET}.150,255.255.255.0,1h"
-            ));
+            if dnsmasq_leases {
+                dnsmasq.arg(format!(
+                    "--dhcp-range={CLIENT_NET}.100,{CLIENT_NET}.150,255.255.255.0,1h"
+                ));
+            }
             lab.start_dnsmasq("dnsmasq-dhcp", dnsmasq);
             // Router advertisements for the client segment, from the router.
             let mut ra = lab.dnsmasq_cmd(&r, "rC");
@@ -1675,6 +1683,72 @@ fn server_mode_uefi_http_boot_x64_gets_address_and_url_from_zpxe() {
     assert!(
         tftp.is_empty(),
         "HTTP Boot used TFTP: {tftp:?}{}",
+        lab.report(&mut server)
+    );
+}
+
+/// UEFI HTTP Boot in server mode through a relay: zpxe leases an address of the client's
+/// subnet (the pool chosen by giaddr) with `HTTPClient` and the URL, the reply goes to the
+/// relay, and the firmware fetches ipxe.efi across the router; iPXE then gets the script. The
+/// relay forwards from its server-side address, so that address is in `dhcp.relays`.
+#[test]
+fn relayed_server_mode_uefi_http_boot_x64_gets_address_and_url_from_zpxe() {
+    let mut lab = Lab::new("srvhttprl", Net::RelayedServer);
+    let pool = format!(
+        "\n[dhcp]\nmode = \"server\"\nlease-time-secs = 600\n\
+         relays = [\"{SERVER_NET}.3\"]\n[[dhcp.pool]]\n\
+         subnet = \"{CLIENT_NET}.0/24\"\nrange = [\"{CLIENT_NET}.100\", \"{CLIENT_NET}.150\"]\n\
+         router = [\"{CLIENT_NET}.1\"]\n[log]\nformat = \"json\"\n"
+    );
+    let mut server = lab.start_zpxe_with(&pool);
+    let mac = "52:54:00:91:00:52";
+    let uuid = "a1b2c3d4-0152-4000-8000-000000000152";
+    let size = std::fs::metadata("/usr/lib/ipxe/ipxe.efi")
+        .expect("ipxe.efi")
+        .len();
+    lab.expect_boot(&mut server, Firmware::OvmfHttpBoot, mac, uuid, &[]);
+    lab.expect_http_boot_on_serial(&mut server);
+    let events = events(&mut server);
+    let acks: Vec<_> = events
+        .iter()
+        .filter(|ev| text(ev, "message") == Some("DHCP ack") && text(ev, "mac") == Some(mac))
+        .map(|ev| {
+            (
+                text(ev, "ip").unwrap_or("-"),
+                text(ev, "relay").unwrap_or("-"),
+                text(ev, "boot_file").unwrap_or("-"),
+            )
+        })
+        .collect();
+    let relay = format!("{CLIENT_NET}.1");
+    let url = http_boot_url("ipxe.efi");
+    assert!(
+        acks.len() >= 2
+            && acks
+                .iter()
+                .all(|(ip, r, _)| ip.starts_with(&format!("{CLIENT_NET}.")) && *r == relay)
+            && acks[0].2 == url
+            && acks
+                .iter()
+                .any(|(.., f)| f.starts_with("http://10.90.0.1:8050/boot.ipxe?")),
+        "zpxe's ACKs through the relay: {acks:?}{}",
+        lab.report(&mut server)
+    );
+    let gets: Vec<_> = http_requests(&events)
+        .into_iter()
+        .filter(|(method, ..)| method == "GET")
+        .map(|(_, path, status, bytes)| (path, status, bytes))
+        .collect();
+    let order = in_order(
+        &gets,
+        &[
+            ("/ipxe.efi".to_owned(), 200, size),
+            ("/payload.bin".to_owned(), 200, PAYLOAD_LEN as u64),
+        ],
+    );
+    assert!(
+        order.is_ok(),
+        "HTTP requests {gets:?}: {order:?}{}",
         lab.report(&mut server)
     );
 }
