@@ -117,14 +117,6 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.tftp_datagrams(3, 4000);
 /// How a TFTP transfer ended, as `zpxe_tftp_transfers_total`'s `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TftpOutcome {
@@ -380,16 +372,22 @@ impl Labelled {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use zpxe_engine::tftp::{ClientAbort, ServerAbort};
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.tftp_datagrams(3, 4000);
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains(
-    use std::collections::{BTreeMap, BTreeSet};
-    use zpxe_engine::tftp::{ClientAbort, ServerAbort};
             "# TYPE zpxe_tftp_bytes_sent_total counter\nzpxe_tftp_bytes_sent_total 4000\n"
         ));
         assert!(out.contains("zpxe_tftp_datagrams_sent_total 3\n"));
-    }
-}
         check_exposition(&out).expect("valid exposition");
     }
 
@@ -691,3 +689,5 @@ impl Labelled {
         ] {
             assert!(check_exposition(bad).is_err(), "{bad}");
         }
+    }
+}

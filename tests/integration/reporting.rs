@@ -76,9 +76,16 @@ fn parse_metrics(text: &str) -> Value {
 from prometheus_client.parser import text_string_to_metric_families\n\
 out = {}\n\
 for f in text_string_to_metric_families(sys.stdin.read()):\n\
-    out[f.name] = {'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
+\tout[f.name] = {'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
 print(json.dumps(out))\n";
-    let mut child = std::process::Command::new(crate::common::require("python3"))
+    // Debian's interpreter, whose modules the package installs (not a python3 of another
+    // installation that PATH may name first).
+    let python = std::path::Path::new("/usr/bin/python3");
+    assert!(
+        python.is_file(),
+        "this test needs /usr/bin/python3 (tests/run-all.sh)"
+    );
+    let mut child = std::process::Command::new(python)
         .args(["-c", PARSE])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
