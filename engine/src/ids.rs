@@ -234,6 +234,7 @@ impl TryFrom<String> for ClientUuid {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

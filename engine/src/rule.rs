@@ -322,6 +322,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Scalar<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -283,12 +283,12 @@ impl BootPolicy {
         fn pick(
             from_rule: Option<&String>,
             rule_key: &'static str,
-            default: &String,
+            default: &str,
             default_key: &'static str,
         ) -> (String, &'static str, bool) {
             match from_rule {
                 Some(t) => (t.clone(), rule_key, true),
-                None => (default.clone(), default_key, false),
+                None => (default.to_owned(), default_key, false),
             }
         }
 

@@ -493,11 +493,7 @@ fn pxe_vendor_reply(request: &DhcpRepr) -> PxeVendorOptions {
 }
 
 /// What the policy and the rules see of a request (`zpxe explain` builds its facts here too).
-pub fn client_facts(
-    meta: &DatagramMeta,
-    request: &DhcpRepr,
-    http_client: bool,
-) -> ClientFacts {
+pub fn client_facts(meta: &DatagramMeta, request: &DhcpRepr, http_client: bool) -> ClientFacts {
     let options = &request.options;
     let arch = options.client_arch.first().copied().or_else(|| {
         options
@@ -765,6 +761,46 @@ mod tests {
             MessageType::Ack,
             &script,
         );
+    }
+
+    /// A registry-like override that knows one machine's group.
+    #[derive(Debug)]
+    struct Grouped(MacAddr, &'static str);
+
+    impl ClientOverrides for Grouped {
+        fn loader(&self, _: &ClientFacts) -> Option<String> {
+            None
+        }
+        fn group(&self, facts: &ClientFacts) -> Option<String> {
+            (facts.mac == self.0).then(|| self.1.to_owned())
+        }
+    }
+
+    #[test]
+    fn a_rule_naming_a_group_matches_the_registered_machines_of_that_group() {
+        let policy: BootPolicy =
+            toml::from_str("[[rule]]\ngroup = [\"lab\"]\nloader = \"lab.efi\"\n").unwrap();
+        let mut proxy = ProxyDhcp::new(ProxyDhcpConfig {
+            http_port: 8080,
+            policy,
+            ..Default::default()
+        });
+        let request = fixtures::EDK2_REQUEST_4011.bytes();
+        let file = |proxy: &mut ProxyDhcp| {
+            exchange(proxy, DhcpPort::Pxe, meta("10.0.0.50:4011"), &request)
+                .unwrap()
+                .2
+                .boot_file
+        };
+        // Not registered (no overrides), or in another group: the policy's loader.
+        assert_eq!(file(&mut proxy), b"ipxe.efi");
+        proxy.set_overrides(std::sync::Arc::new(Grouped(
+            MacAddr(fixtures::MAC),
+            "office",
+        )));
+        assert_eq!(file(&mut proxy), b"ipxe.efi");
+        proxy.set_overrides(std::sync::Arc::new(Grouped(MacAddr(fixtures::MAC), "lab")));
+        assert_eq!(file(&mut proxy), b"lab.efi");
     }
 
     /// A registry-like override: one loader for one MAC.

@@ -493,6 +493,7 @@ impl Handler for BootScripts {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
