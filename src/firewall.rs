@@ -391,7 +391,12 @@ pub fn read_ports(file: Option<&Path>) -> anyhow::Result<(Config, String)> {
         return Ok((Config::default(), "the default configuration".to_owned()));
     };
     let (config, _) = Config::read(file).map_err(|p| anyhow::anyhow!("{p}"))?;
-    if let Some(e) = config.ports.tftp_range.as_ref().and_then(|r| r.get_ref().error()) {
+    if let Some(e) = config
+        .ports
+        .tftp_range
+        .as_ref()
+        .and_then(|r| r.get_ref().error())
+    {
         anyhow::bail!("{}: ports.tftp-range: {e}", file.display());
     }
     Ok((config, file.display().to_string()))

@@ -12,9 +12,9 @@ pub mod ids;
 pub mod image;
 pub mod net;
 pub mod path;
-pub mod rule;
 #[cfg(test)]
 mod proptest_config;
+pub mod rule;
 pub mod sim;
 pub mod tftp;
 
