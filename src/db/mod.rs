@@ -174,8 +174,9 @@ impl DatabaseConfig {
 pub const STAGE_LEN: usize = 32;
 /// Longest file name or path kept (longer ones are cut at a character boundary).
 pub const NAME_LEN: usize = 128;
-/// Longest detail kept.
-pub const DETAIL_LEN: usize = 160;
+/// Longest detail kept. 152, so that a Stage event (stage + detail) and with it every `Event`
+/// stays within 256 bytes: the queue's 16,384 slots stay at 4 MiB.
+pub const DETAIL_LEN: usize = 152;
 
 /// A string of at most `N` bytes held inline, so an event costs no allocation. Longer input is
 /// cut at a character boundary; bytes that are not UTF-8 end it.
@@ -373,8 +374,9 @@ pub struct Event {
     pub ip: Option<IpAddr>,
     pub kind: EventKind,
     /// The transfer a TFTP or HTTP event belongs to (`crate::web::live::next_transfer_id`):
-    /// the live view ends exactly that transfer. Not stored.
-    pub transfer: Option<u64>,
+    /// the live view ends exactly that transfer. Not stored. Ids start at 1, so the niche
+    /// keeps the event within its 256-byte budget.
+    pub transfer: Option<std::num::NonZeroU64>,
 }
 
 impl Event {
@@ -410,8 +412,9 @@ impl Event {
         self
     }
 
+    /// Id 0 is no transfer (`crate::web::live::next_transfer_id` starts at 1).
     pub fn transfer(mut self, id: Option<u64>) -> Self {
-        self.transfer = id;
+        self.transfer = id.and_then(std::num::NonZeroU64::new);
         self
     }
 }

@@ -635,7 +635,7 @@ impl State {
             EventKind::TftpEnd { .. } | EventKind::HttpFile { .. }
         ) && let Some(id) = e.transfer
         {
-            self.finish(id);
+            self.finish(id.get());
         }
         if let Some(reason) = failure {
             self.error(ErrorItem {
