@@ -31,7 +31,7 @@ fn pg_bin() -> PathBuf {
 }
 
 /// A throwaway PostgreSQL cluster, listening on a Unix socket in its own directory only.
-struct Postgres {
+pub(crate) struct Postgres {
     dir: tempfile::TempDir,
     pid: u32,
 }
@@ -39,7 +39,7 @@ struct Postgres {
 const PG_PORT: u16 = 5432;
 
 impl Postgres {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let bin = pg_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let ok = Command::new("chown")
@@ -106,7 +106,7 @@ impl Postgres {
     }
 
     /// A new empty database.
-    fn create(&self, name: &str) -> String {
+    pub(crate) fn create(&self, name: &str) -> String {
         let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
             .expect("connect to the postgres database");
         // The name is the test's own identifier, not client data.

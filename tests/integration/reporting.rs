@@ -4,6 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -229,38 +231,19 @@ fn check_metrics(web: SocketAddr, text: &str) {
     );
 }
 
-#[test]
-fn after_a_storm_every_client_has_its_timeline_in_the_api() {
-    let (root, config) = image_set();
-    let mut server = Server::start(root.path(), &["--config", &config]);
-    let json_path = root.path().join("storm.json");
-    let (ok, log) = run(
-        &mut loadgen(&server, root.path(), 100, &json_path, 120),
-        Duration::from_secs(180),
-    );
-    assert!(ok, "{log}");
-    let r = report(&json_path);
-    assert_eq!(r["booted"], 100, "{log}");
-
-    // The inventory the scripts' reports built: every MAC that reported, with its last stage.
-    let inventory = json(server.web, "/api/clients?limit=1000");
-    let macs: Vec<String> = inventory["clients"]
-        .as_array()
-        .expect("clients")
-        .iter()
-        .filter_map(|c| c["mac"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(macs.len(), 100, "{inventory}");
-
-    // The writer commits every 100 ms; give it up to 10 s.
+/// Each of `macs`' timelines through `web`'s API: what any lacks (the DHCP offer and the
+/// stages `script` and `chosen`), and how many TFTP files (ended ok, with bytes) and HTTP files
+/// (with bytes) all of them hold together. The writer commits every 100 ms; this waits up to
+/// 10 s for every timeline to be complete and at least one HTTP file per MAC.
+fn timelines(web: SocketAddr, macs: &[String]) -> (Vec<String>, usize, usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut lacking = Vec::new();
     let (mut tftp_files, mut http_files);
     loop {
         lacking.clear();
         (tftp_files, http_files) = (0, 0);
-        for mac in &macs {
-            let (status, body) = get(server.web, &format!("/api/v1/clients/{mac}"));
+        for mac in macs {
+            let (status, body) = get(web, &format!("/api/v1/clients/{mac}"));
             let why = match status {
                 200 => {
                     let t: Value = serde_json::from_str(&body).expect("timeline json");
@@ -285,12 +268,113 @@ fn after_a_storm_every_client_has_its_timeline_in_the_api() {
                 lacking.push(format!("{mac}: {why}"));
             }
         }
-        let complete = lacking.is_empty() && tftp_files > 0 && http_files >= 100;
+        let complete = lacking.is_empty() && tftp_files > 0 && http_files >= macs.len();
         if complete || Instant::now() > deadline {
-            break;
+            return (lacking, tftp_files, http_files);
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// The MACs in `web`'s in-memory inventory (what the scripts reported to that server).
+fn reported_macs(web: SocketAddr) -> Vec<String> {
+    let inventory = json(web, "/api/clients?limit=1000");
+    inventory["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["mac"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Issue 14: two zpxe servers share one PostgreSQL (Debian's, started here as the `postgres`
+/// user) and each serves half of a storm at the same time; either one's API shows every client
+/// of both halves with its timeline.
+#[test]
+fn two_servers_share_one_postgres_inventory() {
+    let pg = crate::db::Postgres::start();
+    let url = pg.create("shared_inventory");
+    let (root, config) = image_set();
+    let servers = [
+        Server::start(root.path(), &["--config", &config, "--database-url", &url]),
+        Server::start(root.path(), &["--config", &config, "--database-url", &url]),
+    ];
+    // 50 clients against each, at once; the seeds give the halves different MACs and UUIDs.
+    let mut storms: Vec<(Command, PathBuf)> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            let json_path = root.path().join(format!("half-{i}.json"));
+            let mut cmd = loadgen(server, root.path(), 50, &json_path, 120);
+            cmd.args(["--seed", &(i + 1).to_string()]);
+            (cmd, json_path)
+        })
+        .collect();
+    let results: Vec<(bool, String, Value)> = std::thread::scope(|s| {
+        let runs: Vec<_> = storms
+            .iter_mut()
+            .map(|(cmd, json_path)| {
+                s.spawn(move || {
+                    let (ok, log) = run(cmd, Duration::from_secs(180));
+                    let r = if ok { report(json_path) } else { Value::Null };
+                    (ok, log, r)
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|h| h.join().expect("loadgen thread"))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for ((ok, log, r), server) in results.iter().zip(&servers) {
+        assert!(ok, "{log}");
+        assert_eq!(r["booted"], 50, "{log}");
+        let macs = reported_macs(server.web);
+        assert_eq!(macs.len(), 50, "{macs:?}");
+        all.extend(macs);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 100, "the halves' MACs overlap: {all:?}");
+
+    // Either server's API: all 100, each with its DHCP offer, its stages and its HTTP files.
+    for server in &servers {
+        let (lacking, tftp_files, http_files) = timelines(server.web, &all);
+        assert!(
+            lacking.is_empty(),
+            "through {}: {} of 100 clients lack part of their timeline:\n{}",
+            server.web,
+            lacking.len(),
+            lacking.join("\n")
+        );
+        assert!(tftp_files > 0, "{tftp_files} TFTP files in the timelines");
+        assert!(
+            http_files >= 100,
+            "{http_files} HTTP files in the timelines"
+        );
+        let page = json(server.web, "/api/v1/clients?limit=1000");
+        assert_eq!(page["total"], 100, "through {}: {page}", server.web);
+    }
+}
+
+#[test]
+fn after_a_storm_every_client_has_its_timeline_in_the_api() {
+    let (root, config) = image_set();
+    let mut server = Server::start(root.path(), &["--config", &config]);
+    let json_path = root.path().join("storm.json");
+    let (ok, log) = run(
+        &mut loadgen(&server, root.path(), 100, &json_path, 120),
+        Duration::from_secs(180),
+    );
+    assert!(ok, "{log}");
+    let r = report(&json_path);
+    assert_eq!(r["booted"], 100, "{log}");
+
+    // The inventory the scripts' reports built: every MAC that reported, with its last stage.
+    let macs = reported_macs(server.web);
+    assert_eq!(macs.len(), 100, "{macs:?}");
+
+    let (lacking, tftp_files, http_files) = timelines(server.web, &macs);
     assert!(
         lacking.is_empty(),
         "{} of 100 clients lack part of their timeline:\n{}",
