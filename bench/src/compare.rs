@@ -30,8 +30,10 @@ pub struct CompareArgs {
     /// atftpd binary or unpacked .deb root (also `$ZPXE_BENCH_ATFTPD`).
     #[arg(long, value_name = "PATH")]
     pub atftpd: Option<PathBuf>,
-    /// Sections to run (comma-separated): ceiling, tftp, storm, http, dhcp, boot; and
-    /// boot-hpa (not by default): the boot storms against the classic stack with tftpd-hpa too.
+    /// Sections to run (comma-separated): ceiling, tftp, storm, http, dhcp, boot; and, not by
+    /// default: boot-hpa, the boot storms against the classic stack with tftpd-hpa too;
+    /// inventory, 1,000-client boot storms against zpxe with its SQLite inventory on and off
+    /// (`rounds` of each, alternating).
     #[arg(
         long,
         value_delimiter = ',',
@@ -164,7 +166,9 @@ impl Table {
             if let Some((z, z_failures)) = zpxe.get(&(row.workload.clone(), row.client.clone())) {
                 // Time-to-booted counts booted clients only: with failures on either side the
                 // two medians are of different populations, and their ratio would mislead.
-                if row.section == "boot" && row.unit == "s" && (row.failures > 0 || *z_failures > 0)
+                if (row.section == "boot" || row.section == "inventory")
+                    && row.unit == "s"
+                    && (row.failures > 0 || *z_failures > 0)
                 {
                     continue;
                 }
@@ -532,7 +536,10 @@ const BOOT_LIMIT_S: u64 = 120;
 
 /// A stack the boot section runs.
 enum BootStack {
-    Zpxe,
+    /// zpxe, recording the storm in its SQLite inventory or (`false`) with `--no-database`.
+    Zpxe {
+        inventory: bool,
+    },
     Classic(String, servers::ClassicTftp),
 }
 
@@ -560,7 +567,7 @@ fn boot_section(
             .push("boot storms: not run, `ip` (iproute2) not installed".into());
         return;
     }
-    let mut stacks = vec![BootStack::Zpxe];
+    let mut stacks = vec![BootStack::Zpxe { inventory: true }];
     let dnsmasq = servers::which(&["dnsmasq"]);
     let nginx = servers::which(&["nginx"]);
     match (&dnsmasq, &nginx) {
@@ -602,32 +609,72 @@ fn boot_section(
     // One storm per size and stack, with or without --quick: more rounds would not fit the whole
     // comparison in 15 minutes.
     for clients in [200usize, 1000] {
+        let workload = format!("full boot storm, {clients} clients, mix, broadcast in netns");
         boot_round(
             env,
             zpxe_bin,
             &stacks,
             (&dnsmasq, &nginx),
-            clients,
+            (clients, "boot", &workload),
             table,
             started,
         );
     }
 }
 
-/// One storm of `clients` against every stack, zpxe first.
+/// The inventory section (issue 14's benchmark): what reporting costs the data path. `rounds`
+/// 1,000-client boot storms against zpxe with its SQLite inventory and as many with
+/// `--no-database`, alternating which goes first; the rows' ratio is inventory on / off.
+fn inventory_section(
+    env: &Env,
+    zpxe_bin: &Path,
+    rounds: usize,
+    table: &mut Table,
+    started: Instant,
+) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        table
+            .skipped
+            .push("inventory storms: not run, network namespaces need root".into());
+        return;
+    }
+    let clients = 1000;
+    let workload = format!("full boot storm, {clients} clients, mix, inventory on / off");
+    for round in 0..rounds {
+        let mut stacks = [
+            BootStack::Zpxe { inventory: true },
+            BootStack::Zpxe { inventory: false },
+        ];
+        if round % 2 == 1 {
+            stacks.reverse();
+        }
+        boot_round(
+            env,
+            zpxe_bin,
+            &stacks,
+            (&None, &None),
+            (clients, "inventory", &workload),
+            table,
+            started,
+        );
+    }
+}
+
+/// One storm of `clients` against every stack in order, as rows of `section` and `workload`.
 fn boot_round(
     env: &Env,
     zpxe_bin: &Path,
     stacks: &[BootStack],
     (dnsmasq, nginx): (&Option<PathBuf>, &Option<PathBuf>),
-    clients: usize,
+    (clients, section, workload): (usize, &str, &str),
     table: &mut Table,
     started: Instant,
 ) {
-    let workload = format!("full boot storm, {clients} clients, mix, broadcast in netns");
     for (index, spec) in stacks.iter().enumerate() {
         let name = match spec {
-            BootStack::Zpxe => "zpxe",
+            BootStack::Zpxe { inventory: true } => "zpxe",
+            BootStack::Zpxe { inventory: false } => "zpxe-no-inventory",
             BootStack::Classic(name, _) => name.as_str(),
         };
         eprintln!(
@@ -644,7 +691,9 @@ fn boot_round(
             }
         };
         let stack = match spec {
-            BootStack::Zpxe => servers::start_zpxe_in(zpxe_bin, &env.root, &env.work, &pair.server),
+            BootStack::Zpxe { inventory } => {
+                servers::start_zpxe_in(zpxe_bin, &env.root, &env.work, &pair.server, *inventory)
+            }
             BootStack::Classic(name, tftp) => servers::start_classic_in(
                 name,
                 dnsmasq.as_deref().unwrap_or(Path::new("dnsmasq")),
@@ -680,8 +729,8 @@ fn boot_round(
         stack.stop();
         drop(pair);
         table.add(
-            "boot",
-            &workload,
+            section,
+            workload,
             "p50 time-to-booted",
             name,
             "s",
@@ -691,8 +740,8 @@ fn boot_round(
         );
         if let Some((p99, tput)) = rest {
             table.add(
-                "boot",
-                &workload,
+                section,
+                workload,
                 "p99 time-to-booted",
                 name,
                 "s",
@@ -701,8 +750,8 @@ fn boot_round(
                 None,
             );
             table.add(
-                "boot",
-                &workload,
+                section,
+                workload,
                 "aggregate download",
                 name,
                 "MiB/s",
@@ -1127,6 +1176,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             &mut table,
             started,
         );
+    }
+
+    if want("inventory") {
+        inventory_section(&env, &zpxe_bin, rounds, &mut table, started);
     }
 
     zpxe.stop();

@@ -447,8 +447,15 @@ fn ns_server(name: &str, child: Child) -> Server {
 /// same menu as [`start_zpxe`]. Every virtual client of a storm comes from the client
 /// namespace's one address, so the per-address TFTP cap (8 by default, a guard against one
 /// misbehaving host) is raised to the global one; real machines each have their own address,
-/// and the classic peers have no such cap.
-pub fn start_zpxe_in(bin: &Path, root: &Path, dir: &Path, ns: &str) -> anyhow::Result<Stack> {
+/// and the classic peers have no such cap. With `inventory`, zpxe records the storm in its own
+/// SQLite file (its default); without, it runs with `--no-database`.
+pub fn start_zpxe_in(
+    bin: &Path,
+    root: &Path,
+    dir: &Path,
+    ns: &str,
+    inventory: bool,
+) -> anyhow::Result<Stack> {
     let config = dir.join("zpxe-ns.toml");
     fs::write(
         &config,
@@ -473,9 +480,19 @@ pub fn start_zpxe_in(bin: &Path, root: &Path, dir: &Path, ns: &str) -> anyhow::R
             .args(["--dhcp-port", &NS_DHCP.to_string()])
             .args(["--pxe-port", &NS_PXE.to_string()])
             .args(["--web-port", "8081"])
-            // The bench's own database, never the system's /var/lib/zpxe.
-            .arg("--database-url")
-            .arg(format!("sqlite://{}", dir.join("zpxe.db").display())),
+            // The bench's own database (a fresh file), never the system's /var/lib/zpxe.
+            .args(if inventory {
+                let db = dir.join("zpxe-ns.db");
+                for f in ["zpxe-ns.db", "zpxe-ns.db-wal", "zpxe-ns.db-shm"] {
+                    let _ = fs::remove_file(dir.join(f));
+                }
+                vec![
+                    "--database-url".to_owned(),
+                    format!("sqlite://{}", db.display()),
+                ]
+            } else {
+                vec!["--no-database".to_owned()]
+            }),
         &log,
     )?;
     let ports = [
