@@ -31,7 +31,8 @@ packages=(
   tcpdump         # packet summaries when a firmware boot fails (firmware.rs)
   strace          # shows the web thread never reads the database for machine reads (web_api.rs)
   python3-prometheus-client  # Prometheus's own parser reads /metrics (reporting.rs)
-  python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py
+  python3         # the minimal DHCP relay tests/fixtures/firmware/dhcp-relay.py; forged DHCP
+                  # messages from a namespace (dhcp_server_defences.rs)
   openssl         # a throwaway certificate for the HTTPS test (http.rs)
   postgresql      # the shared inventory backend, run by tests/integration/db.rs as user postgres
   systemd         # systemd-analyze verify and systemctl on the installed unit (tests/deb.sh)

@@ -228,3 +228,208 @@ pub fn run_paced(server: SocketAddr, rate: u32, duration: Duration) -> anyhow::R
         latency_us: latency,
     })
 }
+
+/// How [`run_dora`] paces its exchanges.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// Closed loop: this many exchanges in flight, a new one started at each ACK (and the
+    /// window refilled after 200 ms of silence): the most the server completes.
+    Window(usize),
+    /// A new exchange started at this rate (per second), whatever the server answers: the
+    /// latency a server shows at a given load.
+    Rate(u32),
+}
+
+/// Client `i`'s MAC and transaction id: distinct for every exchange of a run (`salt` keeps
+/// runs against one server apart), so each exchange leases a new address.
+fn dora_ids(salt: u8, i: u32) -> (MacAddr, u32) {
+    let b = i.to_be_bytes();
+    (
+        MacAddr([0x02, salt, b[0], b[1], b[2], b[3]]),
+        (u32::from(salt) << 24) | (i & 0x00ff_ffff),
+    )
+}
+
+/// A relayed BOOTREQUEST of type `kind` from client `i` (RFC 2131 section 4.1: a relay sets
+/// `giaddr` and `hops`).
+fn dora_message(
+    kind: zpxe_engine::dhcp::MessageType,
+    relay: Ipv4Addr,
+    salt: u8,
+    i: u32,
+    offer: Option<(Ipv4Addr, Option<Ipv4Addr>)>,
+) -> Vec<u8> {
+    use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr};
+    let (mac, xid) = dora_ids(salt, i);
+    DhcpRepr {
+        op: BootOp::Request,
+        hops: 1,
+        xid,
+        secs: 0,
+        broadcast: false,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        siaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr: relay,
+        client_mac: mac,
+        server_name: Vec::new(),
+        boot_file: Vec::new(),
+        options: DhcpOptions {
+            message_type: Some(kind),
+            requested_ip: offer.map(|o| o.0),
+            server_id: offer.and_then(|o| o.1),
+            ..Default::default()
+        },
+    }
+    .to_bytes()
+}
+
+/// Full DHCP exchanges (DISCOVER, OFFER, REQUEST, ACK) against a server's DHCP port, as a relay
+/// at `relay` forwards them: the relay socket is bound to `relay`:`server.port()`, where
+/// replies to `giaddr` go. Every exchange is a new client (at most `max` of them, so a run is
+/// bounded in count as well as in `duration`); the latency is DISCOVER sent to ACK received.
+/// A DISCOVER without an ACK by the end (plus 200 ms of grace) counts as lost, as does a NAK.
+pub fn run_dora(
+    server: SocketAddr,
+    relay: Ipv4Addr,
+    pace: Pace,
+    duration: Duration,
+    max: u32,
+    salt: u8,
+) -> anyhow::Result<BlastResult> {
+    use zpxe_engine::dhcp::{DhcpRepr, MessageType};
+    let max = max.min(0x00ff_ffff);
+    let socket = relay_socket(relay, server.port())?;
+    let sender_socket = socket.try_clone()?;
+    // Nanoseconds after `started` at which client i's DISCOVER left; 0 = never, or done.
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..max).map(|_| AtomicU64::new(0)).collect());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let discover = move |i: u32, socket: &UdpSocket, sent: &[AtomicU64]| -> std::io::Result<()> {
+        let at = (started.elapsed().as_nanos() as u64).max(1);
+        sent[i as usize].store(at, Ordering::Release);
+        socket
+            .send_to(
+                &dora_message(MessageType::Discover, relay, salt, i, None),
+                server,
+            )
+            .map(drop)
+    };
+    // Takes the next client index, if any is left.
+    let take = move |next: &AtomicU64| -> Option<u32> {
+        let i = next.fetch_add(1, Ordering::AcqRel);
+        (i < u64::from(max)).then_some(i as u32)
+    };
+    let sender = match pace {
+        Pace::Rate(rate) => {
+            let (sent, next) = (Arc::clone(&sent), Arc::clone(&next));
+            let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            Some(thread::spawn(move || -> anyhow::Result<()> {
+                let mut n = 0u64;
+                while started.elapsed() < duration {
+                    let due = period.mul_f64(n as f64);
+                    let now = started.elapsed();
+                    if due > now {
+                        thread::sleep(due - now);
+                        continue;
+                    }
+                    let Some(i) = take(&next) else { break };
+                    discover(i, &sender_socket, &sent)?;
+                    n += 1;
+                }
+                Ok(())
+            }))
+        }
+        Pace::Window(w) => {
+            for _ in 0..w {
+                if let Some(i) = take(&next) {
+                    discover(i, &socket, &sent)?;
+                }
+            }
+            None
+        }
+    };
+    let mut buf = [0u8; 1500];
+    let (mut replies, mut naks, mut latency) = (0u64, 0u64, Vec::new());
+    let end = duration + Duration::from_millis(200);
+    let mut quiet_since = Instant::now();
+    while started.elapsed() < end {
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Pace::Window(w) = pace
+                    && started.elapsed() < duration
+                    && quiet_since.elapsed() >= Duration::from_millis(200)
+                {
+                    for _ in 0..w {
+                        if let Some(i) = take(&next) {
+                            discover(i, &socket, &sent)?;
+                        }
+                    }
+                    quiet_since = Instant::now();
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(reply) = DhcpRepr::parse_bytes(&buf[..n]) else {
+            continue;
+        };
+        let i = reply.xid & 0x00ff_ffff;
+        if reply.xid >> 24 != u32::from(salt) || i >= max || dora_ids(salt, i).0 != reply.client_mac
+        {
+            continue;
+        }
+        quiet_since = Instant::now();
+        match reply.options.message_type {
+            Some(MessageType::Offer) if sent[i as usize].load(Ordering::Acquire) != 0 => {
+                let request = dora_message(
+                    MessageType::Request,
+                    relay,
+                    salt,
+                    i,
+                    Some((reply.yiaddr, reply.options.server_id)),
+                );
+                socket.send_to(&request, server)?;
+            }
+            Some(MessageType::Ack) => {
+                let at = sent[i as usize].swap(0, Ordering::AcqRel);
+                if at != 0 {
+                    let now = started.elapsed().as_nanos() as u64;
+                    replies += 1;
+                    latency.push((now.saturating_sub(at) / 1000).min(u64::from(u32::MAX)) as u32);
+                    if let Pace::Window(_) = pace
+                        && started.elapsed() < duration
+                        && let Some(i) = take(&next)
+                    {
+                        discover(i, &socket, &sent)?;
+                    }
+                }
+            }
+            Some(MessageType::Nak) if sent[i as usize].swap(0, Ordering::AcqRel) != 0 => {
+                naks += 1;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = sender {
+        s.join()
+            .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    }
+    let unanswered = sent
+        .iter()
+        .filter(|a| a.load(Ordering::Acquire) != 0)
+        .count() as u64;
+    latency.sort_unstable();
+    Ok(BlastResult {
+        replies,
+        lost: unanswered + naks,
+        elapsed: duration,
+        latency_us: latency,
+    })
+}

@@ -25,6 +25,12 @@ enum Cmd {
     /// Time to first byte of 1 MiB ranged GETs on one connection, at a steady pace, against
     /// any HTTP server on loopback (run it beside a load such as wrk).
     Ttfb(zpxe_bench::ttfb::ProbeArgs),
+    /// DHCP server mode, DISCOVER to ACK: zpxe against dnsmasq in network namespaces, with
+    /// Kea's perfdhcp and zpxe's own blaster (exchanges per second, p99, CPU per exchange).
+    Dora(zpxe_bench::dora::DoraArgs),
+    /// The blaster's side of `dora`, run by it inside the client namespace.
+    #[command(hide = true)]
+    DoraBlast(zpxe_bench::dora::BlastArgs),
 }
 
 #[cfg(target_os = "linux")]
@@ -32,6 +38,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Compare(args) => compare::run(args),
         Cmd::Ttfb(args) => zpxe_bench::ttfb::run(args),
+        Cmd::Dora(args) => zpxe_bench::dora::run(args),
+        Cmd::DoraBlast(args) => zpxe_bench::dora::blast(args),
     }
 }
 

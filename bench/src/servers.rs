@@ -658,3 +658,87 @@ pub fn start_classic_in(
         }
     }
 }
+
+/// The pool both DHCP servers hand out in the `dora` benchmark: a /12 holding the bench
+/// namespaces' 10.83.x.0/24 links (so a relay's giaddr there selects it), 524,286 addresses
+/// from 10.88.0.1, more than any bounded run takes.
+pub const DORA_SUBNET: &str = "10.80.0.0/12";
+pub const DORA_RANGE: (&str, &str) = ("10.88.0.1", "10.95.255.254");
+
+/// zpxe as the DHCP server (`dhcp.mode = "server"`) inside namespace `ns`, on port 67 only (no
+/// TFTP, HTTP or web service), its leases in SQLite under `dir`, warnings only in its log.
+pub fn start_zpxe_dhcp_server_in(bin: &Path, dir: &Path, ns: &str) -> anyhow::Result<Server> {
+    let root = dir.join("root");
+    fs::create_dir_all(&root)?;
+    let config = dir.join("zpxe-server.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nroot = {root:?}\nlisten = [\"0.0.0.0\"]\n\n\
+             [services]\ntftp = false\nhttp = false\nweb = false\n\n\
+             [dhcp]\nmode = \"server\"\nlease-time-secs = 3600\n\n\
+             [[dhcp.pool]]\nsubnet = \"{DORA_SUBNET}\"\nrange = [\"{}\", \"{}\"]\n",
+            DORA_RANGE.0, DORA_RANGE.1
+        ),
+    )?;
+    let log = dir.join("zpxe-server.log");
+    let mut child = spawn(
+        crate::netns::NetPair::command(ns, bin)
+            .env("RUST_LOG", "warn")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--dhcp-port", &NS_DHCP.to_string()])
+            .args(["--pxe-port", &NS_PXE.to_string()])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("leases.db").display())),
+        &log,
+    )?;
+    let up = wait_in_ns(&mut child, &[(NS_DHCP, false)], &log);
+    let server = plain("zpxe", child);
+    if let Err(e) = up {
+        server.stop();
+        return Err(e.context("zpxe in server mode"));
+    }
+    Ok(server)
+}
+
+/// dnsmasq as the DHCP server for the same pool inside namespace `ns` on interface `s0`: the
+/// lease file under `dir` (written at every change, dnsmasq's own persistence), no DNS
+/// (`port=0`), `dhcp-lease-max` above the pool, `dhcp-authoritative`; `no-ping` (zpxe makes no
+/// conflict check either; with it dnsmasq waits for an ICMP echo before each new offer) and
+/// `quiet-dhcp` (no log line per exchange, as zpxe at `warn`).
+pub fn start_dnsmasq_dhcp_server_in(bin: &Path, dir: &Path, ns: &str) -> anyhow::Result<Server> {
+    let mut conf = String::new();
+    let _ = writeln!(conf, "port=0\ninterface=s0\nbind-interfaces");
+    let _ = writeln!(
+        conf,
+        "dhcp-range={},{},255.240.0.0,1h",
+        DORA_RANGE.0, DORA_RANGE.1
+    );
+    let _ = writeln!(conf, "dhcp-lease-max=1000000\ndhcp-authoritative");
+    let _ = writeln!(conf, "no-ping\nquiet-dhcp");
+    let _ = writeln!(conf, "dhcp-leasefile={}", dir.join("leases").display());
+    let _ = writeln!(
+        conf,
+        "log-facility={}",
+        dir.join("dnsmasq.syslog").display()
+    );
+    let path = dir.join("dnsmasq-server.conf");
+    fs::write(&path, conf)?;
+    let log = dir.join("dnsmasq-server.log");
+    let mut child = spawn(
+        crate::netns::NetPair::command(ns, bin)
+            .arg("-k")
+            .arg(format!("--conf-file={}", path.display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display())),
+        &log,
+    )?;
+    let up = wait_in_ns(&mut child, &[(NS_DHCP, false)], &log);
+    let server = plain("dnsmasq", child);
+    if let Err(e) = up {
+        server.stop();
+        return Err(e.context("dnsmasq as a DHCP server"));
+    }
+    Ok(server)
+}

@@ -10,6 +10,8 @@ mod db;
 mod dhcp_netns;
 #[cfg(unix)]
 mod dhcp_server;
+#[cfg(unix)]
+mod dhcp_server_defences;
 mod drain;
 mod explain;
 mod firmware;
