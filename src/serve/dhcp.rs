@@ -13,10 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use zpxe_engine::Payload;
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
 use zpxe_platform::runtime::{sleep, spawn};
-use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
 use crate::metrics::Metrics;
@@ -142,10 +141,6 @@ impl DhcpService {
         loop {
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some((port, t)) = polled else { break };
-            let Payload::Bytes { len } = t.payload else {
-                tracing::error!("unexpected payload from the DHCP engine");
-                continue;
-            };
             let socket = match (port, &self.dhcp) {
                 (DhcpPort::Dhcp, Some(dhcp)) => dhcp,
                 // Replies leave from the port their request came in on, so without a DHCP
@@ -156,14 +151,8 @@ impl DhcpService {
                 }
                 _ => &self.pxe,
             };
-            let route = Route {
-                destination: t.destination,
-                source_ip: t.source_ip,
-                ifindex: t.ifindex,
-            };
-            let (res, _) = socket.send(route, buf[..len].to_vec()).await;
-            match res {
-                Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
+            match socket.send_transmit(&t, buf, &NoImages).await {
+                Ok(_) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
                 Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
             }
         }

@@ -17,7 +17,7 @@ use zpxe_engine::tftp::{
 };
 use zpxe_engine::{Payload, Transmit};
 use zpxe_platform::runtime::{JoinHandle, sleep, spawn};
-use zpxe_platform::udp::{Route, SegmentRun, SendError, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{SendError, UdpEndpoint, UdpOptions};
 
 use super::{Shared, ThreadCtx};
 use crate::config::PortRange;
@@ -35,8 +35,6 @@ const BIND_WARN_PERIOD: Duration = Duration::from_secs(10);
 /// freed a moment ago may still be bound until its socket's receive is cancelled, and a bind
 /// that fails is a system call the event loop waits for.
 const MAX_BIND_TRIES: usize = 8;
-/// Send buffers kept for reuse.
-const MAX_SPARE_BUFFERS: usize = 16;
 
 /// A bound transfer socket: the engine decides which transfers use it and whose datagrams
 /// are whose (`TftpServer::socket_unavailable`, `Local::Socket`).
@@ -174,8 +172,6 @@ pub(crate) struct TftpService {
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
     sockets: RefCell<HashMap<SocketId, TransferSocket>>,
-    /// Send buffers back from the socket, for the next ERROR, OACK or run of DATA headers.
-    spare: RefCell<Vec<Vec<u8>>>,
     /// Each running transfer's file, start and live-view id, for its timeline event and its
     /// duration in the metrics at the end (the end event names neither).
     recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant, u64)>>,
@@ -209,7 +205,6 @@ impl TftpService {
             ctx: Rc::clone(ctx),
             listener: Rc::new(listener),
             sockets: RefCell::default(),
-            spare: RefCell::default(),
             recording: RefCell::default(),
             progress: RefCell::default(),
             transfer_ip: addr.ip(),
@@ -379,22 +374,9 @@ impl TftpService {
         }
     }
 
-    /// A send buffer holding `bytes`, from the spares when there is one.
-    fn buffer(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut v = self.spare.borrow_mut().pop().unwrap_or_default();
-        v.clear();
-        v.extend_from_slice(bytes);
-        v
-    }
-
-    /// A buffer back from the socket, kept for the next send (a few: one per send in flight).
-    fn give_back(&self, v: Vec<u8>) {
-        let mut spare = self.spare.borrow_mut();
-        if spare.len() < MAX_SPARE_BUFFERS {
-            spare.push(v);
-        }
-    }
-
+    /// Sends one transmit of the engine as it is (`UdpEndpoint::send_transmit`: DATA runs by
+    /// GSO from the mapping), then counts it, reports progress, or ends the transfer whose
+    /// image changed.
     async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
         // The transfer this is part of, whatever socket it uses (read now: another task may
         // end it while this one waits on the send).
@@ -402,71 +384,32 @@ impl TftpService {
         let Some(socket) = self.socket_for(local, t.destination) else {
             return;
         };
-        let route = Route {
-            destination: t.destination,
-            source_ip: t.source_ip,
-            ifindex: t.ifindex,
-        };
-        match t.payload {
-            Payload::Bytes { len } => {
-                let (res, b) = socket.send(route, self.buffer(&buf[..len])).await;
-                self.give_back(b);
-                if let Err(e) = res {
-                    tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
-                }
-            }
-            Payload::Segments {
-                header_len,
-                count,
-                segment,
-                image,
-                range,
-            } => {
-                let header_len = usize::from(header_len);
-                let headers = self.buffer(&buf[..header_len * usize::from(count)]);
-                let version = self.ctx.store.borrow().version(image);
-                let result = match version {
-                    Some(v) => {
-                        let run = SegmentRun {
-                            header_len,
-                            count: usize::from(count),
-                            segment: segment as usize,
-                            range,
-                        };
-                        let (result, b) = socket.send_run(route, headers, &v, run).await;
-                        self.give_back(b);
-                        result
-                    }
-                    None => Err(SendError::Image(zpxe_platform::VersionBroken::Gone)),
-                };
-                match result {
-                    Ok(n) => {
-                        self.ctx
-                            .shared
-                            .metrics
-                            .tftp_datagrams(n as u64, range.len());
-                        if let (Some(id), Some(live)) = (transfer, self.ctx.shared.recorder.live())
-                        {
-                            self.report_progress(live, id, t.destination, range.end);
-                        }
-                    }
-                    Err(SendError::Image(e)) => {
-                        if let Some(id) = transfer {
-                            tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
-                            let mut store = self.ctx.store.borrow_mut();
-                            self.engine.borrow_mut().abort_transfer(
-                                id,
-                                ServerAbort::FileChanged,
-                                &mut *store,
-                            );
-                        }
-                    }
-                    Err(SendError::Io(e)) => {
-                        tracing::debug!(to = %t.destination, error = %e, "TFTP data send failed");
+        match socket.send_transmit(&t, buf, &self.ctx.store).await {
+            Ok(n) => {
+                if let Payload::Segments { range, .. } = t.payload {
+                    self.ctx
+                        .shared
+                        .metrics
+                        .tftp_datagrams(n as u64, range.len());
+                    if let (Some(id), Some(live)) = (transfer, self.ctx.shared.recorder.live()) {
+                        self.report_progress(live, id, t.destination, range.end);
                     }
                 }
             }
-            _ => tracing::error!("unexpected payload from the TFTP engine"),
+            Err(SendError::Image(e)) => {
+                if let Some(id) = transfer {
+                    tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
+                    let mut store = self.ctx.store.borrow_mut();
+                    self.engine.borrow_mut().abort_transfer(
+                        id,
+                        ServerAbort::FileChanged,
+                        &mut *store,
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
+            }
         }
     }
 
