@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
-use zpxe_platform::runtime::{sleep, spawn};
+use zpxe_platform::runtime::spawn;
 use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
@@ -91,8 +91,9 @@ impl DhcpService {
             let me = Rc::clone(self);
             spawn(async move { me.recv_loop(socket, port).await }).detach();
         }
-        let me = Rc::clone(self);
-        spawn(async move { me.drive().await }).detach();
+        // No driver task: `ProxyDhcp` has no timers and queues replies and events only in
+        // `handle_datagram`, which the receive task flushes at once. The loop's end takes the
+        // receive tasks with it.
     }
 
     /// Receives on one port and answers at once from this task: a reply leaves without a hop
@@ -116,7 +117,7 @@ impl DhcpService {
                         r.meta,
                         &buf[..r.len],
                     );
-                    self.flush(&mut out, Some(from)).await;
+                    self.flush(&mut out, from).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
@@ -137,7 +138,7 @@ impl DhcpService {
 
     /// Sends every reply the engine has ready, then logs and records its events. `from` is
     /// the sender of the datagram just handled, whose events these are.
-    async fn flush(&self, buf: &mut [u8], from: Option<IpAddr>) {
+    async fn flush(&self, buf: &mut [u8], from: IpAddr) {
         loop {
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some((port, t)) = polled else { break };
@@ -169,22 +170,10 @@ impl DhcpService {
                     DhcpEvent::Offered { relay: Some(_), .. }
                         | DhcpEvent::Acked { relay: Some(_), .. }
                 );
-                if let Some(e) = crate::db::dhcp_event(&ev, from.filter(|_| !relayed)) {
+                if let Some(e) = crate::db::dhcp_event(&ev, Some(from).filter(|_| !relayed)) {
                     recorder.record(e);
                 }
             }
-        }
-    }
-
-    /// Watches for the stop signal (replies leave from the receive tasks).
-    async fn drive(self: Rc<Self>) {
-        let mut buf = vec![0u8; BUF];
-        loop {
-            self.flush(&mut buf, None).await;
-            if self.ctx.shared.stop.stopped() {
-                return;
-            }
-            sleep(super::STOP_POLL).await;
         }
     }
 }
