@@ -2,7 +2,7 @@
 //! transfer sockets the engine names (or the listener alone in single-port mode). The engine
 //! decides which transfer a datagram is for; this file only binds, receives and sends.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
@@ -16,7 +16,7 @@ use zpxe_engine::tftp::{
     Local, ServerAbort, SocketId, TftpEvent, TftpServer, TransferId, TransferOutcome,
 };
 use zpxe_engine::{Payload, Transmit};
-use zpxe_platform::runtime::{JoinHandle, sleep, spawn};
+use zpxe_platform::runtime::{JoinHandle, Notify, spawn};
 use zpxe_platform::udp::{SendError, UdpEndpoint, UdpOptions};
 
 use super::{Shared, ThreadCtx};
@@ -180,6 +180,12 @@ pub(crate) struct TftpService {
     progress: RefCell<HashMap<TransferId, (crate::db::Name, u64, Instant, u64)>>,
     transfer_ip: IpAddr,
     bind_warnings: RefCell<Throttle>,
+    /// Wakes the driver task when a receive task armed a timer earlier than the one the driver
+    /// sleeps for, or when a drain's last transfer ended.
+    wake: Notify,
+    /// Whether the driver sleeps, and until when (`None`: until woken).
+    driver_asleep: Cell<bool>,
+    driver_until: Cell<Option<Instant>>,
 }
 
 impl TftpService {
@@ -209,6 +215,9 @@ impl TftpService {
             progress: RefCell::default(),
             transfer_ip: addr.ip(),
             bind_warnings: RefCell::new(Throttle::new(BIND_WARN_PERIOD)),
+            wake: Notify::new(),
+            driver_asleep: Cell::new(false),
+            driver_until: Cell::new(None),
         }))
     }
 
@@ -244,6 +253,7 @@ impl TftpService {
                     // Answer from this task: a lock-step client's round trip is then one
                     // receive and one send, without a hop through the driver task.
                     self.flush(&mut out).await;
+                    self.nudge_driver();
                 }
                 // ICMP port unreachable from a client that went away surfaces here on Linux.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
@@ -272,7 +282,10 @@ impl TftpService {
         self.handle_events();
     }
 
-    /// Retransmission timeouts (receive tasks answer datagrams themselves).
+    /// Retransmission timeouts (receive tasks answer datagrams themselves). The driver sleeps
+    /// until the engine's next deadline, with none until a receive task wakes it
+    /// ([`Self::nudge_driver`]), or until a drain begins: no periodic wake-up. The loop's
+    /// end takes this task with it.
     async fn drive(self: Rc<Self>) {
         let mut out = vec![0u8; OUT_BUF];
         // Holds the loop open while transfers run after a drain began.
@@ -298,20 +311,40 @@ impl TftpService {
                 self.engine.borrow_mut().handle_timeout(now, &mut *store);
             }
             self.flush(&mut out).await;
-            if self.ctx.shared.stop.stopped() {
-                return;
+            if draining && self.engine.borrow().active_transfers() == 0 {
+                continue;
             }
-            // Deadlines armed while this sleeps are a retransmission timeout away (1 s by
-            // default), so they are seen in time; with `timeout-ms` below STOP_POLL a
-            // retransmission can be up to STOP_POLL late.
-            let deadline = self
-                .engine
-                .borrow()
-                .poll_timeout()
-                .map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL));
-            let pause = std::pin::pin!(sleep(deadline.saturating_duration_since(Instant::now())));
-            // A drain is seen at once: new requests stop being answered from that moment.
-            futures_util::future::select(pause, self.ctx.drain.wait()).await;
+            let deadline = self.engine.borrow().poll_timeout();
+            self.driver_until.set(deadline);
+            self.driver_asleep.set(true);
+            let woken = std::pin::pin!(self.wake.notified_until(deadline));
+            if draining {
+                woken.await;
+            } else {
+                // A drain is seen at once: new requests stop being answered from that moment.
+                futures_util::future::select(woken, self.ctx.drain.wait()).await;
+            }
+            self.driver_asleep.set(false);
+        }
+    }
+
+    /// After a receive task's flush: wakes the sleeping driver if the engine's next deadline
+    /// is now earlier than the one it sleeps until, or if a drain's last transfer ended (one
+    /// comparison per datagram; nothing when the driver is awake, since it looks again
+    /// before it sleeps).
+    fn nudge_driver(&self) {
+        if !self.driver_asleep.get() {
+            return;
+        }
+        let engine = self.engine.borrow();
+        let earlier = match (engine.poll_timeout(), self.driver_until.get()) {
+            (Some(next), Some(until)) => next < until,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let drained = self.ctx.drain.fired() && engine.active_transfers() == 0;
+        if earlier || drained {
+            self.wake.notify();
         }
     }
 
