@@ -1,7 +1,7 @@
 //! In-process loopback throughput of the platform data path. Run:
 //! `cargo bench -p zpxe-bench --bench platform`.
 //!
-//! TFTP-shaped windows (1468-byte blocks, 64 per ACK) through `UdpEndpoint::send_run` with and
+//! TFTP-shaped windows (1468-byte blocks, 64 per ACK) through `UdpEndpoint::send_transmit` with and
 //! without GSO to a counting receiver thread, and an HTTP-like body through
 //! `TcpConn::send_image` to a reading thread. Sizes are small (16 and 64 MiB) and each sample
 //! is bounded by the helpers' own time limit.
@@ -26,9 +26,9 @@ fn platform(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(UDP_FILE));
     for gso in [true, false] {
         let name = if gso {
-            "udp send_run 16 MiB, windows of 64 x 1468, GSO"
+            "udp send_transmit 16 MiB, windows of 64 x 1468, GSO"
         } else {
-            "udp send_run 16 MiB, windows of 64 x 1468, no GSO"
+            "udp send_transmit 16 MiB, windows of 64 x 1468, no GSO"
         };
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {

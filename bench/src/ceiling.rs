@@ -12,10 +12,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use zpxe_engine::path::NameFlavor;
-use zpxe_engine::{ByteRange, ImageCatalog};
+use zpxe_engine::{ByteRange, ImageCatalog, ImageId, Payload, Transmit};
 use zpxe_platform::runtime::{EventLoop, timeout};
 use zpxe_platform::tcp::TcpConn;
-use zpxe_platform::udp::{Route, SegmentRun, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 use zpxe_platform::{ImageStore, StoreOptions, Version};
 
 /// TFTP's usual block on a 1500-byte MTU.
@@ -40,21 +40,36 @@ impl Measured {
     }
 }
 
-fn open(root: &Path, name: &str) -> io::Result<Rc<Version>> {
-    let store = ImageStore::new(
+/// `root/name` opened in a store of its own: the store (which holds the mapping), its id in
+/// that store, and the version.
+fn open(root: &Path, name: &str) -> io::Result<(ImageStore, ImageId, Rc<Version>)> {
+    let mut store = ImageStore::new(
         root,
         StoreOptions {
             case_insensitive: false,
             leases: false,
         },
     )?;
-    let mut store = store;
     let info = store
         .open(name, NameFlavor::Tftp)
         .map_err(|e| io::Error::other(format!("open {name}: {e}")))?;
-    store
+    let version = store
         .version(info.id)
-        .ok_or_else(|| io::Error::other("no version after open"))
+        .ok_or_else(|| io::Error::other("no version after open"))?;
+    Ok((store, info.id, version))
+}
+
+/// The ACK the ceiling's receivers send: a TFTP ACK's size, no more.
+const ACK: [u8; 4] = [0, 4, 0, 0];
+
+/// One datagram of [`ACK`] to `destination`, as a machine would poll it.
+fn ack_to(destination: SocketAddr) -> Transmit {
+    Transmit {
+        destination,
+        source_ip: None,
+        ifindex: None,
+        payload: Payload::Bytes { len: ACK.len() },
+    }
 }
 
 /// How the ceiling's UDP sender and receiver move datagrams.
@@ -88,7 +103,7 @@ pub fn udp_windows(root: &Path, name: &str, gso: bool) -> io::Result<Measured> {
 /// [`udp_windows`] with the receiver's side chosen too.
 pub fn udp_windows_via(root: &Path, name: &str, path: UdpPath) -> io::Result<Measured> {
     let gso = path != UdpPath::Plain;
-    let image = open(root, name)?;
+    let (store, id, image) = open(root, name)?;
     let len = image.len();
     let blocks = len.div_ceil(BLOCK as u64) as usize;
     let event_loop = EventLoop::new()?;
@@ -119,11 +134,6 @@ pub fn udp_windows_via(root: &Path, name: &str, path: UdpPath) -> io::Result<Mea
             let counter = thread::spawn(move || count_windows(receiver, sender_addr, blocks));
             (counter, addr)
         };
-        let route = Route {
-            destination: receiver_addr,
-            source_ip: None,
-            ifindex: None,
-        };
         let started = Instant::now();
         let mut headers = vec![0u8; HEADER * WINDOW];
         let mut ack = Vec::with_capacity(64);
@@ -136,15 +146,22 @@ pub fn udp_windows_via(root: &Path, name: &str, path: UdpPath) -> io::Result<Mea
             }
             let start = (block * BLOCK) as u64;
             let end = ((block + count) * BLOCK) as u64;
-            let run = SegmentRun {
-                header_len: HEADER,
-                count,
-                segment: BLOCK,
-                range: ByteRange::new(start, end.min(len)),
+            let window = Transmit {
+                destination: receiver_addr,
+                source_ip: None,
+                ifindex: None,
+                payload: Payload::Segments {
+                    header_len: HEADER as u8,
+                    count: count as u16,
+                    segment: BLOCK as u32,
+                    image: id,
+                    range: ByteRange::new(start, end.min(len)),
+                },
             };
-            let (res, back) = sender.send_run(route, headers, &image, run).await;
-            headers = back;
-            res.map_err(io::Error::other)?;
+            sender
+                .send_transmit(&window, &headers, &store)
+                .await
+                .map_err(io::Error::other)?;
             block += count;
             // Wait for the window's ACK; a lost datagram costs one short timeout, not the run.
             if let Some((res, back)) = timeout(
@@ -209,7 +226,7 @@ fn count_windows(socket: UdpSocket, sender: SocketAddr, blocks: usize) -> io::Re
 /// Writes `root/name` over one loopback TCP connection from its mapping and returns what the
 /// receiver read.
 pub fn tcp_stream(root: &Path, name: &str) -> io::Result<Measured> {
-    let image = open(root, name)?;
+    let (_store, _, image) = open(root, name)?;
     let len = image.len();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let addr = listener.local_addr()?;
@@ -261,11 +278,7 @@ fn count_windows_gro(
             },
         )?;
         let _ = bound.send(rx.local_addr());
-        let route = Route {
-            destination: sender,
-            source_ip: None,
-            ifindex: None,
-        };
+        let to_sender = ack_to(sender);
         let mut buf = Vec::with_capacity(65_536);
         let (mut bytes, mut got, mut in_window, mut idle) = (0u64, 0usize, 0usize, 0u32);
         let started = Instant::now();
@@ -286,16 +299,18 @@ fn count_windows_gro(
                         }
                     }
                     if ack {
-                        let (res, _) = rx.send(route, vec![0, 4, 0, 0]).await;
-                        res?;
+                        rx.send_transmit(&to_sender, &ACK, &NoImages)
+                            .await
+                            .map_err(io::Error::other)?;
                     }
                 }
                 None => {
                     buf = Vec::with_capacity(65_536);
                     idle += 1;
                     in_window = 0;
-                    let (res, _) = rx.send(route, vec![0, 4, 0, 0]).await;
-                    res?;
+                    rx.send_transmit(&to_sender, &ACK, &NoImages)
+                        .await
+                        .map_err(io::Error::other)?;
                 }
             }
         }

@@ -7,13 +7,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, select};
+use zpxe_engine::Transmit;
 use zpxe_engine::dhcp::{BootAnswer, ClientUuid, DhcpClient, DhcpClientConfig, MacAddr};
 use zpxe_engine::http::{ClientEvent, HttpClient};
 use zpxe_engine::tftp::{ClientConfig as TftpClientConfig, TftpClient};
-use zpxe_engine::{Payload, Transmit};
 use zpxe_platform::runtime::{sleep, timeout};
 use zpxe_platform::tcp::TcpConn;
-use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use crate::client_port::{ClientPort, Listener};
 use crate::firmware::Firmware;
@@ -389,16 +389,10 @@ fn local_ip_towards(server: SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// Sends what a client machine polled (client sockets have no `IP_PKTINFO`: the OS picks the
+/// source). A lost send is the machine's to retransmit, as a lost datagram would be.
 async fn send_bytes(socket: &UdpEndpoint, t: &Transmit, buf: &[u8]) {
-    let Payload::Bytes { len } = t.payload else {
-        return;
-    };
-    let route = Route {
-        destination: t.destination,
-        source_ip: None,
-        ifindex: t.ifindex,
-    };
-    let _ = socket.send(route, buf[..len].to_vec()).await;
+    let _ = socket.send_transmit(t, buf, &NoImages).await;
 }
 
 async fn tftp_phase(

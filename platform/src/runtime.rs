@@ -50,8 +50,9 @@ pub async fn timeout<F: Future>(d: Duration, future: F) -> Option<F::Output> {
     compio::time::timeout(d, future).await.ok()
 }
 
-/// Wakes one waiting task on the same event loop: the machines' input side tells the driver
-/// side that there is something to send.
+/// Wakes one waiting task on the same event loop: TFTP's receive tasks wake its driver task
+/// when they armed a timer earlier than the one it sleeps for (src/serve/tftp.rs), so the
+/// driver sleeps until a deadline or a wake, never on a polling period.
 #[derive(Debug, Default)]
 pub struct Notify {
     pending: std::cell::Cell<bool>,

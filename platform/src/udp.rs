@@ -1,8 +1,11 @@
-//! UDP endpoints: receive with the destination address (`IP_PKTINFO`), send from a chosen source
-//! address and interface, and send runs of image-backed datagrams in one call (UDP GSO) or one
-//! submission (batched sends) without copying image bytes in user space.
+//! UDP endpoints: receive with the destination address (`IP_PKTINFO`), and send what a machine
+//! polled ([`UdpEndpoint::send_transmit`]): from a chosen source address and interface, either
+//! one datagram from the caller's buffer or a run of image-backed datagrams in one call (UDP GSO)
+//! or one submission (batched sends), without copying image bytes in user space. Header and
+//! datagram bytes are copied into send buffers from a per-thread pool (each event loop has its
+//! own thread), so a send allocates no buffer of zpxe's.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,15 +17,20 @@ use compio::io::ancillary::{AncillaryBuf, AncillaryData, AncillaryIter, CodecErr
 use compio::net::UdpSocket;
 use futures_util::future::join_all;
 use socket2::{Domain, Protocol, Socket, Type};
-use zpxe_engine::{ByteRange, DatagramMeta};
+use zpxe_engine::{ByteRange, DatagramMeta, ImageId, Payload, Transmit};
 
-use crate::store::{Version, VersionBroken};
+use crate::store::{ImageStore, Version, VersionBroken};
 
 /// Largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// The kernel's limit on segments in one GSO send (`UDP_MAX_SEGMENTS`).
 const MAX_GSO_SEGMENTS: usize = 64;
 const CONTROL_LEN: usize = 128;
+/// Send buffers an event loop keeps for reuse: one per send in flight is enough (TFTP has one
+/// per transfer socket sending at once); more come and go when a burst needs them.
+const POOL_BUFFERS: usize = 64;
+/// A send buffer larger than this (a datagram near the UDP maximum) is not kept.
+const POOL_KEEP_CAPACITY: usize = 16 * 1024;
 
 /// How to set up a UDP socket.
 #[derive(Debug, Clone, Default)]
@@ -63,21 +71,72 @@ impl Received {
     }
 }
 
-/// Where a datagram goes and where it leaves from.
+/// Where a datagram goes and where it leaves from: a [`Transmit`] without its payload.
 #[derive(Debug, Clone, Copy)]
-pub struct Route {
-    pub destination: SocketAddr,
-    pub source_ip: Option<IpAddr>,
-    pub ifindex: Option<u32>,
+struct Route {
+    destination: SocketAddr,
+    source_ip: Option<IpAddr>,
+    ifindex: Option<u32>,
 }
 
-/// Why a run of image-backed datagrams could not be sent.
+impl Route {
+    fn of(t: &Transmit) -> Self {
+        Self {
+            destination: t.destination,
+            source_ip: t.source_ip,
+            ifindex: t.ifindex,
+        }
+    }
+}
+
+/// Where [`UdpEndpoint::send_transmit`] finds the versions a [`Payload::Segments`] names.
+pub trait Images {
+    /// The version behind `id`, while it is held.
+    fn version(&self, id: ImageId) -> Option<Rc<Version>>;
+}
+
+impl Images for ImageStore {
+    fn version(&self, id: ImageId) -> Option<Rc<Version>> {
+        ImageStore::version(self, id)
+    }
+}
+
+/// An event loop's store, borrowed only to look the version up (never across the send). A
+/// store borrowed mutably elsewhere at that moment has no version to give: the send fails with
+/// [`VersionBroken::Gone`] rather than panicking.
+impl<T: Images> Images for RefCell<T> {
+    fn version(&self, id: ImageId) -> Option<Rc<Version>> {
+        self.try_borrow().ok()?.version(id)
+    }
+}
+
+/// For senders whose machines never name image bytes (DHCP, clients): every
+/// [`Payload::Segments`] fails with [`VersionBroken::Gone`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoImages;
+
+impl Images for NoImages {
+    fn version(&self, _id: ImageId) -> Option<Rc<Version>> {
+        None
+    }
+}
+
+/// Why a send of image bytes (or a transmit) could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("image changed on disk: {0}")]
     Image(#[from] VersionBroken),
     #[error("send failed: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A transmit that does not match the buffer it came with (a machine's bug, never a peer's):
+/// an `InvalidInput` error that says what did not fit, and nothing is sent.
+fn malformed(what: &'static str) -> SendError {
+    SendError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("malformed transmit: {what}"),
+    ))
 }
 
 impl SendError {
@@ -94,11 +153,45 @@ impl SendError {
 
 /// A run of datagrams that share a header length and slice one image range.
 #[derive(Debug, Clone, Copy)]
-pub struct SegmentRun {
-    pub header_len: usize,
-    pub count: usize,
-    pub segment: usize,
-    pub range: ByteRange,
+struct SegmentRun {
+    header_len: usize,
+    count: usize,
+    segment: usize,
+    range: ByteRange,
+}
+
+thread_local! {
+    /// Send buffers back from the kernel, for the next send on this thread's event loop. Each
+    /// is held by one `Rc` (the batches of a send share it while the kernel reads it).
+    static POOL: RefCell<Vec<Rc<Vec<u8>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A send buffer holding `bytes`: a pooled one when the pool has one, else a new one.
+fn pooled(bytes: &[u8]) -> Rc<Vec<u8>> {
+    let spare = POOL.with(|p| p.borrow_mut().pop());
+    if let Some(mut rc) = spare
+        && let Some(v) = Rc::get_mut(&mut rc)
+    {
+        v.clear();
+        v.extend_from_slice(bytes);
+        return rc;
+    }
+    Rc::new(bytes.to_vec())
+}
+
+/// Returns a send buffer to the pool once nothing else holds it. A send cancelled while the
+/// kernel still reads the buffer leaves a holder in the driver: then the buffer is simply
+/// dropped when that one lets go.
+fn unpool(rc: Rc<Vec<u8>>) {
+    if Rc::strong_count(&rc) == 1 && Rc::weak_count(&rc) == 0 && rc.capacity() <= POOL_KEEP_CAPACITY
+    {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_BUFFERS {
+                p.push(rc);
+            }
+        });
+    }
 }
 
 /// A bound UDP socket on the current event loop.
@@ -217,45 +310,70 @@ impl UdpEndpoint {
         (res, buf)
     }
 
-    /// Sends `buf` as one datagram.
-    pub async fn send(&self, route: Route, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let control = self.control(route, None);
-        let BufResult(res, (buf, _)) = match control {
-            Some(control) => self.socket.send_msg(buf, control, route.destination).await,
-            None => {
-                let BufResult(r, b) = self.socket.send_to(buf, route.destination).await;
-                BufResult(r, (b, AncillaryBuf::new()))
+    /// Sends what a machine polled: `buf` is the buffer it wrote into. A [`Payload::Bytes`] is
+    /// one datagram of `buf`'s first `len` bytes; a [`Payload::Segments`] is `count` datagrams,
+    /// each a header from `buf` followed by the next slice of the image range, the bytes going
+    /// from the mapping to the kernel (with GSO up to 64 datagrams per call). The version is
+    /// checked before the send (see [`Version::check`]). Returns the datagrams sent.
+    pub async fn send_transmit(
+        &self,
+        t: &Transmit,
+        buf: &[u8],
+        images: &impl Images,
+    ) -> Result<usize, SendError> {
+        let route = Route::of(t);
+        match t.payload {
+            Payload::Bytes { len } => {
+                let bytes = buf
+                    .get(..len)
+                    .ok_or_else(|| malformed("datagram longer than its buffer"))?;
+                let bytes = pooled(bytes);
+                let batch = Batch::bytes(&bytes);
+                let res = self.send_batch_plain(route, batch).await;
+                unpool(bytes);
+                res.map(|_| 1).map_err(SendError::Io)
             }
-        };
-        (res.map(drop), buf)
+            Payload::Segments {
+                header_len,
+                count,
+                segment,
+                image,
+                range,
+            } => {
+                let run = SegmentRun {
+                    header_len: usize::from(header_len),
+                    count: usize::from(count),
+                    segment: segment as usize,
+                    range,
+                };
+                let headers = buf
+                    .get(..run.header_len * run.count)
+                    .ok_or_else(|| malformed("headers longer than their buffer"))?;
+                let version = images.version(image).ok_or(VersionBroken::Gone)?;
+                version.check()?;
+                let headers = pooled(headers);
+                let res = self
+                    .send_run_unchecked(route, &headers, &version, run)
+                    .await;
+                unpool(headers);
+                res
+            }
+            _ => Err(malformed("a payload kind this platform does not know")),
+        }
     }
 
     /// Sends `run.count` datagrams: datagram `i` is `headers[i*hl..(i+1)*hl]` followed by the next
-    /// `run.segment` bytes of `run.range` of `image` (the last takes what remains). Image bytes go
-    /// from the mapping to the kernel; with GSO up to 64 datagrams leave in one call.
-    pub async fn send_run(
-        &self,
-        route: Route,
-        headers: Vec<u8>,
-        image: &Rc<Version>,
-        run: SegmentRun,
-    ) -> (Result<usize, SendError>, Vec<u8>) {
-        if let Err(e) = image.check() {
-            return (Err(e.into()), headers);
-        }
-        self.send_run_unchecked(route, headers, image, run).await
-    }
-
-    /// [`Self::send_run`] without the version check: the kernel alone guards the mapping.
+    /// `run.segment` bytes of `run.range` of `image` (the last takes what remains), without
+    /// checking the version first: the kernel alone guards the mapping.
     async fn send_run_unchecked(
         &self,
         route: Route,
-        headers: Vec<u8>,
+        headers: &Rc<Vec<u8>>,
         image: &Rc<Version>,
         run: SegmentRun,
-    ) -> (Result<usize, SendError>, Vec<u8>) {
+    ) -> Result<usize, SendError> {
         if run.count == 0 || headers.len() < run.header_len * run.count {
-            return (Ok(0), headers);
+            return Ok(0);
         }
         let seg_len = run.header_len + run.segment;
         let mut per_call = if self.gso.get() && seg_len * 2 <= MAX_UDP_PAYLOAD {
@@ -263,23 +381,23 @@ impl UdpEndpoint {
         } else {
             1
         };
-        let headers = Rc::new(headers);
         let mut sent = 0;
         while sent < run.count {
             let res = if per_call > 1 && run.count - sent > 1 {
                 let n = per_call.min(run.count - sent);
-                let batch = Batch::new(&headers, image, run, sent, n);
+                let batch = Batch::run(headers, image, run, sent, n);
                 self.send_gso(route, batch, seg_len as u16).await.map(|_| n)
             } else {
                 // Without GSO, still one submission for the whole run: the sends go to the
                 // kernel together and complete together.
                 let n = MAX_GSO_SEGMENTS.min(run.count - sent);
                 let sends = (sent..sent + n)
-                    .map(|i| self.send_batch_plain(route, Batch::new(&headers, image, run, i, 1)));
+                    .map(|i| self.send_batch_plain(route, Batch::run(headers, image, run, i, 1)));
                 join_all(sends)
                     .await
                     .into_iter()
-                    .collect::<io::Result<Vec<usize>>>()
+                    .find(Result::is_err)
+                    .unwrap_or(Ok(0))
                     .map(|_| n)
             };
             match res {
@@ -289,10 +407,10 @@ impl UdpEndpoint {
                     self.gso.set(false);
                     per_call = 1;
                 }
-                Err(e) => return (Err(SendError::of_mapped_send(e)), unwrap_rc(headers)),
+                Err(e) => return Err(SendError::of_mapped_send(e)),
             }
         }
-        (Ok(sent), unwrap_rc(headers))
+        Ok(sent)
     }
 
     async fn send_gso(&self, route: Route, batch: Batch, segment_size: u16) -> io::Result<usize> {
@@ -395,11 +513,12 @@ impl AncillaryData for GsoSize {
     }
 }
 
-/// The iovec list of one send: header, image slice, header, image slice, ...
-/// It owns what it points at (the headers and the version) for as long as the kernel may read it.
+/// The iovec list of one send: header, image slice, header, image slice, ... (or one datagram's
+/// bytes alone). It owns what it points at (the pooled headers and the version) for as long as
+/// the kernel may read it.
 struct Batch {
     headers: Rc<Vec<u8>>,
-    image: Rc<Version>,
+    image: Option<Rc<Version>>,
     header_len: usize,
     segment: usize,
     first: usize,
@@ -408,7 +527,8 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(
+    /// Datagrams `first..first + count` of `run`.
+    fn run(
         headers: &Rc<Vec<u8>>,
         image: &Rc<Version>,
         run: SegmentRun,
@@ -417,7 +537,7 @@ impl Batch {
     ) -> Self {
         Self {
             headers: Rc::clone(headers),
-            image: Rc::clone(image),
+            image: Some(Rc::clone(image)),
             header_len: run.header_len,
             segment: run.segment,
             first,
@@ -426,13 +546,29 @@ impl Batch {
         }
     }
 
+    /// One datagram: all of `bytes`.
+    fn bytes(bytes: &Rc<Vec<u8>>) -> Self {
+        Self {
+            headers: Rc::clone(bytes),
+            image: None,
+            header_len: bytes.len(),
+            segment: 0,
+            first: 0,
+            count: 1,
+            range: ByteRange::new(0, 0),
+        }
+    }
+
     fn data(&self, i: usize) -> &[u8] {
+        let Some(image) = &self.image else {
+            return &[];
+        };
         let start = self.range.start + (i * self.segment) as u64;
         let end = (start + self.segment as u64).min(self.range.end);
         if start >= end {
             return &[];
         }
-        self.image
+        image
             .kernel_slice(ByteRange::new(start, end))
             .unwrap_or(&[])
     }
@@ -448,11 +584,6 @@ impl IoVectoredBuf for Batch {
             [h, self.data(i)]
         })
     }
-}
-
-fn unwrap_rc(headers: Rc<Vec<u8>>) -> Vec<u8> {
-    // Every batch is dropped once its send completes, so this is the only holder left.
-    Rc::try_unwrap(headers).unwrap_or_else(|rc| (*rc).clone())
 }
 
 fn unmap(addr: SocketAddr) -> SocketAddr {
@@ -683,13 +814,14 @@ mod portable_tests {
                 let got = res.expect("recv");
                 assert_eq!(&buf[..got.len], b"ping");
                 assert_eq!(got.meta.local_ip, Some(IpAddr::V4(to)), "sent to {to}");
-                let route = Route {
+                let reply = Transmit {
                     destination: got.meta.remote,
                     source_ip: got.meta.local_ip,
                     ifindex: got.meta.ifindex,
+                    payload: Payload::Bytes { len: 4 },
                 };
-                let (res, _) = ep.send(route, b"pong".to_vec()).await;
-                res.expect("reply");
+                let sent = ep.send_transmit(&reply, b"pong", &NoImages).await;
+                assert_eq!(sent.expect("reply"), 1);
                 let mut back = [0u8; 16];
                 let (n, from) = client.recv_from(&mut back).expect("reply arrives");
                 assert_eq!(&back[..n], b"pong");
@@ -697,6 +829,147 @@ mod portable_tests {
                 if cfg!(target_os = "linux") {
                     assert_eq!(from.ip(), IpAddr::V4(to), "the reply leaves from {to}");
                 }
+            }
+        });
+    }
+
+    /// The next datagram `rx` receives, exactly as it arrived.
+    fn next_datagram(rx: &std::net::UdpSocket) -> Vec<u8> {
+        let mut buf = vec![0u8; 70_000];
+        let (n, _) = rx.recv_from(&mut buf).expect("a datagram arrives");
+        buf.truncate(n);
+        buf
+    }
+
+    fn segments(count: u16, segment: u32, image: ImageId, range: ByteRange) -> Payload {
+        Payload::Segments {
+            header_len: 4,
+            count,
+            segment,
+            image,
+            range,
+        }
+    }
+
+    /// Both payload kinds arrive as the engine describes them, datagram by datagram and byte
+    /// by byte: one datagram of the buffer's first `len` bytes; headers from the buffer each
+    /// followed by the next slice of the image range, the last with what remains (or none).
+    #[test]
+    fn send_transmit_sends_both_payload_kinds_byte_exact() {
+        use crate::store::TestImage;
+        use zpxe_engine::path::NameFlavor;
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 + i / 253) as u8).collect();
+        let img = TestImage::new(&data, false, NameFlavor::Tftp);
+        let id = img.version.id();
+        let ev = EventLoop::new().expect("loop");
+        for gso in [true, false] {
+            ev.block_on(async {
+                let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("rx");
+                rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .expect("timeout");
+                let options = UdpOptions {
+                    pktinfo: true,
+                    ..UdpOptions::default()
+                };
+                let tx = UdpEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &options)
+                    .expect("tx");
+                if !gso {
+                    tx.disable_gso();
+                }
+                let to = |payload| Transmit {
+                    destination: rx.local_addr().expect("rx addr"),
+                    source_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    ifindex: None,
+                    payload,
+                };
+                // Bytes: only the first `len` of the buffer.
+                let buf = b"one datagram|not this";
+                let sent = tx
+                    .send_transmit(&to(Payload::Bytes { len: 12 }), buf, &NoImages)
+                    .await;
+                assert_eq!(sent.expect("bytes"), 1);
+                assert_eq!(next_datagram(&rx), b"one datagram");
+
+                // Segments: 4.5 segments of image bytes in five datagrams.
+                let headers: Vec<u8> = (0..5u32).flat_map(|i| (0xa0 + i).to_be_bytes()).collect();
+                let range = ByteRange::new(2000, 6500);
+                let t = to(segments(5, 1000, id, range));
+                let mut buf = headers.clone();
+                buf.extend_from_slice(b"trailing bytes no datagram takes");
+                let sent = tx.send_transmit(&t, &buf, &img._store).await;
+                assert_eq!(sent.expect("segments"), 5);
+                for i in 0..5usize {
+                    let mut want = headers[i * 4..i * 4 + 4].to_vec();
+                    want.extend_from_slice(&data[2000 + i * 1000..(3000 + i * 1000).min(6500)]);
+                    assert_eq!(next_datagram(&rx), want, "datagram {i} (gso {gso})");
+                }
+
+                // A range that ends on a segment boundary: the last datagram is its header.
+                let t = to(segments(3, 1000, id, ByteRange::new(0, 2000)));
+                let sent = tx.send_transmit(&t, &headers, &img._store).await;
+                assert_eq!(sent.expect("segments"), 3);
+                assert_eq!(next_datagram(&rx), [&headers[..4], &data[..1000]].concat());
+                assert_eq!(next_datagram(&rx), [&headers[4..8], &data[1000..2000]].concat());
+                assert_eq!(next_datagram(&rx), &headers[8..12]);
+
+                // What does not add up is refused with an error, and nothing leaves.
+                let res = tx
+                    .send_transmit(&to(Payload::Bytes { len: 64 }), b"short", &NoImages)
+                    .await;
+                assert!(
+                    matches!(&res, Err(SendError::Io(e)) if e.kind() == io::ErrorKind::InvalidInput),
+                    "{res:?}"
+                );
+                let res = tx.send_transmit(&t, &headers[..8], &img._store).await;
+                assert!(
+                    matches!(&res, Err(SendError::Io(e)) if e.kind() == io::ErrorKind::InvalidInput),
+                    "{res:?}"
+                );
+                let res = tx.send_transmit(&t, &headers, &NoImages).await;
+                assert!(
+                    matches!(res, Err(SendError::Image(VersionBroken::Gone))),
+                    "{res:?}"
+                );
+                rx.set_nonblocking(true).expect("nonblocking");
+                let mut probe = [0u8; 16];
+                assert!(rx.recv_from(&mut probe).is_err(), "a refused transmit sent nothing");
+            });
+        }
+    }
+
+    /// Sends copy into one pooled buffer, again and again: a send allocates no buffer.
+    #[test]
+    fn sends_reuse_a_pooled_buffer() {
+        let ev = EventLoop::new().expect("loop");
+        ev.block_on(async {
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("rx");
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let tx =
+                UdpEndpoint::bind("127.0.0.1:0".parse().expect("addr"), &UdpOptions::default())
+                    .expect("tx");
+            let t = Transmit {
+                destination: rx.local_addr().expect("rx addr"),
+                source_ip: None,
+                ifindex: None,
+                payload: Payload::Bytes { len: 300 },
+            };
+            let pool = || POOL.with(|p| p.borrow().iter().map(|b| b.as_ptr()).collect::<Vec<_>>());
+            let mut first = None;
+            for i in 0..50u8 {
+                let buf = [i; 300];
+                assert_eq!(
+                    tx.send_transmit(&t, &buf, &NoImages).await.expect("send"),
+                    1
+                );
+                assert_eq!(next_datagram(&rx), buf);
+                let held = pool();
+                assert_eq!(held.len(), 1, "the buffer came back after send {i}");
+                assert_eq!(
+                    *first.get_or_insert(held[0]),
+                    held[0],
+                    "and is the same one"
+                );
             }
         });
     }
@@ -736,19 +1009,30 @@ mod tests {
             }
             let count = len.div_ceil(segment) + usize::from(len.is_multiple_of(segment));
             let headers: Vec<u8> = (0..count).flat_map(|i| (i as u32).to_be_bytes()).collect();
-            let route = Route {
-                destination: rx.local_addr(),
-                source_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-                ifindex: None,
-            };
-            let run = SegmentRun {
-                header_len: 4,
-                count,
-                segment,
-                range: ByteRange::new(0, len as u64),
-            };
-            let (res, _) = tx.send_run(route, headers, version, run).await;
-            assert_eq!(res.expect("send"), count);
+            let mut sent = 0;
+            // The engine asks for at most u16::MAX datagrams per transmit; send the run in
+            // transmits of 100.
+            for first in (0..count).step_by(100) {
+                let n = 100.min(count - first);
+                let start = (first * segment) as u64;
+                let t = Transmit {
+                    destination: rx.local_addr(),
+                    source_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    ifindex: None,
+                    payload: Payload::Segments {
+                        header_len: 4,
+                        count: n as u16,
+                        segment: segment as u32,
+                        image: version.id(),
+                        range: ByteRange::new(start, ((first + n) * segment).min(len) as u64),
+                    },
+                };
+                let res = tx
+                    .send_transmit(&t, &headers[first * 4..], &img._store)
+                    .await;
+                sent += res.expect("send");
+            }
+            assert_eq!(sent, count);
             assert_eq!(tx.gso(), gso, "GSO used as asked, no silent fallback");
             let mut got = vec![0u8; len];
             let mut buf = Vec::with_capacity(70_000);
@@ -837,9 +1121,27 @@ mod tests {
             };
             assert!(version.check().is_err(), "fstat notices the truncation");
             // Skip that check to prove the kernel path alone is safe: EFAULT, not SIGBUS.
-            let (res, _) = tx
-                .send_run_unchecked(route, vec![0u8; 32], version, run)
+            let res = tx
+                .send_run_unchecked(route, &Rc::new(vec![0u8; 32]), version, run)
                 .await;
+            assert!(
+                matches!(res, Err(SendError::Image(VersionBroken::Modified))),
+                "{res:?}"
+            );
+            // Through the front door the version check refuses before any send.
+            let t = Transmit {
+                destination: rx.local_addr(),
+                source_ip: None,
+                ifindex: None,
+                payload: Payload::Segments {
+                    header_len: 4,
+                    count: 8,
+                    segment: 1468,
+                    image: version.id(),
+                    range: run.range,
+                },
+            };
+            let res = tx.send_transmit(&t, &[0u8; 32], &img._store).await;
             assert!(
                 matches!(res, Err(SendError::Image(VersionBroken::Modified))),
                 "{res:?}"

@@ -13,10 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use zpxe_engine::Payload;
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
-use zpxe_platform::runtime::{sleep, spawn};
-use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+use zpxe_platform::runtime::spawn;
+use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
 use crate::metrics::Metrics;
@@ -92,8 +91,9 @@ impl DhcpService {
             let me = Rc::clone(self);
             spawn(async move { me.recv_loop(socket, port).await }).detach();
         }
-        let me = Rc::clone(self);
-        spawn(async move { me.drive().await }).detach();
+        // No driver task: `ProxyDhcp` has no timers and queues replies and events only in
+        // `handle_datagram`, which the receive task flushes at once. The loop's end takes the
+        // receive tasks with it.
     }
 
     /// Receives on one port and answers at once from this task: a reply leaves without a hop
@@ -117,7 +117,7 @@ impl DhcpService {
                         r.meta,
                         &buf[..r.len],
                     );
-                    self.flush(&mut out, Some(from)).await;
+                    self.flush(&mut out, from).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
@@ -138,14 +138,10 @@ impl DhcpService {
 
     /// Sends every reply the engine has ready, then logs and records its events. `from` is
     /// the sender of the datagram just handled, whose events these are.
-    async fn flush(&self, buf: &mut [u8], from: Option<IpAddr>) {
+    async fn flush(&self, buf: &mut [u8], from: IpAddr) {
         loop {
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some((port, t)) = polled else { break };
-            let Payload::Bytes { len } = t.payload else {
-                tracing::error!("unexpected payload from the DHCP engine");
-                continue;
-            };
             let socket = match (port, &self.dhcp) {
                 (DhcpPort::Dhcp, Some(dhcp)) => dhcp,
                 // Replies leave from the port their request came in on, so without a DHCP
@@ -156,14 +152,8 @@ impl DhcpService {
                 }
                 _ => &self.pxe,
             };
-            let route = Route {
-                destination: t.destination,
-                source_ip: t.source_ip,
-                ifindex: t.ifindex,
-            };
-            let (res, _) = socket.send(route, buf[..len].to_vec()).await;
-            match res {
-                Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
+            match socket.send_transmit(&t, buf, &NoImages).await {
+                Ok(_) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
                 Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
             }
         }
@@ -180,22 +170,10 @@ impl DhcpService {
                     DhcpEvent::Offered { relay: Some(_), .. }
                         | DhcpEvent::Acked { relay: Some(_), .. }
                 );
-                if let Some(e) = crate::db::dhcp_event(&ev, from.filter(|_| !relayed)) {
+                if let Some(e) = crate::db::dhcp_event(&ev, Some(from).filter(|_| !relayed)) {
                     recorder.record(e);
                 }
             }
-        }
-    }
-
-    /// Watches for the stop signal (replies leave from the receive tasks).
-    async fn drive(self: Rc<Self>) {
-        let mut buf = vec![0u8; BUF];
-        loop {
-            self.flush(&mut buf, None).await;
-            if self.ctx.shared.stop.stopped() {
-                return;
-            }
-            sleep(super::STOP_POLL).await;
         }
     }
 }

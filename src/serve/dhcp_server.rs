@@ -17,11 +17,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use zpxe_engine::Payload;
 use zpxe_engine::dhcp::server::{DhcpServerConfig, ServerEvent};
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, DhcpServer};
 use zpxe_platform::runtime::spawn;
-use zpxe_platform::udp::{Route, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
 use crate::config::Config;
@@ -132,7 +131,7 @@ impl Core {
 
     async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>) {
         let mut buf = Vec::with_capacity(BUF);
-        let mut out = Vec::with_capacity(BUF);
+        let mut out = vec![0u8; BUF];
         loop {
             let (res, b) = socket.recv(buf).await;
             buf = b;
@@ -176,7 +175,7 @@ impl Core {
 
     /// Waits for the lease writer's reports and sends the replies they release.
     async fn completions(self: Rc<Self>) {
-        let mut out = Vec::with_capacity(BUF);
+        let mut out = vec![0u8; BUF];
         loop {
             self.store.wait(super::STOP_POLL).await;
             let done = self.store.take_done();
@@ -196,8 +195,9 @@ impl Core {
     }
 
     /// Hands commits to the writer, sends the replies ready, logs and records the events.
-    /// Each reply is encoded once, into `buf`, which then goes to the socket as it is.
-    async fn flush(&self, buf: &mut Vec<u8>) {
+    /// Each reply is encoded once, into `buf`; `send_transmit` copies it into a pooled send
+    /// buffer.
+    async fn flush(&self, buf: &mut [u8]) {
         loop {
             let commit = self.engine.borrow_mut().poll_commit();
             let Some(commit) = commit else { break };
@@ -207,28 +207,15 @@ impl Core {
             }
         }
         loop {
-            buf.resize(BUF, 0);
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some(t) = polled else { break };
-            let Payload::Bytes { len } = t.payload else {
-                tracing::error!("unexpected payload from the DHCP server engine");
-                continue;
-            };
             let socket = t
                 .ifindex
                 .and_then(|i| self.by_ifindex.borrow().get(&i).cloned())
                 .or_else(|| self.sockets.borrow().first().cloned());
             let Some(socket) = socket else { break };
-            let route = Route {
-                destination: t.destination,
-                source_ip: t.source_ip,
-                ifindex: t.ifindex,
-            };
-            buf.truncate(len);
-            let (res, back) = socket.send(route, std::mem::take(buf)).await;
-            *buf = back;
-            match res {
-                Ok(()) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
+            match socket.send_transmit(&t, buf, &NoImages).await {
+                Ok(_) => Metrics::add(&self.ctx.shared.metrics.dhcp_replies_total, 1),
                 Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
             }
         }

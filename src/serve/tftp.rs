@@ -2,7 +2,7 @@
 //! transfer sockets the engine names (or the listener alone in single-port mode). The engine
 //! decides which transfer a datagram is for; this file only binds, receives and sends.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
@@ -16,8 +16,8 @@ use zpxe_engine::tftp::{
     Local, ServerAbort, SocketId, TftpEvent, TftpServer, TransferId, TransferOutcome,
 };
 use zpxe_engine::{Payload, Transmit};
-use zpxe_platform::runtime::{JoinHandle, sleep, spawn};
-use zpxe_platform::udp::{Route, SegmentRun, SendError, UdpEndpoint, UdpOptions};
+use zpxe_platform::runtime::{JoinHandle, Notify, spawn};
+use zpxe_platform::udp::{SendError, UdpEndpoint, UdpOptions};
 
 use super::{Shared, ThreadCtx};
 use crate::config::PortRange;
@@ -35,8 +35,6 @@ const BIND_WARN_PERIOD: Duration = Duration::from_secs(10);
 /// freed a moment ago may still be bound until its socket's receive is cancelled, and a bind
 /// that fails is a system call the event loop waits for.
 const MAX_BIND_TRIES: usize = 8;
-/// Send buffers kept for reuse.
-const MAX_SPARE_BUFFERS: usize = 16;
 
 /// A bound transfer socket: the engine decides which transfers use it and whose datagrams
 /// are whose (`TftpServer::socket_unavailable`, `Local::Socket`).
@@ -174,8 +172,6 @@ pub(crate) struct TftpService {
     ctx: Rc<ThreadCtx>,
     listener: Rc<UdpEndpoint>,
     sockets: RefCell<HashMap<SocketId, TransferSocket>>,
-    /// Send buffers back from the socket, for the next ERROR, OACK or run of DATA headers.
-    spare: RefCell<Vec<Vec<u8>>>,
     /// Each running transfer's file, start and live-view id, for its timeline event and its
     /// duration in the metrics at the end (the end event names neither).
     recording: RefCell<HashMap<TransferId, (crate::db::Name, Instant, u64)>>,
@@ -184,6 +180,12 @@ pub(crate) struct TftpService {
     progress: RefCell<HashMap<TransferId, (crate::db::Name, u64, Instant, u64)>>,
     transfer_ip: IpAddr,
     bind_warnings: RefCell<Throttle>,
+    /// Wakes the driver task when a receive task armed a timer earlier than the one the driver
+    /// sleeps for, or when a drain's last transfer ended.
+    wake: Notify,
+    /// Whether the driver sleeps, and until when (`None`: until woken).
+    driver_asleep: Cell<bool>,
+    driver_until: Cell<Option<Instant>>,
 }
 
 impl TftpService {
@@ -209,11 +211,13 @@ impl TftpService {
             ctx: Rc::clone(ctx),
             listener: Rc::new(listener),
             sockets: RefCell::default(),
-            spare: RefCell::default(),
             recording: RefCell::default(),
             progress: RefCell::default(),
             transfer_ip: addr.ip(),
             bind_warnings: RefCell::new(Throttle::new(BIND_WARN_PERIOD)),
+            wake: Notify::new(),
+            driver_asleep: Cell::new(false),
+            driver_until: Cell::new(None),
         }))
     }
 
@@ -249,6 +253,7 @@ impl TftpService {
                     // Answer from this task: a lock-step client's round trip is then one
                     // receive and one send, without a hop through the driver task.
                     self.flush(&mut out).await;
+                    self.nudge_driver();
                 }
                 // ICMP port unreachable from a client that went away surfaces here on Linux.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
@@ -277,7 +282,10 @@ impl TftpService {
         self.handle_events();
     }
 
-    /// Retransmission timeouts (receive tasks answer datagrams themselves).
+    /// Retransmission timeouts (receive tasks answer datagrams themselves). The driver sleeps
+    /// until the engine's next deadline, with none until a receive task wakes it
+    /// ([`Self::nudge_driver`]), or until a drain begins: no periodic wake-up. The loop's
+    /// end takes this task with it.
     async fn drive(self: Rc<Self>) {
         let mut out = vec![0u8; OUT_BUF];
         // Holds the loop open while transfers run after a drain began.
@@ -303,20 +311,40 @@ impl TftpService {
                 self.engine.borrow_mut().handle_timeout(now, &mut *store);
             }
             self.flush(&mut out).await;
-            if self.ctx.shared.stop.stopped() {
-                return;
+            if draining && self.engine.borrow().active_transfers() == 0 {
+                continue;
             }
-            // Deadlines armed while this sleeps are a retransmission timeout away (1 s by
-            // default), so they are seen in time; with `timeout-ms` below STOP_POLL a
-            // retransmission can be up to STOP_POLL late.
-            let deadline = self
-                .engine
-                .borrow()
-                .poll_timeout()
-                .map_or(now + super::STOP_POLL, |d| d.min(now + super::STOP_POLL));
-            let pause = std::pin::pin!(sleep(deadline.saturating_duration_since(Instant::now())));
-            // A drain is seen at once: new requests stop being answered from that moment.
-            futures_util::future::select(pause, self.ctx.drain.wait()).await;
+            let deadline = self.engine.borrow().poll_timeout();
+            self.driver_until.set(deadline);
+            self.driver_asleep.set(true);
+            let woken = std::pin::pin!(self.wake.notified_until(deadline));
+            if draining {
+                woken.await;
+            } else {
+                // A drain is seen at once: new requests stop being answered from that moment.
+                futures_util::future::select(woken, self.ctx.drain.wait()).await;
+            }
+            self.driver_asleep.set(false);
+        }
+    }
+
+    /// After a receive task's flush: wakes the sleeping driver if the engine's next deadline
+    /// is now earlier than the one it sleeps until, or if a drain's last transfer ended (one
+    /// comparison per datagram; nothing when the driver is awake, since it looks again
+    /// before it sleeps).
+    fn nudge_driver(&self) {
+        if !self.driver_asleep.get() {
+            return;
+        }
+        let engine = self.engine.borrow();
+        let earlier = match (engine.poll_timeout(), self.driver_until.get()) {
+            (Some(next), Some(until)) => next < until,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let drained = self.ctx.drain.fired() && engine.active_transfers() == 0;
+        if earlier || drained {
+            self.wake.notify();
         }
     }
 
@@ -379,22 +407,9 @@ impl TftpService {
         }
     }
 
-    /// A send buffer holding `bytes`, from the spares when there is one.
-    fn buffer(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut v = self.spare.borrow_mut().pop().unwrap_or_default();
-        v.clear();
-        v.extend_from_slice(bytes);
-        v
-    }
-
-    /// A buffer back from the socket, kept for the next send (a few: one per send in flight).
-    fn give_back(&self, v: Vec<u8>) {
-        let mut spare = self.spare.borrow_mut();
-        if spare.len() < MAX_SPARE_BUFFERS {
-            spare.push(v);
-        }
-    }
-
+    /// Sends one transmit of the engine as it is (`UdpEndpoint::send_transmit`: DATA runs by
+    /// GSO from the mapping), then counts it, reports progress, or ends the transfer whose
+    /// image changed.
     async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
         // The transfer this is part of, whatever socket it uses (read now: another task may
         // end it while this one waits on the send).
@@ -402,71 +417,32 @@ impl TftpService {
         let Some(socket) = self.socket_for(local, t.destination) else {
             return;
         };
-        let route = Route {
-            destination: t.destination,
-            source_ip: t.source_ip,
-            ifindex: t.ifindex,
-        };
-        match t.payload {
-            Payload::Bytes { len } => {
-                let (res, b) = socket.send(route, self.buffer(&buf[..len])).await;
-                self.give_back(b);
-                if let Err(e) = res {
-                    tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
-                }
-            }
-            Payload::Segments {
-                header_len,
-                count,
-                segment,
-                image,
-                range,
-            } => {
-                let header_len = usize::from(header_len);
-                let headers = self.buffer(&buf[..header_len * usize::from(count)]);
-                let version = self.ctx.store.borrow().version(image);
-                let result = match version {
-                    Some(v) => {
-                        let run = SegmentRun {
-                            header_len,
-                            count: usize::from(count),
-                            segment: segment as usize,
-                            range,
-                        };
-                        let (result, b) = socket.send_run(route, headers, &v, run).await;
-                        self.give_back(b);
-                        result
-                    }
-                    None => Err(SendError::Image(zpxe_platform::VersionBroken::Gone)),
-                };
-                match result {
-                    Ok(n) => {
-                        self.ctx
-                            .shared
-                            .metrics
-                            .tftp_datagrams(n as u64, range.len());
-                        if let (Some(id), Some(live)) = (transfer, self.ctx.shared.recorder.live())
-                        {
-                            self.report_progress(live, id, t.destination, range.end);
-                        }
-                    }
-                    Err(SendError::Image(e)) => {
-                        if let Some(id) = transfer {
-                            tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
-                            let mut store = self.ctx.store.borrow_mut();
-                            self.engine.borrow_mut().abort_transfer(
-                                id,
-                                ServerAbort::FileChanged,
-                                &mut *store,
-                            );
-                        }
-                    }
-                    Err(SendError::Io(e)) => {
-                        tracing::debug!(to = %t.destination, error = %e, "TFTP data send failed");
+        match socket.send_transmit(&t, buf, &self.ctx.store).await {
+            Ok(n) => {
+                if let Payload::Segments { range, .. } = t.payload {
+                    self.ctx
+                        .shared
+                        .metrics
+                        .tftp_datagrams(n as u64, range.len());
+                    if let (Some(id), Some(live)) = (transfer, self.ctx.shared.recorder.live()) {
+                        self.report_progress(live, id, t.destination, range.end);
                     }
                 }
             }
-            _ => tracing::error!("unexpected payload from the TFTP engine"),
+            Err(SendError::Image(e)) => {
+                if let Some(id) = transfer {
+                    tracing::warn!(%id, error = %e, "ending TFTP transfer: image changed");
+                    let mut store = self.ctx.store.borrow_mut();
+                    self.engine.borrow_mut().abort_transfer(
+                        id,
+                        ServerAbort::FileChanged,
+                        &mut *store,
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
+            }
         }
     }
 

@@ -218,3 +218,43 @@ fn the_drain_timeout_cuts_what_is_still_running() {
     }
     assert!(got < big.len(), "the whole body arrived ({got} bytes)");
 }
+
+/// The server's CPU seconds so far (utime + stime of /proc/PID/stat, at 100 ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let after_name = stat.rsplit_once(')').expect("stat format").1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
+/// While a drain waits for a TFTP transfer under way, the server waits too: no CPU while the
+/// client is quiet, and each ACK answered at once. Seen before the fix (the TFTP driver
+/// selected on the drain, which resolves at once once fired, and so looped instead of
+/// sleeping): this test measured 0.68 CPU seconds in its 1 s of draining, and a probe that
+/// ACKed every 0.4 s saw 2.95 CPU seconds in 2 s and an ACK left unanswered for 3 s.
+#[test]
+fn a_drain_waiting_for_a_tftp_transfer_is_idle() {
+    let root = tempfile::tempdir().expect("tmp");
+    let small = pattern_file(&root.path().join("small.bin"), 512 * 9 + 100, 8);
+    let mut server = Server::start(root.path(), &[]);
+    let mut tftp = LockStep::start(server.tftp, "small.bin");
+    tftp.step();
+    server.sigterm();
+    server.wait_for_log("draining", Duration::from_secs(5));
+    let before = cpu_seconds(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(server.pid()) - before;
+    assert!(used < 0.3, "{used:.2} CPU seconds in 1 s of draining");
+    // Every ACK is answered within LockStep's 5 s read timeout, to the last block.
+    while !tftp.done {
+        tftp.step();
+    }
+    tftp.step();
+    assert!(tftp.got == small, "TFTP bytes differ");
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("zpxe still running after its transfer ended");
+    assert!(status.success(), "exit status {status}");
+}

@@ -392,3 +392,46 @@ fn web_get(server: &Server, path: &str) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
 }
+
+/// With `tftp.timeout-ms = 20`, an unacknowledged DATA block goes again about 20 ms after it
+/// went, in every transfer: the TFTP driver task sleeps until the engine's next deadline, and a
+/// receive task that arms an earlier one (here: the ACK of block 1 arms block 2's timer) wakes
+/// it. Before, the driver woke on a 250 ms period when nothing was due sooner and a receive
+/// task did not wake it, so the retransmission came whenever the next wake-up fell: up to
+/// ~250 ms late.
+#[test]
+fn retransmission_follows_the_timeout_not_a_polling_period() {
+    let root = tempfile::tempdir().expect("tmp");
+    pattern_file(&root.path().join("f.bin"), 512 * 40, 3);
+    let etc = tempfile::tempdir().expect("tmp");
+    let config = etc.path().join("zpxe.toml");
+    std::fs::write(&config, "[tftp]\ntimeout-ms = 20\n").expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    let server = Server::start(root.path(), &["--config", config]);
+    let mut gaps = Vec::new();
+    for trial in 0..8u64 {
+        // A socket per transfer: nothing of the last one arrives here.
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        sock.send_to(&rrq("f.bin", &[]), server.tftp).expect("rrq");
+        let mut buf = [0u8; 600];
+        let (n, from) = sock.recv_from(&mut buf).expect("DATA 1");
+        assert_eq!(&buf[..4], &[0, 3, 0, 1], "{:?}", &buf[..n.min(40)]);
+        sock.send_to(&[0, 4, 0, 1], from).expect("ACK 1");
+        let (_, _) = sock.recv_from(&mut buf).expect("DATA 2");
+        assert_eq!(&buf[..4], &[0, 3, 0, 2]);
+        let sent = Instant::now();
+        let (_, _) = sock.recv_from(&mut buf).expect("DATA 2 again");
+        gaps.push(sent.elapsed());
+        assert_eq!(&buf[..4], &[0, 3, 0, 2], "a retransmission of block 2");
+        // The client gives up (ERROR 0), and the next transfer starts at another moment.
+        sock.send_to(b"\x00\x05\x00\x00done\x00", from)
+            .expect("ERROR");
+        std::thread::sleep(Duration::from_millis(13 + 29 * trial));
+    }
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(150)),
+        "retransmissions 20 ms after the block should come well within 150 ms: {gaps:?}"
+    );
+}
