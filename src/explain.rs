@@ -19,8 +19,8 @@ use zpxe_engine::DatagramMeta;
 use zpxe_engine::Payload;
 use zpxe_engine::dhcp::options::code;
 use zpxe_engine::dhcp::{
-    BootKind, BootOp, ClientOverrides, ClientUuid, DhcpEvent, DhcpOptions, DhcpPort, DhcpRepr,
-    IgnoreReason, MacAddr, MessageType, NextServerFrom, PolicyRefusal, ProxyDhcp, ProxyDhcpConfig,
+    BootKind, BootOp, ClientUuid, DhcpEvent, DhcpOptions, DhcpPort, DhcpRepr, IgnoreReason,
+    MacAddr, MessageType, NextServerFrom, PolicyRefusal, ProxyDhcp, ProxyDhcpConfig,
     PxeVendorOptions, client_facts,
 };
 use zpxe_engine::http::ipxe::BootQuery;
@@ -275,7 +275,14 @@ pub fn default_server(config: &Config) -> Option<Ipv4Addr> {
 
 /// Explains what zpxe, running `config`, answers the client `c`.
 pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
-    explain_with(config, crate::serve::proxy_config(config), None, None, c)
+    let (registry, served) = crate::serve::offline_registry(config);
+    explain_with(
+        config,
+        crate::serve::proxy_config(config),
+        Some(registry),
+        Some(&*served),
+        c,
+    )
 }
 
 /// [`explain`] with the responder's settings as a running server holds them (after reloads),
@@ -283,10 +290,21 @@ pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
 pub fn explain_with(
     config: &Config,
     mut proxy_config: ProxyDhcpConfig,
-    overrides: Option<Arc<dyn ClientOverrides>>,
+    registry: Option<Arc<crate::db::Registry>>,
     served: Option<&ServedScript>,
     c: &ClientArgs,
 ) -> Explanation {
+    // Which record decides for this client, if one does: a `[[machine]]` record names its
+    // place in the configuration.
+    let record = registry.as_ref().and_then(|r| {
+        let snap = r.load();
+        let rec = snap.get(c.mac, c.uuid)?;
+        Some(match &rec.source {
+            Some(at) => format!("machine record at {at}"),
+            None => "machine registry".to_owned(),
+        })
+    });
+    let overrides = registry.map(crate::serve::registry_overrides);
     let positions = &RulePositions {
         boot: config.sources.positions_of("boot.rule"),
         menu: config.sources.positions_of("menu.rules"),
@@ -425,17 +443,24 @@ pub fn explain_with(
         _ => false,
     };
     let (by, boot_file_from) = if replaced {
-        (
-            "machine registry".to_owned(),
-            Some("machine registry (loader override)".to_owned()),
-        )
+        let record = record
+            .clone()
+            .unwrap_or_else(|| "machine registry".to_owned());
+        (record.clone(), Some(format!("{record} (loader override)")))
     } else {
         (by, boot_file_from)
     };
     let ipxe_shown = match (&reply, kind) {
         (Some(r), Some("ipxe-script")) => {
             let url = r.bootfile_name.clone().unwrap_or_else(|| r.file.clone());
-            Some(explain_script(config, positions, &url, c.client_ip, served))
+            Some(explain_script(
+                config,
+                positions,
+                &url,
+                c.client_ip,
+                served,
+                record.as_deref(),
+            ))
         }
         _ => None,
     };
@@ -537,6 +562,7 @@ fn explain_script(
     url: &str,
     client_ip: Option<Ipv4Addr>,
     served: Option<&ServedScript>,
+    record: Option<&str>,
 ) -> IpxeShown {
     let mut shown = IpxeShown {
         url: url.to_owned(),
@@ -597,12 +623,11 @@ fn explain_script(
     let head = format!("GET {path_query} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     match served.and_then(|serve| serve(head.as_bytes(), client_ip)) {
         Some(script) if script != generated => {
-            shown.by = Some("machine registry".to_owned());
-            shown.note = Some(
-                "a machine registry record decides this client's script (its entry, variables \
-                 or boot-once exit)"
-                    .to_owned(),
-            );
+            let by = record.unwrap_or("machine registry");
+            shown.by = Some(by.to_owned());
+            shown.note = Some(format!(
+                "the {by} decides this client's script (its entry, variables or boot-once exit)"
+            ));
             shown.entry = None;
             shown.menu_rule = None;
             shown.script = Some(script);
@@ -745,7 +770,7 @@ pub type ServedScript = dyn Fn(&[u8], Option<Ipv4Addr>) -> Option<String> + Send
 /// and its script handler.
 struct Published {
     current: Box<CurrentSettings>,
-    overrides: Option<Arc<dyn ClientOverrides>>,
+    registry: Option<Arc<crate::db::Registry>>,
     script: Box<ServedScript>,
 }
 
@@ -755,12 +780,12 @@ static PUBLISHED: RwLock<Option<Arc<Published>>> = RwLock::new(None);
 /// gives its settings at the time of each request.
 pub fn publish(
     current: Box<CurrentSettings>,
-    overrides: Option<Arc<dyn ClientOverrides>>,
+    registry: Option<Arc<crate::db::Registry>>,
     script: Box<ServedScript>,
 ) {
     let p = Arc::new(Published {
         current,
-        overrides,
+        registry,
         script,
     });
     match PUBLISHED.write() {
@@ -791,7 +816,7 @@ pub fn web_reply(query: &str) -> crate::web::WebReply {
         Err(e) => return reply(400, format!("{e}\n")),
     };
     let (config, proxy) = (p.current)();
-    let explanation = explain_with(&config, proxy, p.overrides.clone(), Some(&*p.script), &args);
+    let explanation = explain_with(&config, proxy, p.registry.clone(), Some(&*p.script), &args);
     match serde_json::to_vec_pretty(&explanation) {
         Ok(body) => crate::web::WebReply {
             status: 200,

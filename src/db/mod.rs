@@ -744,6 +744,28 @@ pub fn connect(url: &str) -> Result<Box<dyn Backend>> {
     Ok(backend)
 }
 
+/// The registry's database records, read without changing anything (no migration; a SQLite
+/// file that does not exist is not created): for `zpxe check`. `None` when there is no
+/// database yet.
+pub fn stored_machines(config: &DatabaseConfig) -> Result<Option<Vec<MachineRecord>>> {
+    let mut backend: Box<dyn Backend> =
+        match DbUrl::parse(config.url.get_ref()).map_err(|e| anyhow!(e))? {
+            DbUrl::Sqlite(path) => {
+                if !path.exists() {
+                    return Ok(None);
+                }
+                Box::new(sqlite::SqliteBackend::open(&path)?)
+            }
+            DbUrl::Postgres(url) => Box::new(postgres::PgBackend::connect(&url)?),
+        };
+    let mut records = Vec::new();
+    backend.read(&mut |sql| {
+        records = load_registry(sql)?.records().cloned().collect();
+        Ok(())
+    })?;
+    Ok(Some(records))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stored forms
 
@@ -1514,6 +1536,11 @@ pub struct MachineRecord {
     pub state: BootOnceState,
     /// When the record last changed (ms since the epoch; set by the database).
     pub updated_ms: i64,
+    /// Where a record from the configuration (`[[machine]]`, in zpxe.toml or conf.d/) is
+    /// written, as `file:line:column`; `None` for the database's records. The API shows it
+    /// and refuses to change or delete such a record.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Limits on a record's fields (it comes from an API client).
@@ -1593,39 +1620,95 @@ pub enum Decision<'a> {
 }
 
 /// The registry as the data path sees it: immutable, replaced whole on change.
+///
+/// It holds the database's records and the configuration's (`[[machine]]`). A configuration
+/// record wins over a database record for the same MAC or UUID: the files are what the admin
+/// deploys and reloads, and the API refuses to change them, so a database record they shadow
+/// is one stored before the file named the machine (`zpxe check` warns about each).
 #[derive(Debug, Default)]
 pub struct RegistrySnapshot {
     generation: i64,
+    /// The database's records, in registration order.
     records: Vec<Arc<MachineRecord>>,
+    /// The configuration's, in file order.
+    files: Arc<[Arc<MachineRecord>]>,
     by_mac: HashMap<MacAddr, Arc<MachineRecord>>,
     by_uuid: HashMap<ClientUuid, Arc<MachineRecord>>,
+    file_by_mac: HashMap<MacAddr, Arc<MachineRecord>>,
+    file_by_uuid: HashMap<ClientUuid, Arc<MachineRecord>>,
 }
 
 impl RegistrySnapshot {
     fn new(generation: i64, records: Vec<MachineRecord>) -> Self {
+        Self::build(
+            generation,
+            records.into_iter().map(Arc::new).collect(),
+            Arc::new([]),
+        )
+    }
+
+    fn build(
+        generation: i64,
+        records: Vec<Arc<MachineRecord>>,
+        files: Arc<[Arc<MachineRecord>]>,
+    ) -> Self {
         let mut s = Self {
             generation,
             ..Self::default()
         };
-        for r in records {
-            let r = Arc::new(r);
+        for r in &records {
             if let Some(m) = r.mac {
                 s.by_mac.insert(m, r.clone());
             }
             if let Some(u) = r.uuid {
                 s.by_uuid.insert(u, r.clone());
             }
-            s.records.push(r);
         }
+        for r in files.iter() {
+            if let Some(m) = r.mac {
+                s.file_by_mac.insert(m, r.clone());
+            }
+            if let Some(u) = r.uuid {
+                s.file_by_uuid.insert(u, r.clone());
+            }
+        }
+        s.records = records;
+        s.files = files;
         s
     }
 
-    /// The record for a client: by MAC first, then by UUID.
+    /// This snapshot's database records with other configuration records.
+    fn with_files(&self, files: Arc<[Arc<MachineRecord>]>) -> Self {
+        Self::build(self.generation, self.records.clone(), files)
+    }
+
+    /// The record for a client: a configuration record for its MAC or UUID first, then the
+    /// database's (by MAC, then by UUID).
     pub fn get(&self, mac: MacAddr, uuid: Option<ClientUuid>) -> Option<&MachineRecord> {
-        self.by_mac
-            .get(&mac)
-            .or_else(|| uuid.and_then(|u| self.by_uuid.get(&u)))
+        self.file_record(Some(mac), uuid)
+            .or_else(|| self.by_mac.get(&mac).map(|r| &**r))
+            .or_else(|| uuid.and_then(|u| self.by_uuid.get(&u)).map(|r| &**r))
+    }
+
+    /// The configuration record for this MAC or UUID, if any (the API refuses to change it).
+    pub fn file_record(
+        &self,
+        mac: Option<MacAddr>,
+        uuid: Option<ClientUuid>,
+    ) -> Option<&MachineRecord> {
+        mac.and_then(|m| self.file_by_mac.get(&m))
+            .or_else(|| uuid.and_then(|u| self.file_by_uuid.get(&u)))
             .map(|r| &**r)
+    }
+
+    /// The record an API key names: the configuration's first, as for a booting client.
+    pub fn by_key(&self, key: MachineKey) -> Option<&MachineRecord> {
+        match key {
+            MachineKey::Mac(m) => self.get(m, None),
+            MachineKey::Uuid(u) => self
+                .file_record(None, Some(u))
+                .or_else(|| self.by_uuid.get(&u).map(|r| &**r)),
+        }
     }
 
     /// What this client's next boot gets from the registry; `None` when it has no record.
@@ -1642,25 +1725,50 @@ impl RegistrySnapshot {
         self.generation
     }
 
+    /// Every record: the configuration's (in file order), then the database's.
     pub fn records(&self) -> impl Iterator<Item = &MachineRecord> {
+        self.files.iter().chain(&self.records).map(|r| &**r)
+    }
+
+    /// The database's records only.
+    pub fn db_records(&self) -> impl Iterator<Item = &MachineRecord> {
         self.records.iter().map(|r| &**r)
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.files.len() + self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
+}
+
+/// Database records that configuration records shadow: (file record, database record), one
+/// pair per database record whose MAC or UUID a file record also names.
+pub fn shadowed<'a>(
+    files: &'a [MachineRecord],
+    db: &'a [MachineRecord],
+) -> Vec<(&'a MachineRecord, &'a MachineRecord)> {
+    let mut out = Vec::new();
+    for d in db {
+        let file = files.iter().find(|f| {
+            (f.mac.is_some() && f.mac == d.mac) || (f.uuid.is_some() && f.uuid == d.uuid)
+        });
+        if let Some(f) = file {
+            out.push((f, d));
+        }
+    }
+    out
 }
 
 /// The published registry: the data path loads it without locks.
 #[derive(Debug, Default)]
 pub struct Registry {
     current: ArcSwap<RegistrySnapshot>,
-    /// Serializes publishers so an older snapshot never replaces a newer one.
-    publish: Mutex<()>,
+    /// Serializes publishers so an older snapshot never replaces a newer one; holds the
+    /// configuration's records, which every snapshot published carries.
+    publish: Mutex<Arc<[Arc<MachineRecord>]>>,
 }
 
 impl Registry {
@@ -1675,11 +1783,22 @@ impl Registry {
     }
 
     fn publish(&self, snap: RegistrySnapshot, force: bool) {
-        let _g = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.publish.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load();
         if force || snap.generation > cur.generation {
-            self.current.store(Arc::new(snap));
+            self.current
+                .store(Arc::new(snap.with_files(Arc::clone(&files))));
         }
+    }
+
+    /// Replaces the configuration's records (at start and at each reload), keeping the
+    /// database's: the next request sees them.
+    pub fn set_files(&self, records: Vec<MachineRecord>) {
+        let mut files = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        *files = records.into_iter().map(Arc::new).collect();
+        let cur = self.current.load();
+        self.current
+            .store(Arc::new(cur.with_files(Arc::clone(&files))));
     }
 }
 
@@ -1716,6 +1835,7 @@ fn read_record(r: &dyn Row) -> Result<MachineRecord> {
             BootOnceState::Pending
         },
         updated_ms: r.int(9)?.unwrap_or(0),
+        source: None,
     })
 }
 
@@ -2591,5 +2711,85 @@ mod tests {
         ));
         assert!(DbUrl::parse("mysql://x").is_err());
         assert!(DbUrl::parse("sqlite://").is_err());
+    }
+
+    fn rec(mac: u8, name: &str, source: Option<&str>) -> MachineRecord {
+        MachineRecord {
+            mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, mac])),
+            name: name.into(),
+            source: source.map(str::to_owned),
+            ..MachineRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_configuration_record_wins_over_the_databases_until_it_is_removed() {
+        let registry = Registry::default();
+        let uuid = ClientUuid::from_wire([7; 16]);
+        let db_uuid = MachineRecord {
+            uuid: Some(uuid),
+            mac: None,
+            ..rec(0, "db-uuid", None)
+        };
+        registry.publish(
+            RegistrySnapshot::new(
+                3,
+                vec![rec(1, "db", None), rec(2, "db-only", None), db_uuid],
+            ),
+            false,
+        );
+        let file_uuid = MachineRecord {
+            uuid: Some(uuid),
+            mac: None,
+            ..rec(0, "file-uuid", Some("conf.d/b.toml:1:1"))
+        };
+        registry.set_files(vec![rec(1, "file", Some("conf.d/a.toml:3:1")), file_uuid]);
+        let snap = registry.load();
+        assert_eq!(snap.generation(), 3, "the database's generation is kept");
+        let mac = |n| MacAddr([0x52, 0x54, 0, 0, 0, n]);
+        assert_eq!(
+            snap.get(mac(1), None).map(|r| r.name.as_str()),
+            Some("file")
+        );
+        assert_eq!(
+            snap.get(mac(2), None).map(|r| r.name.as_str()),
+            Some("db-only")
+        );
+        // A file record for the UUID wins over a database record for the MAC.
+        assert_eq!(
+            snap.get(mac(2), Some(uuid)).map(|r| r.name.as_str()),
+            Some("file-uuid")
+        );
+        assert_eq!(
+            snap.by_key(MachineKey::Uuid(uuid)).map(|r| r.name.as_str()),
+            Some("file-uuid")
+        );
+        assert!(snap.file_record(Some(mac(2)), None).is_none());
+        assert_eq!(snap.len(), 5);
+        let names: Vec<&str> = snap.records().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["file", "file-uuid", "db", "db-only", "db-uuid"]);
+        // A newer database snapshot keeps the files.
+        registry.publish(RegistrySnapshot::new(4, vec![rec(1, "db2", None)]), false);
+        assert_eq!(
+            registry.load().get(mac(1), None).map(|r| r.name.as_str()),
+            Some("file")
+        );
+        // The files emptied (a reload without them): the database's record decides again.
+        registry.set_files(Vec::new());
+        assert_eq!(
+            registry.load().get(mac(1), None).map(|r| r.name.as_str()),
+            Some("db2")
+        );
+        let files = [
+            rec(1, "file", Some("a:1:1")),
+            rec(9, "alone", Some("a:5:1")),
+        ];
+        let stored = [rec(1, "db", None), rec(2, "other", None)];
+        let pairs = shadowed(&files, &stored);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(
+            (pairs[0].0.name.as_str(), pairs[0].1.name.as_str()),
+            ("file", "db")
+        );
     }
 }

@@ -489,6 +489,7 @@ fn record(mac_n: Option<u32>, uuid: Option<u8>, name: &str) -> MachineRecord {
         boot_once: false,
         state: BootOnceState::Pending,
         updated_ms: 0,
+        source: None,
     }
 }
 
