@@ -255,8 +255,9 @@ pub fn start_reloadable(
             let records = new.machine_records();
             let registry = Arc::clone(&registry);
             Ok(Box::new(move || {
-                tracing::info!(records = records.len(), "[[machine]] records reloaded");
+                let n = records.len();
                 registry.set_files(records);
+                tracing::info!(records = n, "[[machine]] records reloaded");
             }))
         });
     }
