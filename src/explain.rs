@@ -116,6 +116,26 @@ pub struct Explanation {
     pub reply: Option<ReplyShown>,
     /// For a client that gets an iPXE script URL: what that URL serves.
     pub ipxe: Option<IpxeShown>,
+    /// `zpxe explain` with `boot.hook-url`: what the request handler was asked and answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookShown>,
+}
+
+/// The request handler's answer for this client, asked at once by `zpxe explain` (the server
+/// asks in the background and answers from its cache; see src/serve/hook.rs).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HookShown {
+    pub url: String,
+    /// The facts POSTed, as the server sends them.
+    pub asked: serde_json::Value,
+    /// `boot`, `ignore`, `default`, or `failed` (the server then answers by static policy).
+    pub action: &'static str,
+    /// Why the lookup failed (timeout, unreachable, a refused answer).
+    pub error: Option<String>,
+    pub loader: Option<String>,
+    pub script_url: Option<String>,
+    pub entry: Option<String>,
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -282,6 +302,7 @@ pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
         Some(registry),
         Some(&*served),
         c,
+        true,
     )
 }
 
@@ -293,6 +314,7 @@ pub fn explain_with(
     registry: Option<Arc<crate::db::Registry>>,
     served: Option<&ServedScript>,
     c: &ClientArgs,
+    ask_hook: bool,
 ) -> Explanation {
     // Which record decides for this client, if one does: a `[[machine]]` record names its
     // place in the configuration.
@@ -304,7 +326,17 @@ pub fn explain_with(
             None => "machine registry".to_owned(),
         })
     });
-    let overrides = registry.map(crate::serve::registry_overrides);
+    // With `ask_hook` and a hook configured, a client without a record that the policy
+    // answers is looked up now, within the hook's timeout.
+    let hook = (ask_hook && config.hook.hook_url.is_some()).then(|| {
+        let entries = config.menu.entries.iter().map(|e| e.id.clone()).collect();
+        (config.hook.clone(), entries)
+    });
+    let overrides = Arc::new(crate::serve::registry::ExplainOverrides {
+        registry,
+        hook,
+        asked: std::sync::Mutex::new(None),
+    });
     let positions = &RulePositions {
         boot: config.sources.positions_of("boot.rule"),
         menu: config.sources.positions_of("menu.rules"),
@@ -343,15 +375,12 @@ pub fn explain_with(
         .as_deref()
         .is_some_and(|v| v.starts_with(b"HTTPClient"));
     let mut rule_facts = client_facts(&meta, &request, http_client);
-    if policy.uses_groups()
-        && let Some(o) = &overrides
-    {
-        rule_facts.group = o.group(&rule_facts);
+    if policy.uses_groups() {
+        use zpxe_engine::dhcp::ClientOverrides as _;
+        rule_facts.group = overrides.group(&rule_facts);
     }
     let mut engine = ProxyDhcp::new(proxy_config);
-    if let Some(o) = overrides {
-        engine.set_overrides(o);
-    }
+    engine.set_overrides(Arc::clone(&overrides) as _);
     engine.handle_datagram(Instant::now(), port, meta, &request.to_bytes());
     let mut buf = vec![0u8; 4096];
     let transmit = engine.poll_transmit(Instant::now(), &mut buf);
@@ -442,7 +471,28 @@ pub fn explain_with(
         }
         _ => false,
     };
-    let (by, boot_file_from) = if replaced {
+    let asked = overrides
+        .asked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let hook_shown = asked.map(|a| show_hook(config, a));
+    // The hook decided when it said ignore, or its loader or script URL is what was sent.
+    let hook_decided = hook_shown.as_ref().filter(|h| {
+        h.action == "ignore"
+            || (h.action == "boot"
+                && reply.as_ref().is_some_and(|r| {
+                    let sent = r.bootfile_name.as_deref().unwrap_or(&r.file);
+                    h.loader.as_deref() == Some(sent) || h.script_url.as_deref() == Some(sent)
+                }))
+    });
+    let (by, boot_file_from) = if let Some(h) = hook_decided {
+        let from = (h.action == "boot").then(|| {
+            let key = if h.loader.is_some() { "loader" } else { "script-url" };
+            format!("hook ({key} from {})", h.url)
+        });
+        (format!("hook {}", h.url), from)
+    } else if replaced {
         let record = record
             .clone()
             .unwrap_or_else(|| "machine registry".to_owned());
@@ -482,7 +532,36 @@ pub fn explain_with(
         },
         reply,
         ipxe: ipxe_shown,
+        hook: hook_shown,
     }
+}
+
+/// What the hook was asked and answered, for the explanation.
+fn show_hook(config: &Config, asked: crate::serve::registry::HookAsked) -> HookShown {
+    use crate::serve::hook::Verdict;
+    let mut shown = HookShown {
+        url: config.hook.hook_url.clone().unwrap_or_default(),
+        asked: asked.facts,
+        action: "failed",
+        error: None,
+        loader: None,
+        script_url: None,
+        entry: None,
+        variables: Default::default(),
+    };
+    match asked.outcome {
+        Ok(Verdict::Default) => shown.action = "default",
+        Ok(Verdict::Ignore) => shown.action = "ignore",
+        Ok(Verdict::Boot { record, script_url }) => {
+            shown.action = "boot";
+            shown.loader = record.loader;
+            shown.entry = record.entry;
+            shown.variables = record.variables;
+            shown.script_url = script_url;
+        }
+        Err(e) => shown.error = Some(e),
+    }
+    shown
 }
 
 fn show_reply(reply: &DhcpRepr, to: SocketAddr, port: DhcpPort, config: &Config) -> ReplyShown {
@@ -676,6 +755,41 @@ pub fn render_text(e: &Explanation) -> String {
     } else {
         let _ = writeln!(s, "matched no boot rule: the [boot] defaults apply");
     }
+    if let Some(h) = &e.hook {
+        let _ = write!(s, "hook {} answered {}", h.url, h.action);
+        match (&h.error, h.action) {
+            (Some(err), _) => {
+                let _ = writeln!(
+                    s,
+                    ": {err} (the server answers this client by static policy)"
+                );
+            }
+            (None, "boot") => {
+                let mut parts = Vec::new();
+                for (k, v) in [
+                    ("loader", &h.loader),
+                    ("script-url", &h.script_url),
+                    ("entry", &h.entry),
+                ] {
+                    if let Some(v) = v {
+                        parts.push(format!("{k} {v:?}"));
+                    }
+                }
+                for (k, v) in &h.variables {
+                    parts.push(format!("set {k} {v}"));
+                }
+                let _ = writeln!(s, ": {}", parts.join(", "));
+            }
+            _ => {
+                let _ = writeln!(s);
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  (asked now; the server asks in the background and answers from its cache for \
+             boot.hook-cache-ttl-s)"
+        );
+    }
     match &e.reply {
         None => {
             let _ = writeln!(
@@ -816,7 +930,15 @@ pub fn web_reply(query: &str) -> crate::web::WebReply {
         Err(e) => return reply(400, format!("{e}\n")),
     };
     let (config, proxy) = (p.current)();
-    let explanation = explain_with(&config, proxy, p.registry.clone(), Some(&*p.script), &args);
+    // The web loop never waits on the handler: no hook lookup here.
+    let explanation = explain_with(
+        &config,
+        proxy,
+        p.registry.clone(),
+        Some(&*p.script),
+        &args,
+        false,
+    );
     match serde_json::to_vec_pretty(&explanation) {
         Ok(body) => crate::web::WebReply {
             status: 200,

@@ -9,6 +9,8 @@ pub mod compare;
 #[cfg(target_os = "linux")]
 pub mod dhcp_blast;
 #[cfg(target_os = "linux")]
+pub mod hook_bench;
+#[cfg(target_os = "linux")]
 pub mod netns;
 #[cfg(target_os = "linux")]
 pub mod procstat;

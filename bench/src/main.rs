@@ -25,6 +25,9 @@ enum Cmd {
     /// Time to first byte of 1 MiB ranged GETs on one connection, at a steady pace, against
     /// any HTTP server on loopback (run it beside a load such as wrk).
     Ttfb(zpxe_bench::ttfb::ProbeArgs),
+    /// proxyDHCP reply latency at 10,000 DISCOVERs/s with `boot.hook-url` and a warm hook
+    /// cache, beside the same zpxe without a hook (issue 16).
+    Hook(zpxe_bench::hook_bench::HookArgs),
 }
 
 #[cfg(target_os = "linux")]
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Compare(args) => compare::run(args),
         Cmd::Ttfb(args) => zpxe_bench::ttfb::run(args),
+        Cmd::Hook(args) => zpxe_bench::hook_bench::run(args),
     }
 }
 

@@ -26,10 +26,10 @@ mod access_log;
 mod dhcp;
 mod dhcp_server;
 mod drain;
-mod hook;
+pub(crate) mod hook;
 mod http;
 mod https;
-mod registry;
+pub(crate) mod registry;
 mod reload;
 mod tftp;
 
@@ -146,13 +146,6 @@ impl ServerHandle {
 
 /// Starts the event loops, binds every service and returns once all are listening. A reload
 /// of this server is refused: it has no configuration to read again.
-/// The registry as the proxyDHCP responder consults it (for `zpxe explain`).
-pub(crate) fn registry_overrides(
-    registry: Arc<crate::db::Registry>,
-) -> Arc<dyn zpxe_engine::dhcp::ClientOverrides> {
-    Arc::new(registry::RegistryOverrides(registry))
-}
-
 /// An HTTP service's script for one request head from a client address (`zpxe explain`).
 fn served_script(site: http::BootSite) -> Box<crate::explain::ServedScript> {
     Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
