@@ -488,7 +488,11 @@ pub fn explain_with(
     });
     let (by, boot_file_from) = if let Some(h) = hook_decided {
         let from = (h.action == "boot").then(|| {
-            let key = if h.loader.is_some() { "loader" } else { "script-url" };
+            let key = if h.loader.is_some() {
+                "loader"
+            } else {
+                "script-url"
+            };
             format!("hook ({key} from {})", h.url)
         });
         (format!("hook {}", h.url), from)

@@ -263,8 +263,7 @@ pub fn run(args: HookArgs) -> anyhow::Result<()> {
          hook-cache-size = 65536\nhook-timeout-ms = 500\n",
         handler.addr
     );
-    let (hooked, hook_dhcp, hook_web) =
-        start_zpxe(&bin, &root, &work.path().join("hook"), &boot)?;
+    let (hooked, hook_dhcp, hook_web) = start_zpxe(&bin, &root, &work.path().join("hook"), &boot)?;
     let result = measure(&args, plain_dhcp, hook_dhcp, hook_web, &handler);
     plain.stop();
     hooked.stop();

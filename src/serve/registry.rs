@@ -164,8 +164,8 @@ impl ClientOverrides for ExplainOverrides {
         let o = outcome
             .as_ref()
             .map_or_else(|_| ClientOverride::default(), verdict_override);
-        let facts = serde_json::from_slice(&super::hook::facts_json(facts, request))
-            .unwrap_or_default();
+        let facts =
+            serde_json::from_slice(&super::hook::facts_json(facts, request)).unwrap_or_default();
         *self.asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(HookAsked { facts, outcome });
         o
     }

@@ -519,7 +519,11 @@ fn explain_asks_the_hook_and_shows_its_decision() {
     let cfg = dir.path().join("zpxe.toml");
     std::fs::write(
         &cfg,
-        format!("[server]\nroot = {:?}\n{}", root.display().to_string(), config(&url, 20)),
+        format!(
+            "[server]\nroot = {:?}\n{}",
+            root.display().to_string(),
+            config(&url, 20)
+        ),
     )
     .expect("config");
 
@@ -571,5 +575,8 @@ fn explain_asks_the_hook_and_shows_its_decision() {
         )),
         "{text}"
     );
-    assert!(text.contains("(decided by hook") || text.contains("from hook (loader"), "{text}");
+    assert!(
+        text.contains("(decided by hook") || text.contains("from hook (loader"),
+        "{text}"
+    );
 }
