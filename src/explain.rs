@@ -557,6 +557,7 @@ fn show_hook(config: &Config, asked: crate::serve::registry::HookAsked) -> HookS
         Ok(Verdict::Default) => shown.action = "default",
         Ok(Verdict::Ignore) => shown.action = "ignore",
         Ok(Verdict::Boot { record, script_url }) => {
+            let record = *record;
             shown.action = "boot";
             shown.loader = record.loader;
             shown.entry = record.entry;

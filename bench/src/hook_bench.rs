@@ -56,6 +56,7 @@ const WARM_RATE: u32 = 1_000;
 const WARM_LIMIT: Duration = Duration::from_secs(60);
 
 /// A request handler on 127.0.0.1: one thread, one connection at a time, until stopped.
+#[derive(Debug)]
 pub struct HookServer {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,

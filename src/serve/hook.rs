@@ -259,7 +259,7 @@ pub(crate) enum Verdict {
     /// Boot as this says: `record` carries the loader, entry and variables as a registry
     /// record would (its MAC is the client's), `script_url` replaces the policy's for iPXE.
     Boot {
-        record: MachineRecord,
+        record: Box<MachineRecord>,
         script_url: Option<String>,
     },
 }
@@ -331,7 +331,7 @@ pub(crate) fn parse_answer(
             };
             let record = body.into_record(Some(MachineKey::Mac(mac)), Some(entries))?;
             Ok(Verdict::Boot {
-                record,
+                record: Box::new(record),
                 script_url: a.script_url.filter(|u| !u.is_empty()),
             })
         }
