@@ -1730,11 +1730,6 @@ impl RegistrySnapshot {
         self.files.iter().chain(&self.records).map(|r| &**r)
     }
 
-    /// The database's records only.
-    pub fn db_records(&self) -> impl Iterator<Item = &MachineRecord> {
-        self.records.iter().map(|r| &**r)
-    }
-
     pub fn len(&self) -> usize {
         self.files.len() + self.records.len()
     }

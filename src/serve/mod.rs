@@ -144,8 +144,6 @@ impl ServerHandle {
     }
 }
 
-/// Starts the event loops, binds every service and returns once all are listening. A reload
-/// of this server is refused: it has no configuration to read again.
 /// An HTTP service's script for one request head from a client address (`zpxe explain`).
 fn served_script(site: http::BootSite) -> Box<crate::explain::ServedScript> {
     Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
@@ -184,6 +182,8 @@ pub(crate) fn offline_registry(
     (registry, served_script(site))
 }
 
+/// Starts the event loops, binds every service and returns once all are listening. A reload
+/// of this server is refused: it has no configuration to read again.
 pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
     start_reloadable(config, stop, None)
 }
