@@ -1211,15 +1211,13 @@ impl Config {
             let whole = sources.value(&here).unwrap_or(m.span());
             let field = |key: &str| sources.value(&format!("{here}.{key}"));
             let f = m.get_ref().clone();
-            if f.boot_once {
-                // The deployed state is written by the database's writer into the record's
-                // row; a record in a file has none to write into.
+            if f.boot_once && !self.database.enabled {
+                // The deployed state is kept in the database (table file_deployed).
                 problems.push((
                     field("boot-once").unwrap_or(whole.clone()),
                     format!(
-                        "{here}.boot-once: boot-once machines are kept in the database (the API \
-                         or `zpxe machines add --boot-once`), where their deployed state is \
-                         stored; a configuration record has nowhere to keep it"
+                        "{here}.boot-once: a boot-once machine's deployed state is kept in the \
+                         database, which is off (database.enabled = false)"
                     ),
                 ));
                 continue;
@@ -1232,7 +1230,7 @@ impl Config {
                 entry: f.entry,
                 loader: f.loader,
                 variables: f.variables,
-                boot_once: false,
+                boot_once: f.boot_once,
                 state: None,
             };
             let mut rec = match body.into_record(None, Some(&entries)) {
@@ -1903,11 +1901,17 @@ mod machine_tests {
             p[0].starts_with("z.toml:9:1: ") && p[0].contains("state"),
             "{p:?}"
         );
-        let p = at("mac = \"52:54:00:00:00:01\"\nboot-once = true\n");
+        let p = problems(&format!(
+            "{BASE}[database]\nenabled = false\n[[machine]]\nmac = \"52:54:00:00:00:01\"\n\
+             boot-once = true\n"
+        ));
         assert!(
-            p[0].starts_with("z.toml:9:13: machine[0].boot-once"),
+            p[0].starts_with("z.toml:11:13: machine[0].boot-once"),
             "{p:?}"
         );
+        assert!(p[0].contains("database.enabled = false"), "{p:?}");
+        // With the database on (the default), a boot-once record is fine.
+        assert!(at("mac = \"52:54:00:00:00:01\"\nboot-once = true\n").is_empty());
         // Two problems in two records: both reported.
         let p = problems(&format!(
             "{BASE}[[machine]]\nmac = \"x\"\n[[machine]]\nuuid = \"y\"\n"

@@ -977,7 +977,16 @@ fn insert_event(sql: &mut dyn Sql, boot: Option<i64>, e: &Event) -> Result<()> {
 }
 
 /// Writes `events` through `sql` (one transaction), grouping them into boots.
-fn write_batch(sql: &mut dyn Sql, events: &[Event], rules: &BootRules) -> Result<BatchReport> {
+/// The configuration's boot-once machines, as (MAC, UUID, key): the writer marks them deployed
+/// in `file_deployed`.
+type FileBootOnce = [(Option<MacAddr>, Option<ClientUuid>, String)];
+
+fn write_batch(
+    sql: &mut dyn Sql,
+    events: &[Event],
+    rules: &BootRules,
+    file_once: &FileBootOnce,
+) -> Result<BatchReport> {
     let mut report = BatchReport::default();
     let mut machines: HashMap<i64, MachineState> = HashMap::new();
     let mut by_mac: HashMap<MacAddr, i64> = HashMap::new();
@@ -1190,8 +1199,8 @@ fn write_batch(sql: &mut dyn Sql, events: &[Event], rules: &BootRules) -> Result
         )?;
     }
     let now = now_ms();
-    for (mac, uuid) in deployed {
-        let uuid = uuid.map(|u| u.wire_bytes());
+    for (mac, client_uuid) in deployed {
+        let uuid = client_uuid.map(|u| u.wire_bytes());
         let n = sql.exec(
             "UPDATE registry SET state = 'deployed', updated = $3 \
              WHERE boot_once = 1 AND state <> 'deployed' AND (mac = $1 OR uuid = $2)",
@@ -1204,6 +1213,22 @@ fn write_batch(sql: &mut dyn Sql, events: &[Event], rules: &BootRules) -> Result
         if n > 0 {
             bump_generation(sql)?;
             report.registry_changed = true;
+        }
+        for (fmac, fuuid, key) in file_once {
+            let same =
+                *fmac == Some(mac) || (fmac.is_none() && fuuid.is_some() && *fuuid == client_uuid);
+            if !same {
+                continue;
+            }
+            let n = sql.exec(
+                "INSERT INTO file_deployed (key, updated) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[Value::Text(Some(key)), Value::Int(Some(now))],
+            )?;
+            if n > 0 {
+                bump_generation(sql)?;
+                report.registry_changed = true;
+            }
         }
     }
     Ok(report)
@@ -1464,10 +1489,11 @@ fn write_with_retry(
     stats: &Stats,
     registry: &Registry,
 ) {
+    let file_once = registry.load().file_boot_once();
     for attempt in 1..=WRITE_ATTEMPTS {
         let mut report = BatchReport::default();
         let r = backend.transaction(&mut |sql| {
-            report = write_batch(sql, batch, rules)?;
+            report = write_batch(sql, batch, rules, &file_once)?;
             Ok(())
         });
         match r {
@@ -1630,8 +1656,11 @@ pub struct RegistrySnapshot {
     generation: i64,
     /// The database's records, in registration order.
     records: Vec<Arc<MachineRecord>>,
-    /// The configuration's, in file order.
+    /// The configuration's, in file order (boot-once ones deployed per `deployed`).
     files: Arc<[Arc<MachineRecord>]>,
+    /// Keys ([`file_key`]) of the configuration's boot-once machines that were deployed
+    /// (table `file_deployed`: a file record has no row of its own).
+    deployed: Arc<std::collections::HashSet<String>>,
     by_mac: HashMap<MacAddr, Arc<MachineRecord>>,
     by_uuid: HashMap<ClientUuid, Arc<MachineRecord>>,
     file_by_mac: HashMap<MacAddr, Arc<MachineRecord>>,
@@ -1639,11 +1668,16 @@ pub struct RegistrySnapshot {
 }
 
 impl RegistrySnapshot {
-    fn new(generation: i64, records: Vec<MachineRecord>) -> Self {
+    fn new(
+        generation: i64,
+        records: Vec<MachineRecord>,
+        deployed: std::collections::HashSet<String>,
+    ) -> Self {
         Self::build(
             generation,
             records.into_iter().map(Arc::new).collect(),
             Arc::new([]),
+            Arc::new(deployed),
         )
     }
 
@@ -1651,11 +1685,28 @@ impl RegistrySnapshot {
         generation: i64,
         records: Vec<Arc<MachineRecord>>,
         files: Arc<[Arc<MachineRecord>]>,
+        deployed: Arc<std::collections::HashSet<String>>,
     ) -> Self {
         let mut s = Self {
             generation,
             ..Self::default()
         };
+        // A deployed boot-once file record: the same record, deployed.
+        let files: Arc<[Arc<MachineRecord>]> = files
+            .iter()
+            .map(|r| {
+                let done =
+                    r.boot_once && file_key(r.mac, r.uuid).is_some_and(|k| deployed.contains(&k));
+                if done {
+                    Arc::new(MachineRecord {
+                        state: BootOnceState::Deployed,
+                        ..(**r).clone()
+                    })
+                } else {
+                    Arc::clone(r)
+                }
+            })
+            .collect();
         for r in &records {
             if let Some(m) = r.mac {
                 s.by_mac.insert(m, r.clone());
@@ -1674,12 +1725,27 @@ impl RegistrySnapshot {
         }
         s.records = records;
         s.files = files;
+        s.deployed = deployed;
         s
     }
 
     /// This snapshot's database records with other configuration records.
     fn with_files(&self, files: Arc<[Arc<MachineRecord>]>) -> Self {
-        Self::build(self.generation, self.records.clone(), files)
+        Self::build(
+            self.generation,
+            self.records.clone(),
+            files,
+            Arc::clone(&self.deployed),
+        )
+    }
+
+    /// The configuration's boot-once records, as (MAC, UUID, key) for the writer.
+    fn file_boot_once(&self) -> Vec<(Option<MacAddr>, Option<ClientUuid>, String)> {
+        self.files
+            .iter()
+            .filter(|r| r.boot_once)
+            .filter_map(|r| Some((r.mac, r.uuid, file_key(r.mac, r.uuid)?)))
+            .collect()
     }
 
     /// The record for a client: a configuration record for its MAC or UUID first, then the
@@ -1736,6 +1802,15 @@ impl RegistrySnapshot {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// How a configuration record's deployed state is keyed: by its MAC, else its UUID.
+pub fn file_key(mac: Option<MacAddr>, uuid: Option<ClientUuid>) -> Option<String> {
+    match (mac, uuid) {
+        (Some(m), _) => Some(format!("mac:{m}")),
+        (None, Some(u)) => Some(format!("uuid:{u}")),
+        (None, None) => None,
     }
 }
 
@@ -1836,6 +1911,13 @@ fn read_record(r: &dyn Row) -> Result<MachineRecord> {
 
 fn load_registry(sql: &mut dyn Sql) -> Result<RegistrySnapshot> {
     let generation = registry_generation(sql)?;
+    let mut deployed = std::collections::HashSet::new();
+    sql.query("SELECT key FROM file_deployed", &[], &mut |r| {
+        if let Some(k) = r.text(0)? {
+            deployed.insert(k);
+        }
+        Ok(())
+    })?;
     let mut records = Vec::new();
     sql.query(
         &format!("SELECT {RECORD_COLUMNS} FROM registry ORDER BY id"),
@@ -1845,7 +1927,7 @@ fn load_registry(sql: &mut dyn Sql) -> Result<RegistrySnapshot> {
             Ok(())
         },
     )?;
-    Ok(RegistrySnapshot::new(generation, records))
+    Ok(RegistrySnapshot::new(generation, records, deployed))
 }
 
 /// Re-reads the registry when its generation moved (or always, with `force`) and publishes it.
@@ -2464,6 +2546,23 @@ impl Database {
         Ok(deleted)
     }
 
+    /// Re-arms a deployed boot-once machine of the configuration (`[[machine]]`), named by
+    /// its [`file_key`]; whether it was deployed.
+    pub fn rearm_file_machine(&self, key: &str) -> Result<bool> {
+        let rearmed = self.write(|sql| {
+            let n = sql.exec(
+                "DELETE FROM file_deployed WHERE key = $1",
+                &[Value::Text(Some(key))],
+            )?;
+            if n > 0 {
+                bump_generation(sql)?;
+            }
+            Ok(n > 0)
+        })?;
+        self.republish()?;
+        Ok(rearmed)
+    }
+
     fn republish(&self) -> Result<()> {
         let snap = self.registry_from_db()?;
         self.registry.publish(snap, false);
@@ -2528,6 +2627,7 @@ mod tests {
         retention,
         registry_crud,
         boot_once,
+        file_boot_once,
         hostile_text,
         two_recorders,
         leases_persist,
@@ -2730,6 +2830,7 @@ mod tests {
             RegistrySnapshot::new(
                 3,
                 vec![rec(1, "db", None), rec(2, "db-only", None), db_uuid],
+                Default::default(),
             ),
             false,
         );
@@ -2764,7 +2865,10 @@ mod tests {
         let names: Vec<&str> = snap.records().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["file", "file-uuid", "db", "db-only", "db-uuid"]);
         // A newer database snapshot keeps the files.
-        registry.publish(RegistrySnapshot::new(4, vec![rec(1, "db2", None)]), false);
+        registry.publish(
+            RegistrySnapshot::new(4, vec![rec(1, "db2", None)], Default::default()),
+            false,
+        );
         assert_eq!(
             registry.load().get(mac(1), None).map(|r| r.name.as_str()),
             Some("file")

@@ -292,6 +292,10 @@ impl WebService {
             ("PUT", Some(k)) => {
                 let key = key_of(k)?;
                 let b: MachineBody = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+                if let Some(reply) = rearm_file_record(db, key, &b)? {
+                    tracing::info!(machine = %k, peer = ?peer, "configuration machine re-armed");
+                    return Ok(reply);
+                }
                 let keep_state = b.state.is_none();
                 let mut rec = b.into_record(Some(key), entries).map_err(bad_request)?;
                 refuse_file_record(&db.registry().snapshot(), rec.mac, rec.uuid)?;
@@ -391,11 +395,47 @@ impl WebService {
     }
 }
 
+/// `PUT {"state": "pending"}` on a configuration record that is boot-once: the one change the
+/// API makes to such a record, re-arming it (its deployed state is the database's). `None`
+/// for anything else.
+fn rearm_file_record(
+    db: &crate::db::Database,
+    key: MachineKey,
+    b: &MachineBody,
+) -> Result<Option<WebReply>, WebReply> {
+    let only_state = b.state == Some(BootOnceState::Pending)
+        && b.mac.is_none()
+        && b.uuid.is_none()
+        && b.name.is_empty()
+        && b.group.is_empty()
+        && b.entry.is_none()
+        && b.loader.is_none()
+        && b.variables.is_empty()
+        && !b.boot_once;
+    if !only_state {
+        return Ok(None);
+    }
+    let snapshot = db.registry().snapshot();
+    let Some(f) = snapshot.by_key(key).filter(|r| r.source.is_some()) else {
+        return Ok(None);
+    };
+    if !f.boot_once {
+        return Ok(None);
+    }
+    let file_key = crate::db::file_key(f.mac, f.uuid).unwrap_or_default();
+    db.rearm_file_machine(&file_key).map_err(internal)?;
+    let rearmed = db.registry().snapshot();
+    match rearmed.by_key(key) {
+        Some(r) => Ok(Some(WebReply::json(r))),
+        None => Err(WebReply::new(404, "text/plain", "no such machine\n")),
+    }
+}
+
 /// Why a configuration record cannot be changed through the API.
 fn held_by_file(f: &MachineRecord) -> String {
     format!(
         "this machine is defined in the configuration at {}: change or remove it there, then \
-         reload",
+         reload (a deployed boot-once one is re-armed with PUT {{\"state\": \"pending\"}})",
         f.source.as_deref().unwrap_or("[[machine]]")
     )
 }

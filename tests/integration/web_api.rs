@@ -843,3 +843,84 @@ fn a_machine_in_conf_d_gets_its_override_until_a_reload_removes_it() {
         "{out}"
     );
 }
+
+#[test]
+fn a_boot_once_machine_in_conf_d_gets_exit_after_its_deployment_even_after_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
+    let m = mac(30);
+    std::fs::write(
+        dir.path().join("conf.d/once.toml"),
+        format!("[[machine]]\nmac = \"{m}\"\nentry = \"shell\"\nboot-once = true\n"),
+    )
+    .expect("conf.d/once.toml");
+    let db = dir.path().join("kept.db");
+    let db_url = format!("--database-url=sqlite://{}", db.display());
+    let script_path = format!("/boot.ipxe?mac={m}&arch=x86_64");
+    let exit_only = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            == ["exit"]
+    };
+    {
+        let server = Server::start(dir.path(), &["--config", &cfg, &db_url]);
+        let (_, _, first) = http(server.http, "GET", &script_path, None, None);
+        assert!(
+            first.contains("shell\n") && !first.contains("menu "),
+            "the first boot runs its entry: {first}"
+        );
+        let report = format!("/report?mac={m}&stage=loaded");
+        assert_eq!(http(server.web, "GET", &report, None, None).0, 200);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let second = loop {
+            let (_, _, s) = http(server.http, "GET", &script_path, None, None);
+            if exit_only(&s) || Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(exit_only(&second), "{second}");
+        let (_, _, rec) = http(
+            server.web,
+            "GET",
+            &format!("/api/v1/machines/{m}"),
+            None,
+            None,
+        );
+        let rec: Value = serde_json::from_str(&rec).expect("json");
+        assert_eq!(rec["state"], "deployed", "{rec}");
+        assert!(
+            rec["source"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("once.toml:1:1")),
+            "{rec}"
+        );
+    }
+    // Restarted on the same database: still deployed; then re-armed through the API.
+    let server = Server::start(dir.path(), &["--config", &cfg, &db_url]);
+    let (_, _, again) = http(server.http, "GET", &script_path, None, None);
+    assert!(exit_only(&again), "deployed survives a restart: {again}");
+    let path = format!("/api/v1/machines/{m}");
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &path,
+        Some(TOKEN),
+        Some(&json!({"state": "pending", "name": "x"})),
+    );
+    assert_eq!(status, 409, "only the state may change: {body}");
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &path,
+        Some(TOKEN),
+        Some(&json!({"state": "pending"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rec: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(rec["state"], "pending", "{body}");
+    let (_, _, third) = http(server.http, "GET", &script_path, None, None);
+    assert!(third.contains("shell\n") && !exit_only(&third), "{third}");
+}
