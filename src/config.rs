@@ -43,6 +43,28 @@ pub struct Config {
     /// engine's `[boot]` (see [`take_hook_keys`]).
     #[serde(skip)]
     pub hook: crate::serve::HookConfig,
+    /// `[[machine]]`: machine registry records kept in the configuration (zpxe.toml and
+    /// conf.d/), beside the database's; checked like an API record, applied on reload.
+    pub machine: Vec<Spanned<FileMachine>>,
+}
+
+/// One `[[machine]]` table: the fields of an API record (src/web/machines.rs), without the
+/// database's state.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FileMachine {
+    pub mac: Option<String>,
+    pub uuid: Option<String>,
+    pub name: String,
+    pub group: String,
+    /// A `[[menu.entries]]` id booted directly.
+    pub entry: Option<String>,
+    /// A loader replacing the policy's, for firmware not yet running iPXE.
+    pub loader: Option<String>,
+    /// `set` in the machine's iPXE script.
+    pub variables: std::collections::BTreeMap<String, String>,
+    /// After a successful deployment, boot from local disk.
+    pub boot_once: bool,
 }
 
 /// `[firewall]`: whether zpxe manages its Windows Firewall rules.
@@ -1151,6 +1173,9 @@ impl Config {
         for (key, message) in self.hook.problems() {
             at(sources.value(&format!("boot.{key}")), message);
         }
+        for (span, message) in self.file_machines().1 {
+            at(Some(span), message);
+        }
         for (i, message) in never_matching_boot_rules(&self.boot) {
             at(
                 sources.value(&format!("boot.rule[{i}]")),
@@ -1163,6 +1188,152 @@ impl Config {
                 format!("menu.rules[{i}] can never match: {message}"),
             );
         }
+    }
+
+    /// The `[[machine]]` records, each with its source (`file:line:column`), for the
+    /// registry (every one passed [`Config::validate`]).
+    pub fn machine_records(&self) -> Vec<crate::db::MachineRecord> {
+        self.file_machines().0
+    }
+
+    /// The `[[machine]]` records that pass the API's checks (entries against this
+    /// configuration's menu), and a problem, with its span, for each that does not, for each
+    /// MAC or UUID two records name, and for `boot-once` (see below).
+    fn file_machines(&self) -> (Vec<crate::db::MachineRecord>, Vec<(Range<usize>, String)>) {
+        let sources = &self.sources;
+        let entries: std::collections::BTreeSet<String> =
+            self.menu.entries.iter().map(|e| e.id.clone()).collect();
+        let mut records: Vec<crate::db::MachineRecord> = Vec::new();
+        let mut problems = Vec::new();
+        let mut seen: std::collections::HashMap<String, Range<usize>> = Default::default();
+        for (i, m) in self.machine.iter().enumerate() {
+            let here = format!("machine[{i}]");
+            let whole = sources.value(&here).unwrap_or(m.span());
+            let field = |key: &str| sources.value(&format!("{here}.{key}"));
+            let f = m.get_ref().clone();
+            if f.boot_once && !self.database.enabled {
+                // The deployed state is kept in the database (table file_deployed).
+                problems.push((
+                    field("boot-once").unwrap_or(whole.clone()),
+                    format!(
+                        "{here}.boot-once: a boot-once machine's deployed state is kept in the \
+                         database, which is off (database.enabled = false)"
+                    ),
+                ));
+                continue;
+            }
+            let body = crate::web::machines::MachineBody {
+                mac: f.mac,
+                uuid: f.uuid,
+                name: f.name,
+                group: f.group,
+                entry: f.entry,
+                loader: f.loader,
+                variables: f.variables,
+                boot_once: f.boot_once,
+                state: None,
+            };
+            let mut rec = match body.into_record(None, Some(&entries)) {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut words = e.split_whitespace();
+                    let span = match (words.next(), words.next()) {
+                        (Some(k @ ("mac" | "uuid" | "entry" | "loader" | "name" | "group")), _) => {
+                            field(k)
+                        }
+                        (Some("variable"), Some(name)) if name != "name" => {
+                            field(&format!("variables.{}", name.trim_end_matches(':')))
+                        }
+                        _ => None,
+                    };
+                    problems.push((span.unwrap_or(whole.clone()), format!("{here}: {e}")));
+                    continue;
+                }
+            };
+            let keys = [
+                rec.mac.map(|m| ("mac", m.to_string())),
+                rec.uuid.map(|u| ("uuid", u.to_string())),
+            ];
+            let mut twice = false;
+            for (what, value) in keys.into_iter().flatten() {
+                let span = field(what).unwrap_or(whole.clone());
+                match seen.get(&value) {
+                    Some(first) => {
+                        problems.push((
+                            span,
+                            format!(
+                                "{here}: {what} {value} has a record already, at {}",
+                                sources.position(first)
+                            ),
+                        ));
+                        twice = true;
+                    }
+                    None => {
+                        seen.insert(value, whole.clone());
+                    }
+                }
+            }
+            if twice {
+                continue;
+            }
+            rec.source = Some(sources.position(&whole));
+            records.push(rec);
+        }
+        (records, problems)
+    }
+
+    /// `[[machine]]` records that shadow a database record for the same MAC or UUID (the
+    /// file's decides; see [`crate::db::RegistrySnapshot`]), as warnings; a database that
+    /// cannot be read is a warning too. Nothing when there are no `[[machine]]` records.
+    pub fn registry_warnings(&self) -> Vec<Problem> {
+        let files = self.machine_records();
+        if files.is_empty() || !self.database.enabled {
+            return Vec::new();
+        }
+        let at = |rec: &crate::db::MachineRecord, message: String| {
+            let source = rec.source.as_deref().unwrap_or_default();
+            let mut parts = source.rsplitn(3, ':');
+            let column = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            let line = parts.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+            Problem {
+                file: PathBuf::from(parts.next().unwrap_or_default()),
+                line,
+                column,
+                message,
+            }
+        };
+        let stored = match crate::db::stored_machines(&self.database) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                return vec![at(
+                    &files[0],
+                    format!(
+                        "warning: cannot read the database's machine records to compare them \
+                         with [[machine]]: {e:#}"
+                    ),
+                )];
+            }
+        };
+        crate::db::shadowed(&files, &stored)
+            .into_iter()
+            .map(|(file, db)| {
+                let id = match (db.mac, db.uuid) {
+                    (Some(m), _) => format!("MAC {m}"),
+                    (None, Some(u)) => format!("UUID {u}"),
+                    (None, None) => "no key".to_owned(),
+                };
+                at(
+                    file,
+                    format!(
+                        "warning: this [[machine]] record shadows the database's record for \
+                         {id} (name {:?}): the configuration's decides, the database's is \
+                         unused until this one is removed",
+                        db.name
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// What may be fine but likely is not: loaders and menu files missing under the root.
@@ -1657,5 +1828,142 @@ mod include_and_position_tests {
         assert_eq!(p.len(), 1, "{p:?}");
         let deep_arrays = format!("x = {}1{}\n", "[".repeat(200), "]".repeat(200));
         assert!(!problems(&deep_arrays).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod machine_tests {
+    use super::*;
+
+    const BASE: &str = "[server]\nroot = \"/tmp\"\n[[menu.entries]]\nid = \"w11\"\n\
+                        label = \"W11\"\nkind = { type = \"exit\" }\n";
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("z.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn machine_tables_become_records_with_their_place() {
+        let text = format!(
+            "{BASE}[[machine]]\nmac = \"52:54:00:00:00:01\"\nname = \"pc1\"\ngroup = \"lab\"\n\
+             entry = \"w11\"\nloader = \"custom/ipxe.efi\"\nvariables = {{ site = \"north\" }}\n\
+             [[machine]]\nuuid = \"8f4e2a1c-0000-4000-8000-00000000000a\"\n"
+        );
+        let c = Config::parse(Path::new("z.toml"), &text).expect("valid");
+        let recs = c.machine_records();
+        assert_eq!(recs.len(), 2);
+        let r = &recs[0];
+        assert_eq!(
+            r.mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
+        assert_eq!(r.name, "pc1");
+        assert_eq!(r.group, "lab");
+        assert_eq!(r.entry.as_deref(), Some("w11"));
+        assert_eq!(r.loader.as_deref(), Some("custom/ipxe.efi"));
+        assert_eq!(r.variables.get("site").map(String::as_str), Some("north"));
+        assert_eq!(r.source.as_deref(), Some("z.toml:7:1"));
+        assert!(recs[1].mac.is_none() && recs[1].uuid.is_some());
+        assert_eq!(recs[1].source.as_deref(), Some("z.toml:14:1"));
+    }
+
+    #[test]
+    fn bad_machine_fields_are_reported_where_they_are_written() {
+        let at = |extra: &str| problems(&format!("{BASE}[[machine]]\n{extra}"));
+        // Line 8 is the first line after `[[machine]]`.
+        let p = at("mac = \"52:54:00:zz:00:01\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("z.toml:8:7: machine[0]: mac "), "{p:?}");
+        let p = at("mac = \"52:54:00:00:00:01\"\nentry = \"w10\"\n");
+        assert!(
+            p[0].starts_with("z.toml:9:9: machine[0]: entry \"w10\""),
+            "{p:?}"
+        );
+        assert!(p[0].contains("w11"), "{p:?}");
+        let p = at("mac = \"52:54:00:00:00:01\"\nloader = \"../etc/passwd\"\n");
+        assert!(p[0].starts_with("z.toml:9:10: machine[0]: loader"), "{p:?}");
+        let p = at("mac = \"52:54:00:00:00:01\"\nvariables = { os = \"${x}\" }\n");
+        assert!(
+            p[0].starts_with("z.toml:9:20: machine[0]: variable os"),
+            "{p:?}"
+        );
+        let p = at("name = \"no key\"\n");
+        assert!(
+            p[0].starts_with("z.toml:7:1: machine[0]: a machine record needs a MAC"),
+            "{p:?}"
+        );
+        // The database's state is not a configuration key.
+        let p = at("mac = \"52:54:00:00:00:01\"\nstate = \"deployed\"\n");
+        assert!(
+            p[0].starts_with("z.toml:9:1: ") && p[0].contains("state"),
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "{BASE}[database]\nenabled = false\n[[machine]]\nmac = \"52:54:00:00:00:01\"\n\
+             boot-once = true\n"
+        ));
+        assert!(
+            p[0].starts_with("z.toml:11:13: machine[0].boot-once"),
+            "{p:?}"
+        );
+        assert!(p[0].contains("database.enabled = false"), "{p:?}");
+        // With the database on (the default), a boot-once record is fine.
+        assert!(at("mac = \"52:54:00:00:00:01\"\nboot-once = true\n").is_empty());
+        // Two problems in two records: both reported.
+        let p = problems(&format!(
+            "{BASE}[[machine]]\nmac = \"x\"\n[[machine]]\nuuid = \"y\"\n"
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn a_machine_named_twice_across_files_is_refused_with_both_places() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let main = dir.path().join("zpxe.toml");
+        std::fs::write(
+            &main,
+            format!("{BASE}[[machine]]\nmac = \"52:54:00:00:00:01\"\nname = \"main\"\n"),
+        )
+        .expect("write");
+        std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
+        let lab = dir.path().join("conf.d/lab.toml");
+        std::fs::write(
+            &lab,
+            "[[machine]]\nmac = \"52:54:00:00:00:02\"\nname = \"lab\"\n\
+             [[machine]]\nmac = \"52:54:00:00:00:01\"\n",
+        )
+        .expect("write");
+        let (config, text) = Config::read(&main).expect("reads");
+        let p: Vec<String> = config
+            .validate(&main, &text)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(&format!(
+                "{}:5:7: machine[2]: mac 52:54:00:00:00:01",
+                lab.display()
+            )),
+            "{p:?}"
+        );
+        assert!(p[0].ends_with(&format!("{}:7:1", main.display())), "{p:?}");
+        // Without the duplicate: the include's record carries the include's place.
+        std::fs::write(
+            &lab,
+            "[[machine]]\nmac = \"52:54:00:00:00:02\"\nname = \"lab\"\n",
+        )
+        .expect("write");
+        let config = Config::load(&main).expect("valid");
+        let recs = config.machine_records();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].name, "lab");
+        assert_eq!(
+            recs[1].source.as_deref(),
+            Some(format!("{}:1:1", lab.display()).as_str())
+        );
     }
 }

@@ -19,8 +19,8 @@ use zpxe_engine::DatagramMeta;
 use zpxe_engine::Payload;
 use zpxe_engine::dhcp::options::code;
 use zpxe_engine::dhcp::{
-    BootKind, BootOp, ClientOverrides, ClientUuid, DhcpEvent, DhcpOptions, DhcpPort, DhcpRepr,
-    IgnoreReason, MacAddr, MessageType, NextServerFrom, PolicyRefusal, ProxyDhcp, ProxyDhcpConfig,
+    BootKind, BootOp, ClientUuid, DhcpEvent, DhcpOptions, DhcpPort, DhcpRepr, IgnoreReason,
+    MacAddr, MessageType, NextServerFrom, PolicyRefusal, ProxyDhcp, ProxyDhcpConfig,
     PxeVendorOptions, client_facts,
 };
 use zpxe_engine::http::ipxe::BootQuery;
@@ -116,6 +116,26 @@ pub struct Explanation {
     pub reply: Option<ReplyShown>,
     /// For a client that gets an iPXE script URL: what that URL serves.
     pub ipxe: Option<IpxeShown>,
+    /// `zpxe explain` with `boot.hook-url`: what the request handler was asked and answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookShown>,
+}
+
+/// The request handler's answer for this client, asked at once by `zpxe explain` (the server
+/// asks in the background and answers from its cache; see src/serve/hook.rs).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HookShown {
+    pub url: String,
+    /// The facts POSTed, as the server sends them.
+    pub asked: serde_json::Value,
+    /// `boot`, `ignore`, `default`, or `failed` (the server then answers by static policy).
+    pub action: &'static str,
+    /// Why the lookup failed (timeout, unreachable, a refused answer).
+    pub error: Option<String>,
+    pub loader: Option<String>,
+    pub script_url: Option<String>,
+    pub entry: Option<String>,
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -275,7 +295,15 @@ pub fn default_server(config: &Config) -> Option<Ipv4Addr> {
 
 /// Explains what zpxe, running `config`, answers the client `c`.
 pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
-    explain_with(config, crate::serve::proxy_config(config), None, None, c)
+    let (registry, served) = crate::serve::offline_registry(config);
+    explain_with(
+        config,
+        crate::serve::proxy_config(config),
+        Some(registry),
+        Some(&*served),
+        c,
+        true,
+    )
 }
 
 /// [`explain`] with the responder's settings as a running server holds them (after reloads),
@@ -283,10 +311,32 @@ pub fn explain(config: &Config, c: &ClientArgs) -> Explanation {
 pub fn explain_with(
     config: &Config,
     mut proxy_config: ProxyDhcpConfig,
-    overrides: Option<Arc<dyn ClientOverrides>>,
+    registry: Option<Arc<crate::db::Registry>>,
     served: Option<&ServedScript>,
     c: &ClientArgs,
+    ask_hook: bool,
 ) -> Explanation {
+    // Which record decides for this client, if one does: a `[[machine]]` record names its
+    // place in the configuration.
+    let record = registry.as_ref().and_then(|r| {
+        let snap = r.load();
+        let rec = snap.get(c.mac, c.uuid)?;
+        Some(match &rec.source {
+            Some(at) => format!("machine record at {at}"),
+            None => "machine registry".to_owned(),
+        })
+    });
+    // With `ask_hook` and a hook configured, a client without a record that the policy
+    // answers is looked up now, within the hook's timeout.
+    let hook = (ask_hook && config.hook.hook_url.is_some()).then(|| {
+        let entries = config.menu.entries.iter().map(|e| e.id.clone()).collect();
+        (config.hook.clone(), entries)
+    });
+    let overrides = Arc::new(crate::serve::registry::ExplainOverrides {
+        registry,
+        hook,
+        asked: std::sync::Mutex::new(None),
+    });
     let positions = &RulePositions {
         boot: config.sources.positions_of("boot.rule"),
         menu: config.sources.positions_of("menu.rules"),
@@ -325,15 +375,12 @@ pub fn explain_with(
         .as_deref()
         .is_some_and(|v| v.starts_with(b"HTTPClient"));
     let mut rule_facts = client_facts(&meta, &request, http_client);
-    if policy.uses_groups()
-        && let Some(o) = &overrides
-    {
-        rule_facts.group = o.group(&rule_facts);
+    if policy.uses_groups() {
+        use zpxe_engine::dhcp::ClientOverrides as _;
+        rule_facts.group = overrides.group(&rule_facts);
     }
     let mut engine = ProxyDhcp::new(proxy_config);
-    if let Some(o) = overrides {
-        engine.set_overrides(o);
-    }
+    engine.set_overrides(Arc::clone(&overrides) as _);
     engine.handle_datagram(Instant::now(), port, meta, &request.to_bytes());
     let mut buf = vec![0u8; 4096];
     let transmit = engine.poll_transmit(Instant::now(), &mut buf);
@@ -424,18 +471,50 @@ pub fn explain_with(
         }
         _ => false,
     };
-    let (by, boot_file_from) = if replaced {
-        (
-            "machine registry".to_owned(),
-            Some("machine registry (loader override)".to_owned()),
-        )
+    let asked = overrides
+        .asked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let hook_shown = asked.map(|a| show_hook(config, a));
+    // The hook decided when it said ignore, or its loader or script URL is what was sent.
+    let hook_decided = hook_shown.as_ref().filter(|h| {
+        h.action == "ignore"
+            || (h.action == "boot"
+                && reply.as_ref().is_some_and(|r| {
+                    let sent = r.bootfile_name.as_deref().unwrap_or(&r.file);
+                    h.loader.as_deref() == Some(sent) || h.script_url.as_deref() == Some(sent)
+                }))
+    });
+    let (by, boot_file_from) = if let Some(h) = hook_decided {
+        let from = (h.action == "boot").then(|| {
+            let key = if h.loader.is_some() {
+                "loader"
+            } else {
+                "script-url"
+            };
+            format!("hook ({key} from {})", h.url)
+        });
+        (format!("hook {}", h.url), from)
+    } else if replaced {
+        let record = record
+            .clone()
+            .unwrap_or_else(|| "machine registry".to_owned());
+        (record.clone(), Some(format!("{record} (loader override)")))
     } else {
         (by, boot_file_from)
     };
     let ipxe_shown = match (&reply, kind) {
         (Some(r), Some("ipxe-script")) => {
             let url = r.bootfile_name.clone().unwrap_or_else(|| r.file.clone());
-            Some(explain_script(config, positions, &url, c.client_ip, served))
+            Some(explain_script(
+                config,
+                positions,
+                &url,
+                c.client_ip,
+                served,
+                record.as_deref(),
+            ))
         }
         _ => None,
     };
@@ -457,7 +536,37 @@ pub fn explain_with(
         },
         reply,
         ipxe: ipxe_shown,
+        hook: hook_shown,
     }
+}
+
+/// What the hook was asked and answered, for the explanation.
+fn show_hook(config: &Config, asked: crate::serve::registry::HookAsked) -> HookShown {
+    use crate::serve::hook::Verdict;
+    let mut shown = HookShown {
+        url: config.hook.hook_url.clone().unwrap_or_default(),
+        asked: asked.facts,
+        action: "failed",
+        error: None,
+        loader: None,
+        script_url: None,
+        entry: None,
+        variables: Default::default(),
+    };
+    match asked.outcome {
+        Ok(Verdict::Default) => shown.action = "default",
+        Ok(Verdict::Ignore) => shown.action = "ignore",
+        Ok(Verdict::Boot { record, script_url }) => {
+            let record = *record;
+            shown.action = "boot";
+            shown.loader = record.loader;
+            shown.entry = record.entry;
+            shown.variables = record.variables;
+            shown.script_url = script_url;
+        }
+        Err(e) => shown.error = Some(e),
+    }
+    shown
 }
 
 fn show_reply(reply: &DhcpRepr, to: SocketAddr, port: DhcpPort, config: &Config) -> ReplyShown {
@@ -537,6 +646,7 @@ fn explain_script(
     url: &str,
     client_ip: Option<Ipv4Addr>,
     served: Option<&ServedScript>,
+    record: Option<&str>,
 ) -> IpxeShown {
     let mut shown = IpxeShown {
         url: url.to_owned(),
@@ -597,12 +707,11 @@ fn explain_script(
     let head = format!("GET {path_query} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     match served.and_then(|serve| serve(head.as_bytes(), client_ip)) {
         Some(script) if script != generated => {
-            shown.by = Some("machine registry".to_owned());
-            shown.note = Some(
-                "a machine registry record decides this client's script (its entry, variables \
-                 or boot-once exit)"
-                    .to_owned(),
-            );
+            let by = record.unwrap_or("machine registry");
+            shown.by = Some(by.to_owned());
+            shown.note = Some(format!(
+                "the {by} decides this client's script (its entry, variables or boot-once exit)"
+            ));
             shown.entry = None;
             shown.menu_rule = None;
             shown.script = Some(script);
@@ -650,6 +759,41 @@ pub fn render_text(e: &Explanation) -> String {
         );
     } else {
         let _ = writeln!(s, "matched no boot rule: the [boot] defaults apply");
+    }
+    if let Some(h) = &e.hook {
+        let _ = write!(s, "hook {} answered {}", h.url, h.action);
+        match (&h.error, h.action) {
+            (Some(err), _) => {
+                let _ = writeln!(
+                    s,
+                    ": {err} (the server answers this client by static policy)"
+                );
+            }
+            (None, "boot") => {
+                let mut parts = Vec::new();
+                for (k, v) in [
+                    ("loader", &h.loader),
+                    ("script-url", &h.script_url),
+                    ("entry", &h.entry),
+                ] {
+                    if let Some(v) = v {
+                        parts.push(format!("{k} {v:?}"));
+                    }
+                }
+                for (k, v) in &h.variables {
+                    parts.push(format!("set {k} {v}"));
+                }
+                let _ = writeln!(s, ": {}", parts.join(", "));
+            }
+            _ => {
+                let _ = writeln!(s);
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  (asked now; the server asks in the background and answers from its cache for \
+             boot.hook-cache-ttl-s)"
+        );
     }
     match &e.reply {
         None => {
@@ -745,7 +889,7 @@ pub type ServedScript = dyn Fn(&[u8], Option<Ipv4Addr>) -> Option<String> + Send
 /// and its script handler.
 struct Published {
     current: Box<CurrentSettings>,
-    overrides: Option<Arc<dyn ClientOverrides>>,
+    registry: Option<Arc<crate::db::Registry>>,
     script: Box<ServedScript>,
 }
 
@@ -755,12 +899,12 @@ static PUBLISHED: RwLock<Option<Arc<Published>>> = RwLock::new(None);
 /// gives its settings at the time of each request.
 pub fn publish(
     current: Box<CurrentSettings>,
-    overrides: Option<Arc<dyn ClientOverrides>>,
+    registry: Option<Arc<crate::db::Registry>>,
     script: Box<ServedScript>,
 ) {
     let p = Arc::new(Published {
         current,
-        overrides,
+        registry,
         script,
     });
     match PUBLISHED.write() {
@@ -791,7 +935,15 @@ pub fn web_reply(query: &str) -> crate::web::WebReply {
         Err(e) => return reply(400, format!("{e}\n")),
     };
     let (config, proxy) = (p.current)();
-    let explanation = explain_with(&config, proxy, p.overrides.clone(), Some(&*p.script), &args);
+    // The web loop never waits on the handler: no hook lookup here.
+    let explanation = explain_with(
+        &config,
+        proxy,
+        p.registry.clone(),
+        Some(&*p.script),
+        &args,
+        false,
+    );
     match serde_json::to_vec_pretty(&explanation) {
         Ok(body) => crate::web::WebReply {
             status: 200,

@@ -182,8 +182,8 @@ fn list(api: &Api, group: Option<&str>, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<17}  {:<36}  {:<16}  {:<12}  {:<12}  {:<20}  BOOT-ONCE",
-        "MAC", "UUID", "NAME", "GROUP", "ENTRY", "LOADER"
+        "{:<17}  {:<36}  {:<16}  {:<12}  {:<12}  {:<20}  {:<9}  SOURCE",
+        "MAC", "UUID", "NAME", "GROUP", "ENTRY", "LOADER", "BOOT-ONCE"
     );
     for m in &all {
         let s = |k: &str| m[k].as_str().unwrap_or("-").to_owned();
@@ -192,8 +192,11 @@ fn list(api: &Api, group: Option<&str>, as_json: bool) -> Result<()> {
         } else {
             "-".to_owned()
         };
+        // Records from the configuration's [[machine]] tables name their place; the API
+        // refuses to change those.
+        let source = m["source"].as_str().unwrap_or("database");
         println!(
-            "{:<17}  {:<36}  {:<16}  {:<12}  {:<12}  {:<20}  {once}",
+            "{:<17}  {:<36}  {:<16}  {:<12}  {:<12}  {:<20}  {once:<9}  {source}",
             s("mac"),
             s("uuid"),
             s("name"),
@@ -405,7 +408,7 @@ fn import(api: &Api, file: &Path) -> Result<()> {
     };
     let body = Value::Array(records.iter().map(|(_, r)| r.clone()).collect());
     let (status, answer) = api.call("POST", "/api/v1/machines", Some(&body))?;
-    if status == 400
+    if (status == 400 || status == 409)
         && let Ok(v) = serde_json::from_slice::<Value>(&answer)
         && let Some(errors) = v["errors"].as_array()
     {

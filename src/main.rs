@@ -403,7 +403,10 @@ fn check(file: Option<PathBuf>) -> ExitCode {
         }
     };
     let problems = config.validate(&file, "");
-    let warnings = config.warnings();
+    let mut warnings = config.warnings();
+    if problems.is_empty() {
+        warnings.extend(config.registry_warnings());
+    }
     for p in problems.iter().chain(&warnings) {
         eprintln!("{p}");
     }

@@ -31,6 +31,9 @@ enum Cmd {
     /// The blaster's side of `dora`, run by it inside the client namespace.
     #[command(hide = true)]
     DoraBlast(zpxe_bench::dora::BlastArgs),
+    /// proxyDHCP reply latency at 10,000 DISCOVERs/s with `boot.hook-url` and a warm hook
+    /// cache, beside the same zpxe without a hook (issue 16).
+    Hook(zpxe_bench::hook_bench::HookArgs),
 }
 
 #[cfg(target_os = "linux")]
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ttfb(args) => zpxe_bench::ttfb::run(args),
         Cmd::Dora(args) => zpxe_bench::dora::run(args),
         Cmd::DoraBlast(args) => zpxe_bench::dora::blast(args),
+        Cmd::Hook(args) => zpxe_bench::hook_bench::run(args),
     }
 }
 

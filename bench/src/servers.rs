@@ -89,7 +89,7 @@ pub fn find_atftpd(given: Option<&Path>) -> Option<PathBuf> {
     which(&["atftpd"]).or(cache.filter(|c| c.is_file()))
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     let err = fs::File::create(log)?;
     let out = err.try_clone()?;
     cmd.stdin(Stdio::null())
@@ -100,7 +100,7 @@ fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
 }
 
 /// Waits until a UDP or TCP port answers (TCP: accepts; UDP: something is bound to it).
-fn wait_port(child: &mut Child, port: u16, tcp: bool, log: &Path) -> anyhow::Result<()> {
+pub(crate) fn wait_port(child: &mut Child, port: u16, tcp: bool, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(status)) = child.try_wait() {

@@ -744,6 +744,28 @@ pub fn connect(url: &str) -> Result<Box<dyn Backend>> {
     Ok(backend)
 }
 
+/// The registry's database records, read without changing anything (no migration; a SQLite
+/// file that does not exist is not created): for `zpxe check`. `None` when there is no
+/// database yet.
+pub fn stored_machines(config: &DatabaseConfig) -> Result<Option<Vec<MachineRecord>>> {
+    let mut backend: Box<dyn Backend> =
+        match DbUrl::parse(config.url.get_ref()).map_err(|e| anyhow!(e))? {
+            DbUrl::Sqlite(path) => {
+                if !path.exists() {
+                    return Ok(None);
+                }
+                Box::new(sqlite::SqliteBackend::open(&path)?)
+            }
+            DbUrl::Postgres(url) => Box::new(postgres::PgBackend::connect(&url)?),
+        };
+    let mut records = Vec::new();
+    backend.read(&mut |sql| {
+        records = load_registry(sql)?.records().cloned().collect();
+        Ok(())
+    })?;
+    Ok(Some(records))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stored forms
 
@@ -955,7 +977,16 @@ fn insert_event(sql: &mut dyn Sql, boot: Option<i64>, e: &Event) -> Result<()> {
 }
 
 /// Writes `events` through `sql` (one transaction), grouping them into boots.
-fn write_batch(sql: &mut dyn Sql, events: &[Event], rules: &BootRules) -> Result<BatchReport> {
+/// The configuration's boot-once machines, as (MAC, UUID, key): the writer marks them deployed
+/// in `file_deployed`.
+type FileBootOnce = [(Option<MacAddr>, Option<ClientUuid>, String)];
+
+fn write_batch(
+    sql: &mut dyn Sql,
+    events: &[Event],
+    rules: &BootRules,
+    file_once: &FileBootOnce,
+) -> Result<BatchReport> {
     let mut report = BatchReport::default();
     let mut machines: HashMap<i64, MachineState> = HashMap::new();
     let mut by_mac: HashMap<MacAddr, i64> = HashMap::new();
@@ -1168,8 +1199,8 @@ fn write_batch(sql: &mut dyn Sql, events: &[Event], rules: &BootRules) -> Result
         )?;
     }
     let now = now_ms();
-    for (mac, uuid) in deployed {
-        let uuid = uuid.map(|u| u.wire_bytes());
+    for (mac, client_uuid) in deployed {
+        let uuid = client_uuid.map(|u| u.wire_bytes());
         let n = sql.exec(
             "UPDATE registry SET state = 'deployed', updated = $3 \
              WHERE boot_once = 1 AND state <> 'deployed' AND (mac = $1 OR uuid = $2)",
@@ -1182,6 +1213,22 @@ fn write_batch(sql: &mut dyn Sql, events: &[Event], rules: &BootRules) -> Result
         if n > 0 {
             bump_generation(sql)?;
             report.registry_changed = true;
+        }
+        for (fmac, fuuid, key) in file_once {
+            let same =
+                *fmac == Some(mac) || (fmac.is_none() && fuuid.is_some() && *fuuid == client_uuid);
+            if !same {
+                continue;
+            }
+            let n = sql.exec(
+                "INSERT INTO file_deployed (key, updated) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[Value::Text(Some(key)), Value::Int(Some(now))],
+            )?;
+            if n > 0 {
+                bump_generation(sql)?;
+                report.registry_changed = true;
+            }
         }
     }
     Ok(report)
@@ -1442,10 +1489,11 @@ fn write_with_retry(
     stats: &Stats,
     registry: &Registry,
 ) {
+    let file_once = registry.load().file_boot_once();
     for attempt in 1..=WRITE_ATTEMPTS {
         let mut report = BatchReport::default();
         let r = backend.transaction(&mut |sql| {
-            report = write_batch(sql, batch, rules)?;
+            report = write_batch(sql, batch, rules, &file_once)?;
             Ok(())
         });
         match r {
@@ -1514,6 +1562,11 @@ pub struct MachineRecord {
     pub state: BootOnceState,
     /// When the record last changed (ms since the epoch; set by the database).
     pub updated_ms: i64,
+    /// Where a record from the configuration (`[[machine]]`, in zpxe.toml or conf.d/) is
+    /// written, as `file:line:column`; `None` for the database's records. The API shows it
+    /// and refuses to change or delete such a record.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Limits on a record's fields (it comes from an API client).
@@ -1593,39 +1646,135 @@ pub enum Decision<'a> {
 }
 
 /// The registry as the data path sees it: immutable, replaced whole on change.
+///
+/// It holds the database's records and the configuration's (`[[machine]]`). A configuration
+/// record wins over a database record for the same MAC or UUID: the files are what the admin
+/// deploys and reloads, and the API refuses to change them, so a database record they shadow
+/// is one stored before the file named the machine (`zpxe check` warns about each).
 #[derive(Debug, Default)]
 pub struct RegistrySnapshot {
     generation: i64,
+    /// The database's records, in registration order.
     records: Vec<Arc<MachineRecord>>,
+    /// The configuration's, in file order (boot-once ones deployed per `deployed`).
+    files: Arc<[Arc<MachineRecord>]>,
+    /// Keys ([`file_key`]) of the configuration's boot-once machines that were deployed
+    /// (table `file_deployed`: a file record has no row of its own).
+    deployed: Arc<std::collections::HashSet<String>>,
     by_mac: HashMap<MacAddr, Arc<MachineRecord>>,
     by_uuid: HashMap<ClientUuid, Arc<MachineRecord>>,
+    file_by_mac: HashMap<MacAddr, Arc<MachineRecord>>,
+    file_by_uuid: HashMap<ClientUuid, Arc<MachineRecord>>,
 }
 
 impl RegistrySnapshot {
-    fn new(generation: i64, records: Vec<MachineRecord>) -> Self {
+    fn new(
+        generation: i64,
+        records: Vec<MachineRecord>,
+        deployed: std::collections::HashSet<String>,
+    ) -> Self {
+        Self::build(
+            generation,
+            records.into_iter().map(Arc::new).collect(),
+            Arc::new([]),
+            Arc::new(deployed),
+        )
+    }
+
+    fn build(
+        generation: i64,
+        records: Vec<Arc<MachineRecord>>,
+        files: Arc<[Arc<MachineRecord>]>,
+        deployed: Arc<std::collections::HashSet<String>>,
+    ) -> Self {
         let mut s = Self {
             generation,
             ..Self::default()
         };
-        for r in records {
-            let r = Arc::new(r);
+        // A deployed boot-once file record: the same record, deployed.
+        let files: Arc<[Arc<MachineRecord>]> = files
+            .iter()
+            .map(|r| {
+                let done =
+                    r.boot_once && file_key(r.mac, r.uuid).is_some_and(|k| deployed.contains(&k));
+                if done {
+                    Arc::new(MachineRecord {
+                        state: BootOnceState::Deployed,
+                        ..(**r).clone()
+                    })
+                } else {
+                    Arc::clone(r)
+                }
+            })
+            .collect();
+        for r in &records {
             if let Some(m) = r.mac {
                 s.by_mac.insert(m, r.clone());
             }
             if let Some(u) = r.uuid {
                 s.by_uuid.insert(u, r.clone());
             }
-            s.records.push(r);
         }
+        for r in files.iter() {
+            if let Some(m) = r.mac {
+                s.file_by_mac.insert(m, r.clone());
+            }
+            if let Some(u) = r.uuid {
+                s.file_by_uuid.insert(u, r.clone());
+            }
+        }
+        s.records = records;
+        s.files = files;
+        s.deployed = deployed;
         s
     }
 
-    /// The record for a client: by MAC first, then by UUID.
+    /// This snapshot's database records with other configuration records.
+    fn with_files(&self, files: Arc<[Arc<MachineRecord>]>) -> Self {
+        Self::build(
+            self.generation,
+            self.records.clone(),
+            files,
+            Arc::clone(&self.deployed),
+        )
+    }
+
+    /// The configuration's boot-once records, as (MAC, UUID, key) for the writer.
+    fn file_boot_once(&self) -> Vec<(Option<MacAddr>, Option<ClientUuid>, String)> {
+        self.files
+            .iter()
+            .filter(|r| r.boot_once)
+            .filter_map(|r| Some((r.mac, r.uuid, file_key(r.mac, r.uuid)?)))
+            .collect()
+    }
+
+    /// The record for a client: a configuration record for its MAC or UUID first, then the
+    /// database's (by MAC, then by UUID).
     pub fn get(&self, mac: MacAddr, uuid: Option<ClientUuid>) -> Option<&MachineRecord> {
-        self.by_mac
-            .get(&mac)
-            .or_else(|| uuid.and_then(|u| self.by_uuid.get(&u)))
+        self.file_record(Some(mac), uuid)
+            .or_else(|| self.by_mac.get(&mac).map(|r| &**r))
+            .or_else(|| uuid.and_then(|u| self.by_uuid.get(&u)).map(|r| &**r))
+    }
+
+    /// The configuration record for this MAC or UUID, if any (the API refuses to change it).
+    pub fn file_record(
+        &self,
+        mac: Option<MacAddr>,
+        uuid: Option<ClientUuid>,
+    ) -> Option<&MachineRecord> {
+        mac.and_then(|m| self.file_by_mac.get(&m))
+            .or_else(|| uuid.and_then(|u| self.file_by_uuid.get(&u)))
             .map(|r| &**r)
+    }
+
+    /// The record an API key names: the configuration's first, as for a booting client.
+    pub fn by_key(&self, key: MachineKey) -> Option<&MachineRecord> {
+        match key {
+            MachineKey::Mac(m) => self.get(m, None),
+            MachineKey::Uuid(u) => self
+                .file_record(None, Some(u))
+                .or_else(|| self.by_uuid.get(&u).map(|r| &**r)),
+        }
     }
 
     /// What this client's next boot gets from the registry; `None` when it has no record.
@@ -1642,25 +1791,54 @@ impl RegistrySnapshot {
         self.generation
     }
 
+    /// Every record: the configuration's (in file order), then the database's.
     pub fn records(&self) -> impl Iterator<Item = &MachineRecord> {
-        self.records.iter().map(|r| &**r)
+        self.files.iter().chain(&self.records).map(|r| &**r)
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.files.len() + self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
+}
+
+/// How a configuration record's deployed state is keyed: by its MAC, else its UUID.
+pub fn file_key(mac: Option<MacAddr>, uuid: Option<ClientUuid>) -> Option<String> {
+    match (mac, uuid) {
+        (Some(m), _) => Some(format!("mac:{m}")),
+        (None, Some(u)) => Some(format!("uuid:{u}")),
+        (None, None) => None,
+    }
+}
+
+/// Database records that configuration records shadow: (file record, database record), one
+/// pair per database record whose MAC or UUID a file record also names.
+pub fn shadowed<'a>(
+    files: &'a [MachineRecord],
+    db: &'a [MachineRecord],
+) -> Vec<(&'a MachineRecord, &'a MachineRecord)> {
+    let mut out = Vec::new();
+    for d in db {
+        let file = files.iter().find(|f| {
+            (f.mac.is_some() && f.mac == d.mac) || (f.uuid.is_some() && f.uuid == d.uuid)
+        });
+        if let Some(f) = file {
+            out.push((f, d));
+        }
+    }
+    out
 }
 
 /// The published registry: the data path loads it without locks.
 #[derive(Debug, Default)]
 pub struct Registry {
     current: ArcSwap<RegistrySnapshot>,
-    /// Serializes publishers so an older snapshot never replaces a newer one.
-    publish: Mutex<()>,
+    /// Serializes publishers so an older snapshot never replaces a newer one; holds the
+    /// configuration's records, which every snapshot published carries.
+    publish: Mutex<Arc<[Arc<MachineRecord>]>>,
 }
 
 impl Registry {
@@ -1675,11 +1853,22 @@ impl Registry {
     }
 
     fn publish(&self, snap: RegistrySnapshot, force: bool) {
-        let _g = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.publish.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load();
         if force || snap.generation > cur.generation {
-            self.current.store(Arc::new(snap));
+            self.current
+                .store(Arc::new(snap.with_files(Arc::clone(&files))));
         }
+    }
+
+    /// Replaces the configuration's records (at start and at each reload), keeping the
+    /// database's: the next request sees them.
+    pub fn set_files(&self, records: Vec<MachineRecord>) {
+        let mut files = self.publish.lock().unwrap_or_else(|p| p.into_inner());
+        *files = records.into_iter().map(Arc::new).collect();
+        let cur = self.current.load();
+        self.current
+            .store(Arc::new(cur.with_files(Arc::clone(&files))));
     }
 }
 
@@ -1716,11 +1905,19 @@ fn read_record(r: &dyn Row) -> Result<MachineRecord> {
             BootOnceState::Pending
         },
         updated_ms: r.int(9)?.unwrap_or(0),
+        source: None,
     })
 }
 
 fn load_registry(sql: &mut dyn Sql) -> Result<RegistrySnapshot> {
     let generation = registry_generation(sql)?;
+    let mut deployed = std::collections::HashSet::new();
+    sql.query("SELECT key FROM file_deployed", &[], &mut |r| {
+        if let Some(k) = r.text(0)? {
+            deployed.insert(k);
+        }
+        Ok(())
+    })?;
     let mut records = Vec::new();
     sql.query(
         &format!("SELECT {RECORD_COLUMNS} FROM registry ORDER BY id"),
@@ -1730,7 +1927,7 @@ fn load_registry(sql: &mut dyn Sql) -> Result<RegistrySnapshot> {
             Ok(())
         },
     )?;
-    Ok(RegistrySnapshot::new(generation, records))
+    Ok(RegistrySnapshot::new(generation, records, deployed))
 }
 
 /// Re-reads the registry when its generation moved (or always, with `force`) and publishes it.
@@ -2349,6 +2546,23 @@ impl Database {
         Ok(deleted)
     }
 
+    /// Re-arms a deployed boot-once machine of the configuration (`[[machine]]`), named by
+    /// its [`file_key`]; whether it was deployed.
+    pub fn rearm_file_machine(&self, key: &str) -> Result<bool> {
+        let rearmed = self.write(|sql| {
+            let n = sql.exec(
+                "DELETE FROM file_deployed WHERE key = $1",
+                &[Value::Text(Some(key))],
+            )?;
+            if n > 0 {
+                bump_generation(sql)?;
+            }
+            Ok(n > 0)
+        })?;
+        self.republish()?;
+        Ok(rearmed)
+    }
+
     fn republish(&self) -> Result<()> {
         let snap = self.registry_from_db()?;
         self.registry.publish(snap, false);
@@ -2413,6 +2627,7 @@ mod tests {
         retention,
         registry_crud,
         boot_once,
+        file_boot_once,
         hostile_text,
         two_recorders,
         leases_persist,
@@ -2591,5 +2806,89 @@ mod tests {
         ));
         assert!(DbUrl::parse("mysql://x").is_err());
         assert!(DbUrl::parse("sqlite://").is_err());
+    }
+
+    fn rec(mac: u8, name: &str, source: Option<&str>) -> MachineRecord {
+        MachineRecord {
+            mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, mac])),
+            name: name.into(),
+            source: source.map(str::to_owned),
+            ..MachineRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_configuration_record_wins_over_the_databases_until_it_is_removed() {
+        let registry = Registry::default();
+        let uuid = ClientUuid::from_wire([7; 16]);
+        let db_uuid = MachineRecord {
+            uuid: Some(uuid),
+            mac: None,
+            ..rec(0, "db-uuid", None)
+        };
+        registry.publish(
+            RegistrySnapshot::new(
+                3,
+                vec![rec(1, "db", None), rec(2, "db-only", None), db_uuid],
+                Default::default(),
+            ),
+            false,
+        );
+        let file_uuid = MachineRecord {
+            uuid: Some(uuid),
+            mac: None,
+            ..rec(0, "file-uuid", Some("conf.d/b.toml:1:1"))
+        };
+        registry.set_files(vec![rec(1, "file", Some("conf.d/a.toml:3:1")), file_uuid]);
+        let snap = registry.load();
+        assert_eq!(snap.generation(), 3, "the database's generation is kept");
+        let mac = |n| MacAddr([0x52, 0x54, 0, 0, 0, n]);
+        assert_eq!(
+            snap.get(mac(1), None).map(|r| r.name.as_str()),
+            Some("file")
+        );
+        assert_eq!(
+            snap.get(mac(2), None).map(|r| r.name.as_str()),
+            Some("db-only")
+        );
+        // A file record for the UUID wins over a database record for the MAC.
+        assert_eq!(
+            snap.get(mac(2), Some(uuid)).map(|r| r.name.as_str()),
+            Some("file-uuid")
+        );
+        assert_eq!(
+            snap.by_key(MachineKey::Uuid(uuid)).map(|r| r.name.as_str()),
+            Some("file-uuid")
+        );
+        assert!(snap.file_record(Some(mac(2)), None).is_none());
+        assert_eq!(snap.len(), 5);
+        let names: Vec<&str> = snap.records().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["file", "file-uuid", "db", "db-only", "db-uuid"]);
+        // A newer database snapshot keeps the files.
+        registry.publish(
+            RegistrySnapshot::new(4, vec![rec(1, "db2", None)], Default::default()),
+            false,
+        );
+        assert_eq!(
+            registry.load().get(mac(1), None).map(|r| r.name.as_str()),
+            Some("file")
+        );
+        // The files emptied (a reload without them): the database's record decides again.
+        registry.set_files(Vec::new());
+        assert_eq!(
+            registry.load().get(mac(1), None).map(|r| r.name.as_str()),
+            Some("db2")
+        );
+        let files = [
+            rec(1, "file", Some("a:1:1")),
+            rec(9, "alone", Some("a:5:1")),
+        ];
+        let stored = [rec(1, "db", None), rec(2, "other", None)];
+        let pairs = shadowed(&files, &stored);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(
+            (pairs[0].0.name.as_str(), pairs[0].1.name.as_str()),
+            ("file", "db")
+        );
     }
 }

@@ -19,6 +19,10 @@ use super::{Backend, Row, Sql, Value};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
     (2, include_str!("migrations/postgres/0002_leases.sql")),
+    (
+        3,
+        include_str!("migrations/postgres/0003_file_deployed.sql"),
+    ),
 ];
 
 /// The advisory lock that serializes migrations between servers starting at once ("zpxe" in

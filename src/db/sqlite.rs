@@ -19,6 +19,7 @@ use super::{Backend, Row, Sql, Value};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_leases.sql")),
+    (3, include_str!("migrations/sqlite/0003_file_deployed.sql")),
 ];
 
 /// How long a writer waits for another's lock before failing.

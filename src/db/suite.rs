@@ -144,9 +144,9 @@ const BOOT_KINDS: [&str; 9] = [
 /// Migrating twice (and opening twice) applies each migration once.
 pub fn migrations_idempotent(url: &str) {
     let mut a = connect(url).expect("first open");
-    assert_eq!(a.migrate().expect("again"), 2);
+    assert_eq!(a.migrate().expect("again"), 3);
     let mut b = connect(url).expect("second open");
-    assert_eq!(b.migrate().expect("again"), 2);
+    assert_eq!(b.migrate().expect("again"), 3);
     let mut versions = Vec::new();
     b.read(&mut |sql| {
         sql.query(
@@ -159,7 +159,11 @@ pub fn migrations_idempotent(url: &str) {
         )
     })
     .expect("schema_version");
-    assert_eq!(versions, [Some(1), Some(2)], "each migration recorded once");
+    assert_eq!(
+        versions,
+        [Some(1), Some(2), Some(3)],
+        "each migration recorded once"
+    );
     b.check().expect("check");
 }
 
@@ -489,6 +493,7 @@ fn record(mac_n: Option<u32>, uuid: Option<u8>, name: &str) -> MachineRecord {
         boot_once: false,
         state: BootOnceState::Pending,
         updated_ms: 0,
+        source: None,
     }
 }
 
@@ -625,6 +630,53 @@ pub fn boot_once(url: &str) {
         registry.load().decide(mac(1), None),
         Some(Decision::Use(_))
     ));
+}
+
+/// A boot-once machine of the configuration (`[[machine]]`): deployed by its final stage like
+/// a database record, the state kept in `file_deployed` across a restart, re-armed by key.
+pub fn file_boot_once(url: &str) {
+    let file_record = |n: u32| MachineRecord {
+        boot_once: true,
+        source: Some(format!("conf.d/lab.toml:{n}:1")),
+        ..record(Some(n), None, "from-file")
+    };
+    {
+        let db = open(url, test_writer(1000, 10));
+        let registry = db.registry();
+        registry.set_files(vec![file_record(1), file_record(2)]);
+        assert!(matches!(
+            registry.load().decide(mac(1), None),
+            Some(Decision::Use(_))
+        ));
+        let rec = db.recorder();
+        let t = now_ms();
+        for e in boot_events(1, t) {
+            rec.record(e);
+        }
+        flush(&db);
+        assert_eq!(registry.load().decide(mac(1), None), Some(Decision::Exit));
+        // The other file record, and the database, are untouched.
+        assert!(matches!(
+            registry.load().decide(mac(2), None),
+            Some(Decision::Use(_))
+        ));
+        assert!(db.machines().unwrap().is_empty(), "no database record made");
+        db.close();
+    }
+    // A restart: the configuration's records again, the state from the database.
+    let db = open(url, test_writer(1000, 10));
+    let registry = db.registry();
+    assert_eq!(registry.load().decide(mac(1), None), None, "no files yet");
+    registry.set_files(vec![file_record(1), file_record(2)]);
+    assert_eq!(registry.load().decide(mac(1), None), Some(Decision::Exit));
+    // Re-armed.
+    let key = file_key(Some(mac(1)), None).unwrap();
+    assert!(db.rearm_file_machine(&key).unwrap());
+    assert!(matches!(
+        registry.load().decide(mac(1), None),
+        Some(Decision::Use(_))
+    ));
+    assert!(!db.rearm_file_machine(&key).unwrap(), "already pending");
 }
 
 /// Client-controlled text is stored and read back as data.

@@ -259,7 +259,7 @@ pub(crate) enum Verdict {
     /// Boot as this says: `record` carries the loader, entry and variables as a registry
     /// record would (its MAC is the client's), `script_url` replaces the policy's for iPXE.
     Boot {
-        record: MachineRecord,
+        record: Box<MachineRecord>,
         script_url: Option<String>,
     },
 }
@@ -331,7 +331,7 @@ pub(crate) fn parse_answer(
             };
             let record = body.into_record(Some(MachineKey::Mac(mac)), Some(entries))?;
             Ok(Verdict::Boot {
-                record,
+                record: Box::new(record),
                 script_url: a.script_url.filter(|u| !u.is_empty()),
             })
         }
@@ -349,7 +349,7 @@ fn plain_url(u: &str) -> bool {
 }
 
 /// The JSON the handler receives for a client.
-fn facts_json(facts: &ClientFacts, request: &DhcpRepr) -> Vec<u8> {
+pub(crate) fn facts_json(facts: &ClientFacts, request: &DhcpRepr) -> Vec<u8> {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let options = &request.options;
     let message = match options.message_type {
@@ -661,6 +661,28 @@ impl Hook {
             "hook lookup failed, static policy for this client"
         );
     }
+}
+
+/// One lookup now, on the caller's thread, within `boot.hook-timeout-ms`: what the handler
+/// decides for this client, or why it could not (the server then uses the static policy).
+/// For `zpxe explain` only: the data path never waits on the handler.
+pub(crate) fn ask_now(
+    config: &HookConfig,
+    facts: &ClientFacts,
+    request: &DhcpRepr,
+    entries: &BTreeSet<String>,
+) -> Result<Verdict, String> {
+    let url = config.hook_url.as_deref().ok_or("no boot.hook-url")?;
+    let target = Target::parse(url).map_err(|e| format!("boot.hook-url: {e}"))?;
+    let timeout = Duration::from_millis(config.hook_timeout_ms.max(1));
+    let body = post(
+        &target,
+        config.hook_token.as_deref(),
+        &facts_json(facts, request),
+        timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    parse_answer(&body, facts.mac, entries)
 }
 
 fn worker(hook: &std::sync::Weak<Hook>, rx: &Mutex<Receiver<Job>>) {

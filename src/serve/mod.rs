@@ -26,10 +26,10 @@ mod access_log;
 mod dhcp;
 mod dhcp_server;
 mod drain;
-mod hook;
+pub(crate) mod hook;
 mod http;
 mod https;
-mod registry;
+pub(crate) mod registry;
 mod reload;
 mod tftp;
 
@@ -68,7 +68,8 @@ pub(crate) struct Shared {
     pub(crate) tftp_ports: tftp::PortPool,
     /// Where the boot services record each leg (records nothing with the database off).
     pub(crate) recorder: crate::db::Recorder,
-    /// Registered machines (src/serve/registry.rs); none with the database off.
+    /// Registered machines (src/serve/registry.rs): the database's (none with it off) and
+    /// the configuration's `[[machine]]` records. Always present.
     pub(crate) registry: Option<Arc<crate::db::Registry>>,
     /// The request-handler hook (src/serve/hook.rs), when `boot.hook-url` is set.
     pub(crate) hook: Option<Arc<hook::Hook>>,
@@ -143,6 +144,44 @@ impl ServerHandle {
     }
 }
 
+/// An HTTP service's script for one request head from a client address (`zpxe explain`).
+fn served_script(site: http::BootSite) -> Box<crate::explain::ServedScript> {
+    Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
+        use zpxe_engine::http::Handler as _;
+        let limits = zpxe_engine::http::request::HeadLimits::default();
+        let (req, _) = zpxe_engine::http::Request::parse(head, &limits).ok()??;
+        let mut images = zpxe_engine::MemoryCatalog::default();
+        let mut site = site.clone();
+        site.scripts.peer = peer;
+        match site.respond(&req, &mut images) {
+            zpxe_engine::http::Reply::Generated { body, .. } => String::from_utf8(body).ok(),
+            _ => None,
+        }
+    })
+}
+
+/// What `zpxe explain` consults without a running server: a registry holding the
+/// configuration's `[[machine]]` records, and the script `serve`'s HTTP service would write
+/// with it (the database's records are the running server's: `/api/v1/explain` has them).
+pub(crate) fn offline_registry(
+    config: &Config,
+) -> (Arc<crate::db::Registry>, Box<crate::explain::ServedScript>) {
+    let registry = Arc::new(crate::db::Registry::default());
+    registry.set_files(config.machine_records());
+    let site = http::BootSite {
+        scripts: BootScripts {
+            menu: Arc::new(config.menu.clone()),
+            ..BootScripts::default()
+        },
+        reloader: Reloader::new(config.clone(), None, None),
+        web_port: config.services.web.then_some(config.ports.web),
+        https: false,
+        registry: Some(Arc::clone(&registry)),
+        hook: None,
+    };
+    (registry, served_script(site))
+}
+
 /// Starts the event loops, binds every service and returns once all are listening. A reload
 /// of this server is refused: it has no configuration to read again.
 pub fn start(config: Config, stop: Stop) -> anyhow::Result<ServerHandle> {
@@ -199,6 +238,22 @@ pub fn start_reloadable(
         Arc::clone(&metrics),
         Box::new(move || menu.menu().entries.iter().map(|e| e.id.clone()).collect()),
     )?;
+    // The registry: the database's records (none with it off) and the configuration's
+    // `[[machine]]` records, replaced at each reload.
+    let registry = db.as_ref().map_or_else(Arc::default, |d| d.registry());
+    registry.set_files(config.machine_records());
+    {
+        let registry = Arc::clone(&registry);
+        reloader.on_reload(move |new: &Config| {
+            let records = new.machine_records();
+            let registry = Arc::clone(&registry);
+            Ok(Box::new(move || {
+                let n = records.len();
+                registry.set_files(records);
+                tracing::info!(records = n, "[[machine]] records reloaded");
+            }))
+        });
+    }
     let shared = Arc::new(Shared {
         reloader: reloader.clone(),
         web: crate::web::WebService::new(Arc::clone(&metrics))
@@ -206,7 +261,7 @@ pub fn start_reloadable(
             .with_live(live)
             .with_access(access, Some(entries)),
         recorder,
-        registry: db.as_ref().map(|d| d.registry()),
+        registry: Some(registry.clone()),
         hook,
         metrics: Arc::clone(&metrics),
         stop: stop.clone(),
@@ -242,21 +297,8 @@ pub fn start_reloadable(
             let s = current.settings();
             (Arc::clone(&s.config), s.proxy.clone())
         }),
-        shared.registry.clone().map(|r| {
-            Arc::new(registry::RegistryOverrides(r)) as Arc<dyn zpxe_engine::dhcp::ClientOverrides>
-        }),
-        Box::new(move |head: &[u8], peer: Option<std::net::Ipv4Addr>| {
-            use zpxe_engine::http::Handler as _;
-            let limits = zpxe_engine::http::request::HeadLimits::default();
-            let (req, _) = zpxe_engine::http::Request::parse(head, &limits).ok()??;
-            let mut images = zpxe_engine::MemoryCatalog::default();
-            let mut site = site.clone();
-            site.scripts.peer = peer;
-            match site.respond(&req, &mut images) {
-                zpxe_engine::http::Reply::Generated { body, .. } => String::from_utf8(body).ok(),
-                _ => None,
-            }
-        }),
+        shared.registry.clone(),
+        served_script(site),
     );
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Bound>>();
     let mut handles = Vec::new();

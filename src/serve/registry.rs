@@ -97,18 +97,77 @@ impl ClientOverrides for BootOverrides {
         let Some(verdict) = self.hook.as_ref().and_then(|h| h.consult(facts, request)) else {
             return ClientOverride::default();
         };
-        match &*verdict {
-            Verdict::Default => ClientOverride::default(),
-            Verdict::Ignore => ClientOverride {
-                ignore: true,
-                ..ClientOverride::default()
-            },
-            Verdict::Boot { record, script_url } => ClientOverride {
-                ignore: false,
-                loader: record.loader.clone(),
-                script_url: script_url.clone(),
-            },
+        verdict_override(&verdict)
+    }
+}
+
+/// What a hook decision changes in a proxyDHCP answer.
+fn verdict_override(verdict: &Verdict) -> ClientOverride {
+    match verdict {
+        Verdict::Default => ClientOverride::default(),
+        Verdict::Ignore => ClientOverride {
+            ignore: true,
+            ..ClientOverride::default()
+        },
+        Verdict::Boot { record, script_url } => ClientOverride {
+            ignore: false,
+            loader: record.loader.clone(),
+            script_url: script_url.clone(),
+        },
+    }
+}
+
+/// What `zpxe explain` asked the hook, and what it answered (or why it could not).
+#[derive(Debug, Clone)]
+pub(crate) struct HookAsked {
+    pub(crate) facts: serde_json::Value,
+    pub(crate) outcome: Result<Verdict, String>,
+}
+
+/// The overrides `zpxe explain` gives the engine: the registry as the server consults it and,
+/// for a client without a record that the policy answers, the hook asked at once (its
+/// timeout bounds the wait), where the server would use its cache. What the hook answered is
+/// kept for the explanation.
+#[derive(Debug)]
+pub(crate) struct ExplainOverrides {
+    pub(crate) registry: Option<Arc<Registry>>,
+    pub(crate) hook: Option<(super::HookConfig, std::collections::BTreeSet<String>)>,
+    pub(crate) asked: std::sync::Mutex<Option<HookAsked>>,
+}
+
+impl ClientOverrides for ExplainOverrides {
+    fn loader(&self, facts: &ClientFacts) -> Option<String> {
+        let snap = self.registry.as_ref()?.load();
+        match snap.decide(facts.mac, facts.uuid)? {
+            Decision::Exit => None,
+            Decision::Use(r) => r.loader.clone(),
         }
+    }
+
+    fn group(&self, facts: &ClientFacts) -> Option<String> {
+        registry_group(self.registry.as_ref()?, facts)
+    }
+
+    fn decide(&self, facts: &ClientFacts, request: &DhcpRepr) -> ClientOverride {
+        if let Some(r) = &self.registry
+            && r.load().get(facts.mac, facts.uuid).is_some()
+        {
+            return ClientOverride {
+                loader: self.loader(facts),
+                ..ClientOverride::default()
+            };
+        }
+        let Some((config, entries)) = &self.hook else {
+            return ClientOverride::default();
+        };
+        let outcome = super::hook::ask_now(config, facts, request, entries);
+        let o = outcome
+            .as_ref()
+            .map_or_else(|_| ClientOverride::default(), verdict_override);
+        let facts =
+            serde_json::from_slice(&super::hook::facts_json(facts, request)).unwrap_or_default();
+        *self.asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(HookAsked { facts, outcome });
+        o
     }
 }
 

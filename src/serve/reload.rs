@@ -34,6 +34,8 @@ pub(crate) const LIVE: &[&str] = &[
     "server.advertise",
     "tls.cert",
     "tls.key",
+    // `[[machine]]` records ([`Reloader::on_reload`], src/serve/mod.rs).
+    "machine",
     // The web service's token and allow list ([`Reloader::on_reload`], src/web.rs).
     "web",
 ];
@@ -281,6 +283,7 @@ impl Reloader {
         effective.web = new.web.clone();
         effective.boot = new.boot;
         effective.menu = new.menu;
+        effective.machine = new.machine;
         effective.server.advertise = new.server.advertise;
         let generation = old.generation + 1;
         self.0

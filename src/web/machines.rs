@@ -211,16 +211,10 @@ impl WebService {
                         machines: all().skip(offset).take(limit).cloned().collect(),
                     }))
                 }
-                Some(key) => {
-                    let found = match key_of(key)? {
-                        MachineKey::Mac(mac) => snapshot.get(mac, None),
-                        MachineKey::Uuid(u) => snapshot.records().find(|r| r.uuid == Some(u)),
-                    };
-                    match found {
-                        Some(r) => Ok(WebReply::json(r)),
-                        None => Err(WebReply::new(404, "text/plain", "no such machine\n")),
-                    }
-                }
+                Some(key) => match snapshot.by_key(key_of(key)?) {
+                    Some(r) => Ok(WebReply::json(r)),
+                    None => Err(WebReply::new(404, "text/plain", "no such machine\n")),
+                },
             }
         })
     }
@@ -298,8 +292,13 @@ impl WebService {
             ("PUT", Some(k)) => {
                 let key = key_of(k)?;
                 let b: MachineBody = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+                if let Some(reply) = rearm_file_record(db, key, &b)? {
+                    tracing::info!(machine = %k, peer = ?peer, "configuration machine re-armed");
+                    return Ok(reply);
+                }
                 let keep_state = b.state.is_none();
                 let mut rec = b.into_record(Some(key), entries).map_err(bad_request)?;
+                refuse_file_record(&db.registry().snapshot(), rec.mac, rec.uuid)?;
                 let old = db.machine(key).map_err(internal)?;
                 if keep_state && let Some(old) = &old {
                     rec.state = old.state;
@@ -346,6 +345,26 @@ impl WebService {
                     r.status = 400;
                     return Err(r);
                 }
+                let snapshot = db.registry().snapshot();
+                let held: Vec<LineError> = recs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, r)| {
+                        let f = snapshot.file_record(r.mac, r.uuid)?;
+                        Some(LineError {
+                            index,
+                            error: held_by_file(f),
+                        })
+                    })
+                    .collect();
+                if !held.is_empty() {
+                    let mut r = WebReply::json(&serde_json::json!({
+                        "error": "nothing was imported",
+                        "errors": held,
+                    }));
+                    r.status = 409;
+                    return Err(r);
+                }
                 db.put_machines(&recs)
                     .map_err(|e| conflict_or_internal(&e))?;
                 tracing::info!(records = recs.len(), peer = ?peer, "machine records imported");
@@ -355,6 +374,11 @@ impl WebService {
             }
             ("DELETE", Some(k)) => {
                 let key = key_of(k)?;
+                let (mac, uuid) = match key {
+                    MachineKey::Mac(m) => (Some(m), None),
+                    MachineKey::Uuid(u) => (None, Some(u)),
+                };
+                refuse_file_record(&db.registry().snapshot(), mac, uuid)?;
                 if db.delete_machine(key).map_err(internal)? {
                     tracing::info!(machine = %k, peer = ?peer, "machine record deleted");
                     Ok(WebReply::json(&serde_json::json!({ "deleted": k })))
@@ -368,6 +392,68 @@ impl WebService {
                 "use PUT or DELETE on /api/v1/machines/{mac}, POST on /api/v1/machines\n",
             )),
         })
+    }
+}
+
+/// `PUT {"state": "pending"}` on a configuration record that is boot-once: the one change the
+/// API makes to such a record, re-arming it (its deployed state is the database's). `None`
+/// for anything else.
+fn rearm_file_record(
+    db: &crate::db::Database,
+    key: MachineKey,
+    b: &MachineBody,
+) -> Result<Option<WebReply>, WebReply> {
+    let only_state = b.state == Some(BootOnceState::Pending)
+        && b.mac.is_none()
+        && b.uuid.is_none()
+        && b.name.is_empty()
+        && b.group.is_empty()
+        && b.entry.is_none()
+        && b.loader.is_none()
+        && b.variables.is_empty()
+        && !b.boot_once;
+    if !only_state {
+        return Ok(None);
+    }
+    let snapshot = db.registry().snapshot();
+    let Some(f) = snapshot.by_key(key).filter(|r| r.source.is_some()) else {
+        return Ok(None);
+    };
+    if !f.boot_once {
+        return Ok(None);
+    }
+    let file_key = crate::db::file_key(f.mac, f.uuid).unwrap_or_default();
+    db.rearm_file_machine(&file_key).map_err(internal)?;
+    let rearmed = db.registry().snapshot();
+    match rearmed.by_key(key) {
+        Some(r) => Ok(Some(WebReply::json(r))),
+        None => Err(WebReply::new(404, "text/plain", "no such machine\n")),
+    }
+}
+
+/// Why a configuration record cannot be changed through the API.
+fn held_by_file(f: &MachineRecord) -> String {
+    format!(
+        "this machine is defined in the configuration at {}: change or remove it there, then \
+         reload (a deployed boot-once one is re-armed with PUT {{\"state\": \"pending\"}})",
+        f.source.as_deref().unwrap_or("[[machine]]")
+    )
+}
+
+/// 409 when a configuration record (`[[machine]]`) names this MAC or UUID: the file is where
+/// it changes, and a database record beside it would be shadowed.
+fn refuse_file_record(
+    snapshot: &crate::db::RegistrySnapshot,
+    mac: Option<MacAddr>,
+    uuid: Option<ClientUuid>,
+) -> Result<(), WebReply> {
+    match snapshot.file_record(mac, uuid) {
+        Some(f) => Err(WebReply::new(
+            409,
+            "text/plain",
+            format!("{}\n", held_by_file(f)),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -139,7 +139,7 @@ impl Drop for Postgres {
 fn postgres_backend_behaviour() {
     let pg = Postgres::start();
     type Case = (&'static str, fn(&str));
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         ("migrations_idempotent", suite::migrations_idempotent),
         ("leases_persist", suite::leases_persist),
         ("batching", suite::batching),
@@ -148,6 +148,7 @@ fn postgres_backend_behaviour() {
         ("retention", suite::retention),
         ("registry_crud", suite::registry_crud),
         ("boot_once", suite::boot_once),
+        ("file_boot_once", suite::file_boot_once),
         ("hostile_text", suite::hostile_text),
         ("two_recorders", suite::two_recorders),
     ];

@@ -488,3 +488,95 @@ fn hook_settings_are_checked_at_their_positions() {
         "{text}"
     );
 }
+
+/// `zpxe explain --json` for an x64 UEFI DISCOVER relayed from [`RELAY`]: the JSON and how
+/// long the command took.
+fn explain_json(cfg: &std::path::Path, mac: &str) -> (Value, Duration) {
+    let started = Instant::now();
+    let out = std::process::Command::new(crate::common::zpxe_bin())
+        .args(["explain", "--json", "-c"])
+        .arg(cfg)
+        .args(["--mac", mac, "--arch", "7", "--relay", &RELAY.to_string()])
+        .args(["--server", "127.0.0.1"])
+        .output()
+        .expect("zpxe explain");
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (serde_json::from_slice(&out.stdout).expect("JSON"), took)
+}
+
+#[test]
+fn explain_asks_the_hook_and_shows_its_decision() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("root");
+    let handler = Handler::start();
+    let url = format!("http://{}/decide?site=7", handler.addr);
+    let cfg = dir.path().join("zpxe.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nroot = {:?}\n{}",
+            root.display().to_string(),
+            config(&url, 20)
+        ),
+    )
+    .expect("config");
+
+    // Decided: the hook's loader is the reply's, and the hook is named as the decider.
+    let (e, _) = explain_json(&cfg, "52:54:00:77:00:01");
+    assert_eq!(handler.lookups_for("52:54:00:77:00:01"), 1, "asked once");
+    assert_eq!(e["hook"]["action"], "boot", "{e:#}");
+    assert_eq!(e["hook"]["loader"], "hook/special.efi", "{e:#}");
+    assert_eq!(e["hook"]["entry"], "local", "{e:#}");
+    assert_eq!(e["hook"]["variables"]["site"], "lab7", "{e:#}");
+    assert_eq!(e["hook"]["asked"]["mac"], "52:54:00:77:00:01", "{e:#}");
+    assert_eq!(e["hook"]["asked"]["relay"], RELAY.to_string(), "{e:#}");
+    assert_eq!(e["reply"]["file"], "hook/special.efi", "{e:#}");
+    assert_eq!(e["decision"]["by"], format!("hook {url}"), "{e:#}");
+    // Ignored: no reply, decided by the hook.
+    let (e, _) = explain_json(&cfg, "52:54:00:77:00:02");
+    assert_eq!(e["hook"]["action"], "ignore", "{e:#}");
+    assert!(e["reply"].is_null(), "{e:#}");
+    assert_eq!(e["decision"]["by"], format!("hook {url}"), "{e:#}");
+    // Slower than hook-timeout-ms (300): the static policy, with the reason, without waiting
+    // for the handler's 1.5 s.
+    let (e, took) = explain_json(&cfg, "52:54:00:77:00:03");
+    assert_eq!(e["hook"]["action"], "failed", "{e:#}");
+    assert!(
+        e["hook"]["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("hook-timeout-ms")),
+        "{e:#}"
+    );
+    assert_eq!(e["reply"]["file"], STATIC_LOADER, "{e:#}");
+    assert_eq!(e["decision"]["by"], "boot", "{e:#}");
+    assert!(took < Duration::from_millis(1400), "explain took {took:?}");
+    // `default`: the static policy, the hook's answer shown.
+    let (e, _) = explain_json(&cfg, "52:54:00:77:00:09");
+    assert_eq!(e["hook"]["action"], "default", "{e:#}");
+    assert_eq!(e["reply"]["file"], STATIC_LOADER, "{e:#}");
+    // The text names it too.
+    let out = std::process::Command::new(crate::common::zpxe_bin())
+        .args(["explain", "-c"])
+        .arg(&cfg)
+        .args(["--mac", "52:54:00:77:00:01", "--arch", "7"])
+        .args(["--relay", &RELAY.to_string(), "--server", "127.0.0.1"])
+        .output()
+        .expect("zpxe explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "hook {url} answered boot: loader \"hook/special.efi\", script-url"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("(decided by hook") || text.contains("from hook (loader"),
+        "{text}"
+    );
+}

@@ -692,3 +692,235 @@ fn a_write_without_a_token_is_refused_before_its_body() {
         started.elapsed()
     );
 }
+
+/// `zpxe explain` (the command) for an x64 UEFI PXE ROM's 4011 request: its text.
+fn explain_text(cfg: &str, m: MacAddr) -> String {
+    let mut cmd = Command::new(zpxe_bin());
+    cmd.args(["explain", "-c", cfg, "--mac", &m.to_string(), "--arch", "7"])
+        .args(["--pxe", "--client-ip", "127.0.0.1", "--server", "127.0.0.1"]);
+    let (ok, out) = run(&mut cmd, Duration::from_secs(20));
+    assert!(ok, "zpxe explain failed:\n{out}");
+    out
+}
+
+#[test]
+fn a_machine_in_conf_d_gets_its_override_until_a_reload_removes_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().display().to_string();
+    let cfg = config(dir.path(), true, &format!("[server]\nroot = {root:?}\n"));
+    std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
+    let lab = dir.path().join("conf.d/lab.toml");
+    let (m, other) = (mac(20), mac(21));
+    std::fs::write(
+        &lab,
+        format!(
+            "[[machine]]\nmac = \"{m}\"\nname = \"pc20\"\ngroup = \"lab\"\n\
+             loader = \"custom/file.efi\"\nentry = \"shell\"\nvariables = {{ site = \"lab\" }}\n"
+        ),
+    )
+    .expect("conf.d/lab.toml");
+    let mut server = Server::start(dir.path(), &["--config", &cfg]);
+    assert_eq!(pxe_boot_file(&server, m, 1), "custom/file.efi");
+    assert_eq!(pxe_boot_file(&server, other, 2), "ipxe.efi");
+    let http_addr = server.http;
+    let script = |mac: MacAddr| {
+        let (status, _, script) = http(
+            http_addr,
+            "GET",
+            &format!("/boot.ipxe?mac={mac}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{script}");
+        script
+    };
+    let s = script(m);
+    assert!(s.starts_with("#!ipxe\nset site lab\n"), "{s}");
+    assert!(
+        s.contains("shell") && !s.contains("menu "),
+        "the entry, no menu: {s}"
+    );
+    // The API shows it with its place and refuses to change or delete it, naming the file.
+    let place = format!("{}:1:1", lab.display());
+    let (status, _, body) = http(
+        server.web,
+        "GET",
+        &format!("/api/v1/machines/{m}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let rec: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(rec["source"], place.as_str(), "{body}");
+    assert_eq!(rec["loader"], "custom/file.efi", "{body}");
+    let path = format!("/api/v1/machines/{m}");
+    for (method, body) in [("PUT", Some(json!({"name": "x"}))), ("DELETE", None)] {
+        let (status, _, answer) = http(server.web, method, &path, Some(TOKEN), body.as_ref());
+        assert_eq!(status, 409, "{method}: {answer}");
+        assert!(answer.contains(&place), "{method}: {answer}");
+    }
+    let (status, _, answer) = http(
+        server.web,
+        "POST",
+        "/api/v1/machines",
+        Some(TOKEN),
+        Some(&json!([{"mac": other.to_string()}, {"mac": m.to_string()}])),
+    );
+    assert_eq!(status, 409, "{answer}");
+    let refused: Value = serde_json::from_str(&answer).expect("json");
+    assert_eq!(refused["errors"][0]["index"], 1, "{answer}");
+    assert!(answer.contains(&place), "{answer}");
+    let (_, _, body) = http(server.web, "GET", "/api/v1/machines", None, None);
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        page["total"], 1,
+        "the refused import stored nothing: {body}"
+    );
+    // `zpxe explain` and /api/v1/explain name the record as the decider.
+    let text = explain_text(&cfg, m);
+    assert!(
+        text.contains(&format!("machine record at {place}")),
+        "{text}"
+    );
+    assert!(text.contains("custom/file.efi"), "{text}");
+    let q = format!("/api/v1/explain?mac={m}&arch=7&pxe=1&client-ip=127.0.0.1&server=127.0.0.1");
+    let (status, _, body) = http(server.web, "GET", &q, None, None);
+    assert_eq!(status, 200, "{body}");
+    let e: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        e["decision"]["by"],
+        format!("machine record at {place}"),
+        "{body}"
+    );
+
+    // The record removed from conf.d, then a reload: the static policy again.
+    std::fs::write(&lab, "# no machines here now\n").expect("conf.d/lab.toml");
+    let ok = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -HUP");
+    server.wait_for_log("[[machine]] records reloaded", Duration::from_secs(10));
+    assert_eq!(pxe_boot_file(&server, m, 3), "ipxe.efi");
+    let s = script(m);
+    assert!(!s.contains("set site"), "{s}");
+    let text = explain_text(&cfg, m);
+    assert!(!text.contains("machine record"), "{text}");
+    // Now the API may store one.
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &path,
+        Some(TOKEN),
+        Some(&json!({"name": "db20"})),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // `zpxe check` on a configuration whose [[machine]] shadows that database record warns,
+    // naming the record's place.
+    let check_dir = tempfile::tempdir().expect("dir");
+    let check_cfg = check_dir.path().join("zpxe.toml");
+    std::fs::write(
+        &check_cfg,
+        format!(
+            "[server]\nroot = {root:?}\n[database]\nurl = \"sqlite://{}\"\n\
+             [[machine]]\nmac = \"{m}\"\nname = \"file20\"\n",
+            server.db_path.display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(zpxe_bin());
+    cmd.args(["check", "-c"]).arg(&check_cfg);
+    let (ok, out) = run(&mut cmd, Duration::from_secs(20));
+    assert!(ok, "warnings leave check's status 0:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:5:1: warning: this [[machine]] record shadows the database's record for MAC {m} \
+             (name \"db20\")",
+            check_cfg.display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_boot_once_machine_in_conf_d_gets_exit_after_its_deployment_even_after_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), true, "");
+    std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
+    let m = mac(30);
+    std::fs::write(
+        dir.path().join("conf.d/once.toml"),
+        format!("[[machine]]\nmac = \"{m}\"\nentry = \"shell\"\nboot-once = true\n"),
+    )
+    .expect("conf.d/once.toml");
+    let db = dir.path().join("kept.db");
+    let db_url = format!("--database-url=sqlite://{}", db.display());
+    let script_path = format!("/boot.ipxe?mac={m}&arch=x86_64");
+    let exit_only = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            == ["exit"]
+    };
+    {
+        let server = Server::start(dir.path(), &["--config", &cfg, &db_url]);
+        let (_, _, first) = http(server.http, "GET", &script_path, None, None);
+        assert!(
+            first.contains("shell\n") && !first.contains("menu "),
+            "the first boot runs its entry: {first}"
+        );
+        let report = format!("/report?mac={m}&stage=loaded");
+        assert_eq!(http(server.web, "GET", &report, None, None).0, 200);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let second = loop {
+            let (_, _, s) = http(server.http, "GET", &script_path, None, None);
+            if exit_only(&s) || Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(exit_only(&second), "{second}");
+        let (_, _, rec) = http(
+            server.web,
+            "GET",
+            &format!("/api/v1/machines/{m}"),
+            None,
+            None,
+        );
+        let rec: Value = serde_json::from_str(&rec).expect("json");
+        assert_eq!(rec["state"], "deployed", "{rec}");
+        assert!(
+            rec["source"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("once.toml:1:1")),
+            "{rec}"
+        );
+    }
+    // Restarted on the same database: still deployed; then re-armed through the API.
+    let server = Server::start(dir.path(), &["--config", &cfg, &db_url]);
+    let (_, _, again) = http(server.http, "GET", &script_path, None, None);
+    assert!(exit_only(&again), "deployed survives a restart: {again}");
+    let path = format!("/api/v1/machines/{m}");
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &path,
+        Some(TOKEN),
+        Some(&json!({"state": "pending", "name": "x"})),
+    );
+    assert_eq!(status, 409, "only the state may change: {body}");
+    let (status, _, body) = http(
+        server.web,
+        "PUT",
+        &path,
+        Some(TOKEN),
+        Some(&json!({"state": "pending"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rec: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(rec["state"], "pending", "{body}");
+    let (_, _, third) = http(server.http, "GET", &script_path, None, None);
+    assert!(third.contains("shell\n") && !exit_only(&third), "{third}");
+}
