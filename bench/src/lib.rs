@@ -10,6 +10,7 @@ pub mod compare;
 pub mod dhcp_blast;
 #[cfg(target_os = "linux")]
 pub mod dora;
+#[cfg(target_os = "linux")]
 pub mod hook_bench;
 #[cfg(target_os = "linux")]
 pub mod netns;
