@@ -1929,7 +1929,7 @@ mod machine_tests {
         )
         .expect("write");
         std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
-        let lab = dir.path().join("conf.d/lab.toml");
+        let lab = dir.path().join("conf.d").join("lab.toml");
         std::fs::write(
             &lab,
             "[[machine]]\nmac = \"52:54:00:00:00:02\"\nname = \"lab\"\n\
