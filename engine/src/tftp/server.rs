@@ -185,12 +185,6 @@ const MAX_CONTROL: usize = 1024;
 /// Past the cap the rest of that second's errors are not sent: a real client retransmits.
 pub(crate) const ERRORS_PER_SECOND: u32 = 256;
 
-/// How long a transfer must have waited for its first ACK before it may be evicted to make
-/// room. A real client answers within a round trip (milliseconds); without this a spoofer
-/// sending RRQs faster than the table holds would evict real clients mid-handshake, since
-/// they too are unacknowledged for that round trip.
-const EVICT_AFTER: Duration = Duration::from_secs(1);
-
 /// The TFTP server.
 #[derive(Debug)]
 pub struct TftpServer {
@@ -507,13 +501,16 @@ impl TftpServer {
             return;
         }
         let client = meta.remote.ip();
-        // At a cap, only a transfer that never got an ACK can make room; without one, refuse
-        // before touching the file system. Each candidate is found once.
+        // At a cap, only a transfer that never got an ACK can make room, the oldest first and
+        // whatever its age; without one, refuse before touching the file system. No age floor:
+        // with one (it was 1 s), a spoofed flood of `max-transfers` RRQs a second (4,096 by
+        // default: 160 KB/s) kept the table full of transfers too young to evict, and every
+        // real request was refused for as long as it lasted. Oldest-first, a flood must land
+        // a whole table of requests within one real client's round trip (milliseconds) to
+        // evict it mid-handshake, and a client evicted anyway retransmits its RRQ. Each
+        // candidate is found once.
         let full = self.transfers.len() >= self.config.max_transfers;
-        let oldest_evictable = full
-            .then(|| self.unacked.first().copied())
-            .flatten()
-            .filter(|&id| self.evictable(id, now));
+        let oldest_evictable = full.then(|| self.unacked.first().copied()).flatten();
         if full && oldest_evictable.is_none() {
             let msg = "server busy, try again";
             self.refuse(
@@ -527,10 +524,7 @@ impl TftpServer {
         }
         let crowded = self.per_client.get(&client).copied().unwrap_or(0)
             >= self.config.max_transfers_per_client;
-        let client_evictable = crowded
-            .then(|| self.oldest_unacked_of(client))
-            .flatten()
-            .filter(|&id| self.evictable(id, now));
+        let client_evictable = crowded.then(|| self.oldest_unacked_of(client)).flatten();
         if crowded && client_evictable.is_none() {
             let msg = "too many transfers from this address, try again";
             self.refuse(
@@ -637,13 +631,6 @@ impl TftpServer {
             .next()
             .filter(|(i, _)| *i == ip)
             .map(|&(_, id)| id)
-    }
-
-    /// Whether transfer `id` has waited long enough for its first ACK to be evicted.
-    fn evictable(&self, id: TransferId, now: Instant) -> bool {
-        self.transfers
-            .get(&id)
-            .is_some_and(|t| now.saturating_duration_since(t.born) >= EVICT_AFTER)
     }
 
     /// Ends a transfer that never got an ACK to make room, without a word to its peer (which

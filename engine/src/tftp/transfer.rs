@@ -197,8 +197,6 @@ pub(crate) struct Transfer {
     pub(crate) heard: bool,
     /// When a transfer that was never `heard` ends.
     pub(crate) expires: Instant,
-    /// When the RRQ that started it arrived.
-    pub(crate) born: Instant,
     pub(crate) deadline: Instant,
     /// The earliest entry this transfer has in the server's timer heap, if any. A new deadline
     /// at or after it adds no entry: that one, when it fires, re-arms at the real deadline.
@@ -271,7 +269,6 @@ impl Transfer {
             sent_max: 0,
             heard: false,
             expires: now + first_ack,
-            born: now,
             deadline: now,
             timer_at: None,
             fast_resent: None,
