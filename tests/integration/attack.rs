@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Server, require, run};
+use crate::common::{Server, relay_socket, require, run};
 use crate::loadgen::{image_set, loadgen, report};
 
 const STORM_CLIENTS: usize = 100;
@@ -572,8 +572,7 @@ fn what_a_spoofer_gets_back_is_bounded() {
         // Relayed DISCOVER: the offer goes to the relay (giaddr) on the server's DHCP port.
         jobs.push(scope.spawn(|| {
             let relay = Ipv4Addr::new(127, 4, 0, 1);
-            let victim =
-                UdpSocket::bind(SocketAddrV4::new(relay, server.dhcp.port())).expect("bind");
+            let victim = relay_socket(SocketAddrV4::new(relay, server.dhcp.port()).into());
             let sender = spoofed_socket(5000, 43000);
             let req = discover(relay, 7);
             sender.send_to(&req, server.dhcp).expect("send");

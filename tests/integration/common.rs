@@ -448,3 +448,30 @@ pub fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
         ),
     )
 }
+
+/// A relay's socket: at the relay's address on the server's DHCP port, where the server sends
+/// relayed replies (RFC 2131 section 4.1). With SO_REUSEADDR and SO_REUSEPORT, as relays and
+/// zpxe's own sockets bind: another test's socket that holds the port on every address with
+/// those options (the loadgen's client port, a DHCP server's listener) then does not make this
+/// bind fail with "address in use", which it did in CI. A holder without them may let go
+/// within moments, so the bind is tried for up to 2 s.
+pub fn relay_socket(addr: SocketAddr) -> UdpSocket {
+    use socket2::{Domain, Socket, Type};
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None).expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        #[cfg(unix)]
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        match socket.bind(&addr.into()) {
+            Ok(()) => return socket.into(),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("relay socket at {addr}: {e}"),
+        }
+    }
+}

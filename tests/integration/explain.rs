@@ -14,7 +14,7 @@ use serde_json::Value;
 use zpxe_engine::dhcp::options::code;
 use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MessageType};
 
-use crate::common::{Server, zpxe_bin};
+use crate::common::{Server, relay_socket, zpxe_bin};
 
 const CONFIG: &str = r#"
 [boot]
@@ -252,7 +252,7 @@ fn exchange(server: &Server, case: &Case, xid: u32) -> Option<(DhcpRepr, SocketA
     let (socket, to) = match case.relay {
         // The relay listens on the server's DHCP port at its own address, as relays do.
         Some(relay) => (
-            UdpSocket::bind(SocketAddr::new(relay.into(), server.dhcp.port())).expect("relay"),
+            relay_socket(SocketAddr::new(relay.into(), server.dhcp.port())),
             server.dhcp,
         ),
         None => (UdpSocket::bind("127.0.0.1:0").expect("client"), server.pxe),
@@ -554,7 +554,7 @@ fn refusals_are_logged_at_info_once_per_client_in_json() {
 /// [`exchange`] with a short wait, for requests that get no reply.
 fn exchange_quick(server: &Server, case: &Case, xid: u32) -> Option<DhcpRepr> {
     let relay = case.relay.expect("relayed case");
-    let socket = UdpSocket::bind(SocketAddr::new(relay.into(), server.dhcp.port())).expect("relay");
+    let socket = relay_socket(SocketAddr::new(relay.into(), server.dhcp.port()));
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");

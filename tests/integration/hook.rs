@@ -20,7 +20,7 @@ use serde_json::Value;
 use zpxe_engine::dhcp::options::code;
 use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MacAddr, MessageType};
 
-use crate::common::Server;
+use crate::common::{Server, relay_socket};
 
 /// A relay address of this test's own (other tests use 127.0.0.2 to .6).
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
@@ -185,7 +185,7 @@ fn discover(mac: [u8; 6], xid: u32, ipxe: bool) -> Vec<u8> {
 
 /// The relay's socket: on the server's DHCP port at the relay's address, as relays listen.
 fn relay(server: &Server) -> UdpSocket {
-    let s = UdpSocket::bind(SocketAddr::new(RELAY.into(), server.dhcp.port())).expect("relay");
+    let s = relay_socket(SocketAddr::new(RELAY.into(), server.dhcp.port()));
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     s
