@@ -67,8 +67,9 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 rustup target list --installed | grep -q '^x86_64-pc-windows-gnu$' || rustup target add x86_64-pc-windows-gnu
 
 windows=x86_64-pc-windows-gnu
-# The crates that run on Windows (the bench crate drives Linux peers and namespaces).
-windows_crates=(-p zpxe-engine -p zpxe-platform -p zpxe-loadgen -p zpxe)
+# The crates that run on Windows (the bench crate drives Linux peers and namespaces), and the
+# test kit zpxe's integration tests build with there.
+windows_crates=(-p zpxe-engine -p zpxe-platform -p zpxe-loadgen -p zpxe -p zpxe-testkit)
 
 set -x
 cargo fmt --all -- --check

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::netns::NetPair;
+use crate::netns::{NetPair, net_pair};
 use crate::servers::{self, Server};
 use crate::{ceiling, dhcp_blast, procstat, ttfb};
 
@@ -681,7 +681,7 @@ fn boot_round(
             "compare: boot storm, {clients} clients, {name} ({:.0} s so far)",
             started.elapsed().as_secs_f64()
         );
-        let pair = match NetPair::new(&format!("{index}{clients}"), index as u32) {
+        let pair = match net_pair(&format!("{index}{clients}"), index as u32) {
             Ok(p) => p,
             Err(e) => {
                 table

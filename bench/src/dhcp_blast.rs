@@ -259,29 +259,15 @@ fn dora_message(
     i: u32,
     offer: Option<(Ipv4Addr, Option<Ipv4Addr>)>,
 ) -> Vec<u8> {
-    use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr};
+    use zpxe_engine::dhcp::DhcpOptions;
     let (mac, xid) = dora_ids(salt, i);
-    DhcpRepr {
-        op: BootOp::Request,
-        hops: 1,
-        xid,
-        secs: 0,
-        broadcast: false,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: relay,
-        client_mac: mac,
-        server_name: Vec::new(),
-        boot_file: Vec::new(),
-        options: DhcpOptions {
-            message_type: Some(kind),
-            requested_ip: offer.map(|o| o.0),
-            server_id: offer.and_then(|o| o.1),
-            ..Default::default()
-        },
-    }
-    .to_bytes()
+    let options = DhcpOptions {
+        message_type: Some(kind),
+        requested_ip: offer.map(|o| o.0),
+        server_id: offer.and_then(|o| o.1),
+        ..Default::default()
+    };
+    zpxe_testkit::dhcp::boot_request(xid, mac, relay, options).to_bytes()
 }
 
 /// Full DHCP exchanges (DISCOVER, OFFER, REQUEST, ACK) against a server's DHCP port, as a relay

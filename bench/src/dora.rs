@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::dhcp_blast::{self, Pace};
-use crate::netns::NetPair;
+use crate::netns::{NetPair, net_pair};
 use crate::procstat;
 use crate::servers::{self, NS_DHCP};
 
@@ -232,7 +232,7 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
     let perfdhcp = servers::which(&["perfdhcp"])
         .context("perfdhcp is not installed (Debian: apt-get install kea-admin)")?;
     let me = std::env::current_exe()?;
-    let pair = NetPair::new("dora", 0)?;
+    let pair = net_pair("dora", 0)?;
     let server_addr = std::net::SocketAddr::new(pair.server_ip.parse()?, NS_DHCP);
     let secs = args.seconds.max(1);
     let mut samples: Vec<Sample> = Vec::new();

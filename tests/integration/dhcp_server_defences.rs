@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MacAddr, MessageType};
+use zpxe_engine::dhcp::{DhcpOptions, DhcpRepr, MacAddr, MessageType};
+use zpxe_testkit::dhcp::boot_request;
 
 use crate::common::{Server, require, run};
 use crate::netns::NetPair;
@@ -90,24 +91,11 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 /// A BOOTREQUEST of type `kind` from `mac`.
 fn message(kind: MessageType, mac: [u8; 6], xid: u32) -> DhcpRepr {
-    DhcpRepr {
-        op: BootOp::Request,
-        hops: 0,
-        xid,
-        secs: 0,
-        broadcast: false,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: Ipv4Addr::UNSPECIFIED,
-        client_mac: MacAddr(mac),
-        server_name: Vec::new(),
-        boot_file: Vec::new(),
-        options: DhcpOptions {
-            message_type: Some(kind),
-            ..Default::default()
-        },
-    }
+    let options = DhcpOptions {
+        message_type: Some(kind),
+        ..Default::default()
+    };
+    boot_request(xid, MacAddr(mac), Ipv4Addr::UNSPECIFIED, options)
 }
 
 const VICTIM: [u8; 6] = [0x52, 0x54, 0x00, 0x5a, 0x00, 0x01];

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use zpxe_engine::dhcp::options::code;
-use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MessageType};
+use zpxe_engine::dhcp::{DhcpOptions, DhcpRepr, MessageType};
+use zpxe_testkit::dhcp::boot_request;
 
 use crate::common::{Server, relay_socket, zpxe_bin};
 
@@ -225,24 +226,15 @@ fn request(case: &Case, xid: u32) -> Vec<u8> {
         parameter_request_list: Some(vec![code::VENDOR_SPECIFIC, code::BOOTFILE_NAME]),
         ..Default::default()
     };
+    let giaddr = case.relay.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let mac = zpxe_engine::dhcp::MacAddr(case.mac);
     DhcpRepr {
-        op: BootOp::Request,
-        hops: u8::from(case.relay.is_some()),
-        xid,
-        secs: 0,
-        broadcast: false,
         ciaddr: if case.relay.is_none() {
             Ipv4Addr::LOCALHOST
         } else {
             Ipv4Addr::UNSPECIFIED
         },
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: case.relay.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        client_mac: zpxe_engine::dhcp::MacAddr(case.mac),
-        server_name: Vec::new(),
-        boot_file: Vec::new(),
-        options,
+        ..boot_request(xid, mac, giaddr, options)
     }
     .to_bytes()
 }

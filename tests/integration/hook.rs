@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zpxe_engine::dhcp::options::code;
-use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MacAddr, MessageType};
+use zpxe_engine::dhcp::{DhcpOptions, DhcpRepr, MacAddr, MessageType};
+use zpxe_testkit::dhcp::boot_request;
 
 use crate::common::{Server, relay_socket};
 
@@ -165,22 +166,7 @@ fn discover(mac: [u8; 6], xid: u32, ipxe: bool) -> Vec<u8> {
         parameter_request_list: Some(vec![code::VENDOR_SPECIFIC, code::BOOTFILE_NAME]),
         ..Default::default()
     };
-    DhcpRepr {
-        op: BootOp::Request,
-        hops: 1,
-        xid,
-        secs: 0,
-        broadcast: false,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: RELAY,
-        client_mac: MacAddr(mac),
-        server_name: Vec::new(),
-        boot_file: Vec::new(),
-        options,
-    }
-    .to_bytes()
+    boot_request(xid, MacAddr(mac), RELAY, options).to_bytes()
 }
 
 /// The relay's socket: on the server's DHCP port at the relay's address, as relays listen.

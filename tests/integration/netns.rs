@@ -1,10 +1,15 @@
-//! Network namespaces for tests that need real broadcast, real interfaces or real loss:
-//! a bridge-less pair of namespaces joined by a veth pair. Everything is removed on drop.
+//! Network namespaces for tests that need real broadcast, real interfaces or real loss: the
+//! veth pair of [`zpxe_testkit::netns`] (shared with zpxe-bench) on the tests' 10.77.x subnets,
+//! plus what only the tests do with it (a second link, impairment). Everything is removed on
+//! drop.
 
 #![allow(dead_code)]
 
+use std::ops::Deref;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use zpxe_testkit::netns;
 
 use crate::common::require;
 
@@ -12,63 +17,39 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip ARGS`; panics with its error output when it fails.
 pub fn ip(args: &[&str]) {
-    let out = Command::new(require("ip")).args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    require("ip");
+    netns::ip(args).expect("ip");
 }
 
 /// Two namespaces, `server` and `client`, joined by veth `s0` (10.77.N.1/24) and `c0`
-/// (10.77.N.2/24). The server side can get a second link for multi-NIC tests.
+/// (10.77.N.2/24); the names and addresses are the fields of [`netns::NetPair`], reached by
+/// deref. The server side can get a second link for multi-NIC tests.
 pub struct NetPair {
-    pub server: String,
-    pub client: String,
-    pub server_ip: String,
-    pub client_ip: String,
+    pair: netns::NetPair,
     pub subnet: u32,
+}
+
+impl Deref for NetPair {
+    type Target = netns::NetPair;
+
+    fn deref(&self) -> &netns::NetPair {
+        &self.pair
+    }
 }
 
 impl NetPair {
     pub fn new(tag: &str) -> Self {
+        require("ip");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let subnet = (std::process::id() % 200 + n) % 250 + 1;
-        let server = format!("zpxe-{tag}-s{}-{n}", std::process::id());
-        let client = format!("zpxe-{tag}-c{}-{n}", std::process::id());
-        ip(&["netns", "add", &server]);
-        ip(&["netns", "add", &client]);
-        let pair = NetPair {
-            server_ip: format!("10.77.{subnet}.1"),
-            client_ip: format!("10.77.{subnet}.2"),
-            server,
-            client,
-            subnet,
-        };
-        ip(&[
-            "link",
-            "add",
-            "s0",
-            "netns",
-            &pair.server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "c0",
-            "netns",
-            &pair.client,
-        ]);
-        for (ns, dev, addr) in [
-            (&pair.server, "s0", &pair.server_ip),
-            (&pair.client, "c0", &pair.client_ip),
-        ] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        pair
+        let pair = netns::NetPair::new(
+            &format!("zpxe-{tag}-s{}-{n}", std::process::id()),
+            &format!("zpxe-{tag}-c{}-{n}", std::process::id()),
+            &format!("10.77.{subnet}.1"),
+            &format!("10.77.{subnet}.2"),
+        )
+        .expect("veth namespace pair");
+        NetPair { pair, subnet }
     }
 
     /// Adds a second interface to the server namespace on its own subnet (multi-NIC), with a
@@ -165,16 +146,15 @@ impl NetPair {
 
     /// A command that runs `program` inside namespace `ns`.
     pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(require("ip"));
-        c.args(["netns", "exec", ns]).arg(program);
-        c
+        require("ip");
+        netns::NetPair::command(ns, program)
     }
 }
 
 impl Drop for NetPair {
+    /// The third namespace of [`NetPair::add_second_link`], if any; the pair removes its own two.
     fn drop(&mut self) {
-        for ns in [&self.server, &self.client, &format!("{}-b", self.client)] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        let third = format!("{}-b", self.client);
+        let _ = Command::new("ip").args(["netns", "del", &third]).output();
     }
 }

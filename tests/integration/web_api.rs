@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zpxe_engine::dhcp::{BootOp, DhcpOptions, DhcpRepr, MacAddr, MessageType};
+use zpxe_engine::dhcp::{DhcpOptions, DhcpRepr, MacAddr, MessageType};
+use zpxe_testkit::dhcp::boot_request;
 
 use crate::common::{Server, require, run, zpxe_bin};
 
@@ -78,26 +79,13 @@ fn config(dir: &Path, token: bool, extra: &str) -> String {
 
 /// The boot file of the 4011 ACK zpxe sends an x64 UEFI PXE ROM with `mac`.
 fn pxe_boot_file(server: &Server, mac: MacAddr, xid: u32) -> String {
-    let request = DhcpRepr {
-        op: BootOp::Request,
-        hops: 0,
-        xid,
-        secs: 0,
-        broadcast: false,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        yiaddr: Ipv4Addr::UNSPECIFIED,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: Ipv4Addr::UNSPECIFIED,
-        client_mac: mac,
-        server_name: Vec::new(),
-        boot_file: Vec::new(),
-        options: DhcpOptions {
-            message_type: Some(MessageType::Request),
-            vendor_class: Some(b"PXEClient:Arch:00007:UNDI:003016".to_vec()),
-            client_arch: vec![7],
-            ..DhcpOptions::default()
-        },
+    let options = DhcpOptions {
+        message_type: Some(MessageType::Request),
+        vendor_class: Some(b"PXEClient:Arch:00007:UNDI:003016".to_vec()),
+        client_arch: vec![7],
+        ..DhcpOptions::default()
     };
+    let request = boot_request(xid, mac, Ipv4Addr::UNSPECIFIED, options);
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket
         .set_read_timeout(Some(Duration::from_secs(3)))
