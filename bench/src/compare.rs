@@ -24,6 +24,9 @@ pub struct CompareArgs {
     /// 3 rounds and shorter timed runs (about 7 minutes) instead of 5 rounds.
     #[arg(long)]
     pub quick: bool,
+    /// Rounds instead of 3 (`--quick`) or 5: more samples for a tighter median.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub rounds: Option<u16>,
     /// Also write every sample as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -783,7 +786,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
     }
     let want = |s: &str| args.sections.iter().any(|x| x == s);
-    let rounds = if args.quick { 3 } else { 5 };
+    let rounds = args
+        .rounds
+        .map_or(if args.quick { 3 } else { 5 }, usize::from);
     let tmp = tempfile::Builder::new().prefix("zpxe-bench-").tempdir()?;
     let root = tmp.path().join("root");
     let work = tmp.path().join("work");
