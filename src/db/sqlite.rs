@@ -3,8 +3,8 @@
 //! WAL with `synchronous = NORMAL`: a commit is in the log before it returns, so a killed
 //! process (kill -9) loses nothing committed; only a power cut can take the last transactions
 //! (the log is synced at checkpoints). Readers never block the writer and the writer never
-//! blocks readers; the two writers (the writer thread and the registry API) wait for each other
-//! up to `busy_timeout`.
+//! blocks readers; the writers (the timeline writer, the DHCP server's lease writer and the
+//! registry API) wait for each other up to 10 s, retrying often ([`busy_delay`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +25,39 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// How long a writer waits for another's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a writer sleeps before its `n`th retry for another writer's lock (n from 0), or
+/// `None` once the waits add up to [`BUSY_TIMEOUT`]. SQLite's own handler (`busy_timeout`)
+/// backs off 1, 2, 5, 10, 15, 20, 25 ms...: a lock held for 4 ms by the timeline writer's
+/// batch cost the lease writer 8 ms or more, and every ACK waiting on that commit with it (in
+/// DHCP server mode an ACK leaves only once its lease is written): `zpxe-bench dora` showed
+/// p99 31 ms at 10,000 exchanges/s with p50 0.3 ms. Here the first 10 ms are retried every
+/// 100 us, then every millisecond.
+fn busy_delay(n: u32) -> Option<Duration> {
+    const FAST: u32 = 100;
+    const FAST_STEP: Duration = Duration::from_micros(100);
+    const SLOW_STEP: Duration = Duration::from_millis(1);
+    let fast_total = FAST_STEP * FAST;
+    let slow =
+        u32::try_from(BUSY_TIMEOUT.saturating_sub(fast_total).as_micros() / SLOW_STEP.as_micros())
+            .unwrap_or(u32::MAX);
+    match n {
+        n if n < FAST => Some(FAST_STEP),
+        n if n - FAST < slow => Some(SLOW_STEP),
+        _ => None,
+    }
+}
+
+/// [`busy_delay`] as SQLite's busy handler: sleeps and retries, or gives up (SQLITE_BUSY).
+fn busy_handler(n: i32) -> bool {
+    match busy_delay(u32::try_from(n).unwrap_or(u32::MAX)) {
+        Some(d) => {
+            std::thread::sleep(d);
+            true
+        }
+        None => false,
+    }
+}
+
 pub(crate) struct SqliteBackend {
     conn: Connection,
 }
@@ -32,7 +65,7 @@ pub(crate) struct SqliteBackend {
 impl SqliteBackend {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_handler(Some(busy_handler))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             bail!("{}: SQLite refused WAL mode (got {mode})", path.display());
@@ -179,5 +212,22 @@ impl Backend for SqliteBackend {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_writer_retries_often_and_gives_up_at_the_timeout() {
+        // The first 10 ms are retried every 100 us (SQLite's own handler slept 1, 2, 5, 10 ms).
+        let first: Duration = (0..100).map(|n| busy_delay(n).expect("retry")).sum();
+        assert_eq!(first, Duration::from_millis(10));
+        assert_eq!(busy_delay(100), Some(Duration::from_millis(1)));
+        // Every wait together is the timeout, then SQLITE_BUSY.
+        let all: Duration = (0..).map_while(busy_delay).sum();
+        assert_eq!(all, BUSY_TIMEOUT);
+        assert_eq!(busy_delay(u32::MAX), None);
     }
 }
