@@ -10,6 +10,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::thread;
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use zpxe_engine::path::NameFlavor;
 use zpxe_engine::{ByteRange, ImageCatalog, ImageId, Payload, Transmit};
@@ -196,7 +197,7 @@ fn count_windows(socket: UdpSocket, sender: SocketAddr, blocks: usize) -> io::Re
     let (mut bytes, mut got, mut in_window, mut idle) = (0u64, 0usize, 0usize, 0u32);
     let started = Instant::now();
     while got < blocks && idle < 50 && started.elapsed() < MAX_RUN {
-        match socket.recv(&mut buf) {
+        match eintr(|| socket.recv(&mut buf)) {
             Ok(n) => {
                 idle = 0;
                 got += 1;
@@ -236,7 +237,7 @@ pub fn tcp_stream(root: &Path, name: &str) -> io::Result<Measured> {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            match conn.read(&mut buf)? {
+            match eintr(|| conn.read(&mut buf))? {
                 0 => return Ok(total),
                 n => total += n as u64,
             }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use zpxe_engine::Payload;
@@ -106,7 +107,7 @@ pub fn run(server: SocketAddr, duration: Duration) -> anyhow::Result<BlastResult
                 }
                 let mut buf = [0u8; 1500];
                 while started.elapsed() < duration {
-                    match socket.recv(&mut buf) {
+                    match eintr(|| socket.recv(&mut buf)) {
                         Ok(n) if n >= 8 => {
                             let xid = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
                             if let Some(i) = requests.iter().position(|r| r.0 == xid)
@@ -191,7 +192,7 @@ pub fn run_paced(server: SocketAddr, rate: u32, duration: Duration) -> anyhow::R
     // Replies still in flight when sending stops get a grace period.
     let end = duration + Duration::from_millis(200);
     while started.elapsed() < end {
-        match receiver.recv(&mut buf) {
+        match eintr(|| receiver.recv(&mut buf)) {
             Ok(len) if len >= 8 => {
                 let now = started.elapsed().as_nanos() as u64;
                 let xid = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -340,7 +341,7 @@ pub fn run_dora(
     let end = duration + Duration::from_millis(200);
     let mut quiet_since = Instant::now();
     while started.elapsed() < end {
-        let n = match socket.recv(&mut buf) {
+        let n = match eintr(|| socket.recv(&mut buf)) {
             Ok(n) => n,
             Err(e)
                 if matches!(

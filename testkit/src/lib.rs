@@ -3,4 +3,5 @@
 //! one copy serves both (zpxe takes it as a dev-dependency).
 
 pub mod dhcp;
+pub mod io;
 pub mod netns;

@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use crate::common::{Server, relay_socket, require, run};
 use crate::loadgen::{image_set, loadgen, report};
@@ -97,7 +98,7 @@ fn drain_bytes(sockets: &[UdpSocket]) -> (u64, u64) {
     let mut buf = vec![0u8; 65536];
     let (mut packets, mut bytes) = (0, 0);
     for s in sockets {
-        while let Ok(n) = s.recv(&mut buf) {
+        while let Ok(n) = eintr(|| s.recv(&mut buf)) {
             packets += 1;
             bytes += n as u64;
         }
@@ -197,7 +198,7 @@ fn acks_for_unknown_transfers_do_not_stop_a_storm() {
     let mut buf = [0u8; 1500];
     let (mut from_listener, mut from_transfers) = (0u64, 0u64);
     for s in &sockets {
-        while let Ok((_, from)) = s.recv_from(&mut buf) {
+        while let Ok((_, from)) = eintr(|| s.recv_from(&mut buf)) {
             if from == server.tftp {
                 from_listener += 1;
             } else {
@@ -236,7 +237,7 @@ fn clients_that_stop_acking_do_not_stop_a_storm() {
     let mut got = 0u64;
     while Instant::now() < deadline && acked.iter().any(|a| !a) {
         for (i, s) in sockets.iter().enumerate() {
-            while let Ok((n, from)) = s.recv_from(&mut buf) {
+            while let Ok((n, from)) = eintr(|| s.recv_from(&mut buf)) {
                 got += n as u64;
                 if !acked[i] && n >= 2 && buf[1] == 6 {
                     let _ = s.send_to(&[0, 4, 0, 0], from);
@@ -251,7 +252,7 @@ fn clients_that_stop_acking_do_not_stop_a_storm() {
     // Let their transfers time out, then count everything they were sent.
     std::thread::sleep(Duration::from_secs(8));
     for s in &sockets {
-        while let Ok(n) = s.recv(&mut buf) {
+        while let Ok(n) = eintr(|| s.recv(&mut buf)) {
             got += n as u64;
         }
     }
@@ -411,7 +412,7 @@ fn never_reading_http_clients_do_not_stop_a_storm() {
         let mut got = 0u64;
         let mut b = vec![0u8; 1 << 16];
         let closed = loop {
-            match c.read(&mut b) {
+            match eintr(|| c.read(&mut b)) {
                 Ok(0) => break true,
                 Ok(n) => got += n as u64,
                 Err(e) => {
@@ -551,7 +552,7 @@ fn collect(socket: &UdpSocket, window: Duration) -> u64 {
             return got;
         }
         socket.set_read_timeout(Some(left)).ok();
-        match socket.recv(&mut buf) {
+        match eintr(|| socket.recv(&mut buf)) {
             Ok(n) => got += n as u64,
             Err(_) => return got,
         }
@@ -645,7 +646,7 @@ fn what_a_spoofer_gets_back_is_bounded() {
             victim.set_nonblocking(false).expect("blocking");
             victim.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut buf = vec![0u8; 65536];
-            let (n, from) = victim.recv_from(&mut buf).expect("OACK");
+            let (n, from) = eintr(|| victim.recv_from(&mut buf)).expect("OACK");
             victim.send_to(&[0, 4, 0, 0], from).expect("ack");
             let sent = (req.len() + 4) as u64;
             (

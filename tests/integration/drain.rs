@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use crate::common::{Server, pattern_file};
 
@@ -17,7 +18,7 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> (TcpStream, String, Vec<u8>) 
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let n = c.read(&mut chunk).expect("read head");
+        let n = eintr(|| c.read(&mut chunk)).expect("read head");
         assert!(n > 0, "closed before the head");
         buf.extend_from_slice(&chunk[..n]);
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -41,7 +42,7 @@ pub(crate) fn wait_until_refused(addr: SocketAddr) {
 pub(crate) fn finish_body(stream: &mut TcpStream, mut body: Vec<u8>, want: &[u8]) {
     let mut chunk = vec![0u8; 1 << 20];
     while body.len() < want.len() {
-        let n = stream.read(&mut chunk).expect("body");
+        let n = eintr(|| stream.read(&mut chunk)).expect("body");
         assert!(n > 0, "body cut at {} of {}", body.len(), want.len());
         body.extend_from_slice(&chunk[..n]);
     }
@@ -94,7 +95,7 @@ impl LockStep {
     fn take_data(&mut self) {
         let mut buf = [0u8; 600];
         let (n, from, block) = loop {
-            let (n, from) = self.sock.recv_from(&mut buf).expect("DATA");
+            let (n, from) = eintr(|| self.sock.recv_from(&mut buf)).expect("DATA");
             assert_eq!(
                 &buf[..2],
                 &[0, 3],
@@ -151,7 +152,7 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
     idle.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     let mut b = [0u8; 16];
-    assert_eq!(idle.read(&mut b).expect("EOF, not a timeout"), 0);
+    assert_eq!(eintr(|| idle.read(&mut b)).expect("EOF, not a timeout"), 0);
     // New connections are refused once the listener closed.
     wait_until_refused(server.http);
     // A new TFTP request gets no answer at all.
@@ -164,7 +165,7 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
         .expect("rrq");
     let mut buf = [0u8; 600];
     assert!(
-        newcomer.recv_from(&mut buf).is_err(),
+        eintr(|| newcomer.recv_from(&mut buf)).is_err(),
         "a new TFTP request was answered while draining"
     );
 
@@ -211,7 +212,7 @@ fn the_drain_timeout_cuts_what_is_still_running() {
     let mut got = body.len();
     let mut chunk = vec![0u8; 1 << 20];
     loop {
-        match stalled.read(&mut chunk) {
+        match eintr(|| stalled.read(&mut chunk)) {
             Ok(0) | Err(_) => break,
             Ok(n) => got += n,
         }

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use zpxe_testkit::io::eintr;
 
 use serde_json::Value;
 use zpxe_engine::dhcp::options::code;
@@ -255,7 +256,7 @@ fn exchange(server: &Server, case: &Case, xid: u32) -> Option<(DhcpRepr, SocketA
     socket.send_to(&request(case, xid), to).expect("send");
     let mut buf = [0u8; 1500];
     loop {
-        let (n, from) = socket.recv_from(&mut buf).ok()?;
+        let (n, from) = eintr(|| socket.recv_from(&mut buf)).ok()?;
         let reply = DhcpRepr::parse_bytes(&buf[..n]).expect("reply parses");
         if reply.xid == xid {
             return Some((reply, from));
@@ -554,7 +555,7 @@ fn exchange_quick(server: &Server, case: &Case, xid: u32) -> Option<DhcpRepr> {
         .send_to(&request(case, xid), server.dhcp)
         .expect("send");
     let mut buf = [0u8; 1500];
-    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let (n, _) = eintr(|| socket.recv_from(&mut buf)).ok()?;
     DhcpRepr::parse_bytes(&buf[..n]).ok()
 }
 

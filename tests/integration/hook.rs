@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use serde_json::Value;
 use zpxe_engine::dhcp::options::code;
@@ -101,7 +102,7 @@ fn answer(mut conn: TcpStream, seen: &Mutex<Seen>, script_url: &str) {
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     let (head, body) = loop {
-        let n = match conn.read(&mut buf) {
+        let n = match eintr(|| conn.read(&mut buf)) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -184,7 +185,7 @@ fn offer(sock: &UdpSocket, server: &Server, msg: &[u8], wait: Duration) -> Optio
     let until = Instant::now() + wait;
     let mut buf = [0u8; 1500];
     while Instant::now() < until {
-        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+        let Ok((n, _)) = eintr(|| sock.recv_from(&mut buf)) else {
             continue;
         };
         let reply = DhcpRepr::parse_bytes(&buf[..n]).expect("reply parses");
@@ -383,7 +384,7 @@ fn hook_decides_ignores_and_falls_back_without_making_dhcp_wait() {
     let mut buf = [0u8; 1500];
     let until = Instant::now() + Duration::from_secs(5);
     while answered < spray && Instant::now() < until {
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+        if let Ok((n, _)) = eintr(|| sock.recv_from(&mut buf)) {
             let r = DhcpRepr::parse_bytes(&buf[..n]).expect("reply");
             if (1000..1000 + spray).contains(&r.xid) {
                 answered += 1;

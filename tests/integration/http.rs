@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use sha2::{Digest, Sha256};
 
@@ -190,7 +191,7 @@ fn oversized_header_gets_431() {
     let big = "a".repeat(64 * 1024);
     let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
     let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).expect("read");
+    let n = eintr(|| s.read(&mut buf)).expect("read");
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }
@@ -216,7 +217,7 @@ fn slowloris_is_dropped_while_others_are_served() {
             "slow client still connected after 60 s"
         );
         let _ = slow.write_all(b"X-Slow: 1\r\n");
-        match slow.read(&mut buf) {
+        match eintr(|| slow.read(&mut buf)) {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -327,7 +328,7 @@ fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
         let mut got = Vec::new();
         let mut chunk = [0u8; 8192];
         while !got.ends_with(&small) {
-            let n = c.read(&mut chunk)?;
+            let n = eintr(|| c.read(&mut chunk))?;
             if n == 0 {
                 return Err(std::io::Error::other("closed"));
             }
@@ -358,7 +359,7 @@ fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
     let mut got = Vec::new();
     let mut chunk = [0u8; 8192];
     while !got.ends_with(&small) {
-        let n = third.read(&mut chunk).expect("served once a slot freed");
+        let n = eintr(|| third.read(&mut chunk)).expect("served once a slot freed");
         assert!(n > 0, "closed instead of served");
         got.extend_from_slice(&chunk[..n]);
     }

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use crate::common::{Server, curl_bytes, pattern_file, require};
 
@@ -29,7 +30,7 @@ fn read_until_closed(c: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
             return (got, false);
         }
         c.set_read_timeout(Some(left)).expect("timeout");
-        match c.read(&mut buf) {
+        match eintr(|| c.read(&mut buf)) {
             Ok(0) => return (got, true),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e)
@@ -140,7 +141,7 @@ fn every_response_is_logged_and_counted_also_those_ending_in_a_close() {
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
     while !kept.ends_with(&small) {
-        let n = c.read(&mut buf).expect("keep-alive response");
+        let n = eintr(|| c.read(&mut buf)).expect("keep-alive response");
         assert!(n > 0, "closed a keep-alive connection");
         kept.extend_from_slice(&buf[..n]);
     }
@@ -321,7 +322,7 @@ fn a_slow_but_reading_client_gets_the_whole_file() {
     let mut got = Vec::with_capacity(len + 512);
     let mut buf = [0u8; 32 << 10];
     let end = loop {
-        match c.read(&mut buf) {
+        match eintr(|| c.read(&mut buf)) {
             Ok(0) => break "EOF".to_owned(),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) => break e.to_string(),
@@ -369,7 +370,7 @@ fn a_client_that_reads_a_trickle_is_cut_at_the_minimum_rate() {
     let mut got = 0usize;
     let mut buf = [0u8; 512];
     let end = loop {
-        match c.read(&mut buf) {
+        match eintr(|| c.read(&mut buf)) {
             Ok(0) => break "EOF".to_owned(),
             Ok(n) => got += n,
             Err(e) => break e.to_string(),

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use serde_json::Value;
 
@@ -277,7 +278,7 @@ fn status_shows_a_slow_download_under_way_with_progress_and_rate() {
     let started = Instant::now();
     let mut seen: Option<Value> = None;
     while started.elapsed() < Duration::from_secs(8) {
-        let n = s.read(&mut buf).expect("read");
+        let n = eintr(|| s.read(&mut buf)).expect("read");
         assert!(n > 0, "the download ended early");
         got += n;
         std::thread::sleep(Duration::from_millis(15));
@@ -334,7 +335,7 @@ fn a_transfer_that_ends_takes_only_itself_off_the_list() {
     let mut buf = vec![0u8; 64 << 10];
     let mut got = 0;
     while got < (4 << 20) {
-        let n = a.read(&mut buf).expect("read");
+        let n = eintr(|| a.read(&mut buf)).expect("read");
         assert!(n > 0, "the download ended early");
         got += n;
     }

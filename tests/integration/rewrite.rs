@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use crate::common::{Server, pattern_file};
 
@@ -65,7 +66,7 @@ fn slow_download_during_rewrite(leases: bool) {
     let mut got = Vec::with_capacity(LEN + 4096);
     let mut buf = vec![0u8; 64 << 10];
     let end = loop {
-        match client.read(&mut buf) {
+        match eintr(|| client.read(&mut buf)) {
             Ok(0) => break "EOF".to_owned(),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) => break e.to_string(),

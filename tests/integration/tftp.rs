@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use sha2::{Digest, Sha256};
 
@@ -260,7 +261,7 @@ fn two_event_loops_take_transfer_ports_from_one_range() {
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut buf = [0u8; 1024];
         while Instant::now() < deadline {
-            if let Ok((n, from)) = s.recv_from(&mut buf) {
+            if let Ok((n, from)) = eintr(|| s.recv_from(&mut buf)) {
                 return (n >= 4 && buf[..4] == [0, 3, 0, 1]).then_some(from.port());
             }
         }
@@ -310,7 +311,7 @@ fn single_port_transfers_report_progress_and_end_when_their_file_changes() {
             started.elapsed() < Duration::from_secs(20),
             "the transfer neither ended nor was told to: {got} bytes, progress {progress:?}"
         );
-        let Ok((n, from)) = client.recv_from(&mut buf) else {
+        let Ok((n, from)) = eintr(|| client.recv_from(&mut buf)) else {
             continue;
         };
         assert_eq!(from, server.tftp, "single-port: everything from port 69");
@@ -416,13 +417,13 @@ fn retransmission_follows_the_timeout_not_a_polling_period() {
             .expect("timeout");
         sock.send_to(&rrq("f.bin", &[]), server.tftp).expect("rrq");
         let mut buf = [0u8; 600];
-        let (n, from) = sock.recv_from(&mut buf).expect("DATA 1");
+        let (n, from) = eintr(|| sock.recv_from(&mut buf)).expect("DATA 1");
         assert_eq!(&buf[..4], &[0, 3, 0, 1], "{:?}", &buf[..n.min(40)]);
         sock.send_to(&[0, 4, 0, 1], from).expect("ACK 1");
-        let (_, _) = sock.recv_from(&mut buf).expect("DATA 2");
+        let (_, _) = eintr(|| sock.recv_from(&mut buf)).expect("DATA 2");
         assert_eq!(&buf[..4], &[0, 3, 0, 2]);
         let sent = Instant::now();
-        let (_, _) = sock.recv_from(&mut buf).expect("DATA 2 again");
+        let (_, _) = eintr(|| sock.recv_from(&mut buf)).expect("DATA 2 again");
         gaps.push(sent.elapsed());
         assert_eq!(&buf[..4], &[0, 3, 0, 2], "a retransmission of block 2");
         // The client gives up (ERROR 0), and the next transfer starts at another moment.

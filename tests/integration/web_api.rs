@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use serde_json::{Value, json};
 use zpxe_engine::dhcp::{DhcpOptions, DhcpRepr, MacAddr, MessageType};
@@ -94,7 +95,7 @@ fn pxe_boot_file(server: &Server, mac: MacAddr, xid: u32) -> String {
         .send_to(&request.to_bytes(), server.pxe)
         .expect("send");
     let mut buf = [0u8; 2048];
-    let n = socket.recv(&mut buf).expect("no 4011 answer");
+    let n = eintr(|| socket.recv(&mut buf)).expect("no 4011 answer");
     let reply = DhcpRepr::parse_bytes(&buf[..n]).expect("parse reply");
     assert_eq!(reply.xid, xid);
     String::from_utf8(reply.boot_file).expect("utf8")

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use zpxe_testkit::io::eintr;
 
 use zpxe_platform::runtime::{EventLoop, spawn};
 use zpxe_platform::tcp::TcpConn;
@@ -56,7 +57,7 @@ fn read_responses(stream: &mut impl Read, n: usize) -> Vec<(u16, Vec<u8>)> {
                 return out;
             }
         }
-        match stream.read(&mut chunk) {
+        match eintr(|| stream.read(&mut chunk)) {
             Ok(0) => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -322,7 +323,7 @@ fn tftp_latency(sock: &UdpSocket, tftp: SocketAddr, file: &str) -> Duration {
     sock.send_to(&rrq, tftp).expect("RRQ");
     let mut buf = [0u8; 1024];
     loop {
-        match sock.recv_from(&mut buf) {
+        match eintr(|| sock.recv_from(&mut buf)) {
             Ok((n, from)) if n >= 4 && buf[..4] == [0, 3, 0, 1] => {
                 let took = t0.elapsed();
                 let _ = sock.send_to(&[0, 4, 0, 1], from);
@@ -464,7 +465,7 @@ fn the_web_loop_drains_with_the_boot_loops() {
     // The idle connection is closed and the port stops accepting.
     let mut b = [0u8; 16];
     let eof = loop {
-        match idle.read(&mut b) {
+        match eintr(|| idle.read(&mut b)) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             other => break other,
         }
