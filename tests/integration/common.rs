@@ -463,6 +463,10 @@ pub fn relay_socket(addr: SocketAddr) -> UdpSocket {
         socket.set_reuse_address(true).expect("SO_REUSEADDR");
         #[cfg(unix)]
         socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        // Room for a burst of replies the test reads only after sending (hook.rs sprays 300
+        // DISCOVERs): the default 208 KiB held 184 offers when the test thread was slow to read.
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = socket.set_recv_buffer_size(4 << 20);
         match socket.bind(&addr.into()) {
             Ok(()) => return socket.into(),
             Err(e)
