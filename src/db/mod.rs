@@ -744,6 +744,19 @@ pub fn connect(url: &str) -> Result<Box<dyn Backend>> {
     Ok(backend)
 }
 
+/// [`connect`] for a serving process, where [`Database`] runs the SQLite checkpointer: the
+/// connection's commits never checkpoint (src/db/sqlite.rs says why). Only while a
+/// [`Database`] on `url` is open in this process (the DHCP server's lease writer is; server mode
+/// needs the database).
+pub fn connect_served(url: &str) -> Result<Box<dyn Backend>> {
+    let mut backend: Box<dyn Backend> = match DbUrl::parse(url).map_err(|e| anyhow!(e))? {
+        DbUrl::Sqlite(path) => Box::new(sqlite::SqliteBackend::open_served(&path)?),
+        DbUrl::Postgres(url) => Box::new(postgres::PgBackend::connect(&url)?),
+    };
+    backend.migrate()?;
+    Ok(backend)
+}
+
 /// The registry's database records, read without changing anything (no migration; a SQLite
 /// file that does not exist is not created): for `zpxe check`. `None` when there is no
 /// database yet.
@@ -2358,6 +2371,8 @@ pub struct Database {
     registry: Arc<Registry>,
     reader: Mutex<Box<dyn Backend>>,
     writer: Mutex<Option<Writer>>,
+    /// SQLite: the thread that checkpoints for every connection of this process.
+    checkpointer: Mutex<Option<sqlite::Checkpointer>>,
     kind: &'static str,
 }
 
@@ -2381,9 +2396,15 @@ impl Database {
         {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let writer = connect(url)?;
-        let reader = connect(url)?;
-        Self::with_backends(writer, reader, config.queue, config.writer_config())
+        let writer = connect_served(url)?;
+        let reader = connect_served(url)?;
+        let checkpointer = match DbUrl::parse(url) {
+            Ok(DbUrl::Sqlite(path)) => Some(sqlite::Checkpointer::spawn(&path)?),
+            _ => None,
+        };
+        let db = Self::with_backends(writer, reader, config.queue, config.writer_config())?;
+        *db.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = checkpointer;
+        Ok(db)
     }
 
     /// A database over given connections (tests pick their own writer configuration).
@@ -2403,6 +2424,7 @@ impl Database {
             registry,
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(None),
             kind,
         })
     }
@@ -2586,6 +2608,13 @@ impl Database {
             }
             w.join();
         }
+        // After the writer's last batch: the last checkpoint empties the log.
+        drop(
+            self.checkpointer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
 }
 

@@ -5,8 +5,16 @@
 //! (the log is synced at checkpoints). Readers never block the writer and the writer never
 //! blocks readers; the writers (the timeline writer, the DHCP server's lease writer and the
 //! registry API) wait for each other up to 10 s, retrying often ([`busy_delay`]).
+//!
+//! A serving process checkpoints on a thread of its own ([`Checkpointer`]): its connections
+//! ([`SqliteBackend::open_served`]) never do. SQLite's default runs a checkpoint inside the
+//! commit that grows the log past 1,000 pages, and a checkpoint syncs the log and the file:
+//! in DHCP server mode an ACK leaves only once its lease is committed, so every such commit
+//! held a batch of ACKs for the length of two fsyncs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -73,6 +81,94 @@ impl SqliteBackend {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
         Ok(Self { conn })
     }
+
+    /// A connection of a serving process: its commits never checkpoint, the process's
+    /// [`Checkpointer`] does. Only while one runs on `path` in this process; without it the
+    /// log grows until the last connection closes (SQLite checkpoints then).
+    pub(crate) fn open_served(path: &Path) -> Result<Self> {
+        let backend = Self::open(path)?;
+        backend.conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+            WAL_KEEP_BYTES
+        ))?;
+        Ok(backend)
+    }
+}
+
+/// How often the checkpointer copies the log into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Log pages beyond which a checkpoint that writers keep from finishing (PASSIVE copies only
+/// what was in the log when it started) waits for them instead (RESTART), so the log cannot
+/// grow without bound under a steady load: 16,384 pages are 64 MiB.
+const WAL_RESTART_PAGES: i64 = 16_384;
+/// What a log file is cut back to after a checkpoint empties it.
+const WAL_KEEP_BYTES: i64 = 64 << 20;
+
+/// The thread that checkpoints a serving process's SQLite file, so no commit on the data
+/// path's writers ever waits for an fsync. Stopping it (drop) runs a last, full checkpoint.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn spawn(path: &Path) -> Result<Self> {
+        // Its own connection, opened here so a bad path fails the caller.
+        let conn = SqliteBackend::open_served(path)?;
+        let path: PathBuf = path.to_owned();
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("zpxe-db-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(CHECKPOINT_EVERY) {
+                        Err(RecvTimeoutError::Timeout) => {
+                            match checkpoint(&conn.conn, "PASSIVE") {
+                                Ok((_, log, _)) if log > WAL_RESTART_PAGES => {
+                                    if let Err(e) = checkpoint(&conn.conn, "RESTART") {
+                                        tracing::warn!(path = %path.display(), error = %e, "SQLite checkpoint (RESTART) failed");
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(path = %path.display(), error = %e, "SQLite checkpoint failed"),
+                            }
+                        }
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                            if let Err(e) = checkpoint(&conn.conn, "TRUNCATE") {
+                                tracing::debug!(path = %path.display(), error = %e, "SQLite checkpoint at stop");
+                            }
+                            return;
+                        }
+                    }
+                }
+            })
+            .context("starting the SQLite checkpointer")?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the SQLite checkpointer panicked");
+        }
+    }
+}
+
+/// `PRAGMA wal_checkpoint(mode)`: (busy, pages in the log, pages copied to the file).
+fn checkpoint(conn: &Connection, mode: &str) -> Result<(i64, i64, i64)> {
+    Ok(
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?,
+    )
 }
 
 /// `$N` (the SQL both backends share) to SQLite's `?N`. The shared SQL has no `$` elsewhere.
@@ -218,6 +314,64 @@ impl Backend for SqliteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// 3,000 commits of 4 KB each through `backend`: 12 MB, far past SQLite's automatic
+    /// checkpoint at 1,000 log pages.
+    fn fill(backend: &SqliteBackend) {
+        backend
+            .conn
+            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            .expect("create");
+        for i in 0..3_000 {
+            backend
+                .conn
+                .execute("INSERT INTO t VALUES (?1, zeroblob(4000))", [i])
+                .expect("insert");
+        }
+    }
+
+    /// A served connection's commits leave the log to the checkpointer, which copies it into
+    /// the file, and empties it when it stops.
+    #[test]
+    fn served_commits_never_checkpoint_and_the_checkpointer_does() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // The default, for contrast: the commits checkpoint, so the log stays near 1,000 pages.
+        let plain_path = dir.path().join("plain.db");
+        let plain = SqliteBackend::open(&plain_path).expect("open");
+        fill(&plain);
+        let plain_wal = size(&dir.path().join("plain.db-wal"));
+        assert!(plain_wal < 8 << 20, "plain log {plain_wal} bytes");
+        assert!(
+            size(&plain_path) > 8 << 20,
+            "the plain commits checkpointed"
+        );
+
+        let path = dir.path().join("served.db");
+        let wal = dir.path().join("served.db-wal");
+        let writer = SqliteBackend::open_served(&path).expect("open");
+        fill(&writer);
+        assert!(size(&wal) > 12 << 20, "served log {} bytes", size(&wal));
+        assert!(size(&path) < 1 << 20, "a served commit checkpointed");
+
+        let checkpointer = Checkpointer::spawn(&path).expect("spawn");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size(&path) < 12 << 20 {
+            assert!(std::time::Instant::now() < deadline, "never checkpointed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(checkpointer);
+        // The last checkpoint (TRUNCATE) empties the log, and the rows are all there.
+        assert_eq!(size(&wal), 0);
+        let n: i64 = writer
+            .conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 3_000);
+    }
 
     #[test]
     fn a_busy_writer_retries_often_and_gives_up_at_the_timeout() {

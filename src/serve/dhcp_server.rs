@@ -72,7 +72,7 @@ impl Core {
             );
         }
         let url = config.database.url.get_ref();
-        let mut backend = crate::db::connect(url)
+        let mut backend = crate::db::connect_served(url)
             .map_err(|e| anyhow::anyhow!("opening the lease table: {e:#}"))?;
         let stored = crate::db::leases::load(backend.as_mut())
             .map_err(|e| anyhow::anyhow!("reading the stored leases: {e:#}"))?;
