@@ -319,7 +319,7 @@ mod tests {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
 
-    /// 3,000 commits of 4 KB each through `backend`: 12 MB, far past SQLite's automatic
+    /// 3,000 commits of a 4 KB row each through `backend` (a page each, 12 MB in all), far past SQLite's automatic
     /// checkpoint at 1,000 log pages.
     fn fill(backend: &SqliteBackend) {
         backend
@@ -359,7 +359,7 @@ mod tests {
 
         let checkpointer = Checkpointer::spawn(&path).expect("spawn");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while size(&path) < 12 << 20 {
+        while size(&path) < 10 << 20 {
             assert!(std::time::Instant::now() < deadline, "never checkpointed");
             std::thread::sleep(Duration::from_millis(20));
         }
