@@ -61,6 +61,8 @@ pub struct LeaseStore {
     tx: Option<SyncSender<Job>>,
     done: Arc<Mutex<Done>>,
     thread: Option<JoinHandle<()>>,
+    /// Stopped after the writer, so its last checkpoint has every commit.
+    checkpointer: Option<super::sqlite::Checkpointer>,
 }
 
 /// Reads every stored lease. Blocking: call before the event loops start.
@@ -102,9 +104,103 @@ pub fn load(backend: &mut dyn Backend) -> Result<Vec<LeaseRecord>> {
     Ok(out)
 }
 
+/// `records` as rows, their expiry times counted from now.
+fn rows(records: &[LeaseRecord]) -> Vec<Row> {
+    let wall = now_ms();
+    records
+        .iter()
+        .map(|r| Row {
+            ip: r.ip,
+            state: r.state,
+            client: r.client.as_ref().map(|c| c.as_bytes().to_vec()),
+            mac: r.mac,
+            expires_ms: wall
+                .saturating_add(i64::try_from(r.remaining.as_millis()).unwrap_or(i64::MAX)),
+        })
+        .collect()
+}
+
+/// Opens the lease table at [`super::leases_url`] and reads it. Blocking: before the event
+/// loops serve.
+///
+/// SQLite leases written before they had a file of their own are in the database's `leases`
+/// table: when the lease file has none, they are moved over once (written there, then deleted
+/// from the database), so an upgrade keeps every client's address.
+pub fn open(url: &str) -> Result<(LeaseFile, Vec<LeaseRecord>)> {
+    let leases_url = super::leases_url(url)?;
+    let mut backend = super::connect_served(&leases_url)?;
+    // The lease file's own checkpoints (the database's checkpointer serves only its file).
+    let checkpointer = match super::DbUrl::parse(&leases_url) {
+        Ok(super::DbUrl::Sqlite(path)) if leases_url != url => {
+            Some(super::sqlite::Checkpointer::spawn(&path)?)
+        }
+        _ => None,
+    };
+    let mut stored = load(backend.as_mut())?;
+    if stored.is_empty() && leases_url != url {
+        let mut shared = super::connect_served(url)?;
+        let old = load(shared.as_mut())?;
+        if !old.is_empty() {
+            let job = Job {
+                seq: 0,
+                rows: rows(&old),
+            };
+            if !write(backend.as_mut(), std::slice::from_ref(&job)) {
+                anyhow::bail!("moving {} leases to {leases_url} failed", old.len());
+            }
+            shared.transaction(&mut |sql| sql.exec("DELETE FROM leases", &[]).map(|_| ()))?;
+            tracing::info!(
+                leases = old.len(),
+                from = url,
+                to = %leases_url,
+                "DHCP server: leases moved to a file of their own"
+            );
+            stored = load(backend.as_mut())?;
+        }
+    }
+    Ok((
+        LeaseFile {
+            backend,
+            checkpointer,
+        },
+        stored,
+    ))
+}
+
+/// The lease table's connection from [`open`], for [`LeaseStore::spawn`], with the SQLite
+/// lease file's checkpointer.
+pub struct LeaseFile {
+    backend: Box<dyn Backend>,
+    checkpointer: Option<super::sqlite::Checkpointer>,
+}
+
+impl std::fmt::Debug for LeaseFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseFile")
+            .field("backend", &self.backend.kind())
+            .field("checkpointer", &self.checkpointer)
+            .finish()
+    }
+}
+
+impl From<Box<dyn Backend>> for LeaseFile {
+    /// A connection whose commits checkpoint by themselves (`db::connect`), or one on a file
+    /// another checkpointer serves.
+    fn from(backend: Box<dyn Backend>) -> Self {
+        Self {
+            backend,
+            checkpointer: None,
+        }
+    }
+}
+
 impl LeaseStore {
-    /// Starts the writer on `backend` (a connection of its own).
-    pub fn spawn(backend: Box<dyn Backend>) -> Result<Self> {
+    /// Starts the writer on `file` (a connection of its own).
+    pub fn spawn(file: impl Into<LeaseFile>) -> Result<Self> {
+        let LeaseFile {
+            backend,
+            checkpointer,
+        } = file.into();
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let done = Arc::new(Mutex::new(Done::default()));
         let thread = std::thread::Builder::new()
@@ -118,6 +214,7 @@ impl LeaseStore {
             tx: Some(tx),
             done,
             thread: Some(thread),
+            checkpointer,
         })
     }
 
@@ -125,18 +222,7 @@ impl LeaseStore {
     /// Never blocks: `false` when the queue is full or the writer is gone.
     pub fn submit(&self, seq: u64, records: &[LeaseRecord]) -> bool {
         let Some(tx) = &self.tx else { return false };
-        let wall = now_ms();
-        let rows = records
-            .iter()
-            .map(|r| Row {
-                ip: r.ip,
-                state: r.state,
-                client: r.client.as_ref().map(|c| c.as_bytes().to_vec()),
-                mac: r.mac,
-                expires_ms: wall
-                    .saturating_add(i64::try_from(r.remaining.as_millis()).unwrap_or(i64::MAX)),
-            })
-            .collect();
+        let rows = rows(records);
         match tx.try_send(Job { seq, rows }) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
@@ -177,6 +263,7 @@ impl LeaseStore {
         {
             tracing::error!("the lease writer panicked");
         }
+        drop(self.checkpointer.take());
     }
 }
 

@@ -860,4 +860,21 @@ pub fn leases_persist(url: &str) {
     assert_eq!(got[1].remaining, Duration::ZERO);
     assert_eq!(got[2].state, LeaseState::Declined);
     assert_eq!(got[2].client, Some(ClientKey::from_mac(mac(3))));
+    drop(b);
+
+    // The server opens its lease table where `leases_url` says: leases written in the shared
+    // SQLite file before the lease file existed move there once, and none is lost or doubled.
+    for _ in 0..2 {
+        let (file, mut opened) = super::leases::open(url).expect("open the lease table");
+        drop(file);
+        opened.sort_by_key(|r| r.ip);
+        let ips: Vec<Ipv4Addr> = opened.iter().map(|r| r.ip).collect();
+        assert_eq!(ips, got.iter().map(|r| r.ip).collect::<Vec<_>>());
+        assert_eq!(opened[1].state, LeaseState::Released);
+    }
+    if super::leases_url(url).expect("url") != url {
+        let mut shared = connect(url).expect("reopen");
+        let left = super::leases::load(shared.as_mut()).expect("load");
+        assert!(left.is_empty(), "still in the shared file: {left:?}");
+    }
 }

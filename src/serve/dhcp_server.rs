@@ -1,5 +1,5 @@
 //! The DHCP server service (`dhcp.mode = "server"`): the engine's `DhcpServer` on UDP 67, its
-//! leases in the database (src/db/leases.rs). 4011 stays with the proxy responder
+//! leases in the database (src/db/leases.rs; with SQLite a file of their own beside it). 4011 stays with the proxy responder
 //! (src/serve/dhcp.rs), for clients that ask a boot server there anyway.
 //!
 //! One engine per process, on loop 0, shared by the sockets of every listen address and
@@ -72,10 +72,8 @@ impl Core {
             );
         }
         let url = config.database.url.get_ref();
-        let mut backend = crate::db::connect_served(url)
+        let (backend, stored) = crate::db::leases::open(url)
             .map_err(|e| anyhow::anyhow!("opening the lease table: {e:#}"))?;
-        let stored = crate::db::leases::load(backend.as_mut())
-            .map_err(|e| anyhow::anyhow!("reading the stored leases: {e:#}"))?;
         let mut engine = DhcpServer::new(server_config(config));
         if let Some(registry) = &ctx.shared.registry {
             engine.set_overrides(std::sync::Arc::new(super::registry::RegistryOverrides(

@@ -196,7 +196,8 @@ impl Lab {
 
     /// The state of `ip`'s row in the `leases` table, as zpxe wrote it.
     fn lease_state(&self, addr: Ipv4Addr) -> Option<String> {
-        lease_state(&self.dir.path().join("zpxe.db"), addr)
+        // SQLite leases have a file of their own beside the database (db::leases_url).
+        lease_state(&self.dir.path().join("zpxe-leases.db"), addr)
     }
 
     /// zpxe's counters, from `/metrics` inside the server's namespace.
