@@ -27,6 +27,9 @@ pub struct BlastResult {
     pub elapsed: Duration,
     /// Reply latencies in microseconds, sorted.
     pub latency_us: Vec<u32>,
+    /// DORA only: REQUEST to ACK in microseconds, sorted (the leg that waits for the lease
+    /// write in server mode); empty elsewhere.
+    pub ack_us: Vec<u32>,
 }
 
 impl BlastResult {
@@ -35,12 +38,17 @@ impl BlastResult {
     }
 
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.latency_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latency_us.len() - 1) as f64 * q).round() as usize;
-        f64::from(self.latency_us[i]) / 1000.0
+        quantile_ms(&self.latency_us, q)
     }
+}
+
+/// Quantile `q` of sorted microseconds, in milliseconds (NaN when empty).
+pub fn quantile_ms(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted_us[i]) / 1000.0
 }
 
 fn relay_socket(ip: Ipv4Addr, port: u16) -> std::io::Result<UdpSocket> {
@@ -136,6 +144,7 @@ pub fn run(server: SocketAddr, duration: Duration) -> anyhow::Result<BlastResult
         lost: 0,
         elapsed: Duration::ZERO,
         latency_us: Vec::new(),
+        ack_us: Vec::new(),
     };
     for h in handles {
         let (r, l, lat) = h
@@ -227,6 +236,7 @@ pub fn run_paced(server: SocketAddr, rate: u32, duration: Duration) -> anyhow::R
         lost: overwritten + unanswered,
         elapsed: duration,
         latency_us: latency,
+        ack_us: Vec::new(),
     })
 }
 
@@ -290,6 +300,9 @@ pub fn run_dora(
     let sender_socket = socket.try_clone()?;
     // Nanoseconds after `started` at which client i's DISCOVER left; 0 = never, or done.
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..max).map(|_| AtomicU64::new(0)).collect());
+    // Nanoseconds after `started` at which client i's REQUEST left (receiving thread only).
+    let mut requested: Vec<u64> = vec![0; max as usize];
+    let mut ack_us: Vec<u32> = Vec::new();
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let discover = move |i: u32, socket: &UdpSocket, sent: &[AtomicU64]| -> std::io::Result<()> {
@@ -382,6 +395,7 @@ pub fn run_dora(
                     i,
                     Some((reply.yiaddr, reply.options.server_id)),
                 );
+                requested[i as usize] = (started.elapsed().as_nanos() as u64).max(1);
                 socket.send_to(&request, server)?;
             }
             Some(MessageType::Ack) => {
@@ -390,6 +404,11 @@ pub fn run_dora(
                     let now = started.elapsed().as_nanos() as u64;
                     replies += 1;
                     latency.push((now.saturating_sub(at) / 1000).min(u64::from(u32::MAX)) as u32);
+                    let req = std::mem::take(&mut requested[i as usize]);
+                    if req != 0 {
+                        ack_us
+                            .push((now.saturating_sub(req) / 1000).min(u64::from(u32::MAX)) as u32);
+                    }
                     if let Pace::Window(_) = pace
                         && started.elapsed() < duration
                         && let Some(i) = take(&next)
@@ -413,10 +432,12 @@ pub fn run_dora(
         .filter(|a| a.load(Ordering::Acquire) != 0)
         .count() as u64;
     latency.sort_unstable();
+    ack_us.sort_unstable();
     Ok(BlastResult {
         replies,
         lost: unanswered + naks,
         elapsed: duration,
         latency_us: latency,
+        ack_us,
     })
 }

@@ -12,6 +12,7 @@ pub mod runtime;
 pub mod signals;
 pub mod store;
 pub mod tcp;
+pub mod thread;
 pub mod udp;
 #[cfg(windows)]
 mod windows;

@@ -1456,6 +1456,8 @@ fn run_writer(
     cfg: WriterConfig,
     registry: Arc<Registry>,
 ) {
+    // Timelines can wait a few milliseconds; the event loops and the lease writer cannot.
+    zpxe_platform::thread::lower_priority();
     let EventQueue { rx, stats } = queue;
     let mut batch: Vec<Event> = Vec::with_capacity(cfg.batch_events);
     let mut acks: Vec<SyncSender<()>> = Vec::new();

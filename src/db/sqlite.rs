@@ -121,6 +121,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("zpxe-db-checkpoint".into())
             .spawn(move || {
+                zpxe_platform::thread::lower_priority();
                 loop {
                     match rx.recv_timeout(CHECKPOINT_EVERY) {
                         Err(RecvTimeoutError::Timeout) => {
