@@ -235,11 +235,9 @@ impl LeaseStore {
         std::mem::take(&mut done.results)
     }
 
-    /// Waits until a commit is reported or `limit` passes (the caller looks at the stop signal
-    /// in between). Wakes from the writer thread.
-    pub async fn wait(&self, limit: Duration) {
-        use futures_util::future::{Either, select};
-        let ready = std::future::poll_fn(|cx| {
+    /// Waits until a commit is reported. Wakes from the writer thread, and only then.
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
             let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
             if done.results.is_empty() {
                 done.waker = Some(cx.waker().clone());
@@ -247,12 +245,8 @@ impl LeaseStore {
             } else {
                 Poll::Ready(())
             }
-        });
-        let ready = std::pin::pin!(ready);
-        let timer = std::pin::pin!(zpxe_platform::runtime::sleep(limit));
-        match select(ready, timer).await {
-            Either::Left(_) | Either::Right(_) => {}
-        }
+        })
+        .await;
     }
 
     /// Writes what is queued and stops the writer.

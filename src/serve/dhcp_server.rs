@@ -171,11 +171,13 @@ impl Core {
         }
     }
 
-    /// Waits for the lease writer's reports and sends the replies they release.
+    /// Waits for the lease writer's reports and sends the replies they release. It sleeps
+    /// until the writer wakes it (no timer) and ends, like the receive tasks, when the loop
+    /// stops and drops it.
     async fn completions(self: Rc<Self>) {
         let mut out = vec![0u8; BUF];
         loop {
-            self.store.wait(super::STOP_POLL).await;
+            self.store.wait().await;
             let done = self.store.take_done();
             if !done.is_empty() {
                 {
@@ -185,9 +187,6 @@ impl Core {
                     }
                 }
                 self.flush(&mut out).await;
-            }
-            if self.ctx.shared.stop.stopped() {
-                return;
             }
         }
     }
