@@ -62,7 +62,7 @@ pub struct LeaseStore {
     done: Arc<Mutex<Done>>,
     thread: Option<JoinHandle<()>>,
     /// Stopped after the writer, so its last checkpoint has every commit.
-    checkpointer: Option<super::sqlite::Checkpointer>,
+    checkpointer: Option<super::Checkpointer>,
 }
 
 /// Reads every stored lease. Blocking: call before the event loops start.
@@ -128,16 +128,17 @@ fn rows(records: &[LeaseRecord]) -> Vec<Row> {
 /// from the database), so an upgrade keeps every client's address.
 pub fn open(url: &str) -> Result<(LeaseFile, Vec<LeaseRecord>)> {
     let leases_url = super::leases_url(url)?;
+    // SQLite: a file of its own, with its own checkpoints (the database's checkpointer serves
+    // only its file). PostgreSQL: the shared database.
+    let own_file = leases_url != url;
     let mut backend = super::connect_served(&leases_url)?;
-    // The lease file's own checkpoints (the database's checkpointer serves only its file).
-    let checkpointer = match super::DbUrl::parse(&leases_url) {
-        Ok(super::DbUrl::Sqlite(path)) if leases_url != url => {
-            Some(super::sqlite::Checkpointer::spawn(&path)?)
-        }
-        _ => None,
+    let checkpointer = if own_file {
+        super::checkpointer_for(&leases_url)?
+    } else {
+        None
     };
     let mut stored = load(backend.as_mut())?;
-    if stored.is_empty() && leases_url != url {
+    if stored.is_empty() && own_file {
         let mut shared = super::connect_served(url)?;
         let old = load(shared.as_mut())?;
         if !old.is_empty() {
@@ -171,7 +172,7 @@ pub fn open(url: &str) -> Result<(LeaseFile, Vec<LeaseRecord>)> {
 /// lease file's checkpointer.
 pub struct LeaseFile {
     backend: Box<dyn Backend>,
-    checkpointer: Option<super::sqlite::Checkpointer>,
+    checkpointer: Option<super::Checkpointer>,
 }
 
 impl std::fmt::Debug for LeaseFile {

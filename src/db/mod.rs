@@ -736,7 +736,19 @@ pub trait Backend: Send {
 
 /// Opens a connection to `url` and brings its schema up to date.
 pub fn connect(url: &str) -> Result<Box<dyn Backend>> {
+    open(url, false)
+}
+
+/// [`connect`] for a serving process, where a [`Checkpointer`] from [`checkpointer_for`]
+/// runs on the same file: the connection's commits never checkpoint (src/db/sqlite.rs says
+/// why). Without one the SQLite log grows until the last connection closes.
+pub fn connect_served(url: &str) -> Result<Box<dyn Backend>> {
+    open(url, true)
+}
+
+fn open(url: &str, served: bool) -> Result<Box<dyn Backend>> {
     let mut backend: Box<dyn Backend> = match DbUrl::parse(url).map_err(|e| anyhow!(e))? {
+        DbUrl::Sqlite(path) if served => Box::new(sqlite::SqliteBackend::open_served(&path)?),
         DbUrl::Sqlite(path) => Box::new(sqlite::SqliteBackend::open(&path)?),
         DbUrl::Postgres(url) => Box::new(postgres::PgBackend::connect(&url)?),
     };
@@ -744,17 +756,16 @@ pub fn connect(url: &str) -> Result<Box<dyn Backend>> {
     Ok(backend)
 }
 
-/// [`connect`] for a serving process, where [`Database`] runs the SQLite checkpointer: the
-/// connection's commits never checkpoint (src/db/sqlite.rs says why). Only while a
-/// [`Database`] on `url` is open in this process (the DHCP server's lease writer is; server mode
-/// needs the database).
-pub fn connect_served(url: &str) -> Result<Box<dyn Backend>> {
-    let mut backend: Box<dyn Backend> = match DbUrl::parse(url).map_err(|e| anyhow!(e))? {
-        DbUrl::Sqlite(path) => Box::new(sqlite::SqliteBackend::open_served(&path)?),
-        DbUrl::Postgres(url) => Box::new(postgres::PgBackend::connect(&url)?),
-    };
-    backend.migrate()?;
-    Ok(backend)
+/// The thread that checkpoints `url`'s file for this process's [`connect_served`]
+/// connections: SQLite only (PostgreSQL has nothing to do).
+pub(crate) type Checkpointer = sqlite::Checkpointer;
+
+/// Starts the [`Checkpointer`] for `url`, `None` for PostgreSQL.
+pub(crate) fn checkpointer_for(url: &str) -> Result<Option<Checkpointer>> {
+    match DbUrl::parse(url).map_err(|e| anyhow!(e))? {
+        DbUrl::Sqlite(path) => Ok(Some(sqlite::Checkpointer::spawn(&path)?)),
+        DbUrl::Postgres(_) => Ok(None),
+    }
 }
 
 /// Where the DHCP server keeps its leases (`dhcp.mode = "server"`). SQLite: a file of its own
@@ -2397,7 +2408,7 @@ pub struct Database {
     reader: Mutex<Box<dyn Backend>>,
     writer: Mutex<Option<Writer>>,
     /// SQLite: the thread that checkpoints for every connection of this process.
-    checkpointer: Mutex<Option<sqlite::Checkpointer>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
     kind: &'static str,
 }
 
@@ -2423,10 +2434,7 @@ impl Database {
         }
         let writer = connect_served(url)?;
         let reader = connect_served(url)?;
-        let checkpointer = match DbUrl::parse(url) {
-            Ok(DbUrl::Sqlite(path)) => Some(sqlite::Checkpointer::spawn(&path)?),
-            _ => None,
-        };
+        let checkpointer = checkpointer_for(url)?;
         let db = Self::with_backends(writer, reader, config.queue, config.writer_config())?;
         *db.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = checkpointer;
         Ok(db)
