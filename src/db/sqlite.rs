@@ -13,7 +13,7 @@
 //! held a batch of ACKs for the length of two fsyncs.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -120,30 +120,7 @@ impl Checkpointer {
         let (stop, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("zpxe-db-checkpoint".into())
-            .spawn(move || {
-                zpxe_platform::thread::lower_priority();
-                loop {
-                    match rx.recv_timeout(CHECKPOINT_EVERY) {
-                        Err(RecvTimeoutError::Timeout) => {
-                            match checkpoint(&conn.conn, "PASSIVE") {
-                                Ok((_, log, _)) if log > WAL_RESTART_PAGES => {
-                                    if let Err(e) = checkpoint(&conn.conn, "RESTART") {
-                                        tracing::warn!(path = %path.display(), error = %e, "SQLite checkpoint (RESTART) failed");
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::warn!(path = %path.display(), error = %e, "SQLite checkpoint failed"),
-                            }
-                        }
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                            if let Err(e) = checkpoint(&conn.conn, "TRUNCATE") {
-                                tracing::debug!(path = %path.display(), error = %e, "SQLite checkpoint at stop");
-                            }
-                            return;
-                        }
-                    }
-                }
-            })
+            .spawn(move || run_checkpointer(&conn.conn, &path, &rx))
             .context("starting the SQLite checkpointer")?;
         Ok(Self {
             stop: Some(stop),
@@ -160,6 +137,34 @@ impl Drop for Checkpointer {
         {
             tracing::error!("the SQLite checkpointer panicked");
         }
+    }
+}
+
+/// The checkpointer's thread: a PASSIVE checkpoint every [`CHECKPOINT_EVERY`] (a RESTART
+/// past [`WAL_RESTART_PAGES`]) until told to stop, then a TRUNCATE. A failure is logged when
+/// it starts and when it ends, not twice a second while it lasts (a full disk).
+fn run_checkpointer(conn: &Connection, path: &Path, stop: &Receiver<()>) {
+    zpxe_platform::thread::lower_priority();
+    let mut failing = false;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let r = match checkpoint(conn, "PASSIVE") {
+            Ok((_, log, _)) if log > WAL_RESTART_PAGES => checkpoint(conn, "RESTART"),
+            other => other,
+        };
+        match r {
+            Err(e) if !failing => {
+                tracing::warn!(path = %path.display(), error = %e, "SQLite checkpoints fail");
+                failing = true;
+            }
+            Ok(_) if failing => {
+                tracing::info!(path = %path.display(), "SQLite checkpoints work again");
+                failing = false;
+            }
+            _ => {}
+        }
+    }
+    if let Err(e) = checkpoint(conn, "TRUNCATE") {
+        tracing::debug!(path = %path.display(), error = %e, "SQLite checkpoint at stop");
     }
 }
 
@@ -320,8 +325,8 @@ mod tests {
         std::fs::metadata(path).map_or(0, |m| m.len())
     }
 
-    /// 3,000 commits of a 4 KB row each through `backend` (a page each, 12 MB in all), far past SQLite's automatic
-    /// checkpoint at 1,000 log pages.
+    /// 3,000 commits of a 4 KB row each through `backend` (a page each, 12 MB in all), far
+    /// past SQLite's automatic checkpoint at 1,000 log pages.
     fn fill(backend: &SqliteBackend) {
         backend
             .conn
