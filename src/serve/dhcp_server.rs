@@ -1,6 +1,7 @@
 //! The DHCP server service (`dhcp.mode = "server"`): the engine's `DhcpServer` on UDP 67, its
-//! leases in the database (src/db/leases.rs; with SQLite a file of their own beside it). 4011 stays with the proxy responder
-//! (src/serve/dhcp.rs), for clients that ask a boot server there anyway.
+//! leases in the database (src/db/leases.rs; with SQLite a file of their own beside it). 4011
+//! stays with the proxy responder (src/serve/dhcp.rs), for clients that ask a boot server there
+//! anyway.
 //!
 //! One engine per process, on loop 0, shared by the sockets of every listen address and
 //! device, so two interfaces can never hand out one address twice. Stored leases are loaded
