@@ -102,6 +102,48 @@ impl TcpServer {
         let _ = stream.set_nodelay(true);
         Ok((TcpConn::new(stream), peer))
     }
+
+    /// Accepts a connection that belongs to no event loop yet: [`PendingConn`] can go to
+    /// another thread, whose loop takes it with [`TcpConn::adopt`]. On Windows a socket joins
+    /// one completion port for good, so the accepted socket must not join this loop's: it is
+    /// made here, outside compio, and `AcceptEx` only fills it in.
+    pub async fn accept_pending(&self) -> io::Result<(PendingConn, SocketAddr)> {
+        use compio::driver::ToSharedFd;
+        let listener = self.listener.to_shared_fd();
+        #[cfg(windows)]
+        let (socket, peer) = {
+            let fresh = Socket::new(
+                Domain::for_address(self.local),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )?;
+            let op = compio::driver::op::Accept::new(listener, fresh);
+            let BufResult(res, op) = compio::runtime::submit(op).await;
+            res?;
+            // Without it the socket knows neither its addresses nor its listener's options.
+            op.update_context()?;
+            op.into_addr()?
+        };
+        #[cfg(not(windows))]
+        let (socket, peer) = {
+            let op = compio::driver::op::Accept::new(listener);
+            let BufResult(res, op) = compio::runtime::submit(op).await;
+            res?;
+            op.into_inner()
+        };
+        let peer = peer
+            .as_socket()
+            .ok_or_else(|| io::Error::other("accepted socket has no inet address"))?;
+        socket.set_nonblocking(true)?;
+        Ok((PendingConn { socket }, peer))
+    }
+}
+
+/// An accepted TCP connection on no event loop yet ([`TcpServer::accept_pending`]). Dropping it
+/// closes the connection.
+#[derive(Debug)]
+pub struct PendingConn {
+    socket: Socket,
 }
 
 /// One TCP connection.
@@ -188,6 +230,13 @@ impl TcpConn {
     )]
     fn send_timeout(&self) -> Option<Duration> {
         self.guard.as_ref().map(|g| g.borrow().timeout)
+    }
+
+    /// Serves a [`PendingConn`] on the current event loop.
+    pub fn adopt(pending: PendingConn) -> io::Result<Self> {
+        let stream = TcpStream::from_std(std::net::TcpStream::from(pending.socket))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self::new(stream))
     }
 
     /// Connects (used by clients: the load generator and tests).
@@ -699,6 +748,62 @@ mod tests {
     use crate::runtime::{EventLoop, spawn};
     use crate::store::TestImage;
     use zpxe_engine::path::NameFlavor;
+
+    /// A connection accepted on one loop is served by another thread's loop (on Windows the
+    /// accepted socket joins the second loop's completion port, the only one it ever joins).
+    #[test]
+    fn a_pending_connection_is_served_by_another_loop() {
+        let ev = EventLoop::new().expect("loop");
+        let (tx, rx) = std::sync::mpsc::channel::<PendingConn>();
+        let server_thread = std::thread::spawn(move || {
+            let ev = EventLoop::new().expect("second loop");
+            ev.block_on(async move {
+                let mut served = 0;
+                while let Ok(pending) = rx.recv() {
+                    let mut conn = TcpConn::adopt(pending).expect("adopt");
+                    let (r, buf) = conn.read(Vec::with_capacity(64)).await;
+                    let n = r.expect("read on the second loop");
+                    let mut reply = b"echo:".to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    let (w, _) = conn.write_all(reply).await;
+                    w.expect("write on the second loop");
+                    served += 1;
+                }
+                served
+            })
+        });
+        ev.block_on(async move {
+            let server =
+                TcpServer::bind("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+            let addr = server.local_addr();
+            for i in 0..3u8 {
+                let client = spawn(async move {
+                    let mut c = TcpConn::connect(addr).await.expect("connect");
+                    let (w, _) = c.write_all(vec![b'a' + i; 3]).await;
+                    w.expect("client write");
+                    let mut all = Vec::new();
+                    let mut buf = Vec::with_capacity(64);
+                    while all.len() < 8 {
+                        let (r, b) = c.read(buf).await;
+                        buf = b;
+                        match r {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => all.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    all
+                });
+                let (pending, peer) = server.accept_pending().await.expect("accept");
+                assert!(peer.ip().is_loopback(), "{peer}");
+                tx.send(pending).expect("to the second loop");
+                let mut want = b"echo:".to_vec();
+                want.extend_from_slice(&[b'a' + i; 3]);
+                assert_eq!(client.await.expect("client"), want);
+            }
+            drop(tx);
+        });
+        assert_eq!(server_thread.join().expect("second loop"), 3);
+    }
 
     #[test]
     fn body_from_mapping_is_byte_exact() {
