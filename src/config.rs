@@ -122,6 +122,10 @@ pub struct ServerSection {
     pub leases: bool,
     /// Event loops (threads); 0 = one per core.
     pub threads: usize,
+    /// One loop holds the listening sockets and hands connections and TFTP requests to the
+    /// others, instead of each loop listening on the ports itself (`SO_REUSEPORT`). Always so
+    /// on Windows, which cannot share a port between sockets.
+    pub loop_handoff: bool,
     /// The address to name in replies when a request's arrival address is unknown.
     pub advertise: Option<Spanned<String>>,
     /// Send TFTP windows with UDP segmentation offload where the kernel has it. Turn off for
@@ -141,6 +145,7 @@ impl Default for ServerSection {
             case_insensitive: true,
             leases: true,
             threads: 0,
+            loop_handoff: !zpxe_platform::LOOPS_SHARE_PORTS,
             advertise: None,
             udp_gso: true,
             drain_timeout_ms: 60_000,
@@ -520,15 +525,14 @@ impl Config {
             }
             (None, None) => {}
         }
-        if self.server.threads > 1 && !zpxe_platform::LOOPS_SHARE_PORTS {
-            let span = sources.key("server.threads").unwrap_or(0..0);
+        if !self.server.loop_handoff && !zpxe_platform::LOOPS_SHARE_PORTS {
+            let span = sources.key("server.loop-handoff").unwrap_or(0..0);
             at(
                 span,
-                format!(
-                    "server.threads = {}: this system cannot give several event loops one port \
-                     (no SO_REUSEPORT), so zpxe runs a single loop here: set 0 or 1",
-                    self.server.threads
-                ),
+                "server.loop-handoff = false: this system cannot give several sockets one port \
+                 (no SO_REUSEPORT), so one loop listens and hands work to the others: remove \
+                 the key or set it to true"
+                    .to_owned(),
             );
         }
         if let Err(e) = self.menu.check() {
@@ -1651,18 +1655,24 @@ mod tests {
     }
 
     #[test]
-    fn several_loops_need_ports_shared_between_them() {
-        let p = problems("[server]\nroot = \"/tmp\"\nthreads = 4\n");
+    fn several_loops_share_ports_or_hand_work_over() {
+        let base = "[server]\nroot = \"/tmp\"\nthreads = 4\n";
+        assert!(problems(base).is_empty(), "{:?}", problems(base));
+        let c = Config::parse(Path::new("x"), base).expect("valid");
+        assert_eq!(c.server.loop_handoff, !zpxe_platform::LOOPS_SHARE_PORTS);
+        let on = format!("{base}loop-handoff = true\n");
+        assert!(problems(&on).is_empty(), "{:?}", problems(&on));
+        let off = format!("{base}loop-handoff = false\n");
+        let p = problems(&off);
         if zpxe_platform::LOOPS_SHARE_PORTS {
             assert!(p.is_empty(), "{p:?}");
         } else {
             assert_eq!(p.len(), 1, "{p:?}");
             assert!(
-                p[0].starts_with("zpxe.toml:3:1: server.threads = 4"),
+                p[0].starts_with("zpxe.toml:4:1: server.loop-handoff = false"),
                 "{p:?}"
             );
         }
-        assert!(problems("[server]\nroot = \"/tmp\"\nthreads = 1\n").is_empty());
     }
 
     #[test]

@@ -35,5 +35,6 @@ pub(crate) const EFAULT: i32 = 14;
 
 /// Whether several event loops can each bind the same TCP and UDP port, the kernel spreading
 /// connections and datagrams between them (`SO_REUSEPORT`). Windows has nothing like it (its
-/// `SO_REUSEADDR` lets a second socket steal the port), so zpxe runs one event loop there.
+/// `SO_REUSEADDR` lets a second socket steal the port), so there one loop holds the ports and
+/// hands work to the others (`TcpServer::accept_pending`, src/serve/handoff.rs).
 pub const LOOPS_SHARE_PORTS: bool = cfg!(unix);

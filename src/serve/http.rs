@@ -125,10 +125,11 @@ impl Handler for WebHandler {
     }
 }
 
-/// Accepts connections on `server` until the loop stops or drains (the listener closes then).
+/// Accepts connections on `server` until the loop stops or drains (the listener closes then);
+/// without one, serves the connections the listening loop hands over (src/serve/handoff.rs).
 pub(crate) fn start(
     ctx: &Rc<ThreadCtx>,
-    server: TcpServer,
+    server: Option<TcpServer>,
     site: Site,
     config: Arc<HttpConfig>,
     cap: Arc<ConnCap>,
@@ -209,14 +210,18 @@ impl Drop for ConnSlot {
 /// Hands every connection accepted on `server` to `serve`, until the loop drains (the
 /// listener closes then) or stops. At `cap` it stops accepting: new connections wait in the
 /// kernel's backlog (or their SYNs are retried) until one of ours closes, rather than being
-/// refused.
+/// refused. With loop handoff, `serve` runs on the loop whose turn it is; a loop without
+/// `server` only registers `serve` for the connections handed to it.
 pub(crate) fn accept_until_drained(
     ctx: &Rc<ThreadCtx>,
-    server: TcpServer,
+    server: Option<TcpServer>,
     cap: Arc<ConnCap>,
-    mut serve: impl FnMut(TcpConn, SocketAddr, ConnSlot) + 'static,
+    serve: impl FnMut(TcpConn, SocketAddr, ConnSlot) + 'static,
 ) {
+    let service = ctx.add_conn_service(Box::new(serve));
+    let Some(server) = server else { return };
     let ctx = Rc::clone(ctx);
+    let loops = ctx.loops().cloned();
     spawn(async move {
         loop {
             let mut paused = false;
@@ -239,19 +244,33 @@ pub(crate) fn accept_until_drained(
                     return;
                 }
             };
-            let accepted = {
-                let accept = std::pin::pin!(server.accept());
-                match select(accept, ctx.drain.wait()).await {
-                    Either::Left((accepted, _)) => accepted,
-                    Either::Right(((), _)) => break,
+            let accepted = match &loops {
+                Some(loops) => {
+                    let accept = std::pin::pin!(server.accept_pending());
+                    match select(accept, ctx.drain.wait()).await {
+                        Either::Left((Ok((conn, peer)), _)) => {
+                            super::handoff::hand_connection(&ctx, loops, service, conn, peer, slot);
+                            Ok(())
+                        }
+                        Either::Left((Err(e), _)) => Err(e),
+                        Either::Right(((), _)) => break,
+                    }
+                }
+                None => {
+                    let accept = std::pin::pin!(server.accept());
+                    match select(accept, ctx.drain.wait()).await {
+                        Either::Left((Ok((conn, peer)), _)) => {
+                            ctx.serve_conn(service, conn, peer, slot);
+                            Ok(())
+                        }
+                        Either::Left((Err(e), _)) => Err(e),
+                        Either::Right(((), _)) => break,
+                    }
                 }
             };
-            match accepted {
-                Ok((conn, peer)) => serve(conn, peer, slot),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    sleep(std::time::Duration::from_millis(50)).await;
-                }
+            if let Err(e) = accepted {
+                tracing::warn!(error = %e, "accept failed");
+                sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     })

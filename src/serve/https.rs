@@ -47,10 +47,11 @@ pub(crate) fn load_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls:
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections on `server` until the loop stops.
+/// Accepts TLS connections on `server` until the loop stops (without one: serves those the
+/// listening loop hands over).
 pub(crate) fn start(
     ctx: &Rc<ThreadCtx>,
-    server: TcpServer,
+    server: Option<TcpServer>,
     handler: super::http::BootSite,
     config: Arc<HttpConfig>,
     reloader: super::Reloader,

@@ -26,6 +26,7 @@ mod access_log;
 mod dhcp;
 mod dhcp_server;
 mod drain;
+mod handoff;
 pub(crate) mod hook;
 mod http;
 mod https;
@@ -73,6 +74,9 @@ pub(crate) struct Shared {
     pub(crate) registry: Option<Arc<crate::db::Registry>>,
     /// The request-handler hook (src/serve/hook.rs), when `boot.hook-url` is set.
     pub(crate) hook: Option<Arc<hook::Hook>>,
+    /// With `server.loop-handoff` and more than one loop: loop 0 listens and hands work to
+    /// the loops through these (src/serve/handoff.rs).
+    pub(crate) loops: Option<Arc<handoff::Loops>>,
 }
 
 /// What one event loop owns.
@@ -80,6 +84,102 @@ pub(crate) struct ThreadCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) store: RefCell<ImageStore>,
     pub(crate) drain: Rc<Drain>,
+    /// Which boot loop this is (0 for the web service's).
+    pub(crate) index: usize,
+    /// A boot loop (not the web service's).
+    boot: bool,
+    /// The loop's services, by the index every loop gives them (set up in the same order),
+    /// for work another loop hands over.
+    services: RefCell<LoopServices>,
+}
+
+/// What serves a connection accepted on one listener.
+pub(crate) type ConnService =
+    Box<dyn FnMut(zpxe_platform::tcp::TcpConn, SocketAddr, http::ConnSlot)>;
+
+#[derive(Default)]
+struct LoopServices {
+    conns: Vec<Rc<RefCell<ConnService>>>,
+    tftp: Vec<Rc<tftp::TftpService>>,
+}
+
+impl ThreadCtx {
+    /// The loops work is handed between, if this is a boot loop and they do
+    /// (`server.loop-handoff`).
+    pub(crate) fn loops(&self) -> Option<&Arc<handoff::Loops>> {
+        self.shared.loops.as_ref().filter(|_| self.boot)
+    }
+
+    /// Whether this loop binds the boot ports: without handoff each does; with it, loop 0.
+    fn listens(&self) -> bool {
+        self.loops().is_none() || self.index == 0
+    }
+
+    /// Registers a listener's connection service; returns its index.
+    pub(crate) fn add_conn_service(&self, serve: ConnService) -> usize {
+        let mut s = self.services.borrow_mut();
+        s.conns.push(Rc::new(RefCell::new(serve)));
+        s.conns.len() - 1
+    }
+
+    /// Serves a connection of listener `service` on this loop.
+    pub(crate) fn serve_conn(
+        &self,
+        service: usize,
+        conn: zpxe_platform::tcp::TcpConn,
+        peer: SocketAddr,
+        slot: http::ConnSlot,
+    ) {
+        let serve = self.services.borrow().conns.get(service).cloned();
+        match serve {
+            Some(serve) => (serve.borrow_mut())(conn, peer, slot),
+            None => tracing::warn!(service, "no connection service of that index on this loop"),
+        }
+    }
+
+    /// Registers a TFTP service; returns its index.
+    pub(crate) fn add_tftp_service(&self, svc: &Rc<tftp::TftpService>) -> usize {
+        let mut s = self.services.borrow_mut();
+        s.tftp.push(Rc::clone(svc));
+        s.tftp.len() - 1
+    }
+
+    /// Does what another loop handed over (src/serve/handoff.rs).
+    fn do_work(&self, work: handoff::Work) {
+        match work {
+            handoff::Work::Conn {
+                service,
+                conn,
+                peer,
+                slot,
+            } => match zpxe_platform::tcp::TcpConn::adopt(conn) {
+                Ok(conn) => self.serve_conn(service, conn, peer, slot),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot serve a handed-over connection")
+                }
+            },
+            handoff::Work::TftpRequest {
+                service,
+                meta,
+                datagram,
+            } => {
+                let svc = self.services.borrow().tftp.get(service).cloned();
+                if let Some(svc) = svc {
+                    svc.handle_handed(meta, datagram);
+                }
+            }
+            handoff::Work::TftpListenerSend {
+                service,
+                transmit,
+                bytes,
+            } => {
+                let svc = self.services.borrow().tftp.get(service).cloned();
+                if let Some(svc) = svc {
+                    svc.send_for_other_loop(transmit, bytes);
+                }
+            }
+        }
+    }
 }
 
 /// Where a started server listens.
@@ -194,13 +294,15 @@ pub fn start_reloadable(
     stop: Stop,
     source: Option<ConfigSource>,
 ) -> anyhow::Result<ServerHandle> {
-    // Every loop binds the same ports; where the OS cannot share a port between sockets
-    // (Windows), one loop serves everything (`Config::validate` refuses more).
+    // Every loop binds the same ports (`SO_REUSEPORT`), or, with `server.loop-handoff` (always
+    // on Windows, which cannot share a port between sockets), loop 0 binds them and hands work
+    // to the others.
     let threads = match config.server.threads {
-        _ if !zpxe_platform::LOOPS_SHARE_PORTS => 1,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let loops =
+        (config.server.loop_handoff && threads > 1).then(|| Arc::new(handoff::Loops::new(threads)));
     // Before any bind: SO_REUSEPORT would let a second zpxe share the ports silently.
     #[cfg(unix)]
     let instance = claim_ports(&config)?;
@@ -269,6 +371,7 @@ pub fn start_reloadable(
         boot_conns: http::ConnCap::new(config.http.max_connections),
         tftp_ports: tftp::PortPool::new(config.tftp_range()),
         web_conns: http::ConnCap::new(WEB_MAX_CONNECTIONS),
+        loops,
         config,
     });
     if shared.config.services.web {
@@ -353,6 +456,7 @@ pub fn start_reloadable(
     tracing::info!(
         driver = bound.driver,
         threads,
+        loop_handoff = shared.loops.is_some(),
         http_bodies = zpxe_platform::tcp::body_path(),
         tftp = ?bound.tftp,
         http = ?bound.http,
@@ -530,7 +634,7 @@ fn event_loop(
 }
 
 /// One loop's context: its image store (the web service's stays unused) and its drain.
-fn thread_ctx(shared: &Arc<Shared>) -> anyhow::Result<Rc<ThreadCtx>> {
+fn thread_ctx(shared: &Arc<Shared>, boot: Option<usize>) -> anyhow::Result<Rc<ThreadCtx>> {
     let config = &shared.config;
     let store = ImageStore::new(
         config.server.root.get_ref(),
@@ -544,6 +648,9 @@ fn thread_ctx(shared: &Arc<Shared>) -> anyhow::Result<Rc<ThreadCtx>> {
         shared: Arc::clone(shared),
         store: RefCell::new(store),
         drain: Rc::default(),
+        index: boot.unwrap_or(0),
+        boot: boot.is_some(),
+        services: RefCell::default(),
     }))
 }
 
@@ -551,7 +658,7 @@ fn thread_ctx(shared: &Arc<Shared>) -> anyhow::Result<Rc<ThreadCtx>> {
 /// [`WEB_MAX_PIPELINED`].
 fn setup_web(shared: &Arc<Shared>, driver: &'static str) -> anyhow::Result<(Rc<ThreadCtx>, Bound)> {
     let config = &shared.config;
-    let ctx = thread_ctx(shared)?;
+    let ctx = thread_ctx(shared, None)?;
     let mut bound = Bound {
         driver,
         ..Bound::default()
@@ -567,7 +674,7 @@ fn setup_web(shared: &Arc<Shared>, driver: &'static str) -> anyhow::Result<(Rc<T
         bound.web.push(server.local_addr());
         http::start(
             &ctx,
-            server,
+            Some(server),
             http::Site::Web(shared.web.clone()),
             Arc::clone(&web_config),
             Arc::clone(&shared.web_conns),
@@ -590,7 +697,8 @@ fn setup(
     driver: &'static str,
 ) -> anyhow::Result<(Rc<ThreadCtx>, Bound)> {
     let config = &shared.config;
-    let ctx = thread_ctx(shared)?;
+    let ctx = thread_ctx(shared, Some(index))?;
+    let listens = ctx.listens();
     let mut bound = Bound {
         driver,
         ..Bound::default()
@@ -601,16 +709,26 @@ fn setup(
     for ip in config.listen_addrs() {
         if config.services.tftp {
             let addr = SocketAddr::new(ip, config.ports.tftp);
-            let svc = tftp::TftpService::bind(&ctx, addr)
-                .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
-            bound.tftp.push(svc.local_addr());
+            let svc = if listens {
+                let svc = tftp::TftpService::bind(&ctx, addr)
+                    .map_err(|e| BindError::explain("TFTP", "tftp-port", addr, e))?;
+                bound.tftp.push(svc.local_addr());
+                svc
+            } else {
+                tftp::TftpService::handed(&ctx, addr)
+            };
             svc.start();
         }
         if config.services.http {
             let addr = SocketAddr::new(ip, config.ports.http);
-            let server = TcpServer::bind(addr, true)
-                .map_err(|e| BindError::explain("HTTP", "http-port", addr, e))?;
-            bound.http.push(server.local_addr());
+            let server = if listens {
+                let server = TcpServer::bind(addr, true)
+                    .map_err(|e| BindError::explain("HTTP", "http-port", addr, e))?;
+                bound.http.push(server.local_addr());
+                Some(server)
+            } else {
+                None
+            };
             let site = http::BootSite {
                 scripts: BootScripts {
                     menu: shared.reloader.menu(),
@@ -624,16 +742,21 @@ fn setup(
             };
             if shared.reloader.tls().is_some() {
                 let addr = SocketAddr::new(ip, config.tls.port);
-                let server = TcpServer::bind(addr, true)
-                    .map_err(|e| BindError::explain("HTTPS", "tls port", addr, e))?;
-                bound.https.push(server.local_addr());
+                let tls_server = if listens {
+                    let server = TcpServer::bind(addr, true)
+                        .map_err(|e| BindError::explain("HTTPS", "tls port", addr, e))?;
+                    bound.https.push(server.local_addr());
+                    Some(server)
+                } else {
+                    None
+                };
                 let site = http::BootSite {
                     https: true,
                     ..site.clone()
                 };
                 https::start(
                     &ctx,
-                    server,
+                    tls_server,
                     site,
                     Arc::clone(&http_config),
                     shared.reloader.clone(),
@@ -648,7 +771,8 @@ fn setup(
                 Arc::clone(&shared.boot_conns),
             );
         }
-        // One loop answers DHCP: every SO_REUSEPORT socket would see each broadcast.
+        // One loop answers DHCP: every SO_REUSEPORT socket would see each broadcast (with
+        // handoff, loop 0 holds every port anyway).
         if index != 0 {
             continue;
         }
@@ -691,6 +815,9 @@ fn setup(
                 svc.start();
             }
         }
+    }
+    if let Some(loops) = ctx.loops() {
+        handoff::run_inbox(&ctx, Arc::clone(loops));
     }
     Ok((ctx, bound))
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use zpxe_engine::tftp::{
     Local, ServerAbort, SocketId, TftpEvent, TftpServer, TransferId, TransferOutcome,
 };
-use zpxe_engine::{Payload, Transmit};
+use zpxe_engine::{DatagramMeta, Payload, Transmit};
 use zpxe_platform::runtime::{JoinHandle, Notify, spawn};
 use zpxe_platform::udp::{SendError, UdpEndpoint, UdpOptions};
 
@@ -170,7 +170,13 @@ impl Throttle {
 pub(crate) struct TftpService {
     engine: RefCell<TftpServer>,
     ctx: Rc<ThreadCtx>,
-    listener: Rc<UdpEndpoint>,
+    /// The port-69 socket; none on a loop that gets its requests from the loop holding it
+    /// (src/serve/handoff.rs), which also sends what this one's engine sends from it.
+    listener: Option<Rc<UdpEndpoint>>,
+    /// Where the listener is bound (or, on a loop without it, where the listening loop's is).
+    addr: SocketAddr,
+    /// This service's index among the loop's TFTP services, the same on every loop.
+    service: Cell<usize>,
     sockets: RefCell<HashMap<SocketId, TransferSocket>>,
     /// Each running transfer's file, start and live-view id, for its timeline event and its
     /// duration in the metrics at the end (the end event names neither).
@@ -202,14 +208,28 @@ impl TftpService {
         if !shared.config.server.udp_gso {
             listener.disable_gso();
         }
+        let addr = listener.local_addr();
+        Ok(Self::new(ctx, addr, Some(Rc::new(listener))))
+    }
+
+    /// The service on a loop that does not hold the listener: requests for `addr` come from
+    /// the loop that does.
+    pub(crate) fn handed(ctx: &Rc<ThreadCtx>, addr: SocketAddr) -> Rc<Self> {
+        Self::new(ctx, addr, None)
+    }
+
+    fn new(ctx: &Rc<ThreadCtx>, addr: SocketAddr, listener: Option<Rc<UdpEndpoint>>) -> Rc<Self> {
+        let shared: &Shared = &ctx.shared;
         let mut engine = TftpServer::new(shared.config.tftp.clone());
         if addr.ip().is_loopback() {
             engine.set_mtu(u16::MAX);
         }
-        Ok(Rc::new(Self {
+        let svc = Rc::new(Self {
             engine: RefCell::new(engine),
             ctx: Rc::clone(ctx),
-            listener: Rc::new(listener),
+            listener,
+            addr,
+            service: Cell::new(0),
             sockets: RefCell::default(),
             recording: RefCell::default(),
             progress: RefCell::default(),
@@ -218,20 +238,86 @@ impl TftpService {
             wake: Notify::new(),
             driver_asleep: Cell::new(false),
             driver_until: Cell::new(None),
-        }))
+        });
+        svc.service.set(ctx.add_tftp_service(&svc));
+        svc
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.addr
     }
 
     /// Runs the service until the event loop stops.
     pub(crate) fn start(self: &Rc<Self>) {
-        let me = Rc::clone(self);
-        let listener = Rc::clone(&self.listener);
-        spawn(async move { me.recv_loop(listener, Local::Listener).await }).detach();
+        if let Some(listener) = &self.listener {
+            let me = Rc::clone(self);
+            let listener = Rc::clone(listener);
+            spawn(async move { me.recv_loop(listener, Local::Listener).await }).detach();
+        }
         let me = Rc::clone(self);
         spawn(async move { me.drive().await }).detach();
+    }
+
+    /// With loop handoff, on the listening loop: hands a request (RRQ) to the loop that serves
+    /// its client, unless that is this one. `true`: it is gone (handed over, or dropped with
+    /// that loop's inbox full or closed: the client asks again). Transfers in single-port mode
+    /// all use the listener, so they stay here.
+    fn hand_over(&self, meta: &DatagramMeta, datagram: &[u8]) -> bool {
+        let Some(loops) = self.ctx.loops() else {
+            return false;
+        };
+        // RFC 1350 section 5: opcode 1 is a read request.
+        if datagram.get(..2) != Some(&[0, 1]) || self.ctx.shared.config.tftp.single_port {
+            return false;
+        }
+        let target = loops.for_client(meta.remote.ip());
+        if target == self.ctx.index {
+            return false;
+        }
+        let work = super::handoff::Work::TftpRequest {
+            service: self.service.get(),
+            meta: *meta,
+            datagram: datagram.to_vec(),
+        };
+        let metrics = &self.ctx.shared.metrics;
+        match loops.inbox(target).send(work) {
+            Ok(()) => crate::metrics::Metrics::add(&metrics.loop_handoff_tftp_total, 1),
+            Err(_) => crate::metrics::Metrics::add(&metrics.loop_handoffs_dropped_total, 1),
+        }
+        true
+    }
+
+    /// A request the listening loop handed to this one.
+    pub(crate) fn handle_handed(self: &Rc<Self>, meta: DatagramMeta, datagram: Vec<u8>) {
+        let me = Rc::clone(self);
+        spawn(async move {
+            me.engine.borrow_mut().handle_datagram(
+                Instant::now(),
+                Local::Listener,
+                meta,
+                &datagram,
+                &mut *me.ctx.store.borrow_mut(),
+            );
+            let mut out = vec![0u8; OUT_BUF];
+            me.flush(&mut out).await;
+            me.nudge_driver();
+        })
+        .detach();
+    }
+
+    /// Sends, from the listener this loop holds, a datagram another loop's engine sends from
+    /// it.
+    pub(crate) fn send_for_other_loop(self: &Rc<Self>, t: Transmit, bytes: Vec<u8>) {
+        let Some(listener) = self.listener.clone() else {
+            return;
+        };
+        let me = Rc::clone(self);
+        spawn(async move {
+            if let Err(e) = listener.send_transmit(&t, &bytes, &me.ctx.store).await {
+                tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
+            }
+        })
+        .detach();
     }
 
     /// Receives on the listener or on a transfer socket (`local`).
@@ -242,6 +328,7 @@ impl TftpService {
             let (res, b) = socket.recv(buf).await;
             buf = b;
             match res {
+                Ok(r) if local == Local::Listener && self.hand_over(&r.meta, &buf[..r.len]) => {}
                 Ok(r) => {
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
@@ -353,7 +440,7 @@ impl TftpService {
     /// transfer to a socket that is open (or ends it) and the datagram leaves from that one.
     fn socket_for(self: &Rc<Self>, local: Local, remote: SocketAddr) -> Option<Rc<UdpEndpoint>> {
         let socket = match local {
-            Local::Listener => return Some(Rc::clone(&self.listener)),
+            Local::Listener => return self.listener.clone(),
             Local::Socket(socket) => socket,
         };
         if let Some(s) = self.sockets.borrow().get(&socket) {
@@ -414,6 +501,10 @@ impl TftpService {
         // The transfer this is part of, whatever socket it uses (read now: another task may
         // end it while this one waits on the send).
         let transfer = self.engine.borrow().transfer_of(local, t.destination);
+        if local == Local::Listener && self.listener.is_none() {
+            self.send_from_listening_loop(t, buf);
+            return;
+        }
         let Some(socket) = self.socket_for(local, t.destination) else {
             return;
         };
@@ -444,6 +535,24 @@ impl TftpService {
                 tracing::debug!(to = %t.destination, error = %e, "TFTP send failed");
             }
         }
+    }
+
+    /// On a loop without the listener: a datagram from it (an ERROR, for a refused request
+    /// or a transfer out of ports) goes to loop 0, which holds it. Nothing but single
+    /// datagrams leaves from the listener here (DATA runs do only in single-port mode,
+    /// whose transfers all stay on loop 0).
+    fn send_from_listening_loop(&self, t: Transmit, buf: &[u8]) {
+        let (Some(loops), Payload::Bytes { len }) = (self.ctx.loops(), t.payload) else {
+            return;
+        };
+        let Some(bytes) = buf.get(..len) else { return };
+        let work = super::handoff::Work::TftpListenerSend {
+            service: self.service.get(),
+            transmit: t,
+            bytes: bytes.to_vec(),
+        };
+        // Best effort, as any ERROR: a listening loop that is draining or full drops it.
+        let _ = loops.inbox(0).send(work);
     }
 
     /// The live view's progress of transfer `id`, sent up to `at`: at most every

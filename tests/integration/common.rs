@@ -412,6 +412,16 @@ pub fn curl_bytes(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// The value of counter `zpxe_<name>` on the server's `/metrics` (0 when it is not there).
+pub fn counter(server: &Server, name: &str) -> u64 {
+    let body = curl_bytes(&[&format!("http://{}/metrics", server.web)]);
+    let text = String::from_utf8_lossy(&body);
+    let line = format!("zpxe_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs a command with a time limit; returns (success, stdout+stderr).
 pub fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
     let mut child = cmd

@@ -128,14 +128,38 @@ impl LockStep {
 
 #[test]
 fn sigterm_finishes_transfers_under_way_and_starts_none() {
+    finishes_transfers_under_way_and_starts_none(false);
+}
+
+/// The same with `server.loop-handoff` and two loops: the second download's connection was
+/// handed to loop 1 (connections go in turn), which must finish it before the process exits.
+#[test]
+fn sigterm_finishes_handed_over_transfers_too() {
+    finishes_transfers_under_way_and_starts_none(true);
+}
+
+fn finishes_transfers_under_way_and_starts_none(handoff: bool) {
     let root = tempfile::tempdir().expect("tmp");
     let big = pattern_file(&root.path().join("big.bin"), 64 << 20, 7);
     let small = pattern_file(&root.path().join("small.bin"), 512 * 9 + 100, 8);
-    let mut server = Server::start(root.path(), &[]);
+    let config = root.path().join("handoff.toml");
+    std::fs::write(&config, "[server]\nloop-handoff = true\n").expect("config");
+    let config = config.to_string_lossy().into_owned();
+    let mut server = if handoff {
+        Server::start(root.path(), &["--config", &config, "--threads", "2"])
+    } else {
+        Server::start(root.path(), &[])
+    };
 
-    // An HTTP download read slowly, so it is still under way when the signal comes.
+    // Two HTTP downloads read slowly, so they are still under way when the signal comes.
     let (mut slow, head, body) = get(server.http, "big.bin");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (mut slow2, head, body2) = get(server.http, "big.bin");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    if handoff {
+        let conns = crate::common::counter(&server, "loop_handoff_connections_total");
+        assert_eq!(conns, 1, "the second connection went to loop 1");
+    }
     // An idle keep-alive connection (one response done).
     let (mut idle, head, first) = get(server.http, "small.bin");
     let mut rest = vec![0u8; content_length(&head) - first.len()];
@@ -175,8 +199,9 @@ fn sigterm_finishes_transfers_under_way_and_starts_none() {
     }
     tftp.step();
     assert!(tftp.got == small, "TFTP bytes differ");
-    // So does the HTTP download.
+    // So do the HTTP downloads.
     finish_body(&mut slow, body, &big);
+    finish_body(&mut slow2, body2, &big);
 
     let status = server
         .wait_exit(Duration::from_secs(5))

@@ -96,6 +96,44 @@ fn storm_of_500_mixed_clients_boots_with_every_byte_right() {
     assert!(ok && status.contains("\"clients\": 500"), "{status}");
 }
 
+/// `server.loop-handoff` (Windows' only way to run several loops) on Linux: loop 0 holds
+/// every port and hands connections and TFTP requests to loop 1 (or keeps them); a storm
+/// boots with every byte right and both kinds of work were handed over.
+#[test]
+fn a_storm_over_two_loops_that_hand_work_over_boots_with_every_byte_right() {
+    let (root, config) = image_set();
+    let handoff = root.path().join("handoff.toml");
+    let menu = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&handoff, format!("[server]\nloop-handoff = true\n{menu}")).expect("write");
+    let mut server = Server::start(
+        root.path(),
+        &["--config", &handoff.to_string_lossy(), "--threads", "2"],
+    );
+    let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
+    assert!(ready.contains("threads=2"), "{ready}");
+    assert!(ready.contains("loop_handoff=true"), "{ready}");
+    let json = root.path().join("storm.json");
+    let (ok, log) = run(
+        &mut loadgen(&server, root.path(), 100, &json, 120),
+        Duration::from_secs(150),
+    );
+    assert!(ok, "{log}");
+    let r = report(&json);
+    assert_eq!(r["booted"], 100, "{log}");
+    assert_eq!(r["failed"], 0, "{log}");
+    assert_eq!(r["byte_errors"], 0, "{log}");
+    // Connections go to the loops in turn; TFTP requests by the client's address (the load
+    // generator gives each client its own), so loop 1 gets none only by a 1-in-2^100 chance.
+    let conns = crate::common::counter(&server, "loop_handoff_connections_total");
+    let tftp = crate::common::counter(&server, "loop_handoff_tftp_total");
+    assert!(conns >= 50, "connections handed over: {conns}");
+    assert!(tftp > 0, "TFTP requests handed over: {tftp}");
+    assert_eq!(
+        crate::common::counter(&server, "loop_handoffs_dropped_total"),
+        0
+    );
+}
+
 #[test]
 fn a_server_that_dies_mid_storm_is_reported_and_fails_the_run() {
     let (root, config) = image_set();

@@ -284,6 +284,43 @@ fn two_event_loops_take_transfer_ports_from_one_range() {
     assert!(distinct.contains(&shared), "{shared}");
 }
 
+/// `server.loop-handoff` with two loops: loop 0 holds port 69 and hands each request to the
+/// loop its client's address picks. A refused request's ERROR leaves from the listener, which
+/// a loop that was handed the request does not hold: it goes back to loop 0. 32 clients on 32
+/// addresses ask for a missing file; each gets "file not found" from the listener's port, and
+/// requests went to the other loop.
+#[test]
+fn handed_over_requests_get_their_errors_from_the_listener() {
+    let root = tempfile::tempdir().expect("tmp");
+    pattern_file(&root.path().join("small.bin"), 4096, 10);
+    let config = root.path().join("zpxe.toml");
+    std::fs::write(&config, "[server]\nthreads = 2\nloop-handoff = true\n").expect("config");
+    let config = config.display().to_string();
+    let server = Server::start_on("127.0.9.1", root.path(), &["--config", &config]);
+    let missing = rrq("missing.bin", &[]);
+    let present = rrq("small.bin", &[]);
+    for i in 0..32u8 {
+        let s = UdpSocket::bind((Ipv4Addr::new(127, 4, 0, i + 1), 0)).expect("bind client");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.send_to(&missing, server.tftp).expect("send");
+        let mut buf = [0u8; 1024];
+        let (n, from) = eintr(|| s.recv_from(&mut buf)).expect("an answer to every request");
+        assert_eq!(
+            from, server.tftp,
+            "client {i}: the ERROR leaves from the listener"
+        );
+        assert_eq!(buf[..4], [0, 5, 0, 1], "client {i}: {:?}", &buf[..n]);
+        // A file that is there: block 1, from a transfer port of the loop serving the client.
+        s.send_to(&present, server.tftp).expect("send");
+        let (n, from) = eintr(|| s.recv_from(&mut buf)).expect("block 1");
+        assert_ne!(from, server.tftp, "client {i}");
+        assert_eq!(buf[..4], [0, 3, 0, 1], "client {i}: {:?}", &buf[..n]);
+    }
+    let handed = crate::common::counter(&server, "loop_handoff_tftp_total");
+    assert!(handed > 0, "requests handed to loop 1: {handed}");
+}
+
 /// `--tftp-single-port`: every transfer leaves from port 69. Seen before the fix: the live
 /// view's progress and the end of a transfer whose file changed were keyed on a transfer
 /// socket, so in this mode the status showed 0 bytes done (after 1,049,620 bytes received)
