@@ -45,6 +45,13 @@ const MAX_PENDING_COMMITS: usize = 1024;
 const MAX_PENDING_RENEWALS: usize = MAX_PENDING_COMMITS / 2;
 /// Shorter leases only make sense in tests (renewal at T1 = 5 s).
 const MIN_LEASE_SECS: u32 = 10;
+/// Offers held for a conflict check at once. Each costs one echo request; past this a
+/// DISCOVER that needs a check goes unanswered (counted; the client retransmits), so a flood
+/// of DISCOVERs with made-up addresses cannot make the server ping without end.
+const MAX_PROBES: usize = 256;
+/// Addresses one DISCOVER may try: after a conflict the next is chosen and checked at once,
+/// up to this many in all.
+const MAX_PROBE_ATTEMPTS: u8 = 3;
 
 /// Option codes this machine writes that `DhcpOptions` keeps in `other`.
 mod code {
@@ -100,6 +107,10 @@ pub struct DhcpServerConfig {
     pub decline_hold: Duration,
     /// Relay agents that forward from an address other than their `giaddr` (`dhcp.relays`).
     pub relays: Vec<Ipv4Addr>,
+    /// Before offering an address the client does not hold already, ask whether anyone
+    /// answers at it (an ICMP echo, sent by the caller: `poll_probe`), waiting this long for
+    /// an answer (`probe_answered`). `None`: offer at once.
+    pub conflict_check: Option<Duration>,
 }
 
 impl Default for DhcpServerConfig {
@@ -115,6 +126,7 @@ impl Default for DhcpServerConfig {
             offer_hold: Duration::from_secs(10),
             decline_hold: Duration::from_secs(600),
             relays: Vec::new(),
+            conflict_check: None,
         }
     }
 }
@@ -234,6 +246,12 @@ pub enum ServerEvent {
         mac: MacAddr,
         ip: Ipv4Addr,
     },
+    /// Something answered the conflict check at `ip` before it was offered to `mac`: the
+    /// address is held out as a declined one is, and the client offered another.
+    Conflict {
+        mac: MacAddr,
+        ip: Ipv4Addr,
+    },
     Ignored {
         reason: ServerIgnore,
         mac: Option<MacAddr>,
@@ -295,6 +313,12 @@ pub enum ServerIgnore {
     CommitBacklog,
     #[error("reply queue full")]
     QueueFull,
+    #[error("the offer waits for its conflict check")]
+    Probing,
+    #[error("too many conflict checks under way")]
+    ProbeBacklog,
+    #[error("every address tried for the client answered the conflict check")]
+    Conflicts,
 }
 
 /// Lease changes to write down, in one transaction, before `committed(seq, true)`.
@@ -331,6 +355,21 @@ struct Held {
     renewal: bool,
 }
 
+/// An offer that waits for its conflict check: sent at `deadline` unless the address answers
+/// first.
+#[derive(Debug)]
+struct Probing {
+    ip: Ipv4Addr,
+    deadline: Instant,
+    reply: QueuedReply,
+    event: ServerEvent,
+    /// What to choose another address from, if this one answers.
+    meta: DatagramMeta,
+    request: Box<DhcpRepr>,
+    server: Ipv4Addr,
+    attempt: u8,
+}
+
 /// The server. Feed it datagrams from the DHCP port; poll commits, replies and events.
 #[derive(Debug)]
 pub struct DhcpServer {
@@ -343,6 +382,10 @@ pub struct DhcpServer {
     renewals_held: usize,
     next_seq: u64,
     overrides: Option<std::sync::Arc<dyn super::proxy::ClientOverrides>>,
+    /// Offers waiting for their conflict checks, by deadline (all wait as long).
+    probing: VecDeque<Probing>,
+    /// Addresses to check, for the caller to send an echo to.
+    probes: VecDeque<Ipv4Addr>,
 }
 
 /// What one request resolved to.
@@ -359,6 +402,8 @@ enum Outcome {
     /// A retransmission of a REQUEST whose commit `seq` is in flight: its reply replaces the
     /// one held (the client waits for the newest).
     Join(u64, QueuedReply),
+    /// An offer held for its conflict check.
+    Probing,
     Ignore(ServerIgnore),
 }
 
@@ -387,6 +432,8 @@ impl DhcpServer {
             renewals_held: 0,
             next_seq: 1,
             overrides: None,
+            probing: VecDeque::new(),
+            probes: VecDeque::new(),
         }
     }
 
@@ -426,7 +473,12 @@ impl DhcpServer {
             Err(error) => return self.ignore(ServerIgnore::Malformed(error), None),
         };
         let mac = Some(request.client_mac);
-        match self.answer(now, &meta, &request) {
+        let outcome = self.answer(now, &meta, &request);
+        self.apply(outcome, mac);
+    }
+
+    fn apply(&mut self, outcome: Outcome, mac: Option<MacAddr>) {
+        match outcome {
             Outcome::Reply(reply, event) => {
                 if self.replies.len() >= MAX_QUEUED_REPLIES {
                     return self.ignore(ServerIgnore::QueueFull, mac);
@@ -461,8 +513,73 @@ impl DhcpServer {
                     held.reply = Some(reply);
                 }
             }
+            Outcome::Probing => {}
             Outcome::Ignore(reason) => self.ignore(reason, mac),
         }
+    }
+
+    /// The next address to check before it is offered: the caller sends it an ICMP echo and
+    /// reports an answer with [`DhcpServer::probe_answered`].
+    pub fn poll_probe(&mut self) -> Option<Ipv4Addr> {
+        self.probes.pop_front()
+    }
+
+    /// When the oldest offer waiting for its conflict check is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.probing.front().map(|p| p.deadline)
+    }
+
+    /// Sends the offers whose conflict checks got no answer in time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while self.probing.front().is_some_and(|p| p.deadline <= now) {
+            let Some(p) = self.probing.pop_front() else {
+                break;
+            };
+            let mac = Some(p.request.client_mac);
+            self.apply(Outcome::Reply(p.reply, p.event), mac);
+        }
+    }
+
+    //= https://www.rfc-editor.org/rfc/rfc2131#section-2.2
+    //# the allocating server SHOULD probe the reused address before
+    //# allocating the address, e.g., with an ICMP echo request, and the
+    //# client SHOULD probe the newly received address, e.g., with ARP.
+    //
+    // Something answered at `ip`: it is held out as a declined address is (the record is
+    // written, so a restart keeps it out too) and the client gets the next address, checked
+    // in turn. An answer for an address not being checked is dropped: it costs a lookup.
+    pub fn probe_answered(&mut self, now: Instant, ip: Ipv4Addr) {
+        let Some(pos) = self.probing.iter().position(|p| p.ip == ip) else {
+            return;
+        };
+        let Some(p) = self.probing.remove(pos) else {
+            return;
+        };
+        let mac = p.request.client_mac;
+        let client = ClientKey::from_request(&p.request);
+        let until = now + self.config.decline_hold;
+        if let Some(record) = self.table.decline(ip, &client, until, now) {
+            if self.backlog_full(false) {
+                // Not written: held out in memory only, until `until`.
+                self.push_event(ServerEvent::Conflict { mac, ip });
+            } else {
+                self.apply(
+                    Outcome::Durable {
+                        reply: None,
+                        event: ServerEvent::Conflict { mac, ip },
+                        records: vec![record],
+                        binding: None,
+                        renewal: false,
+                    },
+                    Some(mac),
+                );
+            }
+        }
+        if p.attempt >= MAX_PROBE_ATTEMPTS {
+            return self.ignore(ServerIgnore::Conflicts, Some(mac));
+        }
+        let outcome = self.offer_to(now, &p.meta, &p.request, p.server, p.attempt + 1);
+        self.apply(outcome, Some(mac));
     }
 
     /// The next batch of lease changes to write.
@@ -607,6 +724,20 @@ impl DhcpServer {
         request: &DhcpRepr,
         server: Ipv4Addr,
     ) -> Outcome {
+        self.offer_to(now, meta, request, server, 1)
+    }
+
+    /// Chooses an address for a DISCOVER and offers it, after a conflict check when that is
+    /// on and the client does not hold the address already (`attempt`: the how-manieth
+    /// address tried for this DISCOVER).
+    fn offer_to(
+        &mut self,
+        now: Instant,
+        meta: &DatagramMeta,
+        request: &DhcpRepr,
+        server: Ipv4Addr,
+        attempt: u8,
+    ) -> Outcome {
         let Some(pool) = self.pool_for(request, server) else {
             return Outcome::Ignore(ServerIgnore::NoPool);
         };
@@ -619,9 +750,31 @@ impl DhcpServer {
             Ok(ip) => ip,
             Err(AllocError::Exhausted) => return Outcome::Ignore(ServerIgnore::PoolExhausted),
         };
+        let lease = self.lease_time(pool);
+        // A retransmitted DISCOVER while its address is checked: the newest gets the answer.
+        if let Some(pos) = self.probing.iter().position(|p| p.ip == ip) {
+            let (reply, _) = self.lease_reply(
+                meta,
+                request,
+                server,
+                pool,
+                MessageType::Offer,
+                ip,
+                Some(lease),
+            );
+            if let Some(p) = self.probing.get_mut(pos) {
+                p.reply = reply;
+            }
+            return Outcome::Ignore(ServerIgnore::Probing);
+        }
+        let check = self.config.conflict_check.filter(|_| {
+            !(self.table.holds(ip, &client, now) || self.table.offered_to(ip, &client))
+        });
+        if check.is_some() && self.probing.len() >= MAX_PROBES {
+            return Outcome::Ignore(ServerIgnore::ProbeBacklog);
+        }
         let until = now + self.config.offer_hold;
         self.table.offer(ip, &client, mac, until, now);
-        let lease = self.lease_time(pool);
         let (reply, boot) = self.lease_reply(
             meta,
             request,
@@ -631,15 +784,27 @@ impl DhcpServer {
             ip,
             Some(lease),
         );
-        Outcome::Reply(
+        let event = ServerEvent::Offered {
+            mac,
+            ip,
+            relay: relay_of(request),
+            boot,
+        };
+        let Some(wait) = check else {
+            return Outcome::Reply(reply, event);
+        };
+        self.probes.push_back(ip);
+        self.probing.push_back(Probing {
+            ip,
+            deadline: now + wait,
             reply,
-            ServerEvent::Offered {
-                mac,
-                ip,
-                relay: relay_of(request),
-                boot,
-            },
-        )
+            event,
+            meta: *meta,
+            request: Box::new(request.clone()),
+            server,
+            attempt,
+        });
+        Outcome::Probing
     }
 
     /// Whether `client`'s REQUEST for `ip` NAKs (`Err`) or binds; `ip` must be available to it.
@@ -1220,7 +1385,8 @@ fn event_mac(event: &ServerEvent) -> Option<MacAddr> {
         | ServerEvent::Informed { mac, .. }
         | ServerEvent::Nak { mac, .. }
         | ServerEvent::Released { mac, .. }
-        | ServerEvent::Declined { mac, .. } => Some(*mac),
+        | ServerEvent::Declined { mac, .. }
+        | ServerEvent::Conflict { mac, .. } => Some(*mac),
         ServerEvent::Ignored { mac, .. } => *mac,
     }
 }
@@ -1368,6 +1534,153 @@ mod tests {
     fn opt32(reply: &DhcpRepr, code: u8) -> Option<u32> {
         let v = reply.options.other.get(&code)?;
         Some(u32::from_be_bytes(v.as_slice().try_into().ok()?))
+    }
+
+    fn checking() -> DhcpServerConfig {
+        DhcpServerConfig {
+            conflict_check: Some(Duration::from_millis(500)),
+            ..config()
+        }
+    }
+
+    fn discover(server: &mut DhcpServer, now: Instant, m: MacAddr) -> Out {
+        feed(
+            server,
+            now,
+            meta("0.0.0.0:68"),
+            &msg(MessageType::Discover, m),
+        )
+    }
+
+    fn probes(server: &mut DhcpServer) -> Vec<Ipv4Addr> {
+        std::iter::from_fn(|| server.poll_probe()).collect()
+    }
+
+    #[test]
+    fn a_conflict_check_holds_the_offer_until_its_timeout() {
+        let mut server = DhcpServer::new(checking());
+        let now = Instant::now();
+        let first = Ipv4Addr::new(10, 0, 0, 100);
+        let held = |out: &Out| out.transmits.is_empty() && out.events.is_empty();
+        assert!(held(&discover(&mut server, now, mac(1))));
+        assert_eq!(probes(&mut server), [first]);
+        assert_eq!(
+            server.poll_timeout(),
+            Some(now + Duration::from_millis(500))
+        );
+        // A retransmission is not checked again, nor answered before the check ends.
+        let again = discover(&mut server, now + Duration::from_millis(100), mac(1));
+        assert_eq!(ignored(&again), ServerIgnore::Probing);
+        assert!(probes(&mut server).is_empty());
+        // Another client meanwhile gets (and checks) another address.
+        assert!(held(&discover(&mut server, now, mac(2))));
+        assert_eq!(probes(&mut server), [Ipv4Addr::new(10, 0, 0, 101)]);
+        // Not yet due: nothing.
+        server.handle_timeout(now + Duration::from_millis(499));
+        assert!(drain(&mut server, now).transmits.is_empty());
+        // No answer: the offers leave.
+        server.handle_timeout(now + Duration::from_millis(500));
+        let out = drain(&mut server, now);
+        let offered: Vec<Ipv4Addr> = out.transmits.iter().map(|(_, r)| r.yiaddr).collect();
+        assert_eq!(offered, [first, Ipv4Addr::new(10, 0, 0, 101)]);
+        assert_eq!(server.poll_timeout(), None);
+        // The client's REQUEST binds as usual, and its next DISCOVER is not checked: it
+        // holds the address.
+        let mut req = msg(MessageType::Request, mac(1));
+        req.options.server_id = Some(LOCAL);
+        req.options.requested_ip = Some(first);
+        let out = feed(&mut server, now, meta("0.0.0.0:68"), &req);
+        assert_eq!(one(&out).1.options.message_type, Some(MessageType::Ack));
+        let out = discover(&mut server, now, mac(1));
+        assert_eq!(one(&out).1.yiaddr, first);
+        assert!(probes(&mut server).is_empty());
+    }
+
+    #[test]
+    fn an_address_that_answers_is_held_out_and_the_next_one_offered() {
+        let mut server = DhcpServer::new(checking());
+        let now = Instant::now();
+        let taken = Ipv4Addr::new(10, 0, 0, 100);
+        let next = Ipv4Addr::new(10, 0, 0, 101);
+        discover(&mut server, now, mac(1));
+        assert_eq!(probes(&mut server), [taken]);
+        // An answer from an address nobody checks changes nothing.
+        server.probe_answered(now, Ipv4Addr::new(10, 0, 0, 150));
+        assert!(server.poll_commit().is_none());
+        server.probe_answered(now + Duration::from_millis(10), taken);
+        // The conflict is written like a DECLINE, and the next address checked at once.
+        let c = server.poll_commit().expect("the conflict's record");
+        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.records[0].ip, taken);
+        assert_eq!(c.records[0].state, LeaseState::Declined);
+        server.committed(c.seq, true);
+        assert_eq!(probes(&mut server), [next]);
+        let out = drain(&mut server, now);
+        assert!(out.transmits.is_empty());
+        assert!(
+            out.events.contains(&ServerEvent::Conflict {
+                mac: mac(1),
+                ip: taken
+            }),
+            "{:?}",
+            out.events
+        );
+        server.handle_timeout(now + Duration::from_secs(1));
+        let out = drain(&mut server, now);
+        assert_eq!(one(&out).1.yiaddr, next);
+        // The answering address stays out for decline-hold, for every client.
+        let (_, other) = {
+            discover(&mut server, now, mac(2));
+            assert_eq!(probes(&mut server), [Ipv4Addr::new(10, 0, 0, 102)]);
+            server.handle_timeout(now + Duration::from_secs(2));
+            let out = drain(&mut server, now);
+            (out.transmits.len(), out.transmits[0].1.yiaddr)
+        };
+        assert_ne!(other, taken);
+    }
+
+    #[test]
+    fn one_discover_tries_at_most_three_addresses_and_checks_are_bounded() {
+        let mut server = DhcpServer::new(checking());
+        let now = Instant::now();
+        discover(&mut server, now, mac(1));
+        let mut tried = Vec::new();
+        while let Some(ip) = server.poll_probe() {
+            tried.push(ip);
+            server.probe_answered(now, ip);
+            while let Some(c) = server.poll_commit() {
+                server.committed(c.seq, true);
+            }
+        }
+        assert_eq!(tried.len(), MAX_PROBE_ATTEMPTS as usize, "{tried:?}");
+        let out = drain(&mut server, now);
+        assert!(out.transmits.is_empty());
+        assert!(
+            out.events.iter().any(|e| matches!(
+                e,
+                ServerEvent::Ignored {
+                    reason: ServerIgnore::Conflicts,
+                    ..
+                }
+            )),
+            "{:?}",
+            out.events
+        );
+        // A flood of DISCOVERs from made-up clients: at most MAX_PROBES checks at once, the
+        // rest unanswered and counted.
+        let mut big = checking();
+        big.pools[0] = pool("10.0.0.0/16", [10, 0, 1, 0], [10, 0, 4, 255]);
+        let mut server = DhcpServer::new(big);
+        let mut backlog = 0;
+        for n in 0..(MAX_PROBES as u32 + 10) {
+            let out = discover(&mut server, now, mac(100 + n));
+            if !out.events.is_empty() {
+                assert_eq!(ignored(&out), ServerIgnore::ProbeBacklog);
+                backlog += 1;
+            }
+        }
+        assert_eq!(probes(&mut server).len(), MAX_PROBES);
+        assert_eq!(backlog, 10);
     }
 
     #[test]
