@@ -218,6 +218,10 @@ pub struct DhcpSection {
     /// Server mode: addresses relay agents forward from when that is not their `giaddr` (a
     /// relayed message is taken only from its `giaddr` or one of these).
     pub relays: Vec<std::net::Ipv4Addr>,
+    /// Server mode: before offering an address its client does not hold, send it an ICMP echo
+    /// and wait this long for an answer (an answer holds the address out as a DECLINE does);
+    /// 0: no check.
+    pub conflict_check_ms: u64,
 }
 
 impl Default for DhcpSection {
@@ -230,6 +234,7 @@ impl Default for DhcpSection {
             offer_hold_secs: 10,
             decline_hold_secs: 600,
             relays: Vec::new(),
+            conflict_check_ms: 0,
         }
     }
 }
@@ -246,6 +251,13 @@ impl DhcpSection {
                         .to_owned(),
                 ];
             }
+            if self.conflict_check_ms > 0 {
+                return vec![
+                    "dhcp.conflict-check-ms is for dhcp.mode = \"server\": in proxy and \
+                     pxe-only modes the site's DHCP server chooses the addresses"
+                        .to_owned(),
+                ];
+            }
             return Vec::new();
         }
         let mut problems = zpxe_engine::dhcp::server::DhcpServerConfig::check(
@@ -257,6 +269,14 @@ impl DhcpSection {
             problems.push(format!(
                 "dhcp.offer-hold-secs = {}: between 1 and 300",
                 self.offer_hold_secs
+            ));
+        }
+        // Clients wait for the offer meanwhile: PXE firmware sends its second DISCOVER about
+        // 4 s after the first.
+        if self.conflict_check_ms > 3000 {
+            problems.push(format!(
+                "dhcp.conflict-check-ms = {}: at most 3000 (0 turns the check off)",
+                self.conflict_check_ms
             ));
         }
         problems
@@ -1673,6 +1693,31 @@ mod tests {
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_conflict_check_is_for_server_mode_and_bounded() {
+        let server = "[server]\nroot = \"/tmp\"\n[dhcp]\nmode = \"server\"\nconflict-check-ms = {ms}\n\n\
+                      [[dhcp.pool]]\nsubnet = \"10.0.0.0/24\"\n\
+                      range = [\"10.0.0.100\", \"10.0.0.199\"]\n";
+        let with = |ms: u64| server.replace("{ms}", &ms.to_string());
+        assert!(
+            problems(&with(500)).is_empty(),
+            "{:?}",
+            problems(&with(500))
+        );
+        let c = Config::parse(Path::new("x"), &with(500)).expect("valid");
+        assert_eq!(c.dhcp.conflict_check_ms, 500);
+        let p = problems(&with(3001));
+        assert!(
+            p.len() == 1 && p[0].contains("dhcp.conflict-check-ms = 3001: at most 3000"),
+            "{p:?}"
+        );
+        let p = problems("[server]\nroot = \"/tmp\"\n[dhcp]\nconflict-check-ms = 500\n");
+        assert!(
+            p.len() == 1 && p[0].contains("is for dhcp.mode = \"server\""),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ counters! {
     http_requests_total: "HTTP and HTTPS requests answered on the boot ports (the web service counts in zpxe_web_requests_total)",
     http_bytes_sent_total: "HTTP body bytes sent from images",
     http_accept_paused_total: "times an HTTP listener stopped accepting at max-connections",
+    dhcp_server_conflicts_total: "addresses that answered the DHCP server's conflict check before an offer (held out for dhcp.decline-hold-secs)",
     loop_handoff_connections_total: "HTTP and HTTPS connections the listening loop handed to another event loop (server.loop-handoff)",
     loop_handoff_tftp_total: "TFTP requests the listening loop handed to another event loop (server.loop-handoff)",
     loop_handoffs_dropped_total: "TFTP requests dropped because the event loop they belong to had a full queue or was draining (the client asks again)",

@@ -5,6 +5,7 @@
 //! with the control messages and batched sends zpxe needs, [`store`] maps boot files.
 
 pub mod bind;
+pub mod icmp;
 #[cfg(unix)]
 pub mod instance_lock;
 pub mod notify;

@@ -18,9 +18,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::hash::BuildHasher;
 use zpxe_engine::dhcp::server::{DhcpServerConfig, ServerEvent};
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, DhcpServer};
-use zpxe_platform::runtime::spawn;
+use zpxe_platform::icmp::Pinger;
+use zpxe_platform::runtime::{Notify, spawn};
 use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
@@ -40,6 +42,31 @@ pub(crate) struct Core {
     /// Sockets by the interface index requests arrived on, to answer from the same one.
     by_ifindex: RefCell<HashMap<u32, Rc<UdpEndpoint>>>,
     sockets: RefCell<Vec<Rc<UdpEndpoint>>>,
+    /// The conflict check's ICMP socket and the echoes awaiting replies (`dhcp.conflict-check-ms`).
+    conflicts: Option<ConflictCheck>,
+}
+
+/// The echoes the conflict check sent: by sequence number (drawn at random, so an answer
+/// must carry one of ours), the address and when.
+struct ConflictCheck {
+    pinger: Rc<Pinger>,
+    sent: RefCell<HashMap<u16, (std::net::Ipv4Addr, Instant)>>,
+    random: std::hash::RandomState,
+    draws: std::cell::Cell<u64>,
+    /// Wakes the timer task when an offer starts waiting for its check.
+    wake: Notify,
+}
+
+/// Echoes awaiting a reply at most (the engine checks at most 256 addresses at once; older
+/// entries are dropped first).
+const MAX_ECHOES: usize = 1024;
+
+impl ConflictCheck {
+    fn seq(&self) -> u16 {
+        let n = self.draws.get();
+        self.draws.set(n + 1);
+        self.random.hash_one(n) as u16
+    }
 }
 
 /// The server's settings from the configuration.
@@ -57,6 +84,8 @@ pub(crate) fn server_config(config: &Config) -> DhcpServerConfig {
         offer_hold: Duration::from_secs(u64::from(d.offer_hold_secs)),
         decline_hold: Duration::from_secs(u64::from(d.decline_hold_secs)),
         relays: d.relays.clone(),
+        conflict_check: (d.conflict_check_ms > 0)
+            .then(|| Duration::from_millis(d.conflict_check_ms)),
     }
 }
 
@@ -91,6 +120,21 @@ impl Core {
             pools = config.dhcp.pool.len(),
             "DHCP server: leases loaded"
         );
+        let conflicts = match config.dhcp.conflict_check_ms {
+            0 => None,
+            ms => {
+                let random = std::hash::RandomState::new();
+                let pinger = Pinger::open(random.hash_one("icmp id") as u16)?;
+                tracing::info!(wait_ms = ms, "DHCP server: conflict check on (ICMP echo)");
+                Some(ConflictCheck {
+                    pinger: Rc::new(pinger),
+                    sent: RefCell::default(),
+                    random,
+                    draws: std::cell::Cell::new(0),
+                    wake: Notify::new(),
+                })
+            }
+        };
         let store = LeaseStore::spawn(backend)?;
         let core = Rc::new(Self {
             engine: RefCell::new(engine),
@@ -99,9 +143,16 @@ impl Core {
             ctx: Rc::clone(ctx),
             by_ifindex: RefCell::new(HashMap::new()),
             sockets: RefCell::new(Vec::new()),
+            conflicts,
         });
         let me = Rc::clone(&core);
         spawn(async move { me.completions().await }).detach();
+        if core.conflicts.is_some() {
+            let me = Rc::clone(&core);
+            spawn(async move { me.echo_replies().await }).detach();
+            let me = Rc::clone(&core);
+            spawn(async move { me.check_timeouts().await }).detach();
+        }
         Ok(core)
     }
 
@@ -192,10 +243,97 @@ impl Core {
         }
     }
 
+    /// Replies to the conflict check's echoes: an answer from an address being checked holds
+    /// it out (the engine then checks the next one). Anything else costs a lookup.
+    async fn echo_replies(self: Rc<Self>) {
+        let Some(check) = &self.conflicts else { return };
+        let pinger = Rc::clone(&check.pinger);
+        let mut buf = Vec::with_capacity(1500);
+        let mut out = vec![0u8; BUF];
+        loop {
+            let (res, b) = pinger.recv(buf).await;
+            buf = b;
+            match res {
+                Ok(Some((from, seq))) => {
+                    let ours = check
+                        .sent
+                        .borrow()
+                        .get(&seq)
+                        .is_some_and(|(ip, _)| *ip == from);
+                    if ours {
+                        check.sent.borrow_mut().remove(&seq);
+                        self.engine
+                            .borrow_mut()
+                            .probe_answered(Instant::now(), from);
+                        self.flush(&mut out).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "conflict check: ICMP receive failed");
+                    zpxe_platform::runtime::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the offers whose conflict checks ran out without an answer. Sleeps until the
+    /// engine's next deadline, or until a check starts.
+    async fn check_timeouts(self: Rc<Self>) {
+        let Some(check) = &self.conflicts else { return };
+        let mut out = vec![0u8; BUF];
+        loop {
+            let deadline = self.engine.borrow().poll_timeout();
+            check.wake.notified_until(deadline).await;
+            let now = Instant::now();
+            if self
+                .engine
+                .borrow()
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
+                self.engine.borrow_mut().handle_timeout(now);
+                self.flush(&mut out).await;
+            }
+        }
+    }
+
+    /// Sends an echo to each address the engine wants checked.
+    async fn send_probes(&self) {
+        let Some(check) = &self.conflicts else { return };
+        let mut started = false;
+        loop {
+            let probe = self.engine.borrow_mut().poll_probe();
+            let Some(ip) = probe else { break };
+            let now = Instant::now();
+            let seq = check.seq();
+            {
+                let mut sent = check.sent.borrow_mut();
+                if sent.len() >= MAX_ECHOES {
+                    let stale =
+                        Duration::from_millis(self.ctx.shared.config.dhcp.conflict_check_ms);
+                    sent.retain(|_, (_, at)| now.saturating_duration_since(*at) <= stale);
+                    if sent.len() >= MAX_ECHOES {
+                        sent.clear();
+                    }
+                }
+                sent.insert(seq, (ip, now));
+            }
+            if let Err(e) = check.pinger.echo(ip, seq).await {
+                tracing::debug!(%ip, error = %e, "conflict check: echo not sent");
+            }
+            started = true;
+        }
+        if started {
+            check.wake.notify();
+        }
+    }
+
     /// Hands commits to the writer, sends the replies ready, logs and records the events.
     /// Each reply is encoded once, into `buf`; `send_transmit` copies it into a pooled send
     /// buffer.
     async fn flush(&self, buf: &mut [u8]) {
+        self.send_probes().await;
         loop {
             let commit = self.engine.borrow_mut().poll_commit();
             let Some(commit) = commit else { break };
@@ -322,6 +460,10 @@ fn log_event(ev: &ServerEvent, metrics: &Metrics) {
         ServerEvent::Released { mac, ip } => tracing::info!(%mac, %ip, "DHCP release"),
         ServerEvent::Declined { mac, ip } => {
             tracing::warn!(%mac, %ip, "DHCP decline: the client found the address in use")
+        }
+        ServerEvent::Conflict { mac, ip } => {
+            Metrics::add(&metrics.dhcp_server_conflicts_total, 1);
+            tracing::warn!(%mac, %ip, "DHCP conflict check: something answers at the address; offering another")
         }
         ServerEvent::Informed { mac, ip, .. } => tracing::debug!(%mac, %ip, "DHCP inform"),
         ServerEvent::Ignored { reason, mac } => {

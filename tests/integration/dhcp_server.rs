@@ -235,3 +235,56 @@ fn a_storm_of_1000_clients_gets_no_address_twice() {
     let log = server.drain_log().join("\n");
     assert!(!log.contains("backed up"), "{log}");
 }
+
+/// `dhcp.conflict-check-ms`: a host on the link already uses the pool's first address (set by
+/// hand, unknown to zpxe). Before offering it zpxe sends an ICMP echo, gets the host's answer,
+/// holds the address out and offers the next one; every client gets an address nobody else
+/// answers at, and the conflict is counted once.
+#[test]
+fn the_conflict_check_skips_an_address_someone_answers_at() {
+    let pair = NetPair::new("dsk");
+    ip(
+        &pair.client,
+        &["route", "add", "default", "via", &pair.server_ip],
+    );
+    let squatter = "10.77.240.1";
+    ip(
+        &pair.client,
+        &["addr", "add", &format!("{squatter}/16"), "dev", "c0"],
+    );
+    ip(
+        &pair.server,
+        &["route", "add", "10.77.240.0/24", "dev", "s0"],
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("zpxe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dhcp]\nmode = \"server\"\nconflict-check-ms = 300\n\n\
+             [[dhcp.pool]]\nsubnet = \"10.77.0.0/16\"\n\
+             range = [\"10.77.240.1\", \"10.77.247.254\"]\nrouter = [\"{s}\"]\n",
+            s = pair.server_ip
+        ),
+    )
+    .expect("config");
+    let db = format!("sqlite://{}", dir.path().join("zpxe.db").display());
+    let mut server = start(&pair, dir.path(), &config, &db);
+    server.wait_for_log("conflict check on", Duration::from_secs(5));
+    let leased = std::panic::catch_unwind(|| storm(&pair, 5, 11, &dir.path().join("storm.json")))
+        .unwrap_or_else(|_| panic!("server:\n{}", server.drain_log().join("\n")));
+    let set = assert_unique(&leased);
+    assert_eq!(set.len(), 5);
+    assert!(!set.contains(squatter), "{set:?}");
+    let warned = server.wait_for_log("DHCP conflict check", Duration::from_secs(5));
+    assert!(warned.contains(&format!("ip={squatter}")), "{warned}");
+    let mut cmd = NetPair::command(&pair.server, require("curl"));
+    cmd.args(["-sf", "http://127.0.0.1:8051/metrics"]);
+    let (ok, body) = run(&mut cmd, Duration::from_secs(10));
+    assert!(ok, "/metrics: {body}");
+    assert!(
+        body.lines()
+            .any(|l| l == "zpxe_dhcp_server_conflicts_total 1"),
+        "{body}"
+    );
+}
