@@ -109,27 +109,33 @@ fn a_storm_over_two_loops_that_hand_work_over_boots_with_every_byte_right() {
         root.path(),
         &["--config", &handoff.to_string_lossy(), "--threads", "2"],
     );
+    storm_over_handing_loops(&mut server, root.path(), 120);
+}
+
+/// A 100-client storm against `server`, started with two loops that hand work over: every
+/// client boots byte-exact, and both connections and TFTP requests crossed loops (connections
+/// go to the loops in turn; TFTP requests by the client's address, and the load generator
+/// gives each client its own, so loop 1 gets none only by a 1-in-2^100 chance).
+pub(crate) fn storm_over_handing_loops(server: &mut Server, root: &Path, limit_s: u32) {
     let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
     assert!(ready.contains("threads=2"), "{ready}");
     assert!(ready.contains("loop_handoff=true"), "{ready}");
-    let json = root.path().join("storm.json");
+    let json = root.join("storm.json");
     let (ok, log) = run(
-        &mut loadgen(&server, root.path(), 100, &json, 120),
-        Duration::from_secs(150),
+        &mut loadgen(server, root, 100, &json, limit_s),
+        Duration::from_secs(u64::from(limit_s) + 30),
     );
     assert!(ok, "{log}");
     let r = report(&json);
     assert_eq!(r["booted"], 100, "{log}");
     assert_eq!(r["failed"], 0, "{log}");
     assert_eq!(r["byte_errors"], 0, "{log}");
-    // Connections go to the loops in turn; TFTP requests by the client's address (the load
-    // generator gives each client its own), so loop 1 gets none only by a 1-in-2^100 chance.
-    let conns = crate::common::counter(&server, "loop_handoff_connections_total");
-    let tftp = crate::common::counter(&server, "loop_handoff_tftp_total");
+    let conns = crate::common::counter(server, "loop_handoff_connections_total");
+    let tftp = crate::common::counter(server, "loop_handoff_tftp_total");
     assert!(conns >= 50, "connections handed over: {conns}");
     assert!(tftp > 0, "TFTP requests handed over: {tftp}");
     assert_eq!(
-        crate::common::counter(&server, "loop_handoffs_dropped_total"),
+        crate::common::counter(server, "loop_handoffs_dropped_total"),
         0
     );
 }

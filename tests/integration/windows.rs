@@ -189,7 +189,7 @@ fn windows_build_boots_a_storm_with_every_byte_right() {
 /// kinds of work crossed loops.
 #[test]
 fn windows_build_with_two_loops_boots_a_100_client_storm() {
-    use crate::loadgen::{image_set, loadgen, report};
+    use crate::loadgen::image_set;
     let (exe, cache) = windows_build();
     let (root, config) = image_set();
     let mut server = Server::start_windows(
@@ -203,27 +203,7 @@ fn windows_build_with_two_loops_boots_a_100_client_storm() {
             "2",
         ],
     );
-    let ready = server.wait_for_log("zpxe ready", Duration::from_secs(1));
-    assert!(ready.contains("threads=2"), "{ready}");
-    assert!(ready.contains("loop_handoff=true"), "{ready}");
-    let json = root.path().join("storm.json");
-    let (ok, log) = run(
-        &mut loadgen(&server, root.path(), 100, &json, 240),
-        Duration::from_secs(270),
-    );
-    assert!(ok, "{log}");
-    let r = report(&json);
-    assert_eq!(r["booted"], 100, "{log}");
-    assert_eq!(r["failed"], 0, "{log}");
-    assert_eq!(r["byte_errors"], 0, "{log}");
-    let conns = crate::common::counter(&server, "loop_handoff_connections_total");
-    let tftp = crate::common::counter(&server, "loop_handoff_tftp_total");
-    assert!(conns >= 50, "connections handed over: {conns}");
-    assert!(tftp > 0, "TFTP requests handed over: {tftp}");
-    assert_eq!(
-        crate::common::counter(&server, "loop_handoffs_dropped_total"),
-        0
-    );
+    crate::loadgen::storm_over_handing_loops(&mut server, root.path(), 240);
 }
 
 /// Ctrl-C drains on Windows as SIGTERM does on Linux: the download under way finishes

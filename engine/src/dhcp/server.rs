@@ -751,20 +751,18 @@ impl DhcpServer {
             Err(AllocError::Exhausted) => return Outcome::Ignore(ServerIgnore::PoolExhausted),
         };
         let lease = self.lease_time(pool);
+        let (reply, boot) = self.lease_reply(
+            meta,
+            request,
+            server,
+            pool,
+            MessageType::Offer,
+            ip,
+            Some(lease),
+        );
         // A retransmitted DISCOVER while its address is checked: the newest gets the answer.
-        if let Some(pos) = self.probing.iter().position(|p| p.ip == ip) {
-            let (reply, _) = self.lease_reply(
-                meta,
-                request,
-                server,
-                pool,
-                MessageType::Offer,
-                ip,
-                Some(lease),
-            );
-            if let Some(p) = self.probing.get_mut(pos) {
-                p.reply = reply;
-            }
+        if let Some(p) = self.probing.iter_mut().find(|p| p.ip == ip) {
+            p.reply = reply;
             return Outcome::Ignore(ServerIgnore::Probing);
         }
         let check = self.config.conflict_check.filter(|_| {
@@ -775,15 +773,6 @@ impl DhcpServer {
         }
         let until = now + self.config.offer_hold;
         self.table.offer(ip, &client, mac, until, now);
-        let (reply, boot) = self.lease_reply(
-            meta,
-            request,
-            server,
-            pool,
-            MessageType::Offer,
-            ip,
-            Some(lease),
-        );
         let event = ServerEvent::Offered {
             mac,
             ip,
