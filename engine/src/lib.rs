@@ -8,6 +8,7 @@
 
 pub mod dhcp;
 pub mod http;
+pub mod icmp;
 pub mod ids;
 pub mod image;
 pub mod net;

@@ -285,16 +285,9 @@ impl Core {
         loop {
             let deadline = self.engine.borrow().poll_timeout();
             check.wake.notified_until(deadline).await;
-            let now = Instant::now();
-            if self
-                .engine
-                .borrow()
-                .poll_timeout()
-                .is_some_and(|t| t <= now)
-            {
-                self.engine.borrow_mut().handle_timeout(now);
-                self.flush(&mut out).await;
-            }
+            // Sends only the offers now due (none when woken for a new check).
+            self.engine.borrow_mut().handle_timeout(Instant::now());
+            self.flush(&mut out).await;
         }
     }
 

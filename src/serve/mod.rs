@@ -144,6 +144,10 @@ impl ThreadCtx {
         s.tftp.len() - 1
     }
 
+    fn tftp_service(&self, service: usize) -> Option<Rc<tftp::TftpService>> {
+        self.services.borrow().tftp.get(service).cloned()
+    }
+
     /// Does what another loop handed over (src/serve/handoff.rs).
     fn do_work(&self, work: handoff::Work) {
         match work {
@@ -163,8 +167,7 @@ impl ThreadCtx {
                 meta,
                 datagram,
             } => {
-                let svc = self.services.borrow().tftp.get(service).cloned();
-                if let Some(svc) = svc {
+                if let Some(svc) = self.tftp_service(service) {
                     svc.handle_handed(meta, datagram);
                 }
             }
@@ -173,8 +176,7 @@ impl ThreadCtx {
                 transmit,
                 bytes,
             } => {
-                let svc = self.services.borrow().tftp.get(service).cloned();
-                if let Some(svc) = svc {
+                if let Some(svc) = self.tftp_service(service) {
                     svc.send_for_other_loop(transmit, bytes);
                 }
             }
