@@ -14,6 +14,7 @@
 //! the event that ends a transfer carry its id ([`next_transfer_id`]), so the end takes off
 //! exactly that transfer.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
@@ -59,6 +60,11 @@ const WRITE_CHUNK: usize = 64 * 1024;
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// A transfer with no news for this long is taken off the active list.
 const STALE: Duration = Duration::from_secs(10);
+/// How long frames are kept after a page last looked (read the status, or had a stream
+/// open): a page that reloads, or a stream that reconnects with `Last-Event-ID`, misses
+/// nothing. With nobody looking, no frame is serialized: a storm costs the web thread its
+/// counters and machine table only.
+const WATCH_GRACE: Duration = Duration::from_secs(60);
 /// Machines with an event in this window count as booting now.
 const BOOTING_WINDOW_MS: i64 = 120_000;
 /// Machines, active transfers and address-to-MAC entries tracked at most.
@@ -160,13 +166,14 @@ struct Active {
 #[derive(Debug, Clone, Serialize)]
 struct Machine {
     /// The MAC, or the address when no DHCP event named its MAC.
-    key: String,
-    mac: Option<String>,
-    ip: Option<String>,
+    key: MachineKey,
+    #[serde(serialize_with = "ser_mac")]
+    mac: Option<MacAddr>,
+    ip: Option<IpAddr>,
     /// The leg of its latest event (`dhcp`, `pxe`, `tftp`, `http`, `script`).
     leg: &'static str,
     /// Its latest stage (a leg, or a stage its script reported).
-    stage: String,
+    stage: Cow<'static, str>,
     detail: String,
     /// The file of its latest transfer, with progress.
     file: Option<String>,
@@ -174,6 +181,31 @@ struct Machine {
     total: Option<u64>,
     first_ms: i64,
     last_ms: i64,
+}
+
+/// What the machine table is keyed by: typed, so an event costs no formatting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum MachineKey {
+    Mac(MacAddr),
+    Ip(IpAddr),
+    Unknown,
+}
+
+impl Serialize for MachineKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MachineKey::Mac(m) => s.collect_str(m),
+            MachineKey::Ip(ip) => s.collect_str(ip),
+            MachineKey::Unknown => s.serialize_str("unknown"),
+        }
+    }
+}
+
+fn ser_mac<S: serde::Serializer>(m: &Option<MacAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.collect_str(m),
+        None => s.serialize_none(),
+    }
 }
 
 /// An error or failed transfer.
@@ -237,7 +269,11 @@ struct State {
     /// Id of the last frame (ids start at 1).
     seq: u64,
     ring: VecDeque<(u64, String)>,
-    machines: HashMap<String, Machine>,
+    /// Whether frames go into the ring this pass: a stream is open or a page looked within
+    /// [`WATCH_GRACE`] (until `watched_until`).
+    watched: bool,
+    watched_until: Option<Instant>,
+    machines: HashMap<MachineKey, Machine>,
     macs: HashMap<IpAddr, MacAddr>,
     /// By transfer id.
     active: HashMap<u64, Active>,
@@ -377,7 +413,12 @@ fn leg_of(kind: &EventKind) -> Leg {
 }
 
 impl State {
+    /// Numbers a frame and, while someone looks, keeps it in the ring. Unwatched, the ring is
+    /// emptied, so a stream that resumes from before the gap is told what it missed.
     fn push(&mut self, frame: &Frame<'_>) {
+        if !self.watched {
+            return self.skip();
+        }
         self.seq += 1;
         let id = self.seq;
         let Ok(json) = serde_json::to_string(frame) else {
@@ -390,6 +431,18 @@ impl State {
             self.ring.pop_front();
         }
         self.ring.push_back((id, text));
+    }
+
+    /// A frame nobody looks at: it takes its id and nothing else.
+    fn skip(&mut self) {
+        self.seq += 1;
+        self.ring.clear();
+    }
+
+    /// Keeps frames for [`WATCH_GRACE`] from `now`.
+    fn look(&mut self, now: Instant) {
+        self.watched = true;
+        self.watched_until = Some(now + WATCH_GRACE);
     }
 
     fn leg(&mut self, leg: Leg) -> &mut LegCounts {
@@ -409,19 +462,19 @@ impl State {
     fn machine(&mut self, mac: Option<MacAddr>, ip: Option<IpAddr>, at_ms: i64) -> &mut Machine {
         let mac = mac.or_else(|| ip.and_then(|ip| self.macs.get(&ip).copied()));
         let key = match (mac, ip) {
-            (Some(m), _) => m.to_string(),
-            (None, Some(ip)) => ip.to_string(),
-            (None, None) => String::from("unknown"),
+            (Some(m), _) => MachineKey::Mac(m),
+            (None, Some(ip)) => MachineKey::Ip(ip),
+            (None, None) => MachineKey::Unknown,
         };
         if !self.machines.contains_key(&key) && self.machines.len() >= MAX_MACHINES {
             self.prune_machines(at_ms);
         }
-        let m = self.machines.entry(key.clone()).or_insert_with(|| Machine {
+        let m = self.machines.entry(key).or_insert_with(|| Machine {
             key,
-            mac: mac_text(mac),
+            mac,
             ip: None,
             leg: "dhcp",
-            stage: String::new(),
+            stage: Cow::Borrowed(""),
             detail: String::new(),
             file: None,
             done: 0,
@@ -429,8 +482,8 @@ impl State {
             first_ms: at_ms,
             last_ms: at_ms,
         });
-        if let Some(ip) = ip {
-            m.ip = Some(ip.to_string());
+        if ip.is_some() {
+            m.ip = ip;
         }
         m.last_ms = m.last_ms.max(at_ms);
         m
@@ -511,14 +564,19 @@ impl State {
         } else {
             0
         };
-        let a = a.clone();
-        self.push(&Frame::Progress(&a));
+        let file = a.file.clone();
+        if self.watched {
+            let a = a.clone();
+            self.push(&Frame::Progress(&a));
+        } else {
+            self.skip();
+        }
         let m = self.machine(mac, Some(remote.ip()), at_ms);
         m.leg = leg.as_str();
-        m.stage = leg.as_str().to_owned();
-        m.file = Some(a.file.clone());
-        m.done = a.done;
-        m.total = a.total;
+        m.stage = Cow::Borrowed(leg.as_str());
+        m.file = Some(file);
+        m.done = done;
+        m.total = total;
     }
 
     /// Takes transfer `id` off the active list.
@@ -615,18 +673,22 @@ impl State {
                 failure = Some(d.as_str().to_owned());
             }
         }
-        self.push(&Frame::Boot {
-            at_ms: e.at_ms,
-            kind: e.kind.name(),
-            leg: leg.as_str(),
-            mac: mac_text(mac),
-            ip: e.ip.map(|ip| ip.to_string()),
-            stage,
-            file,
-            bytes,
-            outcome,
-            detail,
-        });
+        if self.watched {
+            self.push(&Frame::Boot {
+                at_ms: e.at_ms,
+                kind: e.kind.name(),
+                leg: leg.as_str(),
+                mac: mac_text(mac),
+                ip: e.ip.map(|ip| ip.to_string()),
+                stage,
+                file,
+                bytes,
+                outcome,
+                detail,
+            });
+        } else {
+            self.skip();
+        }
         let file = file.map(str::to_owned);
         let stage = stage.map(str::to_owned);
         let detail = detail.map(str::to_owned);
@@ -652,13 +714,13 @@ impl State {
         }
         let m = self.machine(mac, e.ip, e.at_ms);
         m.leg = leg.as_str();
-        m.stage = match (&stage, e.kind.name()) {
-            (Some(s), _) => s.clone(),
-            (None, "dhcp-offer") => "dhcp".into(),
-            (None, "ipxe-dhcp") => "ipxe".into(),
-            (None, "pxe-ack") => "pxe".into(),
-            (None, "error") => m.stage.clone(),
-            _ => leg.as_str().into(),
+        m.stage = match (stage, e.kind.name()) {
+            (Some(s), _) => Cow::Owned(s),
+            (None, "dhcp-offer") => Cow::Borrowed("dhcp"),
+            (None, "ipxe-dhcp") => Cow::Borrowed("ipxe"),
+            (None, "pxe-ack") => Cow::Borrowed("pxe"),
+            (None, "error") => std::mem::take(&mut m.stage),
+            _ => Cow::Borrowed(leg.as_str()),
         };
         if let Some(d) = detail {
             m.detail = d;
@@ -753,6 +815,11 @@ impl Live {
         let now = Instant::now();
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.state();
+        if self.subscribers.load(Relaxed) > 0 {
+            state.look(now);
+        } else {
+            state.watched = state.watched_until.is_some_and(|until| now < until);
+        }
         let mut n = 0u64;
         for _ in 0..PUMP_BATCH {
             match rx.try_recv() {
@@ -783,7 +850,9 @@ impl Live {
 
     /// The live part of `/api/v1/status`.
     pub fn status(&self) -> LiveStatus {
-        let state = self.state();
+        let mut state = self.state();
+        // The page that reads this opens a stream next: keep what it would miss.
+        state.look(Instant::now());
         let now_ms = crate::db::now_ms();
         let mut transfers: Vec<Active> = state.active.values().cloned().collect();
         transfers.sort_by_key(|a| std::cmp::Reverse(a.started_ms));
@@ -1151,6 +1220,8 @@ mod tests {
             tap.send(ev);
         }
         assert_eq!(live.dropped(), 10);
+        // A page looks, so the frames are kept.
+        live.status();
         live.drain_queue(&Metrics::default());
         assert_eq!(live.stats.received.load(Relaxed), QUEUE_CAPACITY as u64);
         // The ring kept its newest frames only.
@@ -1229,6 +1300,46 @@ mod tests {
             assert_eq!(lines.len(), 2, "{frame}");
             assert!(lines[0].starts_with("id: ") && lines[1].starts_with("data: {"));
         }
+    }
+
+    #[test]
+    fn frames_are_kept_only_while_someone_looks() {
+        let live = Live::default();
+        let tap = live.tap();
+        let ev =
+            |i: u8| LiveEvent::Recorded(Event::now(EventKind::PxeAck { arch: None }).mac(mac(i)));
+        // Nobody looks: the events count and make machines, but no frame is kept.
+        tap.send(ev(1));
+        tap.send(ev(2));
+        live.drain_queue(&Metrics::default());
+        assert_eq!(live.last_id(), 2);
+        assert!(live.state().ring.is_empty());
+        assert_eq!(live.state().machines.len(), 2);
+        // A page reads the status, then resumes from its id: it gets what came after.
+        let from = live.status().last_event_id;
+        tap.send(ev(3));
+        live.drain_queue(&Metrics::default());
+        let mut out = String::new();
+        assert_eq!(live.frames_since(from, &mut out), (3, 0));
+        assert!(out.starts_with("id: 3\n"), "{out}");
+        // The grace runs out with no stream open: the ring empties, and a stream resuming
+        // from before the gap is told how much it missed.
+        live.state().watched_until = Some(Instant::now());
+        tap.send(ev(4));
+        live.drain_queue(&Metrics::default());
+        assert!(live.state().ring.is_empty());
+        let mut out = String::new();
+        assert_eq!(live.frames_since(2, &mut out), (4, 2));
+        assert!(out.is_empty());
+        // An open stream keeps frames without any status read.
+        let sub = live
+            .subscribe("192.0.2.1".parse().expect("ip"), None)
+            .expect("a place");
+        live.state().watched_until = None;
+        tap.send(ev(5));
+        live.drain_queue(&Metrics::default());
+        assert_eq!(live.state().ring.len(), 1);
+        drop(sub);
     }
 
     #[test]
