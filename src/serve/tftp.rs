@@ -357,14 +357,15 @@ impl TftpService {
     /// Sends everything the engine has to send, then handles its events.
     async fn flush(self: &Rc<Self>, out: &mut [u8]) {
         loop {
+            let now = Instant::now();
             let polled = self
                 .engine
                 .borrow_mut()
-                .poll_transmit(Instant::now(), MAX_DATAGRAMS, out);
-            let Some((local, transmit)) = polled else {
+                .poll_transmit_of(now, MAX_DATAGRAMS, out);
+            let Some((local, transfer, transmit)) = polled else {
                 break;
             };
-            self.send(local, transmit, out).await;
+            self.send(local, transfer, transmit, out, now).await;
         }
         self.handle_events();
     }
@@ -497,10 +498,17 @@ impl TftpService {
     /// Sends one transmit of the engine as it is (`UdpEndpoint::send_transmit`: DATA runs by
     /// GSO from the mapping), then counts it, reports progress, or ends the transfer whose
     /// image changed.
-    async fn send(self: &Rc<Self>, local: Local, t: Transmit, buf: &[u8]) {
-        // The transfer this is part of, whatever socket it uses (read now: another task may
-        // end it while this one waits on the send).
-        let transfer = self.engine.borrow().transfer_of(local, t.destination);
+    /// `transfer` is the one it is part of, whatever socket it uses, as the engine named it
+    /// at the poll (another task may end it while this one waits on the send); `now` is the
+    /// poll's time.
+    async fn send(
+        self: &Rc<Self>,
+        local: Local,
+        transfer: Option<TransferId>,
+        t: Transmit,
+        buf: &[u8],
+        now: Instant,
+    ) {
         if local == Local::Listener && self.listener.is_none() {
             self.send_from_listening_loop(t, buf);
             return;
@@ -516,7 +524,7 @@ impl TftpService {
                         .metrics
                         .tftp_datagrams(n as u64, range.len());
                     if let (Some(id), Some(live)) = (transfer, self.ctx.shared.recorder.live()) {
-                        self.report_progress(live, id, t.destination, range.end);
+                        self.report_progress(live, id, t.destination, range.end, now);
                     }
                 }
             }
@@ -563,12 +571,12 @@ impl TftpService {
         id: TransferId,
         remote: SocketAddr,
         at: u64,
+        now: Instant,
     ) {
         let mut progress = self.progress.borrow_mut();
         let Some((file, size, last, transfer)) = progress.get_mut(&id) else {
             return;
         };
-        let now = Instant::now();
         if at >= *size || now.saturating_duration_since(*last) >= crate::web::live::PROGRESS_EVERY {
             *last = now;
             live.progress(

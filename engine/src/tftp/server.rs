@@ -905,6 +905,19 @@ impl TftpServer {
         max_datagrams: usize,
         buf: &mut [u8],
     ) -> Option<(Local, Transmit)> {
+        self.poll_transmit_of(now, max_datagrams, buf)
+            .map(|(local, _, t)| (local, t))
+    }
+
+    /// [`Self::poll_transmit`], with the transfer the transmit is part of (none for an ERROR
+    /// to a stranger or for one that ended): a driver that counts or reports per transfer
+    /// needs no lookup per send.
+    pub fn poll_transmit_of(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut [u8],
+    ) -> Option<(Local, Option<TransferId>, Transmit)> {
         while let Some(c) = self.control.pop_front() {
             // Every message fits the smallest buffer a caller polls with; one that does not is
             // dropped, not the rest of the queue with it.
@@ -913,6 +926,7 @@ impl TftpServer {
             };
             return Some((
                 c.local,
+                self.owner(c.local, c.to),
                 Transmit {
                     destination: c.to,
                     source_ip: c.source_ip,
@@ -953,7 +967,7 @@ impl TftpServer {
                         ifindex,
                         payload,
                     };
-                    return Some((local, transmit));
+                    return Some((local, Some(id), transmit));
                 }
             }
         }

@@ -1765,3 +1765,23 @@ fn a_flood_faster_than_the_table_cannot_refuse_a_real_client() {
     });
     assert!(ended, "the real transfer completed");
 }
+
+#[test]
+fn each_transmit_names_its_transfer_and_a_strangers_error_names_none() {
+    let mut m = Manual::new(loopback_config(), 5000);
+    m.rrq(&[]);
+    let id = started(&mut m);
+    let (local, of, _) = m
+        .server
+        .poll_transmit_of(m.now, 64, &mut m.buf)
+        .expect("the first DATA");
+    assert_eq!((local, of), (at(id), Some(id)));
+    let mut b = [0u8; 8];
+    let n = Emit::ack(&mut b, 1, None).expect("emit");
+    m.send_from(client_addr(9), at(id), &b[..n]);
+    let (_, of, t) = m
+        .server
+        .poll_transmit_of(m.now, 64, &mut m.buf)
+        .expect("an ERROR to the stranger");
+    assert_eq!((of, t.destination), (None, client_addr(9)));
+}
