@@ -20,7 +20,6 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,8 @@ use crate::metrics::Metrics;
 
 /// The SSE route.
 pub const EVENTS_PATH: &str = "/api/v1/events";
-/// Events in flight from the event loops to the web service's loop.
+/// Events in flight from the event loops to the web service's loop, and so the most one pump
+/// takes: a flood cannot hold the web loop.
 pub const QUEUE_CAPACITY: usize = 16_384;
 /// SSE frames kept for streams to catch up on.
 pub const RING_CAPACITY: usize = 4096;
@@ -48,8 +48,6 @@ pub const MAX_SUBSCRIBERS_PER_PEER: usize = 4;
 pub const RETRY_AFTER_S: u32 = 5;
 /// How often the web loop drains the queue (and streams look for new frames).
 pub const PUMP_EVERY: Duration = Duration::from_millis(100);
-/// The most events one pump takes, so a flood cannot hold the web loop.
-const PUMP_BATCH: usize = QUEUE_CAPACITY;
 /// An idle stream gets a comment line this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// A stream whose socket takes nothing for this long is dropped.
@@ -105,9 +103,13 @@ pub fn next_transfer_id() -> u64 {
 }
 
 /// The data path's end of the fan-out: clone one into each event loop.
-#[derive(Debug, Clone)]
+///
+/// The queue is a `VecDeque` under a mutex (held for one push, or for one swap by the web
+/// service), so its memory follows its use up to [`QUEUE_CAPACITY`] events, where a
+/// preallocated channel would take all of it (4 MiB of 264-byte slots) at start.
+#[derive(Debug, Clone, Default)]
 pub struct Tap {
-    tx: SyncSender<LiveEvent>,
+    queue: Arc<Mutex<VecDeque<LiveEvent>>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -115,7 +117,11 @@ impl Tap {
     /// Queues `ev` for the web service. Never blocks: a full queue drops it and counts it.
     #[inline]
     pub fn send(&self, ev: LiveEvent) {
-        if self.tx.try_send(ev).is_err() {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() < QUEUE_CAPACITY {
+            q.push_back(ev);
+        } else {
+            drop(q);
             self.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -337,7 +343,8 @@ impl ServerInfo {
 pub struct Live {
     server: std::sync::OnceLock<ServerInfo>,
     tap: Tap,
-    rx: Mutex<Receiver<LiveEvent>>,
+    /// What [`Live::drain_queue`] swaps with the tap's queue: the two keep their capacity.
+    spare: Mutex<VecDeque<LiveEvent>>,
     state: Mutex<State>,
     subscribers: Arc<AtomicUsize>,
     /// Open streams per source (an IPv4 address or an IPv6 /64); entries leave at 0.
@@ -347,14 +354,10 @@ pub struct Live {
 
 impl Default for Live {
     fn default() -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         Self {
             server: std::sync::OnceLock::new(),
-            tap: Tap {
-                tx,
-                dropped: Arc::default(),
-            },
-            rx: Mutex::new(rx),
+            tap: Tap::default(),
+            spare: Mutex::default(),
             state: Mutex::default(),
             subscribers: Arc::default(),
             per_peer: Arc::default(),
@@ -813,22 +816,20 @@ impl Live {
     /// Takes what the event loops sent into the state and the ring.
     pub fn drain_queue(&self, metrics: &Metrics) {
         let now = Instant::now();
-        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(
+            &mut *self.tap.queue.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut *batch,
+        );
         let mut state = self.state();
         if self.subscribers.load(Relaxed) > 0 {
             state.look(now);
         } else {
             state.watched = state.watched_until.is_some_and(|until| now < until);
         }
-        let mut n = 0u64;
-        for _ in 0..PUMP_BATCH {
-            match rx.try_recv() {
-                Ok(ev) => {
-                    state.apply(ev, now);
-                    n += 1;
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        let n = batch.len() as u64;
+        for ev in batch.drain(..) {
+            state.apply(ev, now);
         }
         self.stats.received.fetch_add(n, Relaxed);
         state.expire(now);
