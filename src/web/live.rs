@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 pub const EVENTS_PATH: &str = "/api/v1/events";
 /// Events in flight from the event loops to the web service's loop, and so the most one pump
 /// takes: a flood cannot hold the web loop.
-pub const QUEUE_CAPACITY: usize = 16_384;
+pub const QUEUE_CAPACITY: usize = 8192;
 /// SSE frames kept for streams to catch up on.
 pub const RING_CAPACITY: usize = 4096;
 /// SSE streams open at once; past it, `/api/v1/events` answers 503.
@@ -47,7 +47,7 @@ pub const MAX_SUBSCRIBERS_PER_PEER: usize = 4;
 /// Seconds a refused stream is told to wait (`Retry-After`).
 pub const RETRY_AFTER_S: u32 = 5;
 /// How often the web loop drains the queue (and streams look for new frames).
-pub const PUMP_EVERY: Duration = Duration::from_millis(100);
+pub const PUMP_EVERY: Duration = Duration::from_millis(50);
 /// An idle stream gets a comment line this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// A stream whose socket takes nothing for this long is dropped.
