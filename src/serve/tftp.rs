@@ -270,6 +270,10 @@ impl TftpService {
         if datagram.get(..2) != Some(&[0, 1]) || self.ctx.shared.config.tftp.single_port {
             return false;
         }
+        // Draining: a new request is answered by no loop, whichever has seen the drain yet.
+        if self.ctx.drain.fired() {
+            return true;
+        }
         let target = loops.for_client(meta.remote.ip());
         if target == self.ctx.index {
             return false;
@@ -287,10 +291,20 @@ impl TftpService {
         true
     }
 
+    /// Once this loop's drain fired, the engine takes no new request, even before the driver
+    /// task has run to tell it: a request handled first would start a transfer. One `Cell`
+    /// read per datagram.
+    fn follow_drain(&self) {
+        if self.ctx.drain.fired() {
+            self.engine.borrow_mut().stop_accepting();
+        }
+    }
+
     /// A request the listening loop handed to this one.
     pub(crate) fn handle_handed(self: &Rc<Self>, meta: DatagramMeta, datagram: Vec<u8>) {
         let me = Rc::clone(self);
         spawn(async move {
+            me.follow_drain();
             me.engine.borrow_mut().handle_datagram(
                 Instant::now(),
                 Local::Listener,
@@ -330,6 +344,7 @@ impl TftpService {
             match res {
                 Ok(r) if local == Local::Listener && self.hand_over(&r.meta, &buf[..r.len]) => {}
                 Ok(r) => {
+                    self.follow_drain();
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
                         local,
