@@ -291,9 +291,9 @@ impl TftpService {
         true
     }
 
-    /// Once this loop's drain fired, the engine takes no new request, even before the driver
-    /// task has run to tell it: a request handled first would start a transfer. One `Cell`
-    /// read per datagram.
+    /// Once this loop's drain fired, the engine takes no new request. The driver calls it when
+    /// it sees the drain, and every datagram handled calls it first (one `Cell` read), since
+    /// a request handled before the driver has run would start a transfer.
     fn follow_drain(&self) {
         if self.ctx.drain.fired() {
             self.engine.borrow_mut().stop_accepting();
@@ -397,7 +397,7 @@ impl TftpService {
         loop {
             if self.ctx.drain.fired() && !draining {
                 draining = true;
-                self.engine.borrow_mut().stop_accepting();
+                self.follow_drain();
             }
             if draining && self.engine.borrow().active_transfers() == 0 {
                 drop(busy);
