@@ -16,6 +16,7 @@ pub mod path;
 #[cfg(test)]
 mod proptest_config;
 pub mod rule;
+pub mod sharded;
 pub mod sim;
 pub mod tftp;
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::ids::MacAddr;
 use super::policy::Ipv4Cidr;
 use super::wire::DhcpRepr;
+use crate::sharded::ShardedMap;
 
 /// The longest client key kept as sent; longer identifiers (option 61 allows 255 bytes) are
 /// kept as their first [`KEY_PREFIX`] bytes and a 128-bit hash of the whole.
@@ -246,11 +247,13 @@ pub enum AllocError {
 #[derive(Debug)]
 pub struct LeaseTable {
     pools: Vec<Pool>,
-    slots: HashMap<Ipv4Addr, Slot>,
+    /// Sharded, as is `clients`: both grow with the pool's use, and a plain map's resize at
+    /// that size held the loop for milliseconds (src/sharded.rs).
+    slots: ShardedMap<Ipv4Addr, Slot>,
     /// A client's current address. Invariant: `clients[k] == ip` implies `slots[ip].client ==
     /// Some(k)`, so this map never has more entries than `slots`; the key shares the slot's
     /// allocation.
-    clients: HashMap<ClientKey, Ipv4Addr>,
+    clients: ShardedMap<ClientKey, Ipv4Addr>,
     reserved_by_mac: HashMap<MacAddr, Ipv4Addr>,
     reserved_ips: HashMap<Ipv4Addr, MacAddr>,
     /// Addresses looked at by allocations, for tests of the bound.
@@ -261,8 +264,8 @@ impl LeaseTable {
     pub fn new(pools: Vec<Pool>, reservations: &[(MacAddr, Ipv4Addr)]) -> Self {
         let mut table = Self {
             pools,
-            slots: HashMap::new(),
-            clients: HashMap::new(),
+            slots: ShardedMap::new(),
+            clients: ShardedMap::new(),
             reserved_by_mac: HashMap::new(),
             reserved_ips: HashMap::new(),
             steps: 0,
