@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
+use futures_util::future::join;
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
 use zpxe_platform::runtime::spawn;
 use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
@@ -98,18 +99,19 @@ impl DhcpService {
 
     /// Receives on one port and answers at once from this task: a reply leaves without a hop
     /// through another task, and what the datagram produced is logged right after.
+    ///
+    /// The next receive is posted together with the replies (`join`), so one pass of the
+    /// event loop submits both: under load, one `io_uring_enter` sends a reply and takes the
+    /// next request already queued, where awaiting the send first cost a second one.
     async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, port: DhcpPort) {
-        let mut buf = Vec::with_capacity(BUF);
         let mut out = vec![0u8; BUF];
+        let (mut res, mut buf) = socket.recv(Vec::with_capacity(BUF)).await;
         loop {
-            let (res, b) = socket.recv(buf).await;
-            buf = b;
-            match res {
+            let from = match res {
                 // Draining: quiet, so clients turn to the server that takes over.
-                Ok(_) if self.ctx.drain.fired() => {}
+                Ok(_) if self.ctx.drain.fired() => None,
                 Ok(r) => {
                     Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
-                    let from = r.meta.remote.ip();
                     self.follow_reload();
                     self.engine.borrow_mut().handle_datagram(
                         Instant::now(),
@@ -117,11 +119,20 @@ impl DhcpService {
                         r.meta,
                         &buf[..r.len],
                     );
-                    self.flush(&mut out, from).await;
+                    Some(r.meta.remote.ip())
                 }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
-            }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DHCP receive failed");
+                    None
+                }
+            };
+            // The engine keeps nothing of `buf`: it takes the next datagram at once.
+            let next = socket.recv(buf);
+            (res, buf) = match from {
+                Some(from) => join(self.flush(&mut out, from), next).await.1,
+                None => next.await,
+            };
         }
     }
 

@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join;
 use std::hash::BuildHasher;
 use zpxe_engine::dhcp::server::{DhcpServerConfig, ServerEvent};
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, DhcpServer};
@@ -179,15 +180,16 @@ impl Core {
         Ok(local)
     }
 
+    /// Receives and answers. The next receive is posted together with the replies (`join`,
+    /// as the proxy does), so under load one `io_uring_enter` sends them and takes the next
+    /// request.
     async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>) {
-        let mut buf = Vec::with_capacity(BUF);
         let mut out = vec![0u8; BUF];
+        let (mut res, mut buf) = socket.recv(Vec::with_capacity(BUF)).await;
         loop {
-            let (res, b) = socket.recv(buf).await;
-            buf = b;
-            match res {
+            let handled = match res {
                 // Draining: quiet, so clients turn to the server that takes over.
-                Ok(_) if self.ctx.drain.fired() => {}
+                Ok(_) if self.ctx.drain.fired() => false,
                 Ok(r) => {
                     Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
                     if let Some(i) = r.meta.ifindex {
@@ -201,11 +203,21 @@ impl Core {
                     self.engine
                         .borrow_mut()
                         .handle_datagram(Instant::now(), r.meta, &buf[..r.len]);
-                    self.flush(&mut out).await;
+                    true
                 }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(e) => tracing::warn!(error = %e, "DHCP receive failed"),
-            }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DHCP receive failed");
+                    false
+                }
+            };
+            // The engine keeps nothing of `buf`: it takes the next datagram at once.
+            let next = socket.recv(buf);
+            (res, buf) = if handled {
+                join(self.flush(&mut out), next).await.1
+            } else {
+                next.await
+            };
         }
     }
 
