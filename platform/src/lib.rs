@@ -4,6 +4,7 @@
 //! small interface of its own: [`runtime`] starts event loops, [`udp`] and [`tcp`] wrap sockets
 //! with the control messages and batched sends zpxe needs, [`store`] maps boot files.
 
+pub mod append;
 pub mod bind;
 pub mod icmp;
 #[cfg(unix)]

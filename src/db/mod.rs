@@ -20,6 +20,7 @@
 //! as bound parameters; the only SQL assembled at run time is from fixed fragments and
 //! parameter numbers.
 
+pub(crate) mod journal;
 pub mod leases;
 mod postgres;
 mod sqlite;

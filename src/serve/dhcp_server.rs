@@ -7,9 +7,13 @@
 //! device, so two interfaces can never hand out one address twice. Stored leases are loaded
 //! before the first socket is bound.
 //!
-//! An ACK leaves only once its lease is written: the receive task hands the engine's commit
-//! to the lease writer (`LeaseStore::submit`, never blocking) and goes on; the completion task
-//! wakes when the writer reports it and sends the replies the engine then releases.
+//! An ACK leaves only once its lease is written:
+//! - SQLite: the journal task appends the commit to the lease journal (src/db/journal.rs) on
+//!   this loop, by the loop's driver, and releases the ACK when that write completes; the lease
+//!   writer then brings the lease file up to date behind it. No thread hop on the ACK's path.
+//! - PostgreSQL (leases shared by several servers): the receive task hands the commit to the
+//!   lease writer (`LeaseStore::submit`, never blocking) and goes on; the completion task wakes
+//!   when the writer reports it committed and sends the replies the engine then releases.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,13 +26,15 @@ use futures_util::future::join;
 use std::hash::BuildHasher;
 use zpxe_engine::dhcp::server::{DhcpServerConfig, ServerEvent};
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, DhcpServer};
+use zpxe_platform::append::LoopFile;
 use zpxe_platform::icmp::Pinger;
 use zpxe_platform::runtime::{Notify, spawn};
 use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
 use crate::config::Config;
-use crate::db::leases::LeaseStore;
+use crate::db::journal;
+use crate::db::leases::{LeaseStore, Row};
 use crate::metrics::Metrics;
 
 const BUF: usize = 4096;
@@ -45,6 +51,22 @@ pub(crate) struct Core {
     sockets: RefCell<Vec<Rc<UdpEndpoint>>>,
     /// The conflict check's ICMP socket and the echoes awaiting replies (`dhcp.conflict-check-ms`).
     conflicts: Option<ConflictCheck>,
+    /// SQLite: the lease journal this loop appends each commit to before it ACKs.
+    journal: Option<Journal>,
+}
+
+/// The loop's side of the lease journal (src/db/journal.rs): one write in flight at a time;
+/// commits made meanwhile go out together in the next one.
+struct Journal {
+    files: [LoopFile; 2],
+    /// The file written now, and where its next frame goes.
+    active: std::cell::Cell<usize>,
+    offset: std::cell::Cell<u64>,
+    /// Commits waiting for the next write: sequence number and rows.
+    pending: RefCell<Vec<(u64, Vec<Row>)>>,
+    wake: Notify,
+    /// A commit failed to reach the writer: its file is never left (so never emptied).
+    stuck: std::cell::Cell<bool>,
 }
 
 /// The echoes the conflict check sent: by sequence number (drawn at random, so an answer
@@ -136,6 +158,17 @@ impl Core {
                 })
             }
         };
+        let journal = match backend.journal_paths() {
+            Some(paths) => Some(Journal {
+                files: [LoopFile::open(&paths[0])?, LoopFile::open(&paths[1])?],
+                active: std::cell::Cell::new(0),
+                offset: std::cell::Cell::new(0),
+                pending: RefCell::default(),
+                wake: Notify::new(),
+                stuck: std::cell::Cell::new(false),
+            }),
+            None => None,
+        };
         let store = LeaseStore::spawn(backend)?;
         let core = Rc::new(Self {
             engine: RefCell::new(engine),
@@ -145,9 +178,15 @@ impl Core {
             by_ifindex: RefCell::new(HashMap::new()),
             sockets: RefCell::new(Vec::new()),
             conflicts,
+            journal,
         });
+        // One task waits on the writer: the completions (PostgreSQL) or the journal.
         let me = Rc::clone(&core);
-        spawn(async move { me.completions().await }).detach();
+        if core.journal.is_some() {
+            spawn(async move { me.journal_writes().await }).detach();
+        } else {
+            spawn(async move { me.completions().await }).detach();
+        }
         if core.conflicts.is_some() {
             let me = Rc::clone(&core);
             spawn(async move { me.echo_replies().await }).detach();
@@ -255,6 +294,71 @@ impl Core {
         }
     }
 
+    /// Writes the journal: every commit waiting goes out in one write, and once it is in the
+    /// file (the page cache) the engine may send their ACKs and the lease writer gets them for
+    /// the lease file. A write that fails costs those ACKs (the clients retransmit), not the
+    /// loop. A file past [`journal::ROTATE_BYTES`] is left for the other one once the writer
+    /// has emptied that, so the journal holds only what the lease file may still lack.
+    async fn journal_writes(self: Rc<Self>) {
+        let Some(journal) = &self.journal else { return };
+        let mut bytes = Vec::new();
+        let mut out = vec![0u8; BUF];
+        loop {
+            if journal.pending.borrow().is_empty() {
+                journal.wake.notified().await;
+                continue;
+            }
+            // The lease file is far behind: wait for the writer (commits wait in `pending`,
+            // and past the engine's bound on unconfirmed commits REQUESTs go unanswered).
+            self.store.until_admits().await;
+            let batch = std::mem::take(&mut *journal.pending.borrow_mut());
+            bytes.clear();
+            for (seq, rows) in &batch {
+                journal::encode(*seq, rows, &mut bytes);
+            }
+            let active = journal.active.get();
+            if journal.offset.get() >= journal::ROTATE_BYTES
+                && !journal.stuck.get()
+                && self.store.journal_clean(1 - active)
+                && self.store.swap_journal(active, 1 - active)
+            {
+                journal.active.set(1 - active);
+                journal.offset.set(0);
+            }
+            let (file, at) = (journal.active.get(), journal.offset.get());
+            let (res, b) = journal.files[file].write_all_at(bytes, at).await;
+            bytes = b;
+            {
+                let mut engine = self.engine.borrow_mut();
+                match res {
+                    Ok(()) => {
+                        journal.offset.set(at + bytes.len() as u64);
+                        for (seq, rows) in batch {
+                            // A commit the writer did not take stays in the journal for the
+                            // next start, so the ACK may still go; but this file must then
+                            // never be emptied.
+                            if !self.store.submit_journaled(seq, rows) && !journal.stuck.get() {
+                                tracing::warn!(
+                                    "the lease writer took no commit: the lease journal keeps growing until a restart applies it"
+                                );
+                                journal.stuck.set(true);
+                            }
+                            engine.committed(seq, true);
+                        }
+                    }
+                    Err(e) => {
+                        // The next write goes to the same place, over whatever part landed.
+                        tracing::warn!(error = %e, commits = batch.len(), "writing the lease journal failed: those REQUESTs go unanswered");
+                        for (seq, _) in batch {
+                            engine.committed(seq, false);
+                        }
+                    }
+                }
+            }
+            self.flush(&mut out).await;
+        }
+    }
+
     /// Replies to the conflict check's echoes: an answer from an address being checked holds
     /// it out (the engine then checks the next one). Anything else costs a lookup.
     async fn echo_replies(self: Rc<Self>) {
@@ -342,6 +446,12 @@ impl Core {
         loop {
             let commit = self.engine.borrow_mut().poll_commit();
             let Some(commit) = commit else { break };
+            if let Some(journal) = &self.journal {
+                let rows = crate::db::leases::rows(&commit.records);
+                journal.pending.borrow_mut().push((commit.seq, rows));
+                journal.wake.notify();
+                continue;
+            }
             if !self.store.submit(commit.seq, &commit.records) {
                 tracing::warn!("the lease writer is backed up: a REQUEST goes unanswered");
                 self.engine.borrow_mut().committed(commit.seq, false);
