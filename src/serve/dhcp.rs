@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures_util::future::join;
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
 use zpxe_platform::runtime::spawn;
-use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{NoImages, Received, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
 use crate::metrics::Metrics;
@@ -107,26 +107,17 @@ impl DhcpService {
         let mut out = vec![0u8; BUF];
         let (mut res, mut buf) = socket.recv(Vec::with_capacity(BUF)).await;
         loop {
-            let from = match res {
-                // Draining: quiet, so clients turn to the server that takes over.
-                Ok(_) if self.ctx.drain.fired() => None,
-                Ok(r) => {
-                    Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
-                    self.follow_reload();
-                    self.engine.borrow_mut().handle_datagram(
-                        Instant::now(),
-                        port,
-                        r.meta,
-                        &buf[..r.len],
-                    );
-                    Some(r.meta.remote.ip())
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "DHCP receive failed");
-                    None
-                }
-            };
+            let from = to_handle(res, &self.ctx).map(|r| {
+                Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
+                self.follow_reload();
+                self.engine.borrow_mut().handle_datagram(
+                    Instant::now(),
+                    port,
+                    r.meta,
+                    &buf[..r.len],
+                );
+                r.meta.remote.ip()
+            });
             // The engine keeps nothing of `buf`: it takes the next datagram at once.
             let next = socket.recv(buf);
             (res, buf) = match from {
@@ -185,6 +176,22 @@ impl DhcpService {
                     recorder.record(e);
                 }
             }
+        }
+    }
+}
+
+/// What a DHCP receive loop (this proxy's, or the server's in src/serve/dhcp_server.rs) makes
+/// of a receive: the datagram to handle, or none. Draining, it handles nothing (quiet, so
+/// clients turn to the server that takes over); an ICMP refusal of an earlier reply surfaces
+/// here and is no error; any other error is logged.
+pub(crate) fn to_handle(res: io::Result<Received>, ctx: &ThreadCtx) -> Option<Received> {
+    match res {
+        Ok(_) if ctx.drain.fired() => None,
+        Ok(r) => Some(r),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "DHCP receive failed");
+            None
         }
     }
 }

@@ -226,30 +226,22 @@ impl Core {
         let mut out = vec![0u8; BUF];
         let (mut res, mut buf) = socket.recv(Vec::with_capacity(BUF)).await;
         loop {
-            let handled = match res {
-                // Draining: quiet, so clients turn to the server that takes over.
-                Ok(_) if self.ctx.drain.fired() => false,
-                Ok(r) => {
-                    Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
-                    if let Some(i) = r.meta.ifindex {
-                        // Bounded by the host's interfaces (the index comes from the kernel).
-                        self.by_ifindex
-                            .borrow_mut()
-                            .entry(i)
-                            .or_insert_with(|| Rc::clone(&socket));
-                    }
-                    self.follow_reload();
-                    self.engine
+            let received = super::dhcp::to_handle(res, &self.ctx);
+            if let Some(r) = received {
+                Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
+                if let Some(i) = r.meta.ifindex {
+                    // Bounded by the host's interfaces (the index comes from the kernel).
+                    self.by_ifindex
                         .borrow_mut()
-                        .handle_datagram(Instant::now(), r.meta, &buf[..r.len]);
-                    true
+                        .entry(i)
+                        .or_insert_with(|| Rc::clone(&socket));
                 }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "DHCP receive failed");
-                    false
-                }
-            };
+                self.follow_reload();
+                self.engine
+                    .borrow_mut()
+                    .handle_datagram(Instant::now(), r.meta, &buf[..r.len]);
+            }
+            let handled = received.is_some();
             // The engine keeps nothing of `buf`: it takes the next datagram at once.
             let next = socket.recv(buf);
             (res, buf) = if handled {
@@ -303,6 +295,8 @@ impl Core {
         let Some(journal) = &self.journal else { return };
         let mut bytes = Vec::new();
         let mut out = vec![0u8; BUF];
+        // Swapped with `pending` each pass, so neither is allocated again per write.
+        let mut batch: Vec<(u64, Vec<Row>)> = Vec::new();
         loop {
             if journal.pending.borrow().is_empty() {
                 journal.wake.notified().await;
@@ -311,7 +305,7 @@ impl Core {
             // The lease file is far behind: wait for the writer (commits wait in `pending`,
             // and past the engine's bound on unconfirmed commits REQUESTs go unanswered).
             self.store.until_admits().await;
-            let batch = std::mem::take(&mut *journal.pending.borrow_mut());
+            std::mem::swap(&mut batch, &mut *journal.pending.borrow_mut());
             bytes.clear();
             for (seq, rows) in &batch {
                 journal::encode(*seq, rows, &mut bytes);
@@ -333,7 +327,7 @@ impl Core {
                 match res {
                     Ok(()) => {
                         journal.offset.set(at + bytes.len() as u64);
-                        for (seq, rows) in batch {
+                        for (seq, rows) in batch.drain(..) {
                             // A commit the writer did not take stays in the journal for the
                             // next start, so the ACK may still go; but this file must then
                             // never be emptied.
@@ -349,7 +343,7 @@ impl Core {
                     Err(e) => {
                         // The next write goes to the same place, over whatever part landed.
                         tracing::warn!(error = %e, commits = batch.len(), "writing the lease journal failed: those REQUESTs go unanswered");
-                        for (seq, _) in batch {
+                        for (seq, _) in batch.drain(..) {
                             engine.committed(seq, false);
                         }
                     }
