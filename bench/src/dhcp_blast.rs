@@ -30,6 +30,8 @@ pub struct BlastResult {
     /// DORA only: REQUEST to ACK in microseconds, sorted (the leg that waits for the lease
     /// write in server mode); empty elsewhere.
     pub ack_us: Vec<u32>,
+    /// DORA only: DISCOVER to OFFER in microseconds, sorted; empty elsewhere.
+    pub offer_us: Vec<u32>,
 }
 
 impl BlastResult {
@@ -145,6 +147,7 @@ pub fn run(server: SocketAddr, duration: Duration) -> anyhow::Result<BlastResult
         elapsed: Duration::ZERO,
         latency_us: Vec::new(),
         ack_us: Vec::new(),
+        offer_us: Vec::new(),
     };
     for h in handles {
         let (r, l, lat) = h
@@ -237,6 +240,7 @@ pub fn run_paced(server: SocketAddr, rate: u32, duration: Duration) -> anyhow::R
         elapsed: duration,
         latency_us: latency,
         ack_us: Vec::new(),
+        offer_us: Vec::new(),
     })
 }
 
@@ -303,6 +307,7 @@ pub fn run_dora(
     // Nanoseconds after `started` at which client i's REQUEST left (receiving thread only).
     let mut requested: Vec<u64> = vec![0; max as usize];
     let mut ack_us: Vec<u32> = Vec::new();
+    let mut offer_us: Vec<u32> = Vec::new();
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let discover = move |i: u32, socket: &UdpSocket, sent: &[AtomicU64]| -> std::io::Result<()> {
@@ -388,6 +393,9 @@ pub fn run_dora(
         quiet_since = Instant::now();
         match reply.options.message_type {
             Some(MessageType::Offer) if sent[i as usize].load(Ordering::Acquire) != 0 => {
+                let at = sent[i as usize].load(Ordering::Acquire);
+                let now = started.elapsed().as_nanos() as u64;
+                offer_us.push((now.saturating_sub(at) / 1000).min(u64::from(u32::MAX)) as u32);
                 let request = dora_message(
                     MessageType::Request,
                     relay,
@@ -433,11 +441,13 @@ pub fn run_dora(
         .count() as u64;
     latency.sort_unstable();
     ack_us.sort_unstable();
+    offer_us.sort_unstable();
     Ok(BlastResult {
         replies,
         lost: unanswered + naks,
         elapsed: duration,
         latency_us: latency,
         ack_us,
+        offer_us,
     })
 }

@@ -48,6 +48,9 @@ pub struct DoraArgs {
     /// over the ladder is the one to compare.
     #[arg(long, value_delimiter = ',', default_value = "1000,3000,10000,30000")]
     pub perfdhcp_rates: Vec<u32>,
+    /// Also run zpxe with `server.busy-poll-us` at this (as "zpxe-poll"); 0: not.
+    #[arg(long, default_value_t = 200)]
+    pub busy_poll_us: u64,
     /// Also write every sample as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -87,6 +90,8 @@ pub struct Sample {
     pub p99_ms: Option<f64>,
     /// The blaster: REQUEST to ACK only, the leg that waits for the lease write.
     pub ack_p99_ms: Option<f64>,
+    /// The blaster: DISCOVER to OFFER only.
+    pub offer_p99_ms: Option<f64>,
     /// perfdhcp: average DISCOVER-OFFER plus REQUEST-ACK delay.
     pub avg_ms: Option<f64>,
     pub lost: u64,
@@ -113,6 +118,7 @@ pub fn blast(args: BlastArgs) -> anyhow::Result<()> {
         "p50_ms": r.quantile_ms(0.5),
         "p99_ms": r.quantile_ms(0.99),
         "ack_p99_ms": dhcp_blast::quantile_ms(&r.ack_us, 0.99),
+        "offer_p99_ms": dhcp_blast::quantile_ms(&r.offer_us, 0.99),
         "lost": r.lost,
     });
     println!("{out}");
@@ -241,7 +247,11 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut salt = 0u8;
     for run in 0..args.runs {
-        for server_name in ["zpxe", "dnsmasq"] {
+        let servers = ["zpxe", "zpxe-poll", "dnsmasq"];
+        for server_name in servers
+            .into_iter()
+            .filter(|s| *s != "zpxe-poll" || args.busy_poll_us > 0)
+        {
             let clients: Vec<String> = args
                 .perfdhcp_rates
                 .iter()
@@ -252,7 +262,15 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
                 salt = salt.wrapping_add(1);
                 let dir = tempfile::tempdir()?;
                 let server = match server_name {
-                    "zpxe" => servers::start_zpxe_dhcp_server_in(&zpxe, dir.path(), &pair.server)?,
+                    "zpxe" => {
+                        servers::start_zpxe_dhcp_server_in(&zpxe, dir.path(), &pair.server, 0)?
+                    }
+                    "zpxe-poll" => servers::start_zpxe_dhcp_server_in(
+                        &zpxe,
+                        dir.path(),
+                        &pair.server,
+                        args.busy_poll_us,
+                    )?,
                     _ => servers::start_dnsmasq_dhcp_server_in(&dnsmasq, dir.path(), &pair.server)?,
                 };
                 let cpu0 = procstat::cpu_seconds(server.pid());
@@ -277,6 +295,7 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
                                 p50_ms: None,
                                 p99_ms: None,
                                 ack_p99_ms: None,
+                                offer_p99_ms: None,
                                 avg_ms: Some(avg),
                                 lost: drops,
                                 cpu_us_per_exchange: 0.0,
@@ -306,6 +325,7 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
                                 p50_ms: v["p50_ms"].as_f64(),
                                 p99_ms: v["p99_ms"].as_f64(),
                                 ack_p99_ms: v["ack_p99_ms"].as_f64(),
+                                offer_p99_ms: v["offer_p99_ms"].as_f64(),
                                 avg_ms: None,
                                 lost: v["lost"].as_u64().unwrap_or(0),
                                 cpu_us_per_exchange: 0.0,
@@ -320,7 +340,7 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
                     result.with_context(|| format!("{client} against {server_name}"))?;
                 sample.cpu_us_per_exchange = cpu * 1e6 / (sample.exchanges.max(1) as f64);
                 eprintln!(
-                    "run {}: {server_name:8} {client:12} {:>9.0}/s  p99 {}  lost {}  cpu {:.1} us/exchange ({:.1} s)",
+                    "run {}: {server_name:9} {client:12} {:>9.0}/s  p99 {}  lost {}  cpu {:.1} us/exchange ({:.1} s)",
                     run + 1,
                     sample.per_second,
                     sample
@@ -348,18 +368,21 @@ fn print_table(samples: &[Sample], args: &DoraArgs) {
         args.runs
     );
     println!(
-        "{:<14} {:<8} {:>12} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10}",
+        "{:<14} {:<9} {:>12} {:>9} {:>9} {:>12} {:>10} {:>9} {:>8} {:>10}",
         "client",
         "server",
         "exchanges/s",
         "p50 ms",
         "p99 ms",
+        "offer p99 ms",
         "ack p99 ms",
         "avg ms",
         "lost",
         "cpu us/ex"
     );
-    println!("(ack p99: REQUEST to ACK only, the leg that waits for the lease write)");
+    println!(
+        "(offer p99: DISCOVER to OFFER only; ack p99: REQUEST to ACK only, the leg that waits for the lease write)"
+    );
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
     let mut rates = std::collections::HashMap::new();
     let clients: Vec<String> = args
@@ -370,11 +393,14 @@ fn print_table(samples: &[Sample], args: &DoraArgs) {
         .collect();
     let mut best: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
     for client in clients.iter().map(String::as_str) {
-        for server in ["zpxe", "dnsmasq"] {
+        for server in ["zpxe", "zpxe-poll", "dnsmasq"] {
             let of: Vec<&Sample> = samples
                 .iter()
                 .filter(|s| s.server == server && s.client == client)
                 .collect();
+            if of.is_empty() {
+                continue;
+            }
             let m = |f: &dyn Fn(&Sample) -> Option<f64>| {
                 median(&of.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
             };
@@ -392,12 +418,13 @@ fn print_table(samples: &[Sample], args: &DoraArgs) {
                 client.to_owned()
             };
             println!(
-                "{:<14} {:<8} {:>12.0} {:>9} {:>9} {:>10} {:>9} {:>8.0} {:>10.1}",
+                "{:<14} {:<9} {:>12.0} {:>9} {:>9} {:>12} {:>10} {:>9} {:>8.0} {:>10.1}",
                 label,
                 server,
                 per_second.unwrap_or(f64::NAN),
                 fmt(m(&|s| s.p50_ms)),
                 fmt(m(&|s| s.p99_ms)),
+                fmt(m(&|s| s.offer_p99_ms)),
                 fmt(m(&|s| s.ack_p99_ms)),
                 fmt(m(&|s| s.avg_ms)),
                 m(&|s| Some(s.lost as f64)).unwrap_or(f64::NAN),
