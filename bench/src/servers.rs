@@ -666,15 +666,21 @@ pub const DORA_SUBNET: &str = "10.80.0.0/12";
 pub const DORA_RANGE: (&str, &str) = ("10.88.0.1", "10.95.255.254");
 
 /// zpxe as the DHCP server (`dhcp.mode = "server"`) inside namespace `ns`, on port 67 only (no
-/// TFTP, HTTP or web service), its leases in SQLite under `dir`, warnings only in its log.
-pub fn start_zpxe_dhcp_server_in(bin: &Path, dir: &Path, ns: &str) -> anyhow::Result<Server> {
+/// TFTP, HTTP or web service), its leases in SQLite under `dir`, warnings only in its log;
+/// its loops poll before they sleep for up to `busy_poll_us` (`server.busy-poll-us`).
+pub fn start_zpxe_dhcp_server_in(
+    bin: &Path,
+    dir: &Path,
+    ns: &str,
+    busy_poll_us: u64,
+) -> anyhow::Result<Server> {
     let root = dir.join("root");
     fs::create_dir_all(&root)?;
     let config = dir.join("zpxe-server.toml");
     fs::write(
         &config,
         format!(
-            "[server]\nroot = {root:?}\nlisten = [\"0.0.0.0\"]\n\n\
+            "[server]\nroot = {root:?}\nlisten = [\"0.0.0.0\"]\nbusy-poll-us = {busy_poll_us}\n\n\
              [services]\ntftp = false\nhttp = false\nweb = false\n\n\
              [dhcp]\nmode = \"server\"\nlease-time-secs = 3600\n\n\
              [[dhcp.pool]]\nsubnet = \"{DORA_SUBNET}\"\nrange = [\"{}\", \"{}\"]\n",

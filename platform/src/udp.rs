@@ -276,6 +276,14 @@ impl UdpEndpoint {
     /// [`UdpOptions::gro`] possibly a run of them (see [`Received::datagrams`]).
     pub async fn recv(&self, mut buf: Vec<u8>) -> (io::Result<Received>, Vec<u8>) {
         buf.clear();
+        let (res, buf) = self.recv_inner(buf).await;
+        if res.is_ok() {
+            crate::runtime::note_work();
+        }
+        (res, buf)
+    }
+
+    async fn recv_inner(&self, buf: Vec<u8>) -> (io::Result<Received>, Vec<u8>) {
         if !self.pktinfo && !self.gro {
             let BufResult(res, buf) = self.socket.recv_from(buf).await;
             let res = res.map(|(len, remote)| Received {

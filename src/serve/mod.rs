@@ -10,7 +10,7 @@ use anyhow::Context;
 use zpxe_engine::dhcp::ProxyDhcpConfig;
 use zpxe_engine::http::{BootScripts, HttpConfig};
 use zpxe_platform::bind::BindError;
-use zpxe_platform::runtime::EventLoop;
+use zpxe_platform::runtime::{EventLoop, LoopOptions};
 use zpxe_platform::tcp::TcpServer;
 use zpxe_platform::{ImageStore, StoreOptions};
 
@@ -590,7 +590,14 @@ fn event_loop(
     shared: Arc<Shared>,
     ready: std::sync::mpsc::Sender<anyhow::Result<Bound>>,
 ) -> anyhow::Result<()> {
-    let ev = match EventLoop::new().context("starting the event loop") {
+    // The web service's loop never polls: nothing there is worth a core.
+    let options = LoopOptions {
+        busy_poll: match role {
+            Role::Boot(_) => Duration::from_micros(shared.config.server.busy_poll_us),
+            Role::Web => Duration::ZERO,
+        },
+    };
+    let ev = match EventLoop::with_options(options).context("starting the event loop") {
         Ok(ev) => ev,
         Err(e) => {
             let _ = ready.send(Err(anyhow::anyhow!("{e:#}")));
