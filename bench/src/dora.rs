@@ -29,6 +29,9 @@ use crate::netns::{NetPair, net_pair};
 use crate::procstat;
 use crate::servers::{self, NS_DHCP};
 
+/// The servers of each run, in order; "zpxe-poll" is zpxe with `server.busy-poll-us`.
+const SERVERS: [&str; 3] = ["zpxe", "zpxe-poll", "dnsmasq"];
+
 /// Clients per sample at most (each leases one address of the 524,286 in the pool).
 const MAX_EXCHANGES: u32 = 400_000;
 
@@ -247,8 +250,7 @@ pub fn run(args: DoraArgs) -> anyhow::Result<()> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut salt = 0u8;
     for run in 0..args.runs {
-        let servers = ["zpxe", "zpxe-poll", "dnsmasq"];
-        for server_name in servers
+        for server_name in SERVERS
             .into_iter()
             .filter(|s| *s != "zpxe-poll" || args.busy_poll_us > 0)
         {
@@ -393,7 +395,7 @@ fn print_table(samples: &[Sample], args: &DoraArgs) {
         .collect();
     let mut best: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
     for client in clients.iter().map(String::as_str) {
-        for server in ["zpxe", "zpxe-poll", "dnsmasq"] {
+        for server in SERVERS {
             let of: Vec<&Sample> = samples
                 .iter()
                 .filter(|s| s.server == server && s.client == client)

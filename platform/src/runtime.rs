@@ -77,13 +77,13 @@ impl EventLoop {
         use std::task::{Context, Poll};
         use std::time::Instant;
         let rt = &self.runtime;
-        let max = self.busy_poll;
-        let step = (max / 8).max(Duration::from_micros(1));
         rt.enter(|| {
             let waker = rt.waker();
             let mut cx = Context::from_waker(&waker);
             let mut future = std::pin::pin!(future);
-            let mut spin = Spin::new(max, step);
+            let mut spin = Spin::new(self.busy_poll);
+            // Since when the loop has been working (woken, or a spin found work).
+            let mut busy_since = Instant::now();
             // While spinning: until when, and the receive count it started from.
             let mut spinning: Option<(Instant, u64)> = None;
             loop {
@@ -97,28 +97,24 @@ impl EventLoop {
                     rt.poll_with(Some(Duration::ZERO));
                     continue;
                 }
-                if !spin.window.is_zero() {
-                    let now = Instant::now();
-                    match spinning {
-                        None => spinning = Some((now + spin.window, work())),
-                        // Work came: the spin paid off; the next idle pass starts another.
-                        Some((_, seen)) if work() != seen => spinning = None,
-                        Some(_) => {}
-                    }
-                    if let Some((until, _)) = spinning
-                        && now < until
-                    {
-                        rt.poll_with(Some(Duration::ZERO));
-                        continue;
-                    }
-                    if spinning.is_none() {
-                        continue;
-                    }
+                let now = Instant::now();
+                let (until, seen) = *spinning
+                    .get_or_insert_with(|| (now + spin.window_after(now - busy_since), work()));
+                if work() != seen {
+                    // Work came: the spin paid off; the next idle pass starts another.
+                    spinning = None;
+                    busy_since = now;
+                    continue;
+                }
+                if now < until {
+                    rt.poll_with(Some(Duration::ZERO));
+                    continue;
                 }
                 spinning = None;
-                let slept = Instant::now();
                 rt.poll();
-                spin.after_sleep(slept.elapsed());
+                let woken = Instant::now();
+                spin.after_sleep(woken - now);
+                busy_since = woken;
             }
         })
     }
@@ -129,24 +125,38 @@ impl EventLoop {
 struct Spin {
     window: Duration,
     max: Duration,
-    step: Duration,
 }
 
+/// A spin lasts at most this many times the work the loop did before it: a sender who trickles
+/// datagrams to keep a loop polling gets at most this much CPU per datagram's worth of work,
+/// not a core.
+const SPIN_PER_WORK: u32 = 8;
+
 impl Spin {
-    fn new(max: Duration, step: Duration) -> Self {
+    fn new(max: Duration) -> Self {
         Self {
             window: Duration::ZERO,
             max,
-            step,
         }
+    }
+
+    /// The step the spin grows from and shrinks to none below.
+    fn step(&self) -> Duration {
+        (self.max / 8).max(Duration::from_micros(1))
+    }
+
+    /// How long to spin after `busy` of work: the window, bounded by [`SPIN_PER_WORK`].
+    fn window_after(&self, busy: Duration) -> Duration {
+        self.window.min(busy.saturating_mul(SPIN_PER_WORK))
     }
 
     /// A sleep shorter than the longest spin would have been caught by one: spin longer
     /// (doubling, from `step`); a longer one: halve the spin, to none below `step`.
     fn after_sleep(&mut self, slept: Duration) {
+        let step = self.step();
         self.window = if slept < self.max {
-            (self.window * 2).max(self.step).min(self.max)
-        } else if self.window / 2 < self.step {
+            (self.window * 2).max(step).min(self.max)
+        } else if self.window / 2 < step {
             Duration::ZERO
         } else {
             self.window / 2
@@ -256,7 +266,7 @@ mod tests {
     #[test]
     fn the_spin_grows_on_short_sleeps_and_dies_on_long_ones() {
         let max = Duration::from_micros(800);
-        let mut s = Spin::new(max, max / 8);
+        let mut s = Spin::new(max);
         assert!(s.window.is_zero(), "a new loop sleeps at once");
         s.after_sleep(Duration::from_secs(1));
         assert!(s.window.is_zero(), "a long sleep starts no spin");
@@ -276,6 +286,13 @@ mod tests {
             shrunk.push(s.window.as_micros());
         }
         assert_eq!(shrunk, [400, 200, 100, 0, 0], "halves, then none");
+        s.window = max;
+        assert_eq!(
+            s.window_after(Duration::from_micros(20)),
+            Duration::from_micros(160),
+            "a spin costs at most 8 times the work before it"
+        );
+        assert_eq!(s.window_after(Duration::from_millis(1)), max);
     }
 
     /// A loop that polls still runs every task, timer and receive, and once traffic stops it
