@@ -13,12 +13,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures_util::future::join;
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, ProxyDhcp};
-use zpxe_platform::runtime::spawn;
 use zpxe_platform::udp::{NoImages, Received, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
+use super::receivers::{Answer, Receivers};
 use crate::metrics::Metrics;
 
 const BUF: usize = 4096;
@@ -89,42 +88,12 @@ impl DhcpService {
         let dhcp = self.dhcp.as_ref().map(|s| (Rc::clone(s), DhcpPort::Dhcp));
         let pxe = (Rc::clone(&self.pxe), DhcpPort::Pxe);
         for (socket, port) in dhcp.into_iter().chain([pxe]) {
-            let me = Rc::clone(self);
-            spawn(async move { me.recv_loop(socket, port).await }).detach();
+            let service = Rc::clone(self);
+            Receivers::start(Rc::new(ProxyPort { service, port }), socket);
         }
         // No driver task: `ProxyDhcp` has no timers and queues replies and events only in
         // `handle_datagram`, which the receive task flushes at once. The loop's end takes the
         // receive tasks with it.
-    }
-
-    /// Receives on one port and answers at once from this task: a reply leaves without a hop
-    /// through another task, and what the datagram produced is logged right after.
-    ///
-    /// The next receive is posted together with the replies (`join`), so one pass of the
-    /// event loop submits both: under load, one `io_uring_enter` sends a reply and takes the
-    /// next request already queued, where awaiting the send first cost a second one.
-    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>, port: DhcpPort) {
-        let mut out = vec![0u8; BUF];
-        let (mut res, mut buf) = socket.recv(Vec::with_capacity(BUF)).await;
-        loop {
-            let from = to_handle(res, &self.ctx).map(|r| {
-                Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
-                self.follow_reload();
-                self.engine.borrow_mut().handle_datagram(
-                    Instant::now(),
-                    port,
-                    r.meta,
-                    &buf[..r.len],
-                );
-                r.meta.remote.ip()
-            });
-            // The engine keeps nothing of `buf`: it takes the next datagram at once.
-            let next = socket.recv(buf);
-            (res, buf) = match from {
-                Some(from) => join(self.flush(&mut out, from), next).await.1,
-                None => next.await,
-            };
-        }
     }
 
     /// Takes the policy of a reload for this and later requests: one atomic load per
@@ -138,9 +107,9 @@ impl DhcpService {
         }
     }
 
-    /// Sends every reply the engine has ready, then logs and records its events. `from` is
-    /// the sender of the datagram just handled, whose events these are.
-    async fn flush(&self, buf: &mut [u8], from: IpAddr) {
+    /// Sends every reply the engine has ready, then logs and records `events`, the events of
+    /// the datagram just handled, which `from` sent.
+    async fn flush(&self, buf: &mut [u8], events: &mut Vec<DhcpEvent>, from: IpAddr) {
         loop {
             let polled = self.engine.borrow_mut().poll_transmit(Instant::now(), buf);
             let Some((port, t)) = polled else { break };
@@ -159,9 +128,7 @@ impl DhcpService {
                 Err(e) => tracing::warn!(to = %t.destination, error = %e, "DHCP reply failed"),
             }
         }
-        loop {
-            let ev = self.engine.borrow_mut().poll_event();
-            let Some(ev) = ev else { break };
+        for ev in events.drain(..) {
             log_event(&ev, &self.ctx.shared.metrics);
             let recorder = &self.ctx.shared.recorder;
             if recorder.enabled() {
@@ -176,6 +143,65 @@ impl DhcpService {
                     recorder.record(e);
                 }
             }
+        }
+    }
+}
+
+/// One port's receive tasks answer with the proxy's engine: a reply leaves without a hop
+/// through another task, and what the datagram produced is logged right after.
+struct ProxyPort {
+    service: Rc<DhcpService>,
+    port: DhcpPort,
+}
+
+/// A receive task's reply buffer, and the events of the datagram it handled with their
+/// sender: taken before any other task's datagram can add to the engine's queue, so they are
+/// recorded under this sender's address.
+struct ProxyScratch {
+    out: Vec<u8>,
+    events: Vec<DhcpEvent>,
+    from: Option<IpAddr>,
+}
+
+impl Default for ProxyScratch {
+    fn default() -> Self {
+        Self {
+            out: vec![0; BUF],
+            events: Vec::new(),
+            from: None,
+        }
+    }
+}
+
+impl Answer for ProxyPort {
+    type Scratch = ProxyScratch;
+
+    fn handle(
+        &self,
+        received: io::Result<Received>,
+        datagram: &[u8],
+        now: Instant,
+        scratch: &mut ProxyScratch,
+    ) -> bool {
+        let service = &self.service;
+        let Some(r) = to_handle(received, &service.ctx) else {
+            return false;
+        };
+        Metrics::add(&service.ctx.shared.metrics.dhcp_requests_total, 1);
+        service.follow_reload();
+        let mut engine = service.engine.borrow_mut();
+        engine.handle_datagram(now, self.port, r.meta, datagram);
+        scratch
+            .events
+            .extend(std::iter::from_fn(|| engine.poll_event()));
+        scratch.from = Some(r.meta.remote.ip());
+        true
+    }
+
+    async fn flush(&self, scratch: &mut ProxyScratch) {
+        if let Some(from) = scratch.from.take() {
+            let ProxyScratch { out, events, .. } = scratch;
+            self.service.flush(out, events, from).await;
         }
     }
 }

@@ -22,16 +22,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join;
 use std::hash::BuildHasher;
 use zpxe_engine::dhcp::server::{DhcpServerConfig, ServerEvent};
 use zpxe_engine::dhcp::{DhcpEvent, DhcpPort, DhcpServer};
 use zpxe_platform::append::LoopFile;
 use zpxe_platform::icmp::Pinger;
 use zpxe_platform::runtime::{Notify, spawn};
-use zpxe_platform::udp::{NoImages, UdpEndpoint, UdpOptions};
+use zpxe_platform::udp::{NoImages, Received, UdpEndpoint, UdpOptions};
 
 use super::ThreadCtx;
+use super::receivers::{Answer, Receivers};
 use crate::config::Config;
 use crate::db::journal;
 use crate::db::leases::{LeaseStore, Row};
@@ -213,43 +213,14 @@ impl Core {
         let socket = Rc::new(UdpEndpoint::bind(addr, &options)?);
         let local = socket.local_addr();
         self.sockets.borrow_mut().push(Rc::clone(&socket));
-        let me = Rc::clone(self);
-        spawn(async move { me.recv_loop(socket).await }).detach();
+        let core = Rc::clone(self);
+        let answer = ServerSocket {
+            core,
+            socket: Rc::clone(&socket),
+        };
+        Receivers::start(Rc::new(answer), socket);
         tracing::info!(dhcp = %local, "DHCP server: handing out addresses");
         Ok(local)
-    }
-
-    /// Receives and answers. The next receive is posted together with the replies (`join`,
-    /// as the proxy does), so under load one `io_uring_enter` sends them and takes the next
-    /// request.
-    async fn recv_loop(self: Rc<Self>, socket: Rc<UdpEndpoint>) {
-        let mut out = vec![0u8; BUF];
-        let (mut res, mut buf) = socket.recv(Vec::with_capacity(BUF)).await;
-        loop {
-            let received = super::dhcp::to_handle(res, &self.ctx);
-            if let Some(r) = received {
-                Metrics::add(&self.ctx.shared.metrics.dhcp_requests_total, 1);
-                if let Some(i) = r.meta.ifindex {
-                    // Bounded by the host's interfaces (the index comes from the kernel).
-                    self.by_ifindex
-                        .borrow_mut()
-                        .entry(i)
-                        .or_insert_with(|| Rc::clone(&socket));
-                }
-                self.follow_reload();
-                self.engine
-                    .borrow_mut()
-                    .handle_datagram(Instant::now(), r.meta, &buf[..r.len]);
-            }
-            let handled = received.is_some();
-            // The engine keeps nothing of `buf`: it takes the next datagram at once.
-            let next = socket.recv(buf);
-            (res, buf) = if handled {
-                join(self.flush(&mut out), next).await.1
-            } else {
-                next.await
-            };
-        }
     }
 
     /// Takes the boot policy of a reload (`[boot]`, the advertised address) for this and later
@@ -476,6 +447,55 @@ impl Core {
                 recorder.record(e);
             }
         }
+    }
+}
+
+/// One socket's receive tasks answer with the server's engine.
+struct ServerSocket {
+    core: Rc<Core>,
+    socket: Rc<UdpEndpoint>,
+}
+
+/// A receive task's reply buffer.
+struct ServerScratch(Vec<u8>);
+
+impl Default for ServerScratch {
+    fn default() -> Self {
+        Self(vec![0; BUF])
+    }
+}
+
+impl Answer for ServerSocket {
+    type Scratch = ServerScratch;
+
+    fn handle(
+        &self,
+        received: io::Result<Received>,
+        datagram: &[u8],
+        now: Instant,
+        _: &mut ServerScratch,
+    ) -> bool {
+        let core = &self.core;
+        let Some(r) = super::dhcp::to_handle(received, &core.ctx) else {
+            return false;
+        };
+        Metrics::add(&core.ctx.shared.metrics.dhcp_requests_total, 1);
+        if let Some(i) = r.meta.ifindex {
+            // Bounded by the host's interfaces (the index comes from the kernel).
+            core.by_ifindex
+                .borrow_mut()
+                .entry(i)
+                .or_insert_with(|| Rc::clone(&self.socket));
+        }
+        core.follow_reload();
+        core.engine
+            .borrow_mut()
+            .handle_datagram(now, r.meta, datagram);
+        true
+    }
+
+    async fn flush(&self, scratch: &mut ServerScratch) {
+        self.core.flush(&mut scratch.0).await;
     }
 }
 

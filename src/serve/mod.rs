@@ -30,6 +30,7 @@ mod handoff;
 pub(crate) mod hook;
 mod http;
 mod https;
+mod receivers;
 pub(crate) mod registry;
 mod reload;
 mod tftp;
