@@ -182,6 +182,14 @@ fn build_runtime() -> io::Result<compio::runtime::Runtime> {
     }
 }
 
+/// Whether a datagram wakes every receive posted on its socket (io_uring: its receives wait on
+/// the socket as non-exclusive waiters, and all but one find nothing and wait again), rather
+/// than completing one of them (IOCP; compio's epoll driver, which hands one readiness to one
+/// operation). Outside an event loop, `false`.
+pub fn datagram_wakes_every_receive() -> bool {
+    compio::runtime::Runtime::try_with_current(|rt| rt.driver_type().is_iouring()).unwrap_or(false)
+}
+
 fn driver_name(t: compio::driver::DriverType) -> &'static str {
     use compio::driver::DriverType;
     match t {

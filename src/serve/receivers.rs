@@ -7,9 +7,10 @@
 //! posted, one pass takes up to that many queued requests, and one `io_uring_enter` sends all
 //! their replies together with the next receives. But every receive posted on an idle socket is
 //! woken by each datagram that arrives (io_uring's receives are not exclusive waiters), and all
-//! but one find nothing and wait again. So the extra receives run only while requests come
-//! closer together than [`BUSY_GAP`] on average, and park again when they thin out. On IOCP a
-//! datagram completes one receive; the extra ones cost nothing there but their buffers.
+//! but one find nothing and wait again. So on io_uring the extra receives run only while
+//! requests come closer together than [`BUSY_GAP`] on average, and park again when they thin
+//! out. Where a datagram completes one receive (IOCP, and compio's epoll driver) every receive
+//! stays posted: idle, they cost only their buffers.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -17,7 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join;
-use zpxe_platform::runtime::{Notify, spawn};
+use zpxe_platform::runtime::{Notify, datagram_wakes_every_receive, spawn};
 use zpxe_platform::udp::{Received, UdpEndpoint};
 
 /// Receives a socket keeps posted under load (one task each); one always.
@@ -56,6 +57,8 @@ pub(crate) struct Receivers {
     /// sends in small bursts at a modest rate does not wake the extra tasks.
     gap_ns: Cell<u64>,
     last: Cell<Option<Instant>>,
+    /// Whether tasks park while the socket is not busy ([`datagram_wakes_every_receive`]).
+    park: bool,
     /// The tasks whose receive is posted.
     posted: Cell<usize>,
     /// The tasks waiting for a busy socket.
@@ -65,20 +68,23 @@ pub(crate) struct Receivers {
 impl Receivers {
     /// Starts the receive tasks of `socket`: one receives, the others start parked.
     pub(crate) fn start<A: Answer>(answer: Rc<A>, socket: Rc<UdpEndpoint>) -> Rc<Self> {
-        let receivers = Rc::new(Self::new());
+        let receivers = Rc::new(Self::new(datagram_wakes_every_receive()));
         for i in 0..RECEIVERS {
             let (answer, socket, receivers) = (
                 Rc::clone(&answer),
                 Rc::clone(&socket),
                 Rc::clone(&receivers),
             );
-            spawn(async move { receivers.run(&*answer, &socket, i > 0).await }).detach();
+            let parked = i > 0 && receivers.park;
+            spawn(async move { receivers.run(&*answer, &socket, parked).await }).detach();
         }
         receivers
     }
 
-    fn new() -> Self {
+    /// `park`: whether receives park while the socket is not busy.
+    fn new(park: bool) -> Self {
         Self {
+            park,
             gap_ns: Cell::new(IDLE_GAP.as_nanos() as u64),
             last: Cell::new(None),
             posted: Cell::new(0),
@@ -125,7 +131,7 @@ impl Receivers {
                 let busy = res.is_ok() && self.arrived(now);
                 let len = res.as_ref().map_or(0, |r| r.len);
                 let handled = answer.handle(res, &b[..len], now, &mut scratch);
-                if !busy && self.posted.get() > 0 {
+                if self.park && !busy && self.posted.get() > 0 {
                     if handled {
                         answer.flush(&mut scratch).await;
                     }
@@ -189,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_is_taken_by_several_receives_and_a_trickle_by_one() {
+    fn a_flood_is_taken_by_several_receives_and_on_io_uring_a_trickle_by_one() {
         let ev = EventLoop::new().expect("loop");
         ev.block_on(async {
             let options = UdpOptions {
@@ -236,7 +242,8 @@ mod tests {
                 handled(&count),
                 "every datagram flushed"
             );
-            // A trickle, a millisecond apart: the extra tasks park again.
+            // A trickle, a millisecond apart: where receives park, the extra tasks park again,
+            // each after at most one datagram; elsewhere every receive stays posted.
             let before = count.by_task.borrow().clone();
             let trickle = send(200, Duration::from_millis(1));
             while !trickle.is_finished() {
@@ -244,8 +251,11 @@ mod tests {
             }
             trickle.join().expect("trickle");
             sleep(Duration::from_millis(100)).await;
+            if !receivers.park {
+                assert!(receivers.parked.borrow().is_empty());
+                return;
+            }
             assert_eq!(receivers.parked.borrow().len(), RECEIVERS - 1);
-            // Each extra task takes at most one datagram of the trickle before it parks.
             let after = count.by_task.borrow().clone();
             let most = (0..after.len())
                 .map(|i| after[i] - before.get(i).copied().unwrap_or(0))
@@ -259,7 +269,7 @@ mod tests {
 
     #[test]
     fn dense_requests_wake_the_parked_and_sparse_ones_do_not() {
-        let r = Receivers::new();
+        let r = Receivers::new(true);
         let parked: Vec<Rc<Notify>> = (0..3).map(|_| Rc::new(Notify::new())).collect();
         r.parked.borrow_mut().extend(parked.iter().cloned());
         let t0 = Instant::now();
