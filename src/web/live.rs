@@ -47,8 +47,12 @@ pub const MAX_SUBSCRIBERS: usize = 32;
 pub const MAX_SUBSCRIBERS_PER_PEER: usize = 4;
 /// Seconds a refused stream is told to wait (`Retry-After`).
 pub const RETRY_AFTER_S: u32 = 5;
-/// How often the web loop drains the queue (and streams look for new frames).
+/// How often the web loop drains the queue while events come (and streams look for new
+/// frames).
 pub const PUMP_EVERY: Duration = Duration::from_millis(25);
+/// How often it looks after a drain that found nothing: an idle server wakes 20 times a
+/// second, and the first 50 ms of a storm can still bring [`QUEUE_CAPACITY`] events.
+pub const IDLE_PUMP_EVERY: Duration = Duration::from_millis(50);
 /// An idle stream gets a comment line this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// A stream whose socket takes nothing for this long is dropped.
@@ -815,8 +819,8 @@ impl Live {
         self.tap.dropped.load(Relaxed)
     }
 
-    /// Takes what the event loops sent into the state and the ring.
-    pub fn drain_queue(&self, metrics: &Metrics) {
+    /// Takes what the event loops sent into the state and the ring; how many events it took.
+    pub fn drain_queue(&self, metrics: &Metrics) -> u64 {
         let now = Instant::now();
         let mut batch = self.spare.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::swap(
@@ -836,15 +840,22 @@ impl Live {
         self.stats.received.fetch_add(n, Relaxed);
         state.expire(now);
         state.sample(metrics, now);
+        n
     }
 
     /// Runs on the web service's loop until `stop` resolves: drains the queue every
-    /// [`PUMP_EVERY`].
+    /// [`PUMP_EVERY`] while events come, every [`IDLE_PUMP_EVERY`] after a drain that found
+    /// none.
     pub async fn pump(&self, metrics: Arc<Metrics>, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         loop {
-            self.drain_queue(&metrics);
-            let tick = std::pin::pin!(sleep(PUMP_EVERY));
+            let taken = self.drain_queue(&metrics);
+            let every = if taken == 0 {
+                IDLE_PUMP_EVERY
+            } else {
+                PUMP_EVERY
+            };
+            let tick = std::pin::pin!(sleep(every));
             if let Either::Right(_) = select(tick, stop.as_mut()).await {
                 return;
             }
